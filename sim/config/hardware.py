@@ -1,0 +1,84 @@
+"""Hardware schema: devices with compute units and a memory hierarchy, links between them.
+
+Peak rates are per device (all compute units together). Memory levels are listed innermost first;
+`kind` says whether a level can be the home of a tensor (`scratchpad`, `dram`) or only caches
+data on its way to the compute units (`cache`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from sim.config.types import Bandwidth, Bytes, Count, Dtype, FlopRate, Frequency, Latency, Spec
+
+
+class ComputeUnit(Spec):
+    units: Count = Field(description="number of cores / SMs / MXUs sharing the peak")
+    clock: Frequency
+    peak: dict[Dtype, FlopRate] = Field(min_length=1, description="matrix-engine peak per dtype")
+    vector: FlopRate = Field(description="peak of the vector units that run non-matmul ops")
+    emulate: dict[Dtype, Dtype] = Field(
+        default_factory=dict, description="dtypes without native support and the dtype they run as"
+    )
+
+
+class MemoryLevel(Spec):
+    capacity: Bytes
+    bandwidth: Bandwidth
+    latency: Latency
+    scope: Literal["per_unit", "shared"]
+    kind: Literal["cache", "scratchpad", "dram"]
+
+    def holds_tensors(self) -> bool:
+        """Scratchpads and DRAMs are addressable homes for tensors; caches are not."""
+        return self.kind != "cache"
+
+
+class Link(Spec):
+    bandwidth: Bandwidth = Field(description="per direction")
+    latency: Latency
+
+
+class Device(Spec):
+    compute: ComputeUnit
+    memory: dict[str, MemoryLevel] = Field(min_length=1, description="innermost level first")
+    dispatch_overhead: Latency
+
+    @model_validator(mode="after")
+    def _has_a_home(self) -> Device:
+        if not any(level.holds_tensors() for level in self.memory.values()):
+            raise ValueError("no memory level of kind 'scratchpad' or 'dram' to hold tensors")
+        return self
+
+
+class Interconnect(Spec):
+    topology: Literal["switch", "ring", "tree", "torus2d", "mesh2d"]
+    link: Link
+
+
+class HostMemory(Spec):
+    capacity: Bytes
+    bandwidth: Bandwidth
+    latency: Latency
+
+
+class Host(Spec):
+    link: Link
+    memory: HostMemory
+
+
+class Hardware(Spec):
+    name: str = Field(min_length=1)
+    source: str = Field(min_length=1, description="public datasheet / whitepaper the figures come from")
+    devices: Count = Field(description="devices per node")
+    device: Device
+    interconnect: Interconnect | None = None
+    host: Host | None = None
+
+    @model_validator(mode="after")
+    def _links_for_many(self) -> Hardware:
+        if self.devices > 1 and self.interconnect is None:
+            raise ValueError(f"{self.devices} devices need an 'interconnect' section")
+        return self

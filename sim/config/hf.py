@@ -1,0 +1,40 @@
+"""Build our `model:` keys from a Hugging Face `config.json` (architecture only, no weights)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sim.errors import ConfigError
+
+# our key -> candidate HF keys, first present wins
+_KEYS = {
+    "layers": ("num_hidden_layers", "n_layer"),
+    "hidden": ("hidden_size", "n_embd"),
+    "heads": ("num_attention_heads", "n_head"),
+    "kv_heads": ("num_key_value_heads",),
+    "ffn": ("intermediate_size", "n_inner"),
+    "vocab": ("vocab_size",),
+    "max_positions": ("max_position_embeddings", "n_positions"),
+}
+_FAMILY = {"gpt2": "gpt", "bert": "bert", "llama": "llama"}
+_ACTIVATION = {"gelu": "gelu", "gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "relu": "relu", "silu": "silu"}
+
+
+def model_from_hf_config(hf: dict[str, Any], file: str) -> dict[str, Any]:
+    model_type = hf.get("model_type")
+    if model_type not in _FAMILY:
+        raise ConfigError(f"unsupported model_type {model_type!r} (supported: {', '.join(_FAMILY)})", file, "model_type")
+    family = _FAMILY[model_type]
+    out: dict[str, Any] = {"family": family}
+    for key, candidates in _KEYS.items():
+        value = next((hf[c] for c in candidates if hf.get(c) is not None), None)
+        if value is not None:
+            out[key] = value
+    if "ffn" not in out and "hidden" in out:
+        out["ffn"] = 4 * out["hidden"]  # GPT-2 convention: n_inner null means 4 * n_embd
+    act = hf.get("hidden_act") or hf.get("activation_function")
+    if act not in _ACTIVATION:
+        raise ConfigError(f"unsupported activation {act!r}", file, "hidden_act")
+    out["activation"] = _ACTIVATION[act]
+    out["norm"] = "rmsnorm" if family == "llama" else "layernorm"
+    return out

@@ -1,0 +1,170 @@
+"""YAML (or a Hugging Face config.json) -> validated `Hardware` / `Workload`, with `--set` overrides.
+
+Every failure becomes a `ConfigError` naming the file, the dotted key and the problem.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from sim.config.hardware import Hardware
+from sim.config.workload import Workload
+from sim.errors import ConfigError, KeyedError
+
+WORKLOAD_KEYS = ("name", "hardware", "model", "scenario")
+HARDWARE_KEYS = ("devices", "device", "interconnect", "host", "source")
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read file ({e.strerror})", str(path)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
+        problem = getattr(e, "problem", None) or "malformed YAML"
+        raise ConfigError(f"malformed YAML: {problem}", str(path), where) from None
+    if not isinstance(data, dict):
+        raise ConfigError("expected a mapping of keys at the top level", str(path))
+    return data
+
+
+def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
+    """`key.path=value` strings; values are read as YAML scalars so numbers stay numbers."""
+    out = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"expected KEY.PATH=VALUE, got {item!r}", "--set")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else raw
+        except yaml.YAMLError:
+            value = raw
+        out.append((key.strip(), value))
+    return out
+
+
+def split_overrides(overrides: list[tuple[str, Any]]) -> tuple[list, list]:
+    """Route each override to the workload or the hardware by its first key (or an explicit prefix)."""
+    work, hw = [], []
+    for key, value in overrides:
+        head, _, rest = key.partition(".")
+        if head == "workload" and rest:
+            work.append((rest, value))
+        elif head == "hardware" and rest:
+            hw.append((rest, value))
+        elif head in WORKLOAD_KEYS:
+            work.append((key, value))
+        elif head in HARDWARE_KEYS:
+            hw.append((key, value))
+        else:
+            raise ConfigError(
+                f"unknown key {head!r}: workload keys are {', '.join(WORKLOAD_KEYS)}; hardware keys are "
+                f"{', '.join(HARDWARE_KEYS)} (or prefix with 'workload.' / 'hardware.')",
+                "--set",
+                key,
+            )
+    return work, hw
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[tuple[str, Any]], file: str) -> dict[str, Any]:
+    data = json.loads(json.dumps(data))  # deep copy of plain YAML data
+    for key, value in overrides:
+        node = data
+        parts = key.split(".")
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part) if isinstance(node, dict) else None
+            if child is None:
+                child = node[part] = {} if isinstance(node, dict) else None
+            if not isinstance(child, dict):
+                raise ConfigError(f"cannot set {key!r}: {'.'.join(parts[: depth + 1])} is not a mapping", file)
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def validate(cls: type[BaseModel], data: dict[str, Any], file: str) -> Any:
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        raise _to_config_error(e, cls, data, file) from None
+
+
+def _to_config_error(e: ValidationError, cls: type[BaseModel], data: Any, file: str) -> ConfigError:
+    err = e.errors(include_url=False)[0]
+    loc = [str(p) for p in err["loc"]]
+    cause = (err.get("ctx") or {}).get("error")
+    if isinstance(cause, KeyedError):
+        loc.append(cause.key)
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        problem = "unknown key" + _suggest(cls, loc)
+    elif kind == "missing":
+        problem = "missing key"
+    else:
+        problem = err["msg"].removeprefix("Value error, ")
+        if "input" in err and kind != "value_error" and not isinstance(err["input"], (dict, list)):
+            problem += f" (got {err['input']!r})"
+    return ConfigError(problem, file, ".".join(loc) or "(top level)")
+
+
+def _suggest(cls: type[BaseModel], loc: list[str]) -> str:
+    """Name the allowed keys at that level, and the closest one to the typo."""
+    model: Any = cls
+    for part in loc[:-1]:
+        fields = getattr(model, "model_fields", None)
+        if fields is None or part not in fields:
+            # dict-valued fields (memory levels, peaks) are keyed by user names
+            args = getattr(model, "__args__", ())
+            model = args[-1] if args else None
+            continue
+        model = fields[part].annotation
+        model = next((a for a in getattr(model, "__args__", ()) if hasattr(a, "model_fields")), model)
+    fields = list(getattr(model, "model_fields", {}) or [])
+    if not fields:
+        return ""
+    close = difflib.get_close_matches(loc[-1], fields, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f" (allowed: {', '.join(fields)}){hint}"
+
+
+def load_hardware(path: str | Path, overrides: list[tuple[str, Any]] = ()) -> Hardware:
+    data = apply_overrides(read_yaml(path), list(overrides), str(path))
+    return validate(Hardware, data, str(path))
+
+
+def load_workload(path: str | Path, overrides: list[tuple[str, Any]] = ()) -> tuple[Workload, Path]:
+    """Return the workload and the path of its default hardware file."""
+    path = Path(path)
+    data = apply_overrides(read_yaml(path), list(overrides), str(path))
+    model = data.get("model")
+    if isinstance(model, dict) and "hf_config" in model:
+        data["model"] = _model_from_hf(model, path)
+    workload = validate(Workload, data, str(path))
+    return workload, (path.parent / workload.hardware)
+
+
+def _model_from_hf(model: dict[str, Any], workload_path: Path) -> dict[str, Any]:
+    """Map a Hugging Face `config.json` onto our model keys; other keys in `model` override it."""
+    from sim.config.hf import model_from_hf_config
+
+    hf_path = workload_path.parent / str(model["hf_config"])
+    try:
+        hf = json.loads(hf_path.read_text())
+    except OSError as e:
+        raise ConfigError(f"cannot read config.json ({e.strerror})", str(workload_path), "model.hf_config") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"malformed JSON: {e.msg} at line {e.lineno}", str(hf_path)) from None
+    mapped = model_from_hf_config(hf, str(hf_path))
+    mapped.update({k: v for k, v in model.items() if k != "hf_config"})
+    return mapped

@@ -1,0 +1,99 @@
+"""Workload schema: a Transformer model plus the scenario it runs (phase, batch, lengths, precision)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from sim.config.types import Count, Dtype, Spec
+from sim.errors import KeyedError
+
+FAMILY_PHASES = {
+    "bert": ("encode",),
+    "gpt": ("prefill", "decode", "generate"),
+    "llama": ("prefill", "decode", "generate"),
+}
+
+
+class Model(Spec):
+    family: Literal["gpt", "bert", "llama"]
+    layers: Count
+    hidden: Count
+    heads: Count
+    kv_heads: Count | None = Field(default=None, description="grouped-query attention; default = heads")
+    ffn: Count
+    vocab: Count
+    max_positions: Count
+    activation: Literal["gelu", "relu", "silu"]
+    norm: Literal["layernorm", "rmsnorm"]
+
+    @model_validator(mode="after")
+    def _shapes(self) -> Model:
+        if self.hidden % self.heads:
+            raise KeyedError("heads", f"heads ({self.heads}) must divide hidden ({self.hidden})")
+        if self.heads % self.n_kv_heads:
+            raise KeyedError("kv_heads", f"kv_heads ({self.n_kv_heads}) must divide heads ({self.heads})")
+        return self
+
+    @property
+    def n_kv_heads(self) -> int:
+        return self.kv_heads or self.heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    @property
+    def gated_ffn(self) -> bool:
+        """Llama's SwiGLU FFN has a gate projection beside the up projection."""
+        return self.family == "llama"
+
+    @property
+    def has_bias(self) -> bool:
+        return self.family != "llama"
+
+
+class Precision(Spec):
+    weights: Dtype
+    activations: Dtype
+    kv_cache: Dtype
+
+
+class Scenario(Spec):
+    phase: Literal["encode", "prefill", "decode", "generate"]
+    batch: Count
+    prompt_tokens: Count = Field(description="sequence length (encode) or prompt length")
+    new_tokens: int = Field(default=0, ge=0, strict=True, description="decode steps")
+    precision: Precision
+
+    @model_validator(mode="after")
+    def _steps(self) -> Scenario:
+        if self.phase in ("decode", "generate") and self.new_tokens < 1:
+            raise KeyedError("new_tokens", f"phase {self.phase!r} needs new_tokens >= 1")
+        if self.phase in ("encode", "prefill") and self.new_tokens:
+            raise KeyedError("new_tokens", f"phase {self.phase!r} generates no tokens; remove new_tokens or use 'generate'")
+        return self
+
+
+class Workload(Spec):
+    name: str = Field(min_length=1)
+    hardware: str = Field(min_length=1, description="default hardware YAML, relative to this file")
+    model: Model
+    scenario: Scenario
+
+    @model_validator(mode="after")
+    def _fits_model(self) -> Workload:
+        phases = FAMILY_PHASES[self.model.family]
+        if self.scenario.phase not in phases:
+            raise KeyedError(
+                "scenario.phase",
+                f"a {self.model.family} model cannot run phase {self.scenario.phase!r} (use {', '.join(phases)})"
+            )
+        context = self.scenario.prompt_tokens + self.scenario.new_tokens
+        if context > self.model.max_positions:
+            raise KeyedError(
+                "scenario.prompt_tokens",
+                f"prompt_tokens + new_tokens = {context} exceeds model.max_positions ({self.model.max_positions})"
+            )
+        return self

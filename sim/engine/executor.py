@@ -1,0 +1,120 @@
+"""Runs op plans on the machine, one stream per device, and measures where each op's time went.
+
+The host dispatches ops one after another, each costing `dispatch_overhead`, and runs ahead of the
+device (an asynchronous launch queue): the overhead shows only where the device outruns the host.
+On the device an op is one process made of chunks. Chunk i+1's loads are issued when chunk i
+starts computing (double buffering). Within a chunk, data and compute overlap at tile granularity:
+compute may start once the chunk's first bytes have landed and cannot finish before its last bytes
+have. Results stream out as the chunk computes. Every interval in which the compute unit waits is a
+stall, charged to the resource it was waiting on, so busy + stalls + overhead = duration exactly.
+"""
+
+from __future__ import annotations
+
+import simpy
+
+from sim.config.hardware import Hardware
+from sim.engine.machine import LevelUse, Machine
+from sim.engine.records import OpRecord, RunResult
+from sim.mapping.plan import OpPlan
+
+
+class Executor:
+    def __init__(self, hw: Hardware):
+        self.hw = hw
+        self.machine = Machine(hw)
+        self.env = self.machine.env
+        self.records: list[OpRecord] = []
+
+    def run(self, plans: list[OpPlan], workload: str = "") -> RunResult:
+        self.env.process(self._stream(plans))
+        self.env.run()
+        events = sum(r.events for r in self.records)
+        return RunResult(hardware=self.hw.name, workload=workload, ops=self.records, events=events)
+
+    def _stream(self, plans: list[OpPlan]):
+        """One in-order stream (like a CUDA stream): each op starts when the previous one ends and
+        the host has dispatched it."""
+        dispatched = [self.env.event() for _ in plans]
+        self.env.process(self._host(plans, dispatched))
+        for p, ready in zip(plans, dispatched):
+            yield self.env.process(self._op(p, ready))
+
+    def _host(self, plans: list[OpPlan], dispatched: list[simpy.Event]):
+        for p, ready in zip(plans, dispatched):
+            if p.overhead_s:
+                yield self.env.timeout(p.overhead_s)
+            ready.succeed()
+
+    def _op(self, p: OpPlan, dispatched: simpy.Event):
+        env, m = self.env, self.machine
+        start = env.now
+        stall: dict[str, float] = {}
+        uses: dict[str, LevelUse] = {}
+        events = 2  # its dispatch on the host
+
+        def use(level: str) -> LevelUse:
+            return uses.setdefault(level, LevelUse())
+
+        def wait(event: simpy.Event, blame):
+            """Yield `event`; charge the compute unit's idle time to whatever `blame` names."""
+            nonlocal events
+            t0 = env.now
+            value = yield event
+            events += 1
+            if env.now > t0:
+                key = blame(value)
+                stall[key] = stall.get(key, 0.0) + env.now - t0
+            return value
+
+        def last_level(value) -> str:
+            """The resource whose data landed last is the one the compute unit was waiting on."""
+            results = value.values() if hasattr(value, "values") else [value]
+            return "memory:" + max(results, key=lambda r: r[0])[1]
+
+        yield dispatched
+        overhead_s = env.now - start
+
+        def issue(i: int):
+            frac = p.chunks[i]
+            arriving = [env.event() for _ in p.loads]
+            done = [env.process(m.move(p.device, lvl, b * frac, use(lvl), ev))
+                    for (lvl, b), ev in zip(p.loads, arriving)]
+            return arriving, done
+
+        pending = issue(0) if p.loads else None
+        stores: list[simpy.Process] = []
+        busy = 0.0
+        unit = m.compute[(p.device, p.unit)]
+        for i, frac in enumerate(p.chunks):
+            current = pending
+            pending = issue(i + 1) if p.loads and i + 1 < len(p.chunks) else None
+            if current:
+                yield from wait(env.all_of(current[0]), last_level)
+            stores += [env.process(m.move(p.device, lvl, b * frac, use(lvl), None))
+                       for lvl, b in p.stores]
+            with unit.request() as req:
+                yield from wait(req, lambda _: "compute:queue")
+                c = p.compute_s * frac
+                yield env.timeout(c)
+                events += 1
+                busy += c
+            if current:
+                yield from wait(env.all_of(current[1]), last_level)
+        if stores:
+            yield from wait(env.all_of(stores), last_level)
+        events += sum(2 for _ in uses) + len(p.chunks) * (2 * len(p.loads) + len(p.stores))
+
+        op = p.op
+        self.records.append(OpRecord(
+            name=op.name, kind=op.kind, layer=op.layer, phase=op.phase, step=op.step,
+            op_class=op.op_class, device=p.device, unit=p.unit, dtype=op.dtype, shape=op.shape,
+            flops=op.flops, bytes={lvl: u.bytes for lvl, u in uses.items()},
+            start_s=start, end_s=env.now, compute_s=busy, stall_s=stall, overhead_s=overhead_s,
+            events=events, level_busy_s={lvl: u.busy_s for lvl, u in uses.items()},
+            level_span_s={lvl: (u.first_s, u.last_s) for lvl, u in uses.items()},
+        ))
+
+
+def simulate(plans: list[OpPlan], hw: Hardware, workload: str = "") -> RunResult:
+    return Executor(hw).run(plans, workload)

@@ -1,0 +1,62 @@
+"""The simulated machine: simpy resources with queues for every compute unit, memory level and link.
+
+A memory level is a single server of its bandwidth: a transfer of B bytes waits in the level's FIFO
+queue, then occupies it for B / bandwidth; its first bytes arrive `latency` after it is granted and its
+last bytes `latency` after it ends. Concurrent transfers on one level therefore contend, and latency is
+pipelined rather than serialised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import simpy
+
+from sim.config.hardware import Hardware
+
+COMPUTE_UNITS = ("matrix", "vector")
+
+
+@dataclass
+class LevelUse:
+    """What one op did on one memory level: for the record, the trace and the per-level bandwidth."""
+
+    bytes: float = 0.0
+    busy_s: float = 0.0
+    first_s: float = float("inf")
+    last_s: float = 0.0
+
+
+@dataclass
+class Machine:
+    hw: Hardware
+    env: simpy.Environment = field(default_factory=simpy.Environment)
+
+    def __post_init__(self) -> None:
+        n = self.hw.devices
+        dev = self.hw.device
+        self.compute = {(d, u): simpy.Resource(self.env, 1) for d in range(n) for u in COMPUTE_UNITS}
+        self.memory = {(d, name): simpy.Resource(self.env, 1) for d in range(n) for name in dev.memory}
+        self.links: dict[tuple[int, int], simpy.Resource] = {}
+        if self.hw.interconnect is not None:
+            self.links = {(a, b): simpy.Resource(self.env, 1) for a in range(n) for b in range(n) if a != b}
+
+    def move(self, device: int, level: str, nbytes: float, use: LevelUse, arriving: simpy.Event | None):
+        """Process: move `nbytes` over `level`. Succeeds `arriving` when the first bytes land and
+        returns (time the last bytes land or a write is acknowledged, level)."""
+        spec = self.hw.device.memory[level]
+        env = self.env
+        with self.memory[(device, level)].request() as req:
+            yield req
+            granted = env.now
+            if arriving is not None:
+                first = env.timeout(spec.latency, value=(granted + spec.latency, level))
+                first.callbacks.append(lambda ev: arriving.succeed(ev.value))
+            yield env.timeout(nbytes / spec.bandwidth)
+        use.bytes += nbytes
+        use.busy_s += env.now - granted
+        use.first_s = min(use.first_s, granted)
+        use.last_s = env.now
+        if spec.latency:
+            yield env.timeout(spec.latency)
+        return env.now, level

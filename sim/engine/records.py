@@ -1,0 +1,65 @@
+"""Plain, picklable results of a run: one `OpRecord` per op, rebuilt into every report."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class OpRecord:
+    name: str
+    kind: str
+    layer: int
+    phase: str
+    step: int
+    op_class: str
+    device: int
+    unit: str
+    dtype: str
+    shape: tuple[int, ...]
+    flops: float
+    bytes: dict[str, float]  # memory level -> bytes moved
+    start_s: float
+    end_s: float
+    compute_s: float  # compute unit busy
+    stall_s: dict[str, float]  # "memory:<level>" / "link:<name>" -> compute idle waiting on it
+    overhead_s: float  # dispatch / launch
+    events: int  # simulation events this op cost
+    level_busy_s: dict[str, float] = field(default_factory=dict)  # memory level -> occupied time
+    level_span_s: dict[str, tuple[float, float]] = field(default_factory=dict)  # first grant, last end
+
+    @property
+    def duration_s(self) -> float:
+        return self.end_s - self.start_s
+
+    @property
+    def total_bytes(self) -> float:
+        return sum(self.bytes.values())
+
+    @property
+    def intensity(self) -> float:
+        return self.flops / self.total_bytes if self.total_bytes else float("inf")
+
+    @property
+    def bound(self) -> str:
+        """The largest share of the op's time: "compute", "overhead", or the resource it stalled on."""
+        parts = {"compute": self.compute_s, "overhead": self.overhead_s, **self.stall_s}
+        return max(parts.items(), key=lambda kv: kv[1])[0]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("level_busy_s")
+        d.pop("level_span_s")
+        d["shape"] = list(self.shape)
+        d["duration_s"] = self.duration_s
+        d["intensity"] = self.intensity if self.total_bytes else None
+        d["bound"] = self.bound
+        return d
+
+
+@dataclass
+class RunResult:
+    hardware: str
+    workload: str
+    ops: list[OpRecord]
+    events: int

@@ -1,0 +1,59 @@
+"""Operators and tensors of the graph: shapes, dtypes, FLOPs and bytes, independent of hardware."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+TensorKind = Literal["weight", "activation", "kv_cache"]
+OpClass = Literal["gemm", "gemv", "attention", "softmax", "norm", "elementwise", "collective"]
+Engine = Literal["matrix", "vector"]
+
+#: Report groups: the GEMM-vs-GEMV contrast, attention, and everything else.
+CLASS_GROUP: dict[str, str] = {
+    "gemm": "GEMM", "gemv": "GEMV", "attention": "attention",
+    "softmax": "other", "norm": "other", "elementwise": "other", "collective": "other",
+}
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A named piece of memory. `bytes` is its full size (a KV cache at its final length)."""
+
+    name: str
+    kind: TensorKind
+    bytes: float
+    elements: int = 0
+
+
+@dataclass(frozen=True)
+class Access:
+    """Bytes of a tensor that one op reads or writes (a gather touches a few rows of a table)."""
+
+    tensor: Tensor
+    bytes: float
+
+
+@dataclass(frozen=True)
+class Op:
+    name: str
+    kind: str  # what the op does: "qkv", "scores", "ffn_up", ...
+    op_class: OpClass
+    engine: Engine
+    phase: Literal["encode", "prefill", "decode"]
+    step: int  # decode step (0 for prefill / encode)
+    layer: int  # -1 before the first layer, `layers` after the last
+    dtype: str  # compute dtype
+    flops: float
+    reads: tuple[Access, ...]
+    writes: tuple[Access, ...]
+    shape: tuple[int, ...] = field(default=())  # (M, N, K) for matmuls; (batch*heads, Tq, Tkv, d) for attention
+
+    @property
+    def bytes(self) -> float:
+        return sum(a.bytes for a in self.reads) + sum(a.bytes for a in self.writes)
+
+    @property
+    def intensity(self) -> float:
+        """FLOPs per byte of compulsory traffic (each operand moved once)."""
+        return self.flops / self.bytes if self.bytes else float("inf")
