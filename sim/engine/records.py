@@ -63,3 +63,4 @@ class RunResult:
     workload: str
     ops: list[OpRecord]
     events: int
+    meta: dict = field(default_factory=dict)  # what ran on what (filled by sim.pipeline)

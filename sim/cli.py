@@ -1,0 +1,69 @@
+"""`python -m sim run WORKLOAD [--hardware HW] [--set k=v ...] [--json F] [--csv F] [--trace F]`.
+
+Bad input of any kind ends in one line on stderr naming file, key and problem, and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from sim.errors import ConfigError
+
+EXIT_BAD_INPUT = 2
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="memwall")
+def cli() -> None:
+    """memwall: a discrete-event simulator of the memory wall for Transformer workloads."""
+
+
+@cli.command()
+@click.argument("workload", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--hardware", "hardware", type=click.Path(dir_okay=False, path_type=Path),
+              help="Hardware YAML (default: the workload's `hardware:`).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
+              help="Override any workload or hardware key, e.g. scenario.batch=8 or device.memory.hbm.bandwidth='4 TB/s'.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write summary + op records.")
+@click.option("--csv", "csv_out", type=click.Path(dir_okay=False, path_type=Path), help="Write one row per op.")
+@click.option("--trace", "trace_out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write a Chrome/Perfetto trace.")
+@click.option("--top", default=10, show_default=True, help="Operators listed in the top table.")
+def run(workload: Path, hardware: Path | None, overrides: tuple[str, ...], json_out: Path | None,
+        csv_out: Path | None, trace_out: Path | None, top: int) -> None:
+    """Simulate WORKLOAD and print where the time goes."""
+    from sim.config import load_hardware, load_workload, parse_overrides, split_overrides
+    from sim.pipeline import run as run_pipeline
+    from sim.report import render, write_csv, write_json, write_trace
+
+    work_set, hw_set = split_overrides(parse_overrides(list(overrides)))
+    wl, default_hw = load_workload(workload, work_set)
+    hw_path = hardware or default_hw
+    hw = load_hardware(hw_path, hw_set)
+    result = run_pipeline(wl, hw, str(hw_path))
+    render(result, top=top)
+    for path, write in ((json_out, write_json), (csv_out, write_csv), (trace_out, write_trace)):
+        if path is not None:
+            write(result, path)
+            click.echo(f"wrote {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cli.main(args=argv, prog_name="python -m sim", standalone_mode=False)
+    except ConfigError as e:
+        click.echo(f"error: {e}", err=True)
+        return EXIT_BAD_INPUT
+    except click.exceptions.Abort:
+        return 130
+    except click.ClickException as e:
+        e.show()
+        return EXIT_BAD_INPUT
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""The data flow in one place: config -> graph -> mapping -> engine -> RunResult (with its context).
+
+The CLI and sweeps call `run`; reports are rebuilt from the RunResult alone.
+"""
+
+from __future__ import annotations
+
+from sim.config.hardware import Hardware
+from sim.config.types import DTYPE_BYTES
+from sim.config.workload import Workload
+from sim.engine import RunResult, simulate
+from sim.graph import build_graph
+from sim.mapping import place, plan
+from sim.mapping.plan import matrix_peak
+
+
+def run(workload: Workload, hw: Hardware, hw_file: str = "hardware") -> RunResult:
+    graph = build_graph(workload)
+    placement = place(graph, hw, hw_file)
+    plans = plan(graph, hw, placement, hw_file)
+    result = simulate(plans, hw, workload.name)
+    result.meta = context(workload, hw, placement, hw_file)
+    return result
+
+
+def context(workload: Workload, hw: Hardware, placement, hw_file: str) -> dict:
+    """Plain data the reports need besides the op records: what ran, on what, and what it held."""
+    sc, m = workload.scenario, workload.model
+    dtype = sc.precision.activations
+    dram = next(name for name, lvl in reversed(hw.device.memory.items()) if lvl.holds_tensors())
+    peak = matrix_peak(hw, dtype, hw_file)
+    return {
+        "workload": {
+            "name": workload.name,
+            "family": m.family, "layers": m.layers, "hidden": m.hidden, "heads": m.heads,
+            "kv_heads": m.n_kv_heads, "ffn": m.ffn, "vocab": m.vocab,
+            "phase": sc.phase, "batch": sc.batch, "prompt_tokens": sc.prompt_tokens,
+            "new_tokens": sc.new_tokens, "precision": sc.precision.model_dump(),
+            "weight_bytes_per_param": DTYPE_BYTES[sc.precision.weights],
+        },
+        "hardware": {
+            "name": hw.name, "devices_used": 1, "devices_per_node": hw.devices,
+            "peak_flops": peak, "peak_dtype": dtype, "vector_flops": hw.device.compute.vector,
+            "dispatch_overhead_s": hw.device.dispatch_overhead,
+            "memory": {
+                name: {"capacity_bytes": lvl.capacity, "bandwidth_bytes_per_s": lvl.bandwidth,
+                       "latency_s": lvl.latency, "kind": lvl.kind, "scope": lvl.scope}
+                for name, lvl in hw.device.memory.items()
+            },
+            "balance_point_flop_per_byte": peak / hw.device.memory[dram].bandwidth,
+            "balance_level": dram,
+        },
+        "memory": {
+            "weights_bytes": placement.footprint.weights,
+            "kv_cache_bytes": placement.footprint.kv_cache,
+            "activations_bytes": placement.footprint.activations,
+            "optimizer_bytes": placement.footprint.optimizer,
+            "home": dict(placement.home),
+            "capacity_bytes": dict(placement.capacity),
+            "used_bytes": dict(placement.used),
+        },
+    }

@@ -1,0 +1,101 @@
+"""Machine-readable outputs: JSON summary + op records, CSV of op records, Chrome/Perfetto trace.
+
+Files are written whole to a temporary name and renamed, so a failure never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+from sim.engine.records import RunResult
+from sim.report.summary import summarize
+
+
+def _write(path: str | Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def to_json(result: RunResult) -> str:
+    doc = {"summary": summarize(result), "context": result.meta, "ops": [r.to_dict() for r in result.ops]}
+    return json.dumps(doc, indent=1, sort_keys=False) + "\n"
+
+
+def csv_columns(result: RunResult) -> tuple[list[str], list[str]]:
+    levels = list(result.meta.get("hardware", {}).get("memory", {})) or sorted(
+        {lvl for r in result.ops for lvl in r.bytes})
+    stalls = sorted({k for r in result.ops for k in r.stall_s})
+    return levels, stalls
+
+
+def to_csv(result: RunResult) -> str:
+    levels, stalls = csv_columns(result)
+    head = ["name", "phase", "step", "layer", "kind", "op_class", "device", "unit", "dtype", "shape",
+            "start_s", "end_s", "duration_s", "flops", "bytes", *[f"bytes_{lvl}" for lvl in levels],
+            "intensity", "compute_s", "overhead_s", *[f"stall_{s.replace(':', '_')}_s" for s in stalls], "bound"]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(head)
+    for r in result.ops:
+        w.writerow([r.name, r.phase, r.step, r.layer, r.kind, r.op_class, r.device, r.unit, r.dtype,
+                    "x".join(map(str, r.shape)), repr(r.start_s), repr(r.end_s), repr(r.duration_s),
+                    repr(r.flops), repr(r.total_bytes), *[repr(r.bytes.get(lvl, 0.0)) for lvl in levels],
+                    repr(r.intensity) if r.total_bytes else "", repr(r.compute_s), repr(r.overhead_s),
+                    *[repr(r.stall_s.get(s, 0.0)) for s in stalls], r.bound])
+    return buf.getvalue()
+
+
+def to_trace(result: RunResult) -> dict:
+    """Chrome trace events: pid = device, one tid (track) per compute unit, memory level and link."""
+    hw = result.meta.get("hardware", {})
+    levels = list(hw.get("memory", {}))
+    devices = sorted({r.device for r in result.ops}) or [0]
+    tracks = ["host dispatch", "compute:matrix", "compute:vector", *[f"memory:{lvl}" for lvl in levels]]
+    n_dev = hw.get("devices_per_node", 1)
+    links = [f"link:{d}->{e}" for d in devices for e in range(n_dev) if e != d] if n_dev > 1 else []
+    tracks += links
+    tid = {name: i for i, name in enumerate(tracks)}
+    us = 1e6
+    events: list[dict] = []
+    for d in devices:
+        events.append({"ph": "M", "name": "process_name", "pid": d, "args": {"name": f"device {d}"}})
+        for name, i in tid.items():
+            events.append({"ph": "M", "name": "thread_name", "pid": d, "tid": i, "args": {"name": name}})
+            events.append({"ph": "M", "name": "thread_sort_index", "pid": d, "tid": i, "args": {"sort_index": i}})
+    for r in result.ops:
+        if r.overhead_s > 0:
+            events.append({"ph": "X", "name": f"wait dispatch {r.name}", "cat": "overhead", "pid": r.device,
+                           "tid": tid["host dispatch"], "ts": r.start_s * us, "dur": r.overhead_s * us})
+        events.append({
+            "ph": "X", "name": r.name, "cat": r.op_class, "pid": r.device, "tid": tid[f"compute:{r.unit}"],
+            "ts": (r.start_s + r.overhead_s) * us, "dur": (r.duration_s - r.overhead_s) * us,
+            "args": {"flops": r.flops, "bytes": r.bytes, "compute_s": r.compute_s, "stall_s": r.stall_s,
+                     "bound": r.bound, "shape": list(r.shape)},
+        })
+        for lvl, (first, last) in r.level_span_s.items():
+            events.append({
+                "ph": "X", "name": r.name, "cat": "memory", "pid": r.device, "tid": tid[f"memory:{lvl}"],
+                "ts": first * us, "dur": (last - first) * us,
+                "args": {"bytes": r.bytes[lvl], "busy_s": r.level_busy_s[lvl]},
+            })
+    return {"traceEvents": events, "displayTimeUnit": "ns",
+            "otherData": {"workload": result.workload, "hardware": result.hardware}}
+
+
+def write_json(result: RunResult, path: str | Path) -> None:
+    _write(path, to_json(result))
+
+
+def write_csv(result: RunResult, path: str | Path) -> None:
+    _write(path, to_csv(result))
+
+
+def write_trace(result: RunResult, path: str | Path) -> None:
+    _write(path, json.dumps(to_trace(result), separators=(",", ":")) + "\n")

@@ -1,0 +1,116 @@
+"""The terminal report: what ran on what, end-to-end figures, memory vs capacity, and the headline
+table contrasting GEMM, GEMV, attention and the rest — where the time went and which resource bounds it."""
+
+from __future__ import annotations
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from sim.config.units import fmt_bytes, fmt_si, fmt_time
+from sim.report.summary import summarize
+
+WIDTH = 150
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _share_columns(summary: dict) -> list[str]:
+    """compute, then every memory level / link that any op stalled on, then overhead."""
+    keys = {k for c in summary["classes"].values() for k in c["time_share"]}
+    stalls = sorted(k for k in keys if k not in ("compute", "overhead"))
+    return ["compute", *stalls, "overhead"]
+
+
+def _label(key: str) -> str:
+    return {"compute": "busy", "overhead": "overhead"}.get(key, key.replace("memory:", "stall ").replace(
+        "link:", "link "))
+
+
+def _breakdown_table(title: str, rows: dict[str, dict], cols: list[str], peak: float, balance: float) -> Table:
+    t = Table(title=title, box=box.SIMPLE_HEAVY, title_justify="left", pad_edge=False)
+    for name in ("", "time", "share", "FLOPs", "bytes", "FLOP/B", "FLOP/s", "% peak", "bandwidth"):
+        t.add_column(name, justify="left" if not name else "right", no_wrap=not name)
+    for key in cols:
+        t.add_column(_label(key), justify="right")
+    t.add_column("bound")
+    for name, a in rows.items():
+        ai = a["intensity_flop_per_byte"]
+        side = "" if ai is None else ("<" if ai < balance else ">")
+        t.add_row(
+            name, fmt_time(a["time_s"]), _pct(a.get("share_of_total", 1.0)), fmt_si(a["flops"], "FLOP"),
+            fmt_bytes(a["bytes"]), "-" if ai is None else f"{ai:.1f} {side}",
+            fmt_si(a["achieved_flops_per_s"], "FLOP/s"), _pct(a["achieved_flops_per_s"] / peak),
+            fmt_si(a["achieved_bytes_per_s"], "B/s"),
+            *[_pct(a["time_share"].get(k, 0.0)) for k in cols],
+            _label(a["bound"]) if a["bound"] != "compute" else "compute",
+        )
+    return t
+
+
+def render(result, console: Console | None = None, top: int = 10) -> None:
+    s = summarize(result, top=top)
+    meta = result.meta
+    wl, hw, mem = meta["workload"], meta["hardware"], meta["memory"]
+    out = console or Console(width=WIDTH, highlight=False)
+    p = wl["precision"]
+
+    out.print(f"[bold]memwall[/bold] — {wl['name']}  on  {hw['name']}")
+    out.print(
+        f"  model: {wl['family']}, {wl['layers']} layers, hidden {wl['hidden']}, {wl['heads']} heads "
+        f"({wl['kv_heads']} KV), ffn {wl['ffn']}, vocab {wl['vocab']}; "
+        f"weights {p['weights']}, activations {p['activations']}, KV cache {p['kv_cache']}"
+    )
+    tokens = f"prompt {wl['prompt_tokens']}" + (f", {wl['new_tokens']} new tokens" if wl["new_tokens"] else "")
+    out.print(f"  scenario: {wl['phase']}, batch {wl['batch']}, {tokens}")
+    levels = ", ".join(
+        f"{n} {fmt_bytes(m['capacity_bytes'])} @ {fmt_si(m['bandwidth_bytes_per_s'], 'B/s')}"
+        for n, m in hw["memory"].items())
+    out.print(
+        f"  hardware: {fmt_si(hw['peak_flops'], 'FLOP/s')} {hw['peak_dtype']} matrix, "
+        f"{fmt_si(hw['vector_flops'], 'FLOP/s')} vector, dispatch {fmt_time(hw['dispatch_overhead_s'])}/op"
+    )
+    out.print(f"  memory: {levels}")
+    balance = hw["balance_point_flop_per_byte"]
+    out.print(f"  balance point: {balance:.1f} FLOP/B ({hw['peak_dtype']} peak / {hw['balance_level']} bandwidth)")
+
+    out.print()
+    e2e = Table(title="End to end", box=box.SIMPLE_HEAVY, title_justify="left", pad_edge=False, show_header=False)
+    e2e.add_column("figure")
+    e2e.add_column("value", justify="right")
+    e2e.add_row("total time", fmt_time(s["total_s"]))
+    if wl["phase"] in ("prefill", "generate"):
+        e2e.add_row("prefill = time to first token", fmt_time(s["ttft_s"]))
+    if s["tpot_s"] is not None:
+        e2e.add_row("time per output token (mean)", fmt_time(s["tpot_s"]))
+        e2e.add_row("decode time", fmt_time(s["decode_s"]))
+    rate_label = "tokens/s (generated)" if s["tpot_s"] is not None else "tokens/s (processed)"
+    e2e.add_row(rate_label, f"{s['tokens_per_s']:.1f}")
+    e2e.add_row("FLOPs / bytes moved", f"{fmt_si(s['flops'], 'FLOP')} / {fmt_bytes(s['bytes'])}")
+    e2e.add_row("ops simulated / events", f"{s['ops']} / {s['events']}")
+    e2e.add_row("dominant", _label(s["bound"]))
+    out.print(e2e)
+
+    fp = Table(title="Memory footprint vs capacity", box=box.SIMPLE_HEAVY, title_justify="left", pad_edge=False)
+    for col in ("", "bytes", "placed in"):
+        fp.add_column(col, justify="right" if col == "bytes" else "left")
+    for label, key, kind in (("weights", "weights_bytes", "weight"), ("KV cache", "kv_cache_bytes", "kv_cache"),
+                             ("activations (peak live)", "activations_bytes", "activation")):
+        fp.add_row(label, fmt_bytes(mem[key]), mem["home"].get(kind, "-"))
+    for level, cap in mem["capacity_bytes"].items():
+        used = mem["used_bytes"][level]
+        fp.add_row(f"{level} used / capacity", f"{fmt_bytes(used)} / {fmt_bytes(cap)}", _pct(used / cap))
+    out.print(fp)
+
+    cols = _share_columns(s)
+    peak = hw["peak_flops"]
+    out.print(_breakdown_table(
+        "Where the time goes, by op class  (FLOP/B: < below / > above the balance point; % peak of matrix peak)",
+        s["classes"], cols, peak, balance))
+    phases = {k: {**v, "share_of_total": v["time_s"] / s["total_s"]} for k, v in s["phases"].items()}
+    out.print(_breakdown_table("By phase", phases, cols, peak, balance))
+    tops = {f"{a['phase']} {a['kind']} ({a['op_class']}, {a['ops']}x)": a for a in s["top_ops"]}
+    out.print(_breakdown_table(f"Top {len(tops)} operators (summed over layers and steps)", tops, cols, peak,
+                               balance))
