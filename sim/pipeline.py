@@ -27,7 +27,7 @@ def context(workload: Workload, hw: Hardware, placement, hw_file: str) -> dict:
     """Plain data the reports need besides the op records: what ran, on what, and what it held."""
     sc, m = workload.scenario, workload.model
     dtype = sc.precision.activations
-    dram = next(name for name, lvl in reversed(hw.device.memory.items()) if lvl.holds_tensors())
+    dram = placement.home["weight"]  # the balance point that matters is against where weights stream from
     peak = matrix_peak(hw, dtype, hw_file)
     return {
         "workload": {

@@ -54,7 +54,7 @@ class Device(Spec):
 
 
 class Interconnect(Spec):
-    topology: Literal["switch", "ring", "tree", "torus2d", "mesh2d"]
+    topology: Literal["switch", "ring", "tree", "torus2d", "mesh2d", "torus3d"]
     link: Link
 
 

@@ -17,6 +17,7 @@ from sim.graph.ops import Op
 from sim.graph.transformer import OpGraph
 
 KIND_ORDER = ("weight", "kv_cache", "activation")
+LABEL = {"weight": "weights", "kv_cache": "KV cache", "activation": "activations"}
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ def place(graph: OpGraph, hw: Hardware, hw_file: str = "hardware") -> Placement:
         if spot is None:
             have = ", ".join(f"{n} {fmt_bytes(capacity[n] - used[n])} free" for n in homes)
             raise ConfigError(
-                f"workload does not fit: {kind} needs {fmt_bytes(need[kind])} (weights "
+                f"workload does not fit: {LABEL[kind]} need {fmt_bytes(need[kind])} (weights "
                 f"{fmt_bytes(fp.weights)}, KV cache {fmt_bytes(fp.kv_cache)}, activations "
                 f"{fmt_bytes(fp.activations)}) but {have}",
                 hw_file,
