@@ -101,7 +101,9 @@ def validate(cls: type[BaseModel], data: dict[str, Any], file: str) -> Any:
 
 
 def _to_config_error(e: ValidationError, cls: type[BaseModel], data: Any, file: str) -> ConfigError:
-    err = e.errors(include_url=False)[0]
+    errors = e.errors(include_url=False)
+    # a typo'd key also makes the intended key "missing": report the typo, it explains both
+    err = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
     loc = [str(p) for p in err["loc"]]
     cause = (err.get("ctx") or {}).get("error")
     if isinstance(cause, KeyedError):

@@ -1,0 +1,127 @@
+"""Config loading and the one-line, exit-code-2 contract for bad input."""
+
+from pathlib import Path
+
+import pytest
+
+from conftest import DATA, ROOT, cli, load
+from sim.errors import ConfigError
+
+WORKLOADS = sorted((ROOT / "workloads").glob("*.yaml"))
+HARDWARE = sorted((ROOT / "hardware_models").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", HARDWARE, ids=lambda p: p.name)
+def test_shipped_hardware_loads_and_cites_a_source(path):
+    from sim.config import load_hardware
+
+    hw = load_hardware(path)
+    assert len(hw.source) > 40
+    assert hw.device.compute.peak
+
+
+@pytest.mark.parametrize("path", WORKLOADS, ids=lambda p: p.name)
+def test_shipped_workloads_load(path):
+    wl, hw = load(path)
+    assert wl.model.layers > 0 and hw.name
+
+
+def test_set_overrides_workload_and_hardware():
+    wl, hw = load(DATA / "toy-gpt.yaml", scenario__batch=4, scenario__precision__weights="int8",
+                  device__memory__dram__bandwidth="20 GB/s")
+    assert wl.scenario.batch == 4
+    assert wl.scenario.precision.weights == "int8"
+    assert hw.device.memory["dram"].bandwidth == 20e9
+
+
+def test_hf_config_maps_llama_with_gqa(tmp_path):
+    (tmp_path / "config.json").write_text(
+        '{"model_type": "llama", "hidden_size": 8192, "num_hidden_layers": 80, "num_attention_heads": 64,'
+        ' "num_key_value_heads": 8, "intermediate_size": 28672, "vocab_size": 32000,'
+        ' "max_position_embeddings": 4096, "hidden_act": "silu"}')
+    text = (DATA / "toy-gpt.yaml").read_text().replace("hardware: toy-hw.yaml", f"hardware: {DATA / 'toy-hw.yaml'}")
+    model_start, scen = text.index("model:"), text.index("scenario:")
+    (tmp_path / "w.yaml").write_text(text[:model_start] + "model:\n  hf_config: config.json\n" + text[scen:])
+    wl, _ = load(tmp_path / "w.yaml")
+    assert (wl.model.family, wl.model.layers, wl.model.n_kv_heads, wl.model.norm) == ("llama", 80, 8, "rmsnorm")
+
+
+def _broken(tmp_path: Path, old: str, new: str, name: str = "toy-gpt.yaml") -> Path:
+    text = (DATA / name).read_text()
+    assert old in text
+    target = tmp_path / name
+    target.write_text(text.replace(old, new))
+    if name == "toy-gpt.yaml":
+        (tmp_path / "toy-hw.yaml").write_text((DATA / "toy-hw.yaml").read_text())
+    return target
+
+
+BAD_WORKLOADS = [
+    ("phase: generate", "phase: [generate", "malformed YAML"),
+    ("  layers: 1", "  layerz: 1", "model.layerz: unknown key"),
+    ("  layers: 1\n", "", "model.layers: missing key"),
+    ("  heads: 4", "  heads: 5", "model.heads: heads (5) must divide hidden (64)"),
+    ("  batch: 2", "  batch: -2", "scenario.batch"),
+    ("  batch: 2", "  batch: two", "scenario.batch"),
+    ("  prompt_tokens: 8", "  prompt_tokens: 80", "scenario.prompt_tokens: prompt_tokens + new_tokens = 83"),
+    ("weights: fp16", "weights: fp12", "scenario.precision.weights"),
+    ("  family: gpt", "  family: bert", "scenario.phase: a bert model cannot run phase 'generate'"),
+]
+
+
+@pytest.mark.parametrize("old,new,needle", BAD_WORKLOADS, ids=[b[2][:30] for b in BAD_WORKLOADS])
+def test_bad_workload_is_one_line_exit_2(tmp_path, old, new, needle):
+    path = _broken(tmp_path, old, new)
+    r = cli("run", str(path))
+    assert r.returncode == 2, r.stderr
+    assert r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr
+    assert str(path) in lines[0] and needle in lines[0], lines[0]
+
+
+BAD_HARDWARE = [
+    ("bandwidth: 10 GB/s", "bandwidth: 10 GHz", "device.memory.dram.bandwidth: '10 GHz' is a Hz value"),
+    ("capacity: 1 GiB", "capacity: -1 GiB", "device.memory.dram.capacity"),
+    ("dispatch_overhead: 1 us", "dispatch_overhead: 1 lightyear", "device.dispatch_overhead: unknown unit"),
+    ("    vector: 0.1 TFLOP/s\n", "", "device.compute.vector: missing key"),
+    ("kind: scratchpad}\n    dram: {capacity: 1 GiB, bandwidth: 10 GB/s, latency: 100 ns, scope: shared, kind: dram",
+     "kind: cache}\n    dram: {capacity: 1 GiB, bandwidth: 10 GB/s, latency: 100 ns, scope: shared, kind: cache",
+     "device: no memory level of kind"),
+    ("    units: 1", "    unit: 1", "did you mean 'units'?"),
+]
+
+
+@pytest.mark.parametrize("old,new,needle", BAD_HARDWARE, ids=[b[2][:30] for b in BAD_HARDWARE])
+def test_bad_hardware_is_one_line_exit_2(tmp_path, old, new, needle):
+    hw = _broken(tmp_path, old, new, "toy-hw.yaml")
+    r = cli("run", str(DATA / "toy-gpt.yaml"), "--hardware", str(hw))
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert str(hw) in r.stderr and needle in r.stderr, r.stderr
+
+
+def test_model_that_does_not_fit_names_memory(tmp_path):
+    r = cli("run", str(DATA / "toy-gpt.yaml"), "--set", "device.memory.dram.capacity=100 KiB",
+            "--set", "device.memory.sram.capacity=1 KiB")
+    assert r.returncode == 2
+    assert "device.memory: workload does not fit: weights need" in r.stderr
+
+
+def test_bad_set_and_missing_file(tmp_path):
+    r = cli("run", str(DATA / "toy-gpt.yaml"), "--set", "nonsense.key=1")
+    assert r.returncode == 2 and "--set: nonsense.key: unknown key 'nonsense'" in r.stderr
+    r = cli("run", str(DATA / "toy-gpt.yaml"), "--set", "scenario.batch")
+    assert r.returncode == 2 and "expected KEY.PATH=VALUE" in r.stderr
+    r = cli("run", str(tmp_path / "nope.yaml"))
+    assert r.returncode == 2 and "nope.yaml: cannot read file" in r.stderr
+
+
+def test_bad_input_writes_nothing(tmp_path):
+    out = tmp_path / "out.json"
+    r = cli("run", str(DATA / "toy-gpt.yaml"), "--set", "scenario.batch=0", "--json", str(out))
+    assert r.returncode == 2 and not out.exists()
+
+
+def test_config_error_message_shape():
+    assert str(ConfigError("bad", "f.yaml", "a.b")) == "f.yaml: a.b: bad"
