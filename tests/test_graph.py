@@ -1,0 +1,113 @@
+"""Operator graph: exact FLOPs, bytes and parameter counts against hand calculation and published sizes."""
+
+import networkx as nx
+import pytest
+
+from conftest import DATA, ROOT, load
+from sim.graph import build_graph
+
+
+def weights(graph):
+    return sum(t.elements for t in graph.tensors().values() if t.kind == "weight")
+
+
+@pytest.mark.parametrize("name,params", [
+    ("gpt2", 124_439_808),          # HF gpt2
+    ("gpt2-xl", 1_557_611_200),     # HF gpt2-xl
+    ("bert-base", 109_482_240),     # HF bert-base-uncased (with pooler)
+    ("bert-large", 335_141_888),    # HF bert-large-uncased
+    ("llama2-7b", 6_738_415_616),   # Llama-2-7b-hf
+    ("llama2-13b-int4", 13_015_864_320),
+])
+def test_parameter_counts_match_published(name, params):
+    short = {} if "bert" in name else {"scenario__phase": "prefill", "scenario__new_tokens": 0}
+    wl, _ = load(ROOT / "workloads" / f"{name}.yaml", **short)
+    assert weights(build_graph(wl)) == params
+
+
+def test_llama_70b_gqa_parameter_count_and_kv_size():
+    wl, _ = load(ROOT / "workloads/llama2-7b.yaml", model__layers=80, model__hidden=8192, model__heads=64,
+                 model__kv_heads=8, model__ffn=28672, scenario__new_tokens=1)
+    g = build_graph(wl)
+    assert weights(g) == 68_976_648_192
+    kv = sum(t.bytes for t in g.tensors().values() if t.kind == "kv_cache")
+    # 2 (K, V) x layers x kv_heads x head_dim x context x batch x 2 bytes
+    assert kv == 2 * 80 * 8 * 128 * (1024 + 1) * 1 * 2
+
+
+def op(graph, name):
+    return next(o for o in graph.ops if o.name == name)
+
+
+def test_toy_qkv_flops_and_bytes_by_hand(toy):
+    g = build_graph(toy[0])
+    qkv = op(g, "prefill.L0.qkv")
+    m, n, k = 2 * 8, 3 * 64, 64
+    assert qkv.shape == (m, n, k)
+    assert qkv.flops == 2 * m * n * k + m * n  # with bias
+    assert qkv.op_class == "gemm"
+    read = m * k * 2 + (k * n + n) * 2
+    write = 3 * m * 64 * 2
+    assert qkv.bytes == read + write
+
+
+def test_decode_reads_kv_cache_one_longer_each_step(toy):
+    g = build_graph(toy[0])
+    for step in range(3):
+        ctx = 8 + step + 1
+        scores = op(g, f"decode{step}.L0.scores")
+        k_read = next(a for a in scores.reads if a.tensor.kind == "kv_cache")
+        assert k_read.bytes == 2 * ctx * 4 * 16 * 2  # batch x ctx x heads x head_dim x fp16
+        assert scores.flops == 2 * (2 * 4) * 1 * ctx * 16
+        assert op(g, f"decode{step}.L0.qkv").op_class == "gemv"
+    prefill_scores = op(g, "prefill.L0.scores")
+    assert prefill_scores.flops == 2 * (2 * 4) * 8 * 8 * 16
+    # prefill writes K and V for the whole prompt, each decode step for one token
+    kv_writes = [a.bytes for a in op(g, "prefill.L0.qkv").writes if a.tensor.kind == "kv_cache"]
+    assert kv_writes == [2 * 8 * 64 * 2] * 2
+
+
+def test_lm_head_runs_on_last_token_and_is_tied_in_gpt(toy):
+    g = build_graph(toy[0])
+    head = op(g, "prefill.head.lm_head")
+    assert head.shape == (2, 128, 64)
+    assert head.reads[1].tensor.name == "wte"
+
+
+def test_llama_has_gate_rope_and_no_bias():
+    wl, _ = load(ROOT / "workloads/llama2-7b.yaml", model__layers=1, scenario__prompt_tokens=4,
+                 scenario__new_tokens=1)
+    g = build_graph(wl)
+    kinds = [o.kind for o in g.ops if o.layer == 0 and o.phase == "prefill"]
+    assert kinds == ["attn_norm", "qkv", "rope", "scores", "softmax", "attn_v", "attn_out", "residual",
+                     "ffn_norm", "ffn_up", "ffn_gate", "act", "ffn_down", "residual2"]
+    up = op(g, "prefill.L0.ffn_up")
+    assert up.flops == 2 * 4 * 11008 * 4096
+
+
+def test_bert_is_post_norm_with_pooler():
+    wl, _ = load(ROOT / "workloads/bert-base.yaml", model__layers=1, scenario__batch=1, scenario__prompt_tokens=16)
+    g = build_graph(wl)
+    kinds = [o.kind for o in g.ops]
+    assert kinds[:2] == ["embed", "embed_norm"]
+    assert kinds[-2:] == ["pooler", "pooler_tanh"]
+    layer = [o.kind for o in g.ops if o.layer == 0]
+    assert layer.index("attn_norm") > layer.index("residual")
+
+
+def test_graph_is_a_dag_in_topological_order(toy):
+    g = build_graph(toy[0])
+    assert nx.is_directed_acyclic_graph(g.dag)
+    position = {o.name: i for i, o in enumerate(g.ops)}
+    assert all(position[a] < position[b] for a, b in g.dag.edges)
+    assert len(g.ops) == g.dag.number_of_nodes() == 4 * (1 + 12 + 2)  # prefill + 3 steps
+    assert nx.has_path(g.dag, "prefill.head.lm_head", "decode2.head.lm_head")
+
+
+def test_int4_weights_halve_bytes_not_flops():
+    fp16, _ = load(DATA / "toy-gpt.yaml")
+    int4, _ = load(DATA / "toy-gpt.yaml", scenario__precision__weights="int4")
+    a, b = op(build_graph(fp16), "prefill.L0.ffn_up"), op(build_graph(int4), "prefill.L0.ffn_up")
+    assert a.flops == b.flops
+    wa, wb = a.reads[1].bytes, b.reads[1].bytes
+    assert wb == wa / 4
