@@ -26,7 +26,8 @@ def cli() -> None:
 @click.option("--hardware", "hardware", type=click.Path(dir_okay=False, path_type=Path),
               help="Hardware YAML (default: the workload's `hardware:`).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
-              help="Override any workload or hardware key, e.g. scenario.batch=8 or device.memory.hbm.bandwidth='4 TB/s'.")
+              help="Override any workload or hardware key, e.g. scenario.batch=8 or "
+                   "device.memory.hbm.bandwidth='4 TB/s'.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write summary + op records.")
 @click.option("--csv", "csv_out", type=click.Path(dir_okay=False, path_type=Path), help="Write one row per op.")
 @click.option("--trace", "trace_out", type=click.Path(dir_okay=False, path_type=Path),

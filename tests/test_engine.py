@@ -2,9 +2,8 @@
 contention, bounded events, determinism."""
 
 import pytest
-import simpy
-
 from conftest import DATA, load
+
 from sim.engine import simulate
 from sim.engine.machine import LevelUse, Machine
 from sim.graph import build_graph

@@ -23,7 +23,8 @@ _ACTIVATION = {"gelu": "gelu", "gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", 
 def model_from_hf_config(hf: dict[str, Any], file: str) -> dict[str, Any]:
     model_type = hf.get("model_type")
     if model_type not in _FAMILY:
-        raise ConfigError(f"unsupported model_type {model_type!r} (supported: {', '.join(_FAMILY)})", file, "model_type")
+        supported = ", ".join(_FAMILY)
+        raise ConfigError(f"unsupported model_type {model_type!r} (supported: {supported})", file, "model_type")
     family = _FAMILY[model_type]
     out: dict[str, Any] = {"family": family}
     for key, candidates in _KEYS.items():

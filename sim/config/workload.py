@@ -72,7 +72,9 @@ class Scenario(Spec):
         if self.phase in ("decode", "generate") and self.new_tokens < 1:
             raise KeyedError("new_tokens", f"phase {self.phase!r} needs new_tokens >= 1")
         if self.phase in ("encode", "prefill") and self.new_tokens:
-            raise KeyedError("new_tokens", f"phase {self.phase!r} generates no tokens; remove new_tokens or use 'generate'")
+            raise KeyedError(
+                "new_tokens", f"phase {self.phase!r} generates no tokens; remove new_tokens or use 'generate'"
+            )
         return self
 
 

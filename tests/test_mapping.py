@@ -1,0 +1,64 @@
+"""Placement: weights that fit on chip live there; those that do not stream from DRAM."""
+
+import pytest
+from conftest import ROOT, load
+
+from sim.errors import ConfigError
+from sim.graph import build_graph
+from sim.mapping import place
+from sim.mapping.placement import peak_live_activations
+from sim.mapping.plan import chunk_schedule
+from sim.pipeline import run
+
+SRAM = ROOT / "hardware_models/sram-accel.yaml"
+
+
+def gpt2_on(hw_path, **overrides):
+    from sim.config import load_hardware
+    from sim.config.loader import split_overrides
+
+    wl, _ = load(ROOT / "workloads/gpt2.yaml", scenario__prompt_tokens=64, scenario__new_tokens=4)
+    _, hw_set = split_overrides([(k.replace("__", "."), v) for k, v in overrides.items()])
+    return wl, load_hardware(hw_path, hw_set)
+
+
+def test_gpt2_weights_live_in_sram_when_they_fit():
+    wl, hw = gpt2_on(SRAM)
+    p = place(build_graph(wl), hw)
+    assert p.home["weight"] == "sram"
+    assert p.footprint.weights == 124_439_808 * 2
+
+
+def test_shrinking_sram_below_the_weights_brings_dram_stalls_back():
+    fits = run(*gpt2_on(SRAM))
+    spills = run(*gpt2_on(SRAM, device__memory__sram__capacity="200 MiB"))
+    assert spills.meta["memory"]["home"]["weight"] == "dram"
+
+    def decode(result):
+        ops = [r for r in result.ops if r.phase == "decode"]
+        return sum(r.duration_s for r in ops), sum(r.stall_s.get("memory:dram", 0) for r in ops)
+
+    (t_fit, dram_fit), (t_spill, dram_spill) = decode(fits), decode(spills)
+    assert t_spill > 3 * t_fit
+    assert dram_spill > 0.5 * t_spill > dram_fit
+
+
+def test_does_not_fit_is_a_config_error():
+    wl, hw = gpt2_on(SRAM, device__memory__dram__capacity="100 MiB", device__memory__sram__capacity="100 MiB")
+    with pytest.raises(ConfigError, match="does not fit: weights need 237.35 MiB"):
+        place(build_graph(wl), hw)
+
+
+def test_peak_live_activations_by_hand(toy):
+    g = build_graph(toy[0])
+    peak = peak_live_activations(g.ops)
+    # prefill: at least the residual stream (16 x 64) plus the FFN up output (16 x 256) are live at once
+    assert peak >= (16 * 64 + 16 * 256) * 2
+    assert peak < sum(a.tensor.bytes for o in g.ops for a in o.writes if a.tensor.kind == "activation")
+
+
+@pytest.mark.parametrize("c,m,lat,n", [(1.0, 0.001, 0.0, 1), (1.0, 1.0, 0.0, 4), (1e-6, 1e-6, 1e-6, 1),
+                                       (4e-6, 4e-6, 1e-6, 2)])
+def test_chunk_schedule(c, m, lat, n):
+    chunks = chunk_schedule(c, m, lat)
+    assert len(chunks) == n and sum(chunks) == pytest.approx(1.0)

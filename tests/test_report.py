@@ -1,0 +1,83 @@
+"""Reports and the CLI: the headline claims, the JSON/CSV/trace schemas, determinism."""
+
+import csv
+import io
+import json
+
+import pytest
+from conftest import DATA, ROOT, cli, load
+
+from sim.pipeline import run
+from sim.report import summarize, to_csv, to_json, to_trace
+
+
+@pytest.fixture(scope="module")
+def gpt2_a100():
+    wl, hw = load(ROOT / "workloads/gpt2.yaml", scenario__new_tokens=4)
+    return run(wl, hw)
+
+
+def test_headline_decode_gemv_waits_on_dram_prefill_gemm_computes(gpt2_a100):
+    s = summarize(gpt2_a100)
+    gemv, gemm = s["classes"]["GEMV"], s["classes"]["GEMM"]
+    assert gemv["bound"] == "memory:hbm"
+    assert gemv["time_share"]["memory:hbm"] > 0.5
+    assert gemm["bound"] == "compute"
+    assert gemm["intensity_flop_per_byte"] > s["balance_point_flop_per_byte"] > gemv["intensity_flop_per_byte"]
+
+
+def test_end_to_end_figures_are_consistent(gpt2_a100):
+    s = summarize(gpt2_a100)
+    assert s["total_s"] == pytest.approx(s["prefill_s"] + s["decode_s"])
+    assert s["ttft_s"] == s["prefill_s"]
+    assert s["tpot_s"] == pytest.approx(s["decode_s"] / 4)
+    assert s["tokens_per_s"] == pytest.approx(4 / s["total_s"])
+    assert sum(c["time_s"] for c in s["classes"].values()) == pytest.approx(s["total_s"])
+    assert s["flops"] == sum(r.flops for r in gpt2_a100.ops)
+
+
+def test_json_schema(gpt2_a100):
+    doc = json.loads(to_json(gpt2_a100))
+    for key in ("total_s", "ttft_s", "tpot_s", "tokens_per_s", "flops", "bytes", "classes"):
+        assert key in doc["summary"]
+    op = doc["ops"][0]
+    for key in ("name", "layer", "phase", "op_class", "device", "flops", "bytes", "start_s", "end_s",
+                "compute_s", "stall_s", "overhead_s", "intensity", "bound"):
+        assert key in op
+    assert isinstance(op["bytes"], dict) and isinstance(op["stall_s"], dict)
+    assert len(doc["ops"]) == len(gpt2_a100.ops)
+
+
+def test_csv_has_one_row_per_op(gpt2_a100):
+    rows = list(csv.DictReader(io.StringIO(to_csv(gpt2_a100))))
+    assert len(rows) == len(gpt2_a100.ops)
+    assert {"bytes_hbm", "stall_memory_hbm_s", "bound"} <= set(rows[0])
+
+
+def test_trace_has_a_track_per_unit_level_and_link(gpt2_a100):
+    trace = to_trace(gpt2_a100)
+    names = {e["args"]["name"] for e in trace["traceEvents"] if e.get("name") == "thread_name"}
+    assert {"compute:matrix", "compute:vector", "memory:hbm", "memory:l2", "link:0->1"} <= names
+    spans = [e for e in trace["traceEvents"] if e["ph"] == "X"]
+    assert all(e["dur"] >= 0 for e in spans)
+
+
+def test_cli_writes_outputs_and_is_deterministic(tmp_path):
+    outs = []
+    for i in range(2):
+        paths = [tmp_path / f"{i}.{ext}" for ext in ("json", "csv", "trace.json")]
+        r = cli("run", str(DATA / "toy-gpt.yaml"), "--json", str(paths[0]), "--csv", str(paths[1]),
+                "--trace", str(paths[2]))
+        assert r.returncode == 0, r.stderr
+        assert "Where the time goes" in r.stdout and "GEMV" in r.stdout
+        report = [line for line in r.stdout.splitlines() if not line.startswith("wrote ")]
+        outs.append((report, *[p.read_bytes() for p in paths]))
+    assert outs[0] == outs[1]
+
+
+def test_encode_reports_processed_tokens():
+    wl, hw = load(ROOT / "workloads/bert-base.yaml", model__layers=2, scenario__batch=2, scenario__prompt_tokens=32)
+    s = summarize(run(wl, hw))
+    assert s["tpot_s"] is None
+    assert s["tokens_per_s"] == pytest.approx(64 / s["total_s"])
+    assert set(s["classes"]) == {"GEMM", "attention", "other"}
