@@ -127,7 +127,7 @@ def test_contention_inside_an_op(hw):
 def test_events_per_op_are_bounded_and_independent_of_bytes(hw):
     small = simulate([plan_op(single_op(2e8, 1e6, 1e5, 1e5), hw, placement())], hw).ops[0]
     big = simulate([plan_op(single_op(2e11, 1e9, 1e8, 1e8), hw, placement())], hw).ops[0]
-    assert small.events == big.events <= 64
+    assert small.events == big.events <= 128  # 4 chunks x 3 transfers, each a handful of simpy events
 
 
 def test_whole_run_events_scale_with_ops_not_bytes():

@@ -29,7 +29,7 @@ class Executor:
     def run(self, plans: list[OpPlan], workload: str = "") -> RunResult:
         self.env.process(self._stream(plans))
         self.env.run()
-        events = sum(r.events for r in self.records)
+        events = self.env.scheduled
         return RunResult(hardware=self.hw.name, workload=workload, ops=self.records, events=events)
 
     def _stream(self, plans: list[OpPlan]):
@@ -51,17 +51,15 @@ class Executor:
         start = env.now
         stall: dict[str, float] = {}
         uses: dict[str, LevelUse] = {}
-        events = 2  # its dispatch on the host
+        first_event = env.scheduled
 
         def use(level: str) -> LevelUse:
             return uses.setdefault(level, LevelUse())
 
         def wait(event: simpy.Event, blame):
             """Yield `event`; charge the compute unit's idle time to whatever `blame` names."""
-            nonlocal events
             t0 = env.now
             value = yield event
-            events += 1
             if env.now > t0:
                 key = blame(value)
                 stall[key] = stall.get(key, 0.0) + env.now - t0
@@ -97,13 +95,11 @@ class Executor:
                 yield from wait(req, lambda _: "compute:queue")
                 c = p.compute_s * frac
                 yield env.timeout(c)
-                events += 1
                 busy += c
             if current:
                 yield from wait(env.all_of(current[1]), last_level)
         if stores:
             yield from wait(env.all_of(stores), last_level)
-        events += sum(2 for _ in uses) + len(p.chunks) * (2 * len(p.loads) + len(p.stores))
 
         op = p.op
         self.records.append(OpRecord(
@@ -111,7 +107,7 @@ class Executor:
             op_class=op.op_class, device=p.device, unit=p.unit, dtype=op.dtype, shape=op.shape,
             flops=op.flops, bytes={lvl: u.bytes for lvl, u in uses.items()},
             start_s=start, end_s=env.now, compute_s=busy, stall_s=stall, overhead_s=overhead_s,
-            events=events, level_busy_s={lvl: u.busy_s for lvl, u in uses.items()},
+            events=env.scheduled - first_event, level_busy_s={lvl: u.busy_s for lvl, u in uses.items()},
             level_span_s={lvl: (u.first_s, u.last_s) for lvl, u in uses.items()},
         ))
 

@@ -27,10 +27,22 @@ class LevelUse:
     last_s: float = 0.0
 
 
+class CountingEnvironment(simpy.Environment):
+    """A simpy Environment that counts the events it schedules: the simulation's cost."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scheduled = 0
+
+    def schedule(self, event, priority=1, delay=0) -> None:  # type: ignore[override]
+        self.scheduled += 1
+        super().schedule(event, priority, delay)
+
+
 @dataclass
 class Machine:
     hw: Hardware
-    env: simpy.Environment = field(default_factory=simpy.Environment)
+    env: CountingEnvironment = field(default_factory=CountingEnvironment)
 
     def __post_init__(self) -> None:
         n = self.hw.devices

@@ -24,7 +24,7 @@ class OpRecord:
     compute_s: float  # compute unit busy
     stall_s: dict[str, float]  # "memory:<level>" / "link:<name>" -> compute idle waiting on it
     overhead_s: float  # dispatch / launch
-    events: int  # simulation events this op cost
+    events: int  # simulation events scheduled while this op ran (its own, and the host's meanwhile)
     level_busy_s: dict[str, float] = field(default_factory=dict)  # memory level -> occupied time
     level_span_s: dict[str, tuple[float, float]] = field(default_factory=dict)  # first grant, last end
 
