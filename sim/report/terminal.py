@@ -10,7 +10,7 @@ from rich.table import Table
 from sim.config.units import fmt_bytes, fmt_si, fmt_time
 from sim.report.summary import summarize
 
-WIDTH = 150
+WIDTH = 170
 
 
 def _pct(x: float) -> str:
@@ -32,10 +32,10 @@ def _label(key: str) -> str:
 def _breakdown_table(title: str, rows: dict[str, dict], cols: list[str], peak: float, balance: float) -> Table:
     t = Table(title=title, box=box.SIMPLE_HEAVY, title_justify="left", pad_edge=False)
     for name in ("", "time", "share", "FLOPs", "bytes", "FLOP/B", "FLOP/s", "% peak", "bandwidth"):
-        t.add_column(name, justify="left" if not name else "right", no_wrap=not name)
+        t.add_column(name, justify="left" if not name else "right", no_wrap=True)
     for key in cols:
-        t.add_column(_label(key), justify="right")
-    t.add_column("bound")
+        t.add_column(_label(key), justify="right", no_wrap=True)
+    t.add_column("bound", no_wrap=True)
     for name, a in rows.items():
         ai = a["intensity_flop_per_byte"]
         side = "" if ai is None else ("<" if ai < balance else ">")
@@ -45,7 +45,7 @@ def _breakdown_table(title: str, rows: dict[str, dict], cols: list[str], peak: f
             fmt_si(a["achieved_flops_per_s"], "FLOP/s"), _pct(a["achieved_flops_per_s"] / peak),
             fmt_si(a["achieved_bytes_per_s"], "B/s"),
             *[_pct(a["time_share"].get(k, 0.0)) for k in cols],
-            _label(a["bound"]) if a["bound"] != "compute" else "compute",
+            a["bound"].replace("memory:", "").replace("link:", "link "),
         )
     return t
 
@@ -111,6 +111,6 @@ def render(result, console: Console | None = None, top: int = 10) -> None:
         s["classes"], cols, peak, balance))
     phases = {k: {**v, "share_of_total": v["time_s"] / s["total_s"]} for k, v in s["phases"].items()}
     out.print(_breakdown_table("By phase", phases, cols, peak, balance))
-    tops = {f"{a['phase']} {a['kind']} ({a['op_class']}, {a['ops']}x)": a for a in s["top_ops"]}
+    tops = {f"{a['phase']} {a['kind']} x{a['ops']}": a for a in s["top_ops"]}
     out.print(_breakdown_table(f"Top {len(tops)} operators (summed over layers and steps)", tops, cols, peak,
                                balance))
