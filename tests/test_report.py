@@ -81,3 +81,21 @@ def test_encode_reports_processed_tokens():
     assert s["tpot_s"] is None
     assert s["tokens_per_s"] == pytest.approx(64 / s["total_s"])
     assert set(s["classes"]) == {"GEMM", "attention", "other"}
+
+
+WORKLOADS = sorted((ROOT / "workloads").glob("*.yaml"))
+HARDWARE = sorted((ROOT / "hardware_models").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("hw_path", HARDWARE, ids=lambda p: p.stem)
+@pytest.mark.parametrize("wl_path", WORKLOADS, ids=lambda p: p.stem)
+def test_every_shipped_workload_runs_on_every_shipped_hardware(wl_path, hw_path):
+    """Full-size models (so the fit check is real), one decode step to keep it fast."""
+    from sim.config import load_hardware, load_workload
+
+    wl, _ = load_workload(wl_path)
+    if wl.scenario.new_tokens:
+        wl, _ = load_workload(wl_path, [("scenario.new_tokens", 1)])
+    s = summarize(run(wl, load_hardware(hw_path)))
+    assert s["total_s"] > 0 and s["flops"] > 0
+    assert sum(c["time_s"] for c in s["classes"].values()) == pytest.approx(s["total_s"])
