@@ -41,7 +41,8 @@ def test_memory_bound_op_timeline_by_hand(hw):
     assert rec.compute_s == pytest.approx(1e-6)
     assert rec.bound == "memory:dram"
     assert rec.stall_s["memory:dram"] == pytest.approx(99.1e-6, rel=1e-6)
-    assert rec.bytes == {"dram": 1e6, "sram": 2e3}
+    # the weights cross the SRAM on their way in; the activations live there
+    assert rec.bytes == {"dram": 1e6, "sram": 1e6 + 2e3}
 
 
 def test_compute_bound_op_timeline_by_hand(hw):
@@ -136,7 +137,9 @@ def test_whole_run_events_scale_with_ops_not_bytes():
                     device__memory__dram__capacity="64 GiB")
     a, b = run(wl, hw), run(wl2, hw2)
     assert len(a.ops) == len(b.ops)
-    assert b.events <= 1.5 * a.events
+    assert max(r.events for r in a.ops + b.ops) <= 256  # O(chunks x levels), whatever the bytes
+    # 16x the weight bytes: at most more chunks per op (<= 4), never events per byte
+    assert b.events <= 4 * a.events
 
 
 def test_same_inputs_same_bytes(toy):

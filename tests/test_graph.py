@@ -43,7 +43,7 @@ def test_toy_qkv_flops_and_bytes_by_hand(toy):
     g = build_graph(toy[0])
     qkv = op(g, "prefill.L0.qkv")
     m, n, k = 2 * 8, 3 * 64, 64
-    assert qkv.shape == (m, n, k)
+    assert qkv.shape == (1, m, n, k)
     assert qkv.flops == 2 * m * n * k + m * n  # with bias
     assert qkv.op_class == "gemm"
     read = m * k * 2 + (k * n + n) * 2
@@ -70,7 +70,7 @@ def test_decode_reads_kv_cache_one_longer_each_step(toy):
 def test_lm_head_runs_on_last_token_and_is_tied_in_gpt(toy):
     g = build_graph(toy[0])
     head = op(g, "prefill.head.lm_head")
-    assert head.shape == (2, 128, 64)
+    assert head.shape == (1, 2, 128, 64)
     assert head.reads[1].tensor.name == "wte"
 
 

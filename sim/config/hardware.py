@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from sim.config.types import Bandwidth, Bytes, Count, Dtype, FlopRate, Frequency, Latency, Spec
+from sim.errors import KeyedError
 
 
 class ComputeUnit(Spec):
@@ -22,6 +23,9 @@ class ComputeUnit(Spec):
     emulate: dict[Dtype, Dtype] = Field(
         default_factory=dict, description="dtypes without native support and the dtype they run as"
     )
+    tile: tuple[Count, Count, Count] | None = Field(
+        default=None, description="M x N x K granularity of the matrix engine (MMA / systolic array shape)"
+    )
 
 
 class MemoryLevel(Spec):
@@ -30,6 +34,14 @@ class MemoryLevel(Spec):
     latency: Latency
     scope: Literal["per_unit", "shared"]
     kind: Literal["cache", "scratchpad", "dram"]
+    efficiency: float = Field(default=1.0, gt=0, le=1, description="achievable fraction of `bandwidth`")
+    pin: tuple[Literal["weight", "kv_cache", "activation"], ...] = Field(
+        default=(), description="tensor kinds a shared cache keeps resident (never evicted)"
+    )
+
+    @property
+    def effective_bandwidth(self) -> float:
+        return self.bandwidth * self.efficiency
 
     def holds_tensors(self) -> bool:
         """Scratchpads and DRAMs are addressable homes for tensors; caches are not."""
@@ -48,6 +60,9 @@ class Device(Spec):
 
     @model_validator(mode="after")
     def _has_a_home(self) -> Device:
+        for name, level in self.memory.items():
+            if level.pin and (level.kind != "cache" or level.scope != "shared"):
+                raise KeyedError(f"memory.{name}.pin", "only a shared cache can pin tensors")
         if not any(level.holds_tensors() for level in self.memory.values()):
             raise ValueError("no memory level of kind 'scratchpad' or 'dram' to hold tensors")
         return self

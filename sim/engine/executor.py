@@ -107,7 +107,8 @@ class Executor:
             op_class=op.op_class, device=p.device, unit=p.unit, dtype=op.dtype, shape=op.shape,
             flops=op.flops, bytes={lvl: u.bytes for lvl, u in uses.items()},
             start_s=start, end_s=env.now, compute_s=busy, stall_s=stall, overhead_s=overhead_s,
-            events=env.scheduled - first_event, level_busy_s={lvl: u.busy_s for lvl, u in uses.items()},
+            events=env.scheduled - first_event, utilization=p.utilization,
+            hits={c: (h, n) for c, h, n in p.hits}, level_busy_s={lvl: u.busy_s for lvl, u in uses.items()},
             level_span_s={lvl: (u.first_s, u.last_s) for lvl, u in uses.items()},
         ))
 

@@ -64,7 +64,7 @@ class Machine:
             if arriving is not None:
                 first = env.timeout(spec.latency, value=(granted + spec.latency, level))
                 first.callbacks.append(lambda ev: arriving.succeed(ev.value))
-            yield env.timeout(nbytes / spec.bandwidth)
+            yield env.timeout(nbytes / spec.effective_bandwidth)
         use.bytes += nbytes
         use.busy_s += env.now - granted
         use.first_s = min(use.first_s, granted)

@@ -25,6 +25,8 @@ class OpRecord:
     stall_s: dict[str, float]  # "memory:<level>" / "link:<name>" -> compute idle waiting on it
     overhead_s: float  # dispatch / launch
     events: int  # simulation events scheduled while this op ran (its own, and the host's meanwhile)
+    utilization: float = 1.0  # useful fraction of the compute unit's peak (tile / wave quantisation)
+    hits: dict[str, tuple[float, float]] = field(default_factory=dict)  # cache -> (hit bytes, looked-up bytes)
     level_busy_s: dict[str, float] = field(default_factory=dict)  # memory level -> occupied time
     level_span_s: dict[str, tuple[float, float]] = field(default_factory=dict)  # first grant, last end
 
@@ -36,9 +38,10 @@ class OpRecord:
     def total_bytes(self) -> float:
         return sum(self.bytes.values())
 
-    @property
-    def intensity(self) -> float:
-        return self.flops / self.total_bytes if self.total_bytes else float("inf")
+    def intensity_at(self, level: str) -> float | None:
+        """FLOPs per byte this op moved at `level` (None if it moved none there)."""
+        nbytes = self.bytes.get(level, 0.0)
+        return self.flops / nbytes if nbytes else None
 
     @property
     def bound(self) -> str:
@@ -46,13 +49,15 @@ class OpRecord:
         parts = {"compute": self.compute_s, "overhead": self.overhead_s, **self.stall_s}
         return max(parts.items(), key=lambda kv: kv[1])[0]
 
-    def to_dict(self) -> dict:
+    def to_dict(self, balance_level: str) -> dict:
         d = asdict(self)
         d.pop("level_busy_s")
         d.pop("level_span_s")
         d["shape"] = list(self.shape)
         d["duration_s"] = self.duration_s
-        d["intensity"] = self.intensity if self.total_bytes else None
+        d["intensity"] = self.intensity_at(balance_level)
+        d["intensity_per_level"] = {lvl: self.intensity_at(lvl) for lvl in self.bytes}
+        d["hits"] = {c: list(v) for c, v in self.hits.items()}
         d["bound"] = self.bound
         return d
 

@@ -47,7 +47,8 @@ class Op:
     flops: float
     reads: tuple[Access, ...]
     writes: tuple[Access, ...]
-    shape: tuple[int, ...] = field(default=())  # (M, N, K) for matmuls; (batch*heads, Tq, Tkv, d) for attention
+    #: matmul-like ops: (batch, M, N, K) with reads[0] the M x K operand and reads[1] the K x N one
+    shape: tuple[int, ...] = field(default=())
 
     @property
     def bytes(self) -> float:

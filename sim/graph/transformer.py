@@ -104,7 +104,7 @@ class _Builder:
         flops = 2 * m_rows * n * k + (m_rows * n if bias else 0)
         op_class = "gemv" if self.phase == "decode" else "gemm"
         writes = out_kv if out_kv is not None else [self.act(f"{kind}.L{layer}", m_rows * n)]
-        return self.op(kind, layer, op_class, flops, [x, Access(w, w.bytes)], writes, deps, (m_rows, n, k))
+        return self.op(kind, layer, op_class, flops, [x, Access(w, w.bytes)], writes, deps, (1, m_rows, n, k))
 
     def vector(self, kind: str, layer: int, inputs: list[Access], out_elements: int, flops_per: float,
                deps, weights: list[Tensor] = (), op_class: str = "elementwise") -> Op:
@@ -204,7 +204,7 @@ def _layer(b: _Builder, layer: int, x_op: Op, rows: int, tokens: int, past: int)
                   [q_in, k_read], [b.act(f"scores.L{layer}", score_elems)], [q_op], (bh, tokens, ctx, d))
     soft = b.vector("softmax", layer, [out(scores)], score_elems, SOFTMAX_FLOPS, [scores], op_class="softmax")
     av = b.op("attn_v", layer, "attention", 2 * bh * tokens * ctx * d,
-              [out(soft), v_read], [b.act(f"attn.L{layer}", rows * heads * d)], [soft, qkv], (bh, tokens, ctx, d))
+              [out(soft), v_read], [b.act(f"attn.L{layer}", rows * heads * d)], [soft, qkv], (bh, tokens, d, ctx))
     proj = b.linear("attn_out", layer, out(av), h, p + "wo", [av], rows)
     res1 = b.vector("residual", layer, [x, out(proj)], rows * h, 1, [proj, x_op])
     if not pre:

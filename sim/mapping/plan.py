@@ -1,18 +1,28 @@
-"""Per-op execution plans: which compute unit, how long at peak, which bytes from/to which level, and
-how the op is split into chunks for double buffering.
+"""Per-op execution plans: which compute unit, how long at peak, which bytes each memory level serves,
+and how the op is split into chunks for double buffering.
 
-Everything here is arithmetic on config and graph; the engine only schedules what the plan says.
+Traffic follows the hierarchy. An operand comes from its source (the innermost shared cache holding
+it, else its home) and passes every level inside it on the way to the compute units; level j serves
+what the level inside it asks for, which for a matmul operand is its size times its re-read factor
+under tiles that fit level j-1 (see tiling). The innermost level serves each operand once. Results are
+written through the inner levels into the outermost cache that takes them, or into their home.
+
+Everything here is arithmetic on config and graph plus the residency walk; the engine only schedules.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
+from math import ceil
 
 from sim.config.hardware import Hardware
 from sim.errors import ConfigError
 from sim.graph.ops import Op
 from sim.graph.transformer import OpGraph
-from sim.mapping.placement import Placement
+from sim.mapping.placement import Placement, level_capacity
+from sim.mapping.residency import CacheLevel, Residency
+from sim.mapping.tiling import reuse_factors
 
 #: Most chunks an op is split into. Overlap inside a chunk is at tile granularity (see engine), so
 #: chunking does not change uncontended times; it sets how finely the op's traffic interleaves with
@@ -27,9 +37,11 @@ class OpPlan:
     op: Op
     device: int
     unit: str  # compute unit: "matrix" or "vector"
-    compute_s: float  # uncontended compute time at the unit's peak
-    loads: tuple[tuple[str, float], ...]  # (memory level, bytes) read
-    stores: tuple[tuple[str, float], ...]  # (memory level, bytes) written
+    compute_s: float  # uncontended compute time on that unit, incl. tile/wave quantisation
+    utilization: float  # useful fraction of the unit's peak (tile and wave quantisation)
+    loads: tuple[tuple[str, float], ...]  # (memory level, bytes) it serves for reads (incl. write-back reads)
+    stores: tuple[tuple[str, float], ...]  # (memory level, bytes) written into it
+    hits: tuple[tuple[str, float, float], ...]  # (shared cache, hit bytes, looked-up bytes)
     chunks: tuple[float, ...]  # fractions of the op, summing to 1
     overhead_s: float
 
@@ -57,39 +69,122 @@ def chunk_schedule(compute_s: float, memory_s: float, latency_s: float) -> tuple
     return (1.0 / n,) * n
 
 
-def _by_level(accesses, placement: Placement) -> tuple[tuple[str, float], ...]:
-    acc: dict[str, float] = {}
-    for a in accesses:
-        level = placement.home[a.tensor.kind]
-        acc[level] = acc.get(level, 0.0) + a.bytes
-    return tuple((lvl, b) for lvl, b in acc.items() if b > 0)
+def matrix_utilization(hw: Hardware, shape: tuple[int, ...]) -> float:
+    """Useful fraction of the matrix engine: MMA-tile padding of M, N, K, then whole waves of tiles
+    over the compute units (a GEMV with M = 1 fills one row of a 16-row MMA tile)."""
+    tile = hw.device.compute.tile
+    if tile is None or len(shape) != 4:
+        return 1.0
+    batch, m, n, k = shape
+    tm, tn, tk = tile
+    tiles = batch * ceil(m / tm) * ceil(n / tn)
+    units = hw.device.compute.units
+    waves = ceil(tiles / units)
+    padded = waves * units * tm * tn * ceil(k / tk) * tk
+    return batch * m * n * k / padded
 
 
-def plan_op(op: Op, hw: Hardware, placement: Placement, hw_file: str = "hardware") -> OpPlan:
-    dev = hw.device
-    peak = matrix_peak(hw, op.dtype, hw_file) if op.engine == "matrix" else dev.compute.vector
-    compute_s = op.flops / peak
-    loads = _by_level(op.reads, placement)
-    stores = _by_level(op.writes, placement)
-    per_level: dict[str, float] = {}
-    for lvl, b in loads + stores:
-        per_level[lvl] = per_level.get(lvl, 0.0) + b
-    memory_s = max((b / dev.memory[lvl].bandwidth for lvl, b in per_level.items()), default=0.0)
-    latency_s = max((dev.memory[lvl].latency for lvl in per_level), default=0.0)
-    chunks = chunk_schedule(compute_s, memory_s, latency_s)
-    return OpPlan(op, 0, op.engine, compute_s, loads, stores, chunks, dev.dispatch_overhead)
+class Planner:
+    """Plans ops in execution order, carrying cache residency from one op to the next."""
+
+    def __init__(self, hw: Hardware, placement: Placement, hw_file: str = "hardware"):
+        self.hw, self.placement, self.hw_file = hw, placement, hw_file
+        dev = hw.device
+        self.order = list(dev.memory)
+        self.index = {name: i for i, name in enumerate(self.order)}
+        caches = [CacheLevel(n, lvl.capacity, frozenset(lvl.pin)) for n, lvl in dev.memory.items()
+                  if lvl.kind == "cache" and lvl.scope == "shared"]
+        self.residency = Residency(caches, self.order)
+        # capacity a level offers to one tile: per unit for per-unit levels; a scratchpad's free space
+        self.tile_capacity = {}
+        for name, lvl in dev.memory.items():
+            cap = level_capacity(hw, name) - placement.used.get(name, 0.0)
+            self.tile_capacity[name] = cap / dev.compute.units if lvl.scope == "per_unit" else cap
+
+    def plan(self, op: Op) -> OpPlan:
+        hw, dev = self.hw, self.hw.device
+        unit, compute_s, util = self._compute(op)
+        served: dict[str, float] = defaultdict(float)
+        written: dict[str, float] = defaultdict(float)
+        hits: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+        factors = self._factors(op)
+        for i, access in enumerate(op.reads):
+            home = self.placement.home[access.tensor.kind]
+            lookup = self.residency.read(access.tensor.name, access.tensor.kind, access.bytes, home)
+            for source, nbytes in lookup.sources:
+                for j in range(self.index[source] + 1):
+                    reuse = 1 if j == 0 else factors[i][self.order[j - 1]] if i < len(factors) else 1
+                    served[self.order[j]] += nbytes * reuse
+            self._writebacks(lookup.writebacks, served, written)
+            for cache, hit, looked in lookup.hits:
+                hits[cache][0] += hit
+                hits[cache][1] += looked
+        for access in op.writes:
+            home = self.placement.home[access.tensor.kind]
+            landing, writebacks = self.residency.write(access.tensor.name, access.tensor.kind, access.bytes, home)
+            for j in range(self.index[landing] + 1):
+                written[self.order[j]] += access.bytes
+            self._writebacks(writebacks, served, written)
+        traffic = defaultdict(float)
+        for lvl, b in [*served.items(), *written.items()]:
+            traffic[lvl] += b
+        memory_s = max((b / dev.memory[lvl].effective_bandwidth for lvl, b in traffic.items()), default=0.0)
+        latency_s = max((dev.memory[lvl].latency for lvl in traffic), default=0.0)
+        return OpPlan(
+            op=op, device=0, unit=unit, compute_s=compute_s, utilization=util,
+            loads=tuple((lvl, b) for lvl, b in served.items() if b > 0),
+            stores=tuple((lvl, b) for lvl, b in written.items() if b > 0),
+            hits=tuple((c, h, n) for c, (h, n) in hits.items()),
+            chunks=chunk_schedule(compute_s, memory_s, latency_s), overhead_s=dev.dispatch_overhead,
+        )
+
+    def _compute(self, op: Op) -> tuple[str, float, float]:
+        """Matmul-like ops run on the matrix engine or the vector units, whichever is faster (a GEMV
+        wastes most of an MMA tile); everything else runs on the vector units."""
+        vector_s = op.flops / self.hw.device.compute.vector
+        if op.engine != "matrix":
+            return "vector", vector_s, 1.0
+        util = matrix_utilization(self.hw, op.shape)
+        matrix_s = op.flops / (matrix_peak(self.hw, op.dtype, self.hw_file) * util)
+        return ("matrix", matrix_s, util) if matrix_s <= vector_s else ("vector", vector_s, 1.0)
+
+    def _factors(self, op: Op) -> list[dict[str, int]]:
+        """Per matmul operand (reads[0] is M x K, reads[1] is K x N), its re-read factor under tiles
+        that fit each level."""
+        if len(op.shape) != 4 or len(op.reads) < 2:
+            return []
+        batch, m, n, k = op.shape
+        a = op.reads[0].bytes / (batch * m * k)  # bytes per element of each operand (for what fits)
+        b = op.reads[1].bytes / (batch * n * k)
+        out: list[dict[str, int]] = [{}, {}]
+        for name, cap in self.tile_capacity.items():
+            fa, fb = reuse_factors(m, n, k, round(a, 6), round(b, 6), cap)
+            out[0][name], out[1][name] = fa, fb
+        return out
+
+    @staticmethod
+    def _writebacks(writebacks, served, written) -> None:
+        for cache, home, nbytes in writebacks:
+            served[cache] += nbytes
+            written[home] += nbytes
 
 
 def plan(graph: OpGraph, hw: Hardware, placement: Placement, hw_file: str = "hardware") -> list[OpPlan]:
-    return [plan_op(op, hw, placement, hw_file) for op in graph.ops]
+    planner = Planner(hw, placement, hw_file)
+    return [planner.plan(op) for op in graph.ops]
+
+
+def plan_op(op: Op, hw: Hardware, placement: Placement, hw_file: str = "hardware") -> OpPlan:
+    """Plan a single op on an empty machine (no residency from earlier ops)."""
+    return Planner(hw, placement, hw_file).plan(op)
 
 
 def roofline_s(p: OpPlan, hw: Hardware) -> float:
     """The no-contention bound the engine must reproduce: max(compute, traffic per level) + memory
     latency + dispatch overhead (an op dispatched alone, so nothing hides the overhead)."""
-    per_level: dict[str, float] = {}
+    per_level: dict[str, float] = defaultdict(float)
     for lvl, b in p.loads + p.stores:
-        per_level[lvl] = per_level.get(lvl, 0.0) + b
-    mem = max((b / hw.device.memory[lvl].bandwidth for lvl, b in per_level.items()), default=0.0)
+        per_level[lvl] += b
+    mem = max((b / hw.device.memory[lvl].effective_bandwidth for lvl, b in per_level.items()), default=0.0)
     latency = max((hw.device.memory[lvl].latency for lvl in per_level), default=0.0)
     return max(p.compute_s, mem) + latency + p.overhead_s

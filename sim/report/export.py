@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from sim.engine.records import RunResult
-from sim.report.summary import summarize
+from sim.report.summary import balance_level, summarize
 
 
 def _write(path: str | Path, text: str) -> None:
@@ -24,7 +24,8 @@ def _write(path: str | Path, text: str) -> None:
 
 
 def to_json(result: RunResult) -> str:
-    doc = {"summary": summarize(result), "context": result.meta, "ops": [r.to_dict() for r in result.ops]}
+    level = balance_level(result)
+    doc = {"summary": summarize(result), "context": result.meta, "ops": [r.to_dict(level) for r in result.ops]}
     return json.dumps(doc, indent=1, sort_keys=False) + "\n"
 
 
@@ -37,9 +38,11 @@ def csv_columns(result: RunResult) -> tuple[list[str], list[str]]:
 
 def to_csv(result: RunResult) -> str:
     levels, stalls = csv_columns(result)
+    level = balance_level(result)
+    caches = sorted({c for r in result.ops for c in r.hits})
     head = ["name", "phase", "step", "layer", "kind", "op_class", "device", "unit", "dtype", "shape",
             "start_s", "end_s", "duration_s", "flops", "bytes", *[f"bytes_{lvl}" for lvl in levels],
-            "intensity", "compute_s", "overhead_s", *[f"stall_{s.replace(':', '_')}_s" for s in stalls], "bound"]
+            "intensity", *[f"hit_rate_{c}" for c in caches], "compute_s", "overhead_s", *[f"stall_{s.replace(':', '_')}_s" for s in stalls], "bound"]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(head)
@@ -47,9 +50,18 @@ def to_csv(result: RunResult) -> str:
         w.writerow([r.name, r.phase, r.step, r.layer, r.kind, r.op_class, r.device, r.unit, r.dtype,
                     "x".join(map(str, r.shape)), repr(r.start_s), repr(r.end_s), repr(r.duration_s),
                     repr(r.flops), repr(r.total_bytes), *[repr(r.bytes.get(lvl, 0.0)) for lvl in levels],
-                    repr(r.intensity) if r.total_bytes else "", repr(r.compute_s), repr(r.overhead_s),
+                    _num(r.intensity_at(level)), *[_num(_rate(r.hits.get(c))) for c in caches],
+                    repr(r.compute_s), repr(r.overhead_s),
                     *[repr(r.stall_s.get(s, 0.0)) for s in stalls], r.bound])
     return buf.getvalue()
+
+
+def _num(x: float | None) -> str:
+    return "" if x is None else repr(x)
+
+
+def _rate(hit: tuple[float, float] | None) -> float | None:
+    return hit[0] / hit[1] if hit and hit[1] else None
 
 
 def to_trace(result: RunResult) -> dict:

@@ -21,8 +21,15 @@ def time_parts(ops: list[OpRecord]) -> dict[str, float]:
     return dict(sorted(parts.items()))
 
 
-def aggregate(ops: list[OpRecord]) -> dict:
-    """Totals of a set of ops: time, FLOPs, bytes per level, rates, intensity, stall shares, bound."""
+def balance_level(result: RunResult) -> str:
+    """The memory the balance point is taken against: where the weights live."""
+    hw = result.meta.get("hardware", {})
+    return hw.get("balance_level") or next(iter(result.ops[0].bytes), "") if result.ops else ""
+
+
+def aggregate(ops: list[OpRecord], level: str) -> dict:
+    """Totals of a set of ops: time, FLOPs, bytes and intensity per level, cache hit rates, achieved
+    rates, stall shares and the bound. `intensity_flop_per_byte` is taken at `level`."""
     time = sum(r.duration_s for r in ops)
     flops = sum(r.flops for r in ops)
     by_level: dict[str, float] = defaultdict(float)
@@ -32,15 +39,25 @@ def aggregate(ops: list[OpRecord]) -> dict:
     nbytes = sum(by_level.values())
     parts = time_parts(ops)
     shares = {k: (v / time if time else 0.0) for k, v in parts.items()}
+    hit: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for r in ops:
+        for cache, (h, n) in r.hits.items():
+            hit[cache][0] += h
+            hit[cache][1] += n
+    at_level = by_level.get(level, 0.0)
     return {
         "ops": len(ops),
         "time_s": time,
         "flops": flops,
         "bytes": nbytes,
         "bytes_per_level": dict(sorted(by_level.items())),
-        "intensity_flop_per_byte": flops / nbytes if nbytes else None,
+        "intensity_flop_per_byte": flops / at_level if at_level else None,
+        "intensity_per_level": {lvl: (flops / b if b else None) for lvl, b in sorted(by_level.items())},
+        "hit_rate": {c: (h / n if n else None) for c, (h, n) in sorted(hit.items())},
         "achieved_flops_per_s": flops / time if time else 0.0,
         "achieved_bytes_per_s": nbytes / time if time else 0.0,
+        "bytes_at_level": at_level,
+        "achieved_bytes_per_s_at_level": at_level / time if time else 0.0,
         "time_share": shares,
         "bound": max(parts.items(), key=lambda kv: kv[1])[0] if parts else None,
     }
@@ -49,6 +66,7 @@ def aggregate(ops: list[OpRecord]) -> dict:
 def summarize(result: RunResult, top: int = 10) -> dict:
     ops = result.ops
     meta = result.meta
+    level = balance_level(result)
     wl = meta.get("workload", {})
     batch, new_tokens = wl.get("batch", 1), wl.get("new_tokens", 0)
     total = max((r.end_s for r in ops), default=0.0)
@@ -73,7 +91,7 @@ def summarize(result: RunResult, top: int = 10) -> dict:
     for group in GROUPS:
         members = [r for r in ops if CLASS_GROUP[r.op_class] == group]
         if members:
-            agg = aggregate(members)
+            agg = aggregate(members, level)
             agg["share_of_total"] = agg["time_s"] / total if total else 0.0
             classes[group] = agg
 
@@ -81,20 +99,20 @@ def summarize(result: RunResult, top: int = 10) -> dict:
     for phase in ("encode", "prefill", "decode"):
         members = [r for r in ops if r.phase == phase]
         if members:
-            phases[phase] = aggregate(members)
+            phases[phase] = aggregate(members, level)
 
     by_kind: dict[tuple[str, str], list[OpRecord]] = defaultdict(list)
     for r in ops:
         by_kind[(r.phase, r.kind)].append(r)
     top_ops = []
     for (phase, kind), members in by_kind.items():
-        agg = aggregate(members)
+        agg = aggregate(members, level)
         agg.update(phase=phase, kind=kind, op_class=members[0].op_class,
                    share_of_total=agg["time_s"] / total if total else 0.0)
         top_ops.append(agg)
     top_ops.sort(key=lambda a: (-a["time_s"], a["phase"], a["kind"]))
 
-    everything = aggregate(ops)
+    everything = aggregate(ops, level)
     return {
         "workload": wl.get("name", result.workload),
         "hardware": result.hardware,
@@ -107,6 +125,8 @@ def summarize(result: RunResult, top: int = 10) -> dict:
         "flops": everything["flops"],
         "bytes": everything["bytes"],
         "bytes_per_level": everything["bytes_per_level"],
+        "intensity_per_level": everything["intensity_per_level"],
+        "hit_rate": everything["hit_rate"],
         "time_share": everything["time_share"],
         "bound": everything["bound"],
         "ops": len(ops),

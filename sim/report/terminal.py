@@ -29,9 +29,10 @@ def _label(key: str) -> str:
         "link:", "link "))
 
 
-def _breakdown_table(title: str, rows: dict[str, dict], cols: list[str], peak: float, balance: float) -> Table:
+def _breakdown_table(title: str, rows: dict[str, dict], cols: list[str], peak: float, balance: float,
+                     level: str) -> Table:
     t = Table(title=title, box=box.SIMPLE_HEAVY, title_justify="left", pad_edge=False)
-    for name in ("", "time", "share", "FLOPs", "bytes", "FLOP/B", "FLOP/s", "% peak", "bandwidth"):
+    for name in ("", "time", "share", "FLOPs", f"{level} bytes", "FLOP/B", "FLOP/s", "% peak", f"{level} B/s"):
         t.add_column(name, justify="left" if not name else "right", no_wrap=True)
     for key in cols:
         t.add_column(_label(key), justify="right", no_wrap=True)
@@ -41,12 +42,35 @@ def _breakdown_table(title: str, rows: dict[str, dict], cols: list[str], peak: f
         side = "" if ai is None else ("<" if ai < balance else ">")
         t.add_row(
             name, fmt_time(a["time_s"]), _pct(a.get("share_of_total", 1.0)), fmt_si(a["flops"], "FLOP"),
-            fmt_bytes(a["bytes"]), "-" if ai is None else f"{ai:.1f} {side}",
+            fmt_bytes(a["bytes_at_level"]), "-" if ai is None else f"{ai:.1f} {side}",
             fmt_si(a["achieved_flops_per_s"], "FLOP/s"), _pct(a["achieved_flops_per_s"] / peak),
-            fmt_si(a["achieved_bytes_per_s"], "B/s"),
+            fmt_si(a["achieved_bytes_per_s_at_level"], "B/s"),
             *[_pct(a["time_share"].get(k, 0.0)) for k in cols],
             a["bound"].replace("memory:", "").replace("link:", "link "),
         )
+    return t
+
+
+def _traffic_table(summary: dict, levels: list[str]) -> Table:
+    """Bytes each memory level served, the intensity at that level, and shared-cache hit rates."""
+    t = Table(title="Memory traffic by level  (bytes served; FLOP/B at that level; hit rate of shared caches)",
+              box=box.SIMPLE_HEAVY, title_justify="left", pad_edge=False)
+    t.add_column("")
+    caches = sorted({c for a in summary["classes"].values() for c in a["hit_rate"]})
+    for lvl in levels:
+        t.add_column(f"{lvl} bytes", justify="right", no_wrap=True)
+        t.add_column(f"{lvl} FLOP/B", justify="right", no_wrap=True)
+    for c in caches:
+        t.add_column(f"{c} hits", justify="right", no_wrap=True)
+    rows = {**summary["classes"], "all": {**summary, "hit_rate": summary["hit_rate"]}}
+    for name, a in rows.items():
+        cells = []
+        for lvl in levels:
+            b = a["bytes_per_level"].get(lvl, 0.0)
+            ai = a["intensity_per_level"].get(lvl)
+            cells += [fmt_bytes(b) if b else "-", f"{ai:.1f}" if ai else "-"]
+        cells += [_pct(a["hit_rate"][c]) if a["hit_rate"].get(c) is not None else "-" for c in caches]
+        t.add_row(name, *cells)
     return t
 
 
@@ -88,7 +112,9 @@ def render(result, console: Console | None = None, top: int = 10) -> None:
         e2e.add_row("decode time", fmt_time(s["decode_s"]))
     rate_label = "tokens/s (generated)" if s["tpot_s"] is not None else "tokens/s (processed)"
     e2e.add_row(rate_label, f"{s['tokens_per_s']:.1f}")
-    e2e.add_row("FLOPs / bytes moved", f"{fmt_si(s['flops'], 'FLOP')} / {fmt_bytes(s['bytes'])}")
+    level = hw["balance_level"]
+    e2e.add_row(f"FLOPs / bytes at {level}",
+                f"{fmt_si(s['flops'], 'FLOP')} / {fmt_bytes(s['bytes_per_level'].get(level, 0.0))}")
     e2e.add_row("ops simulated / events", f"{s['ops']} / {s['events']}")
     e2e.add_row("dominant", _label(s["bound"]))
     out.print(e2e)
@@ -107,10 +133,12 @@ def render(result, console: Console | None = None, top: int = 10) -> None:
     cols = _share_columns(s)
     peak = hw["peak_flops"]
     out.print(_breakdown_table(
-        "Where the time goes, by op class  (FLOP/B: < below / > above the balance point; % peak of matrix peak)",
-        s["classes"], cols, peak, balance))
+        f"Where the time goes, by op class  (FLOP/B at {level}: < below / > above the balance point; "
+        "% peak of matrix peak)",
+        s["classes"], cols, peak, balance, level))
+    out.print(_traffic_table(s, list(hw["memory"])))
     phases = {k: {**v, "share_of_total": v["time_s"] / s["total_s"]} for k, v in s["phases"].items()}
-    out.print(_breakdown_table("By phase", phases, cols, peak, balance))
+    out.print(_breakdown_table("By phase", phases, cols, peak, balance, level))
     tops = {f"{a['phase']} {a['kind']} x{a['ops']}": a for a in s["top_ops"]}
     out.print(_breakdown_table(f"Top {len(tops)} operators (summed over layers and steps)", tops, cols, peak,
-                               balance))
+                               balance, level))

@@ -1,0 +1,102 @@
+"""Residency: which tensors shared caches hold between ops, walked in execution order.
+
+Each shared cache (`kind: cache`, `scope: shared`, inside a tensor's home) is an LRU of whole tensors
+(or the prefix of one that was read: a KV cache read at length n leaves n tokens' worth resident).
+Reads look a tensor up innermost first; what hits is served by that cache, the rest by the home.
+Reads and writes allocate; a write leaves the tensor dirty and its bytes reach the home only when it
+is evicted (write-back). An access larger than the cache bypasses it (streaming), as a cache with an
+evict-first policy for streams would. Levels may pin tensor kinds (`pin: [weight]`): pinned tensors are
+never evicted and take capacity away from the rest.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Entry:
+    bytes: float
+    dirty: bool
+    home: str
+
+
+@dataclass
+class CacheLevel:
+    name: str
+    capacity: float
+    pin: frozenset[str] = frozenset()
+    lru: OrderedDict[str, Entry] = field(default_factory=OrderedDict)
+    pinned: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def used(self) -> float:
+        return sum(e.bytes for e in self.lru.values()) + sum(self.pinned.values())
+
+
+@dataclass
+class Lookup:
+    """Where one access's bytes came from, and what it pushed out."""
+
+    sources: list[tuple[str, float]]  # (level serving it, bytes)
+    writebacks: list[tuple[str, str, float]]  # (cache level, home level, bytes) of evicted dirty data
+    hits: list[tuple[str, float, float]]  # (cache level, hit bytes, looked-up bytes)
+
+
+class Residency:
+    def __init__(self, caches: list[CacheLevel], order: list[str]):
+        self.caches = caches  # innermost first
+        self.index = {name: i for i, name in enumerate(order)}
+
+    def _inside(self, home: str) -> list[CacheLevel]:
+        return [c for c in self.caches if self.index[c.name] < self.index[home]]
+
+    def read(self, tensor: str, kind: str, nbytes: float, home: str) -> Lookup:
+        remaining, sources, hits = nbytes, [], []
+        for cache in self._inside(home):
+            if remaining <= 0:
+                break
+            resident = cache.pinned.get(tensor, cache.lru[tensor].bytes if tensor in cache.lru else 0.0)
+            hit = min(resident, remaining)
+            hits.append((cache.name, hit, remaining))
+            if hit:
+                sources.append((cache.name, hit))
+                remaining -= hit
+        if remaining > 0:
+            sources.append((home, remaining))
+        writebacks = self._allocate(tensor, kind, nbytes, home, dirty=False)
+        return Lookup(sources, writebacks, hits)
+
+    def write(self, tensor: str, kind: str, nbytes: float, home: str) -> tuple[str, list]:
+        """Return the level the written bytes land in and the write-backs the allocation caused."""
+        caches = [c for c in self._inside(home) if nbytes <= c.capacity - sum(c.pinned.values())]
+        if not caches:
+            return home, []
+        landing = caches[-1]  # outermost cache that takes it holds the dirty copy
+        writebacks = self._allocate(tensor, kind, nbytes, home, dirty=False, only=caches[:-1])
+        writebacks += self._allocate(tensor, kind, nbytes, home, dirty=True, only=[landing])
+        return landing.name, writebacks
+
+    def _allocate(self, tensor: str, kind: str, nbytes: float, home: str, dirty: bool,
+                  only: list[CacheLevel] | None = None) -> list[tuple[str, str, float]]:
+        writebacks = []
+        for cache in self._inside(home) if only is None else only:
+            if kind in cache.pin:
+                if cache.used - cache.pinned.get(tensor, 0.0) + nbytes <= cache.capacity:
+                    cache.pinned[tensor] = max(nbytes, cache.pinned.get(tensor, 0.0))
+                    continue
+            room = cache.capacity - sum(cache.pinned.values())
+            if nbytes > room:
+                continue  # streams past this cache
+            old = cache.lru.pop(tensor, None)
+            keep = max(nbytes, old.bytes) if old else nbytes
+            cache.lru[tensor] = Entry(keep, dirty or bool(old and old.dirty), home)
+            while cache.used > cache.capacity:
+                name, victim = cache.lru.popitem(last=False)
+                if name == tensor:  # never evict what we just placed; put it back and stop
+                    cache.lru[name] = victim
+                    break
+                if victim.dirty:
+                    writebacks.append((cache.name, victim.home, victim.bytes))
+        return writebacks
