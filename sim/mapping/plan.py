@@ -102,7 +102,7 @@ class Planner:
             self.tile_capacity[name] = cap / dev.compute.units if lvl.scope == "per_unit" else cap
 
     def plan(self, op: Op) -> OpPlan:
-        hw, dev = self.hw, self.hw.device
+        dev = self.hw.device
         unit, compute_s, util = self._compute(op)
         served: dict[str, float] = defaultdict(float)
         written: dict[str, float] = defaultdict(float)

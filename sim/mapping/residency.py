@@ -29,10 +29,12 @@ class CacheLevel:
     pin: frozenset[str] = frozenset()
     lru: OrderedDict[str, Entry] = field(default_factory=OrderedDict)
     pinned: dict[str, float] = field(default_factory=dict)
+    lru_bytes: float = 0.0
+    pinned_bytes: float = 0.0
 
     @property
     def used(self) -> float:
-        return sum(e.bytes for e in self.lru.values()) + sum(self.pinned.values())
+        return self.lru_bytes + self.pinned_bytes
 
 
 @dataclass
@@ -70,7 +72,7 @@ class Residency:
 
     def write(self, tensor: str, kind: str, nbytes: float, home: str) -> tuple[str, list]:
         """Return the level the written bytes land in and the write-backs the allocation caused."""
-        caches = [c for c in self._inside(home) if nbytes <= c.capacity - sum(c.pinned.values())]
+        caches = [c for c in self._inside(home) if nbytes <= c.capacity - c.pinned_bytes]
         if not caches:
             return home, []
         landing = caches[-1]  # outermost cache that takes it holds the dirty copy
@@ -82,21 +84,20 @@ class Residency:
                   only: list[CacheLevel] | None = None) -> list[tuple[str, str, float]]:
         writebacks = []
         for cache in self._inside(home) if only is None else only:
-            if kind in cache.pin:
-                if cache.used - cache.pinned.get(tensor, 0.0) + nbytes <= cache.capacity:
-                    cache.pinned[tensor] = max(nbytes, cache.pinned.get(tensor, 0.0))
-                    continue
-            room = cache.capacity - sum(cache.pinned.values())
-            if nbytes > room:
+            before = cache.pinned.get(tensor, 0.0)
+            if kind in cache.pin and cache.used - before + nbytes <= cache.capacity:
+                cache.pinned[tensor] = max(nbytes, before)
+                cache.pinned_bytes += cache.pinned[tensor] - before
+                continue
+            if nbytes > cache.capacity - cache.pinned_bytes:
                 continue  # streams past this cache
             old = cache.lru.pop(tensor, None)
             keep = max(nbytes, old.bytes) if old else nbytes
             cache.lru[tensor] = Entry(keep, dirty or bool(old and old.dirty), home)
+            cache.lru_bytes += keep - (old.bytes if old else 0.0)
             while cache.used > cache.capacity:
                 name, victim = cache.lru.popitem(last=False)
-                if name == tensor:  # never evict what we just placed; put it back and stop
-                    cache.lru[name] = victim
-                    break
+                cache.lru_bytes -= victim.bytes
                 if victim.dirty:
                     writebacks.append((cache.name, victim.home, victim.bytes))
         return writebacks

@@ -42,7 +42,8 @@ def to_csv(result: RunResult) -> str:
     caches = sorted({c for r in result.ops for c in r.hits})
     head = ["name", "phase", "step", "layer", "kind", "op_class", "device", "unit", "dtype", "shape",
             "start_s", "end_s", "duration_s", "flops", "bytes", *[f"bytes_{lvl}" for lvl in levels],
-            "intensity", *[f"hit_rate_{c}" for c in caches], "compute_s", "overhead_s", *[f"stall_{s.replace(':', '_')}_s" for s in stalls], "bound"]
+            "intensity", *[f"hit_rate_{c}" for c in caches], "compute_s", "overhead_s",
+            *[f"stall_{s.replace(':', '_')}_s" for s in stalls], "bound"]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(head)
