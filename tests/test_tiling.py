@@ -1,0 +1,106 @@
+"""Tiling re-read factors and cache residency across ops."""
+
+from math import ceil
+
+import pytest
+
+from conftest import DATA, load
+from sim.config import load_hardware
+from sim.graph import build_graph
+from sim.mapping import place
+from sim.mapping.plan import Planner, matrix_utilization
+from sim.mapping.residency import CacheLevel, Residency
+from sim.mapping.tiling import reuse_factors
+
+CACHE_HW = DATA / "toy-cache-hw.yaml"
+
+
+def test_problem_that_fits_is_read_once():
+    assert reuse_factors(64, 64, 64, 2, 2, 1 << 20) == (1, 1)
+
+
+def test_gemv_streams_its_weights_once():
+    # M = 1: whatever the capacity, the K x N weight matrix is read exactly once
+    for cap in (4 << 10, 64 << 10, 1 << 20):
+        assert reuse_factors(1, 4096, 4096, 2, 2, cap)[1] == 1
+
+
+def test_big_gemm_factors_by_hand():
+    """192 KiB: a 256 x 128 tile fits (2 x (256x32 + 32x128) x 2 B + 256x128x4 B = 180,224 B),
+    256 x 256 does not; A is re-read N/128 = 8 times, B M/256 = 4 times (or the transpose)."""
+    fa, fb = reuse_factors(1024, 1024, 1024, 2, 2, 192 << 10)
+    assert {fa, fb} == {4, 8}
+
+
+def test_smaller_capacity_never_reads_less():
+    prev = 0
+    for cap in (1 << 24, 1 << 20, 1 << 16, 1 << 12):
+        fa, fb = reuse_factors(2048, 2048, 512, 2, 2, cap)
+        traffic = 2048 * 512 * fa + 512 * 2048 * fb
+        assert traffic >= prev
+        prev = traffic
+
+
+def test_residency_lru_hits_evicts_and_writes_back():
+    l2 = CacheLevel("l2", 100.0)
+    r = Residency([l2], ["l2", "dram"])
+    landing, wb = r.write("a", "activation", 60, "dram")
+    assert landing == "l2" and wb == []
+    hit = r.read("a", "activation", 60, "dram")
+    assert hit.sources == [("l2", 60)] and hit.hits == [("l2", 60, 60)]
+    # reading 50 B of something else evicts the dirty 'a': 60 B written back to DRAM
+    miss = r.read("w", "weight", 50, "dram")
+    assert miss.sources == [("dram", 50)] and miss.writebacks == [("l2", "dram", 60)]
+    # bigger than the cache: streams past, evicts nothing
+    big = r.read("kv", "kv_cache", 500, "dram")
+    assert big.sources == [("dram", 500)] and "w" in l2.lru
+
+
+def test_partial_hit_on_a_growing_kv_cache():
+    r = Residency([CacheLevel("l2", 1000.0)], ["l2", "dram"])
+    r.read("k", "kv_cache", 100, "dram")
+    look = r.read("k", "kv_cache", 110, "dram")  # one token longer
+    assert look.sources == [("l2", 100), ("dram", 10)]
+
+
+def test_pinned_weights_are_never_evicted():
+    r = Residency([CacheLevel("l2", 100.0, frozenset({"weight"}))], ["l2", "dram"])
+    r.read("w", "weight", 80, "dram")
+    r.read("x", "activation", 20, "dram")
+    r.read("y", "activation", 20, "dram")  # evicts x, not w
+    assert r.read("w", "weight", 80, "dram").sources == [("l2", 80)]
+
+
+def _decode_dram_bytes(**hw_overrides):
+    wl, _ = load(DATA / "toy-gpt.yaml")
+    hw = load_hardware(CACHE_HW, [(k.replace("__", "."), v) for k, v in hw_overrides.items()])
+    g = build_graph(wl)
+    planner = Planner(hw, place(g, hw))
+    plans = [planner.plan(op) for op in g.ops]
+    last_step = [p for p in plans if p.op.phase == "decode" and p.op.step == 2]
+    return sum(b for p in last_step for lvl, b in p.loads if lvl == "dram"), plans
+
+
+def test_activation_produced_by_one_op_hits_in_the_next():
+    _, plans = _decode_dram_bytes()
+    ln = next(p for p in plans if p.op.name == "prefill.L0.attn_norm")
+    x, gamma = ln.op.reads  # the embedding's output hits; the norm's own weights are a cold miss
+    assert ln.hits == (("l2", x.bytes, x.bytes + gamma.bytes),)
+
+
+def test_weights_that_fit_a_cache_stay_there_across_decode_steps():
+    streamed, _ = _decode_dram_bytes(device__memory__l2__capacity="32 KiB")  # < 124 KB of weights
+    resident, plans = _decode_dram_bytes(device__memory__l2__capacity="64 MiB")
+    weights = sum(a.bytes for p in plans if p.op.phase == "decode" and p.op.step == 2
+                  for a in p.op.reads if a.tensor.kind == "weight")
+    assert resident < 0.1 * weights <= streamed
+
+
+def test_matrix_utilization_quantisation():
+    hw = load(DATA / "toy-gpt.yaml", device__compute__tile=[16, 8, 16])[1]
+    assert matrix_utilization(hw, (1, 16, 8, 16)) == 1.0
+    assert matrix_utilization(hw, (1, 1, 8, 16)) == pytest.approx(1 / 16)  # GEMV row in a 16-row tile
+    hw4 = load(DATA / "toy-gpt.yaml", device__compute__tile=[16, 8, 16], device__compute__units=4)[1]
+    # 5 tiles over 4 units: 2 waves, 5 / 8 useful
+    assert matrix_utilization(hw4, (1, 16, 40, 16)) == pytest.approx(5 / 8)
+    assert ceil(40 / 8) == 5
