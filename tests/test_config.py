@@ -3,8 +3,8 @@
 from pathlib import Path
 
 import pytest
-from conftest import DATA, ROOT, cli, load
 
+from conftest import DATA, ROOT, cli, load
 from sim.errors import ConfigError
 
 WORKLOADS = sorted((ROOT / "workloads").glob("*.yaml"))

@@ -2,8 +2,8 @@
 contention, bounded events, determinism."""
 
 import pytest
-from conftest import DATA, load
 
+from conftest import DATA, load
 from sim.engine import simulate
 from sim.engine.machine import LevelUse, Machine
 from sim.graph import build_graph

@@ -2,8 +2,8 @@
 
 import networkx as nx
 import pytest
-from conftest import DATA, ROOT, load
 
+from conftest import DATA, ROOT, load
 from sim.graph import build_graph
 
 

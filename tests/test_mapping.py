@@ -1,8 +1,8 @@
 """Placement: weights that fit on chip live there; those that do not stream from DRAM."""
 
 import pytest
-from conftest import ROOT, load
 
+from conftest import ROOT, load
 from sim.errors import ConfigError
 from sim.graph import build_graph
 from sim.mapping import place

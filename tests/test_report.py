@@ -5,8 +5,8 @@ import io
 import json
 
 import pytest
-from conftest import DATA, ROOT, cli, load
 
+from conftest import DATA, ROOT, cli, load
 from sim.pipeline import run
 from sim.report import summarize, to_csv, to_json, to_trace
 
