@@ -45,9 +45,9 @@ def context(workload: Workload, hw: Hardware, placement, hw_file: str) -> dict:
             "memory": {
                 name: {"capacity_bytes": lvl.capacity, "bandwidth_bytes_per_s": lvl.bandwidth,
                        "latency_s": lvl.latency, "kind": lvl.kind, "scope": lvl.scope}
-                for name, lvl in hw.device.memory.items()
+                for name, lvl in hw.levels.items()
             },
-            "balance_point_flop_per_byte": peak / hw.device.memory[dram].bandwidth,
+            "balance_point_flop_per_byte": peak / hw.levels[dram].bandwidth,
             "balance_level": dram,
         },
         "memory": {

@@ -62,3 +62,16 @@ def test_peak_live_activations_by_hand(toy):
 def test_chunk_schedule(c, m, lat, n):
     chunks = chunk_schedule(c, m, lat)
     assert len(chunks) == n and sum(chunks) == pytest.approx(1.0)
+
+
+def test_weights_spill_to_host_memory_and_stall_on_it():
+    wl, hw = load(ROOT / "workloads/gpt2.yaml", scenario__prompt_tokens=16, scenario__new_tokens=2,
+                  device__memory__hbm__capacity="100 MiB")
+    result = run(wl, hw)
+    assert result.meta["memory"]["home"] == {"weight": "host", "kv_cache": "hbm", "activation": "hbm"}
+    decode = [r for r in result.ops if r.phase == "decode"]
+    host = sum(r.stall_s.get("memory:host", 0.0) for r in decode)
+    assert host > 0.8 * sum(r.duration_s for r in decode)
+    # PCIe at 32 GB/s: one decode step moves all 249 MB of weights over it
+    step = [r for r in decode if r.step == 1]
+    assert sum(r.bytes.get("host", 0.0) for r in step) == pytest.approx(124_439_808 * 2, rel=0.01)

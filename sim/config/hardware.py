@@ -14,6 +14,8 @@ from pydantic import Field, model_validator
 from sim.config.types import Bandwidth, Bytes, Count, Dtype, FlopRate, Frequency, Latency, Spec
 from sim.errors import KeyedError
 
+HOST_LEVEL = "host"
+
 
 class ComputeUnit(Spec):
     units: Count = Field(description="number of cores / SMs / MXUs sharing the peak")
@@ -96,4 +98,19 @@ class Hardware(Spec):
     def _links_for_many(self) -> Hardware:
         if self.devices > 1 and self.interconnect is None:
             raise ValueError(f"{self.devices} devices need an 'interconnect' section")
+        if HOST_LEVEL in self.device.memory:
+            raise KeyedError(f"device.memory.{HOST_LEVEL}", f"'{HOST_LEVEL}' is reserved for host memory")
         return self
+
+    @property
+    def levels(self) -> dict[str, MemoryLevel]:
+        """The device's memory levels, innermost first, then host memory reached over the host link
+        (if described): what does not fit on the device spills there and streams over PCIe."""
+        levels = dict(self.device.memory)
+        if self.host is not None:
+            link, mem = self.host.link, self.host.memory
+            levels[HOST_LEVEL] = MemoryLevel(
+                capacity=mem.capacity, bandwidth=min(link.bandwidth, mem.bandwidth),
+                latency=link.latency + mem.latency, scope="shared", kind="dram",
+            )
+        return levels

@@ -46,9 +46,9 @@ class Machine:
 
     def __post_init__(self) -> None:
         n = self.hw.devices
-        dev = self.hw.device
         self.compute = {(d, u): simpy.Resource(self.env, 1) for d in range(n) for u in COMPUTE_UNITS}
-        self.memory = {(d, name): simpy.Resource(self.env, 1) for d in range(n) for name in dev.memory}
+        self.levels = self.hw.levels
+        self.memory = {(d, name): simpy.Resource(self.env, 1) for d in range(n) for name in self.levels}
         self.links: dict[tuple[int, int], simpy.Resource] = {}
         if self.hw.interconnect is not None:
             self.links = {(a, b): simpy.Resource(self.env, 1) for a in range(n) for b in range(n) if a != b}
@@ -56,7 +56,7 @@ class Machine:
     def move(self, device: int, level: str, nbytes: float, use: LevelUse, arriving: simpy.Event | None):
         """Process: move `nbytes` over `level`. Succeeds `arriving` when the first bytes land and
         returns (time the last bytes land or a write is acknowledged, level)."""
-        spec = self.hw.device.memory[level]
+        spec = self.levels[level]
         env = self.env
         with self.memory[(device, level)].request() as req:
             yield req

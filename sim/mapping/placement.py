@@ -43,7 +43,7 @@ class Placement:
 
 
 def level_capacity(hw: Hardware, name: str) -> float:
-    level = hw.device.memory[name]
+    level = hw.levels[name]
     return level.capacity * (hw.device.compute.units if level.scope == "per_unit" else 1)
 
 
@@ -82,7 +82,7 @@ def footprint(graph: OpGraph) -> Footprint:
 
 def place(graph: OpGraph, hw: Hardware, hw_file: str = "hardware") -> Placement:
     fp = footprint(graph)
-    homes = [n for n, lvl in hw.device.memory.items() if lvl.holds_tensors()]
+    homes = [n for n, lvl in hw.levels.items() if lvl.holds_tensors()]
     capacity = {n: level_capacity(hw, n) for n in homes}
     used = dict.fromkeys(homes, 0.0)
     need = {"weight": fp.weights, "kv_cache": fp.kv_cache, "activation": fp.activations}

@@ -90,14 +90,15 @@ class Planner:
     def __init__(self, hw: Hardware, placement: Placement, hw_file: str = "hardware"):
         self.hw, self.placement, self.hw_file = hw, placement, hw_file
         dev = hw.device
-        self.order = list(dev.memory)
+        self.levels = hw.levels
+        self.order = list(self.levels)
         self.index = {name: i for i, name in enumerate(self.order)}
-        caches = [CacheLevel(n, lvl.capacity, frozenset(lvl.pin)) for n, lvl in dev.memory.items()
+        caches = [CacheLevel(n, lvl.capacity, frozenset(lvl.pin)) for n, lvl in self.levels.items()
                   if lvl.kind == "cache" and lvl.scope == "shared"]
         self.residency = Residency(caches, self.order)
         # capacity a level offers to one tile: per unit for per-unit levels; a scratchpad's free space
         self.tile_capacity = {}
-        for name, lvl in dev.memory.items():
+        for name, lvl in self.levels.items():
             cap = level_capacity(hw, name) - placement.used.get(name, 0.0)
             self.tile_capacity[name] = cap / dev.compute.units if lvl.scope == "per_unit" else cap
 
@@ -128,8 +129,8 @@ class Planner:
         traffic = defaultdict(float)
         for lvl, b in [*served.items(), *written.items()]:
             traffic[lvl] += b
-        memory_s = max((b / dev.memory[lvl].effective_bandwidth for lvl, b in traffic.items()), default=0.0)
-        latency_s = max((dev.memory[lvl].latency for lvl in traffic), default=0.0)
+        memory_s = max((b / self.levels[lvl].effective_bandwidth for lvl, b in traffic.items()), default=0.0)
+        latency_s = max((self.levels[lvl].latency for lvl in traffic), default=0.0)
         return OpPlan(
             op=op, device=0, unit=unit, compute_s=compute_s, utilization=util,
             loads=tuple((lvl, b) for lvl, b in served.items() if b > 0),
@@ -185,6 +186,7 @@ def roofline_s(p: OpPlan, hw: Hardware) -> float:
     per_level: dict[str, float] = defaultdict(float)
     for lvl, b in p.loads + p.stores:
         per_level[lvl] += b
-    mem = max((b / hw.device.memory[lvl].effective_bandwidth for lvl, b in per_level.items()), default=0.0)
-    latency = max((hw.device.memory[lvl].latency for lvl in per_level), default=0.0)
+    levels = hw.levels
+    mem = max((b / levels[lvl].effective_bandwidth for lvl, b in per_level.items()), default=0.0)
+    latency = max((levels[lvl].latency for lvl in per_level), default=0.0)
     return max(p.compute_s, mem) + latency + p.overhead_s
