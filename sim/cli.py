@@ -44,7 +44,7 @@ def run(workload: Path, hardware: Path | None, overrides: tuple[str, ...], json_
     wl, default_hw = load_workload(workload, work_set)
     hw_path = hardware or default_hw
     hw = load_hardware(hw_path, hw_set)
-    result = run_pipeline(wl, hw, str(hw_path))
+    result = run_pipeline(wl, hw, str(hw_path), str(workload))
     render(result, top=top)
     for path, write in ((json_out, write_json), (csv_out, write_csv), (trace_out, write_trace)):
         if path is not None:

@@ -10,16 +10,17 @@ from sim.config.types import DTYPE_BYTES
 from sim.config.workload import Workload
 from sim.engine import RunResult, simulate
 from sim.graph import build_graph
-from sim.mapping import place, plan
+from sim.mapping.collectives import topology
+from sim.mapping.parallel import map_devices
 from sim.mapping.plan import matrix_peak
 
 
-def run(workload: Workload, hw: Hardware, hw_file: str = "hardware") -> RunResult:
+def run(workload: Workload, hw: Hardware, hw_file: str = "hardware", workload_file: str = "workload") -> RunResult:
     graph = build_graph(workload)
-    placement = place(graph, hw, hw_file)
-    plans = plan(graph, hw, placement, hw_file)
+    plans, placements = map_devices(graph, workload, hw, hw_file, workload_file)
     result = simulate(plans, hw, workload.name)
-    result.meta = context(workload, hw, placement, hw_file)
+    fullest = max(placements.values(), key=lambda p: p.footprint.total)
+    result.meta = context(workload, hw, fullest, hw_file)
     return result
 
 
@@ -39,7 +40,12 @@ def context(workload: Workload, hw: Hardware, placement, hw_file: str) -> dict:
             "weight_bytes_per_param": DTYPE_BYTES[sc.precision.weights],
         },
         "hardware": {
-            "name": hw.name, "devices_used": 1, "devices_per_node": hw.devices,
+            "name": hw.name, "devices_per_node": hw.devices,
+            "devices_simulated": workload.parallelism.tensor * workload.parallelism.pipeline,
+            "parallelism": workload.parallelism.model_dump(),
+            "topology": hw.interconnect.topology if hw.interconnect else None,
+            "links": sorted(d["id"] for _, _, d in topology(hw.interconnect.topology, hw.devices).edges(data=True))
+            if hw.interconnect else [],
             "peak_flops": peak, "peak_dtype": dtype, "vector_flops": hw.device.compute.vector,
             "dispatch_overhead_s": hw.device.dispatch_overhead,
             "memory": {

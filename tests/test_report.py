@@ -7,6 +7,7 @@ import json
 import pytest
 
 from conftest import DATA, ROOT, cli, load
+from sim.errors import ConfigError
 from sim.pipeline import run
 from sim.report import summarize, to_csv, to_json, to_trace
 
@@ -57,7 +58,7 @@ def test_csv_has_one_row_per_op(gpt2_a100):
 def test_trace_has_a_track_per_unit_level_and_link(gpt2_a100):
     trace = to_trace(gpt2_a100)
     names = {e["args"]["name"] for e in trace["traceEvents"] if e.get("name") == "thread_name"}
-    assert {"compute:matrix", "compute:vector", "memory:hbm", "memory:l2", "link:0->1"} <= names
+    assert {"compute:matrix", "compute:vector", "memory:hbm", "memory:l2", "link:0->switch", "link:switch->7"} <= names
     spans = [e for e in trace["traceEvents"] if e["ph"] == "X"]
     assert all(e["dur"] >= 0 for e in spans)
 
@@ -96,6 +97,11 @@ def test_every_shipped_workload_runs_on_every_shipped_hardware(wl_path, hw_path)
     wl, _ = load_workload(wl_path)
     if wl.scenario.new_tokens:
         wl, _ = load_workload(wl_path, [("scenario.new_tokens", 1)])
-    s = summarize(run(wl, load_hardware(hw_path)))
+    hw = load_hardware(hw_path)
+    if wl.parallelism.devices > hw.devices:  # e.g. TP=8 on a single CPU: a clear error, not a run
+        with pytest.raises(ConfigError, match="parallelism: tensor x pipeline x data = 8 devices"):
+            run(wl, hw)
+        return
+    s = summarize(run(wl, hw))
     assert s["total_s"] > 0 and s["flops"] > 0
-    assert sum(c["time_s"] for c in s["classes"].values()) == pytest.approx(s["total_s"])
+    assert sum(c["time_s"] for c in s["classes"].values()) == pytest.approx(s["device_time_s"])

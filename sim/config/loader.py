@@ -17,7 +17,7 @@ from sim.config.hardware import Hardware
 from sim.config.workload import Workload
 from sim.errors import ConfigError, KeyedError
 
-WORKLOAD_KEYS = ("name", "hardware", "model", "scenario")
+WORKLOAD_KEYS = ("name", "hardware", "model", "scenario", "parallelism")
 HARDWARE_KEYS = ("devices", "device", "interconnect", "host", "source")
 
 

@@ -78,11 +78,25 @@ class Scenario(Spec):
         return self
 
 
+class Parallelism(Spec):
+    """Megatron-style tensor parallelism inside a stage, pipeline stages over layers, data-parallel
+    replicas (independent in inference)."""
+
+    tensor: Count = 1
+    pipeline: Count = 1
+    data: Count = 1
+
+    @property
+    def devices(self) -> int:
+        return self.tensor * self.pipeline * self.data
+
+
 class Workload(Spec):
     name: str = Field(min_length=1)
     hardware: str = Field(min_length=1, description="default hardware YAML, relative to this file")
     model: Model
     scenario: Scenario
+    parallelism: Parallelism = Field(default_factory=Parallelism)
 
     @model_validator(mode="after")
     def _fits_model(self) -> Workload:
@@ -92,6 +106,18 @@ class Workload(Spec):
                 "scenario.phase",
                 f"a {self.model.family} model cannot run phase {self.scenario.phase!r} (use {', '.join(phases)})"
             )
+        par, m = self.parallelism, self.model
+        if m.heads % par.tensor or m.ffn % par.tensor:
+            raise KeyedError("parallelism.tensor",
+                             f"tensor ({par.tensor}) must divide heads ({m.heads}) and ffn ({m.ffn})")
+        if m.n_kv_heads % par.tensor and par.tensor % m.n_kv_heads:
+            raise KeyedError("parallelism.tensor",
+                             f"tensor ({par.tensor}) and kv_heads ({m.n_kv_heads}) must divide one another")
+        if par.pipeline > m.layers:
+            raise KeyedError("parallelism.pipeline", f"pipeline ({par.pipeline}) exceeds layers ({m.layers})")
+        if self.scenario.batch % par.data:
+            raise KeyedError("parallelism.data",
+                             f"data ({par.data}) must divide scenario.batch ({self.scenario.batch})")
         context = self.scenario.prompt_tokens + self.scenario.new_tokens
         if context > self.model.max_positions:
             raise KeyedError(

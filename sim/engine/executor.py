@@ -7,6 +7,9 @@ starts computing (double buffering). Within a chunk, data and compute overlap at
 compute may start once the chunk's first bytes have landed and cannot finish before its last bytes
 have. Results stream out as the chunk computes. Every interval in which the compute unit waits is a
 stall, charged to the resource it was waiting on, so busy + stalls + overhead = duration exactly.
+
+A collective is a rendezvous: each participant's stream reaches it, waits for the others (`sync`:
+load imbalance, pipeline bubbles), then for the transfers over the links (`link:<topology>`).
 """
 
 from __future__ import annotations
@@ -25,12 +28,15 @@ class Executor:
         self.machine = Machine(hw)
         self.env = self.machine.env
         self.records: list[OpRecord] = []
+        self._rendezvous: dict[tuple, dict] = {}
 
-    def run(self, plans: list[OpPlan], workload: str = "") -> RunResult:
-        self.env.process(self._stream(plans))
+    def run(self, plans: list[OpPlan] | dict[int, list[OpPlan]], workload: str = "") -> RunResult:
+        streams = plans if isinstance(plans, dict) else {0: plans}
+        for device in sorted(streams):
+            self.env.process(self._stream(streams[device]))
         self.env.run()
-        events = self.env.scheduled
-        return RunResult(hardware=self.hw.name, workload=workload, ops=self.records, events=events)
+        records = sorted(self.records, key=lambda r: (r.device, r.start_s, r.end_s))
+        return RunResult(hardware=self.hw.name, workload=workload, ops=records, events=self.env.scheduled)
 
     def _stream(self, plans: list[OpPlan]):
         """One in-order stream (like a CUDA stream): each op starts when the previous one ends and
@@ -38,7 +44,8 @@ class Executor:
         dispatched = [self.env.event() for _ in plans]
         self.env.process(self._host(plans, dispatched))
         for p, ready in zip(plans, dispatched):
-            yield self.env.process(self._op(p, ready))
+            run = self._collective(p, ready) if p.collective is not None else self._op(p, ready)
+            yield self.env.process(run)
 
     def _host(self, plans: list[OpPlan], dispatched: list[simpy.Event]):
         for p, ready in zip(plans, dispatched):
@@ -113,5 +120,40 @@ class Executor:
         ))
 
 
-def simulate(plans: list[OpPlan], hw: Hardware, workload: str = "") -> RunResult:
+    def _collective(self, p: OpPlan, dispatched: simpy.Event):
+        env, plan = self.env, p.collective
+        start, first_event = env.now, env.scheduled
+        yield dispatched
+        overhead_s = env.now - start
+        key = (p.op.name, plan.group)
+        rdv = self._rendezvous.setdefault(key, {"arrived": 0, "done": env.event(), "last": 0.0, "use": {}})
+        rdv["arrived"] += 1
+        arrived = env.now
+        if rdv["arrived"] == len(plan.group):  # the last one in starts the transfers
+            rdv["last"] = env.now
+            env.process(self._transfers(plan, rdv))
+        yield rdv["done"]
+        stall = {"sync": rdv["last"] - arrived, f"link:{self.hw.interconnect.topology}": env.now - rdv["last"]}
+        own = rdv["use"].get(p.device, {})
+        op = p.op
+        self.records.append(OpRecord(
+            name=op.name, kind=op.kind, layer=op.layer, phase=op.phase, step=op.step,
+            op_class=op.op_class, device=p.device, unit="link", dtype=op.dtype, shape=op.shape,
+            flops=0.0, bytes={}, start_s=start, end_s=env.now, compute_s=0.0,
+            stall_s={k: v for k, v in stall.items() if v > 0}, overhead_s=overhead_s,
+            events=env.scheduled - first_event, link_bytes={lnk: u.bytes for lnk, u in own.items()},
+            level_busy_s={f"link:{lnk}": u.busy_s for lnk, u in own.items()},
+            level_span_s={f"link:{lnk}": (u.first_s, u.last_s) for lnk, u in own.items()},
+        ))
+
+    def _transfers(self, plan, rdv: dict):
+        env, m = self.env, self.machine
+        sends = [env.process(m.send(t.links, t.bytes, rdv["use"].setdefault(t.src, {}))) for t in plan.transfers]
+        yield env.all_of(sends)
+        if plan.latency_s:
+            yield env.timeout(plan.latency_s)
+        rdv["done"].succeed()
+
+
+def simulate(plans: list[OpPlan] | dict[int, list[OpPlan]], hw: Hardware, workload: str = "") -> RunResult:
     return Executor(hw).run(plans, workload)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import simpy
 
 from sim.config.hardware import Hardware
+from sim.mapping.collectives import topology
 
 COMPUTE_UNITS = ("matrix", "vector")
 
@@ -49,9 +50,30 @@ class Machine:
         self.compute = {(d, u): simpy.Resource(self.env, 1) for d in range(n) for u in COMPUTE_UNITS}
         self.levels = self.hw.levels
         self.memory = {(d, name): simpy.Resource(self.env, 1) for d in range(n) for name in self.levels}
-        self.links: dict[tuple[int, int], simpy.Resource] = {}
+        self.links: dict[str, simpy.Resource] = {}
         if self.hw.interconnect is not None:
-            self.links = {(a, b): simpy.Resource(self.env, 1) for a in range(n) for b in range(n) if a != b}
+            topo = topology(self.hw.interconnect.topology, n)
+            self.links = {data["id"]: simpy.Resource(self.env, 1) for _, _, data in topo.edges(data=True)}
+
+    def send(self, links: tuple[str, ...], nbytes: float, use: dict[str, LevelUse]):
+        """Process: hold every link of a route for nbytes / link bandwidth (cut-through). Links are
+        requested in a global order so that crossing routes cannot deadlock."""
+        env = self.env
+        bandwidth = self.hw.interconnect.link.bandwidth
+        requests = []
+        for link in sorted(links):
+            req = self.links[link].request()
+            requests.append((link, req))
+            yield req
+        granted = env.now
+        yield env.timeout(nbytes / bandwidth)
+        for link, req in requests:
+            self.links[link].release(req)
+            u = use.setdefault(link, LevelUse())
+            u.bytes += nbytes
+            u.busy_s += env.now - granted
+            u.first_s = min(u.first_s, granted)
+            u.last_s = env.now
 
     def move(self, device: int, level: str, nbytes: float, use: LevelUse, arriving: simpy.Event | None):
         """Process: move `nbytes` over `level`. Succeeds `arriving` when the first bytes land and

@@ -27,6 +27,7 @@ class OpRecord:
     events: int  # simulation events scheduled while this op ran (its own, and the host's meanwhile)
     utilization: float = 1.0  # useful fraction of the compute unit's peak (tile / wave quantisation)
     hits: dict[str, tuple[float, float]] = field(default_factory=dict)  # cache -> (hit bytes, looked-up bytes)
+    link_bytes: dict[str, float] = field(default_factory=dict)  # link -> bytes this device sent over it
     level_busy_s: dict[str, float] = field(default_factory=dict)  # memory level -> occupied time
     level_span_s: dict[str, tuple[float, float]] = field(default_factory=dict)  # first grant, last end
 

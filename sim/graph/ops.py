@@ -7,12 +7,12 @@ from typing import Literal
 
 TensorKind = Literal["weight", "activation", "kv_cache"]
 OpClass = Literal["gemm", "gemv", "attention", "softmax", "norm", "elementwise", "collective"]
-Engine = Literal["matrix", "vector"]
+Engine = Literal["matrix", "vector", "link"]
 
 #: Report groups: the GEMM-vs-GEMV contrast, attention, and everything else.
 CLASS_GROUP: dict[str, str] = {
     "gemm": "GEMM", "gemv": "GEMV", "attention": "attention",
-    "softmax": "other", "norm": "other", "elementwise": "other", "collective": "other",
+    "softmax": "other", "norm": "other", "elementwise": "other", "collective": "collective",
 }
 
 
@@ -35,6 +35,17 @@ class Access:
 
 
 @dataclass(frozen=True)
+class Collective:
+    """Communication an op stands for: an all-reduce / all-gather over the tensor-parallel group of its
+    stage, or a point-to-point send between pipeline stages."""
+
+    kind: Literal["allreduce", "allgather", "p2p"]
+    bytes: float  # the full buffer each participant holds (all-reduce) or ends with (all-gather)
+    src_stage: int = 0
+    dst_stage: int = 0
+
+
+@dataclass(frozen=True)
 class Op:
     name: str
     kind: str  # what the op does: "qkv", "scores", "ffn_up", ...
@@ -49,6 +60,8 @@ class Op:
     writes: tuple[Access, ...]
     #: matmul-like ops: (batch, M, N, K) with reads[0] the M x K operand and reads[1] the K x N one
     shape: tuple[int, ...] = field(default=())
+    stage: int = 0  # pipeline stage that runs it
+    collective: Collective | None = None
 
     @property
     def bytes(self) -> float:

@@ -11,7 +11,7 @@ import networkx as nx
 
 from sim.config.types import DTYPE_BYTES
 from sim.config.workload import Model, Workload
-from sim.graph.ops import Access, Op, Tensor
+from sim.graph.ops import Access, Collective, Op, Tensor
 
 NORM_FLOPS = {"layernorm": 7, "rmsnorm": 4}
 ACT_FLOPS = {"gelu": 8, "relu": 1, "silu": 5}  # silu counts x*sigmoid(x) times the gate
@@ -26,7 +26,13 @@ class OpGraph:
         self.dag = nx.DiGraph()
         self._order: list[Op] = []
 
+    def replace_last(self, op: Op) -> None:
+        """Swap the op just added for an amended copy of it (same name and edges)."""
+        self.dag.nodes[op.name]["op"] = op
+        self._order[-1] = op
+
     def add(self, op: Op, deps: list[Op | None]) -> Op:
+        assert op.name not in self.dag, f"duplicate op name {op.name}"
         self.dag.add_node(op.name, op=op, index=len(self._order))
         for dep in deps:
             if dep is not None:
@@ -53,7 +59,17 @@ class _Builder:
     def __init__(self, workload: Workload):
         self.m: Model = workload.model
         sc = workload.scenario
-        self.batch = sc.batch
+        par = workload.parallelism
+        self.tp, self.pp = par.tensor, par.pipeline
+        # one data-parallel replica is built; the others are identical and independent
+        self.batch = sc.batch // par.data
+        # per tensor-parallel rank (Megatron): heads, FFN columns and vocabulary rows are split;
+        # KV heads too, or replicated when there are fewer of them than ranks
+        self.heads = self.m.heads // self.tp
+        self.kv_heads = max(1, self.m.n_kv_heads // self.tp)
+        self.ffn = self.m.ffn // self.tp
+        self.vocab = -(-self.m.vocab // self.tp)
+        self.stage = 0
         self.prompt = sc.prompt_tokens
         self.max_context = sc.prompt_tokens + sc.new_tokens
         self.wb = DTYPE_BYTES[sc.precision.weights]
@@ -72,8 +88,7 @@ class _Builder:
         return self._weights[name]
 
     def kv(self, layer: int, which: str) -> Tensor:
-        m = self.m
-        elements = self.batch * self.max_context * m.n_kv_heads * m.head_dim
+        elements = self.batch * self.max_context * self.kv_heads * self.m.head_dim
         return Tensor(f"L{layer}.{which}_cache", "kv_cache", elements * self.kb, elements)
 
     def act(self, name: str, elements: int) -> Access:
@@ -90,9 +105,28 @@ class _Builder:
             name=f"{self.prefix}{lname}.{kind}", kind=kind, op_class=op_class,
             engine="matrix" if op_class in ("gemm", "gemv", "attention") else "vector",
             phase=self.phase, step=self.step, layer=layer, dtype=self.dtype, flops=float(flops),
-            reads=tuple(reads), writes=tuple(writes), shape=tuple(shape),
+            reads=tuple(reads), writes=tuple(writes), shape=tuple(shape), stage=self.stage,
         )
         return self.graph.add(op, deps)
+
+    def collective(self, kind: str, layer: int, buffer: Access, deps, name: str | None = None,
+                   dst_stage: int | None = None) -> Op:
+        """An all-reduce / all-gather over the stage's tensor-parallel group, or a send to another
+        stage. It reads and writes its buffer where the buffer lives."""
+        dst = self.stage if dst_stage is None else dst_stage
+        coll = Collective(kind, buffer.bytes, self.stage, dst)
+        op = self.op(name or kind, layer, "collective", 0.0, [buffer], [buffer], deps)
+        op = Op(**{**op.__dict__, "engine": "link", "collective": coll})
+        self.graph.replace_last(op)
+        return op
+
+    def to_stage(self, stage: int, x_op: Op, layer: int) -> Op:
+        """Move the activation to the next pipeline stage (a send/recv pair on the two devices)."""
+        if stage == self.stage:
+            return x_op
+        send = self.collective("p2p", layer, out(x_op), [x_op], name="send", dst_stage=stage)
+        self.stage = stage
+        return send
 
     # -- op constructors -----------------------------------------------------------------------
     def linear(self, kind: str, layer: int, x: Access, n: int, w_name: str, deps, m_rows: int,
@@ -144,15 +178,20 @@ def _forward(b: _Builder, tokens: int, past: int, after: Op | None) -> Op:
     """One forward pass over `tokens` new tokens per sequence with `past` tokens already cached."""
     m = b.m
     rows = b.batch * tokens
+    if after is not None and b.stage != 0:  # the sampled token goes back to the first stage
+        tokens_msg = Access(Tensor(f"{b.prefix}tokens", "activation", b.batch * 4, b.batch), b.batch * 4)
+        after = b.collective("p2p", m.layers, tokens_msg, [after], name="send_token", dst_stage=0)
+        b.stage = 0
     x = _embed(b, rows, after)
     for layer in range(m.layers):
+        x = b.to_stage(layer * b.pp // m.layers, x, layer)
         x = _layer(b, layer, x, rows, tokens, past)
     return _head(b, x, rows, tokens)
 
 
 def _embed(b: _Builder, rows: int, after: Op | None) -> Op:
     m, h = b.m, b.m.hidden
-    wte = b.weight("wte", m.vocab * h)
+    wte = b.weight("wte", b.vocab * h)
     gather = [Access(wte, rows * h * b.wb)]
     if m.family == "llama":  # token lookup only; positions enter through RoPE
         return _gather(b, gather, rows, 0, after)
@@ -168,12 +207,15 @@ def _embed(b: _Builder, rows: int, after: Op | None) -> Op:
 
 def _gather(b: _Builder, gather: list[Access], rows: int, adds: int, after: Op | None) -> Op:
     out_act = b.act("embed", rows * b.m.hidden)
-    return b.op("embed", -1, "elementwise", adds * rows * b.m.hidden, gather, [out_act], [after])
+    emb = b.op("embed", -1, "elementwise", adds * rows * b.m.hidden, gather, [out_act], [after])
+    if b.tp > 1:  # vocabulary-parallel table: each rank fills its rows, an all-reduce completes them
+        return b.collective("allreduce", -1, out(emb), [emb], name="embed_allreduce")
+    return emb
 
 
 def _layer(b: _Builder, layer: int, x_op: Op, rows: int, tokens: int, past: int) -> Op:
     m, h, d = b.m, b.m.hidden, b.m.head_dim
-    heads, kvh = m.heads, m.n_kv_heads
+    heads, kvh = b.heads, b.kv_heads
     ctx = past + tokens
     x = out(x_op)
     pre = m.family != "bert"  # GPT/Llama normalise before each block, BERT after
@@ -206,19 +248,23 @@ def _layer(b: _Builder, layer: int, x_op: Op, rows: int, tokens: int, past: int)
     av = b.op("attn_v", layer, "attention", 2 * bh * tokens * ctx * d,
               [out(soft), v_read], [b.act(f"attn.L{layer}", rows * heads * d)], [soft, qkv], (bh, tokens, d, ctx))
     proj = b.linear("attn_out", layer, out(av), h, p + "wo", [av], rows)
+    if b.tp > 1:  # row-parallel projection: partial sums meet in an all-reduce
+        proj = b.collective("allreduce", layer, out(proj), [proj], name="attn_allreduce")
     res1 = b.vector("residual", layer, [x, out(proj)], rows * h, 1, [proj, x_op])
     if not pre:
         res1 = b.norm("attn_norm", layer, out(res1), [res1], p + "ln1")
 
     # feed-forward block
     ffn_in = b.norm("ffn_norm", layer, out(res1), [res1], p + "ln2") if pre else res1
-    up = b.linear("ffn_up", layer, out(ffn_in), m.ffn, p + "w_up", [ffn_in], rows)
+    up = b.linear("ffn_up", layer, out(ffn_in), b.ffn, p + "w_up", [ffn_in], rows)
     if m.gated_ffn:
-        gate = b.linear("ffn_gate", layer, out(ffn_in), m.ffn, p + "w_gate", [ffn_in], rows)
-        act = b.vector("act", layer, [out(up), out(gate)], rows * m.ffn, ACT_FLOPS[m.activation], [up, gate])
+        gate = b.linear("ffn_gate", layer, out(ffn_in), b.ffn, p + "w_gate", [ffn_in], rows)
+        act = b.vector("act", layer, [out(up), out(gate)], rows * b.ffn, ACT_FLOPS[m.activation], [up, gate])
     else:
-        act = b.vector("act", layer, [out(up)], rows * m.ffn, ACT_FLOPS[m.activation], [up])
+        act = b.vector("act", layer, [out(up)], rows * b.ffn, ACT_FLOPS[m.activation], [up])
     down = b.linear("ffn_down", layer, out(act), h, p + "w_down", [act], rows)
+    if b.tp > 1:
+        down = b.collective("allreduce", layer, out(down), [down], name="ffn_allreduce")
     res2 = b.vector("residual2", layer, [out(res1), out(down)], rows * h, 1, [down, res1])
     if not pre:
         res2 = b.norm("ffn_norm", layer, out(res2), [res2], p + "ln2")
@@ -235,4 +281,8 @@ def _head(b: _Builder, x_op: Op, rows: int, tokens: int) -> Op:
     ln = b.norm("final_norm", L, out(x_op), [x_op], "ln_f")
     last = Access(out(ln).tensor, b.batch * h * b.ab)  # the next token comes from the last position
     w = "wte" if m.family == "gpt" else "lm_head"  # GPT-2 ties the LM head to the token embedding
-    return b.linear("lm_head", L, last, m.vocab, w, [ln], b.batch, bias=False)
+    head = b.linear("lm_head", L, last, b.vocab, w, [ln], b.batch, bias=False)
+    if b.tp > 1:  # each rank holds a slice of the logits
+        logits = b.act("logits", b.batch * b.vocab * b.tp)
+        return b.collective("allgather", L, logits, [head], name="logits_allgather")
+    return head

@@ -71,16 +71,22 @@ def peak_live_activations(ops: list[Op]) -> float:
     return peak
 
 
-def footprint(graph: OpGraph) -> Footprint:
-    tensors = graph.tensors().values()
+def _ops(graph: OpGraph | list[Op]) -> list[Op]:
+    return graph.ops if isinstance(graph, OpGraph) else graph
+
+
+def footprint(graph: OpGraph | list[Op]) -> Footprint:
+    """What one device holds: the tensors its ops touch (one stage's shard under parallelism)."""
+    ops = _ops(graph)
+    tensors = {a.tensor.name: a.tensor for op in ops for a in op.reads + op.writes}.values()
     return Footprint(
         weights=sum(t.bytes for t in tensors if t.kind == "weight"),
         kv_cache=sum(t.bytes for t in tensors if t.kind == "kv_cache"),
-        activations=peak_live_activations(graph.ops),
+        activations=peak_live_activations(ops),
     )
 
 
-def place(graph: OpGraph, hw: Hardware, hw_file: str = "hardware") -> Placement:
+def place(graph: OpGraph | list[Op], hw: Hardware, hw_file: str = "hardware") -> Placement:
     fp = footprint(graph)
     homes = [n for n, lvl in hw.levels.items() if lvl.holds_tensors()]
     capacity = {n: level_capacity(hw, n) for n in homes}

@@ -20,6 +20,7 @@ from sim.config.hardware import Hardware
 from sim.errors import ConfigError
 from sim.graph.ops import Op
 from sim.graph.transformer import OpGraph
+from sim.mapping.collectives import CollectivePlan
 from sim.mapping.placement import Placement, level_capacity
 from sim.mapping.residency import CacheLevel, Residency
 from sim.mapping.tiling import reuse_factors
@@ -27,7 +28,7 @@ from sim.mapping.tiling import reuse_factors
 #: Most chunks an op is split into. Overlap inside a chunk is at tile granularity (see engine), so
 #: chunking does not change uncontended times; it sets how finely the op's traffic interleaves with
 #: other traffic on shared resources, at a bounded cost in events.
-MAX_CHUNKS = 4
+MAX_CHUNKS = 2
 #: An op whose compute or traffic is below this fraction of the other is not split.
 SPLIT_THRESHOLD = 0.01
 
@@ -44,6 +45,7 @@ class OpPlan:
     hits: tuple[tuple[str, float, float], ...]  # (shared cache, hit bytes, looked-up bytes)
     chunks: tuple[float, ...]  # fractions of the op, summing to 1
     overhead_s: float
+    collective: CollectivePlan | None = None  # set by the parallel mapping for communication ops
 
 
 def matrix_peak(hw: Hardware, dtype: str, hw_file: str) -> float:
@@ -104,6 +106,9 @@ class Planner:
 
     def plan(self, op: Op) -> OpPlan:
         dev = self.hw.device
+        if op.collective is not None:  # its transfers are planned per device group (mapping.parallel)
+            return OpPlan(op=op, device=0, unit="link", compute_s=0.0, utilization=1.0, loads=(), stores=(),
+                          hits=(), chunks=(1.0,), overhead_s=dev.dispatch_overhead)
         unit, compute_s, util = self._compute(op)
         served: dict[str, float] = defaultdict(float)
         written: dict[str, float] = defaultdict(float)

@@ -71,9 +71,8 @@ def to_trace(result: RunResult) -> dict:
     levels = list(hw.get("memory", {}))
     devices = sorted({r.device for r in result.ops}) or [0]
     tracks = ["host dispatch", "compute:matrix", "compute:vector", *[f"memory:{lvl}" for lvl in levels]]
-    n_dev = hw.get("devices_per_node", 1)
-    links = [f"link:{d}->{e}" for d in devices for e in range(n_dev) if e != d] if n_dev > 1 else []
-    tracks += links
+    tracks += [f"link:{lnk}" for lnk in hw.get("links", [])]  # every physical link of the interconnect
+    tracks += sorted({k for r in result.ops for k in r.level_span_s if k.startswith("link:")} - set(tracks))
     tid = {name: i for i, name in enumerate(tracks)}
     us = 1e6
     events: list[dict] = []
@@ -93,10 +92,12 @@ def to_trace(result: RunResult) -> dict:
                      "bound": r.bound, "shape": list(r.shape)},
         })
         for lvl, (first, last) in r.level_span_s.items():
+            track = lvl if lvl.startswith("link:") else f"memory:{lvl}"
+            nbytes = r.link_bytes[lvl[5:]] if lvl.startswith("link:") else r.bytes[lvl]
             events.append({
-                "ph": "X", "name": r.name, "cat": "memory", "pid": r.device, "tid": tid[f"memory:{lvl}"],
+                "ph": "X", "name": r.name, "cat": track.split(":")[0], "pid": r.device, "tid": tid[track],
                 "ts": first * us, "dur": (last - first) * us,
-                "args": {"bytes": r.bytes[lvl], "busy_s": r.level_busy_s[lvl]},
+                "args": {"bytes": nbytes, "busy_s": r.level_busy_s[lvl]},
             })
     return {"traceEvents": events, "displayTimeUnit": "ns",
             "otherData": {"workload": result.workload, "hardware": result.hardware}}

@@ -7,7 +7,7 @@ from collections import defaultdict
 from sim.engine.records import OpRecord, RunResult
 from sim.graph.ops import CLASS_GROUP
 
-GROUPS = ("GEMM", "GEMV", "attention", "other")
+GROUPS = ("GEMM", "GEMV", "attention", "collective", "other")
 
 
 def time_parts(ops: list[OpRecord]) -> dict[str, float]:
@@ -70,6 +70,8 @@ def summarize(result: RunResult, top: int = 10) -> dict:
     wl = meta.get("workload", {})
     batch, new_tokens = wl.get("batch", 1), wl.get("new_tokens", 0)
     total = max((r.end_s for r in ops), default=0.0)
+    # with several devices, op times add up to device-time: shares are of that
+    device_time = sum(r.duration_s for r in ops)
     first_phase = [r for r in ops if r.phase in ("prefill", "encode")]
     decode = [r for r in ops if r.phase == "decode"]
     prefill_end = max((r.end_s for r in first_phase), default=0.0)
@@ -92,7 +94,7 @@ def summarize(result: RunResult, top: int = 10) -> dict:
         members = [r for r in ops if CLASS_GROUP[r.op_class] == group]
         if members:
             agg = aggregate(members, level)
-            agg["share_of_total"] = agg["time_s"] / total if total else 0.0
+            agg["share_of_total"] = agg["time_s"] / device_time if device_time else 0.0
             classes[group] = agg
 
     phases = {}
@@ -108,7 +110,7 @@ def summarize(result: RunResult, top: int = 10) -> dict:
     for (phase, kind), members in by_kind.items():
         agg = aggregate(members, level)
         agg.update(phase=phase, kind=kind, op_class=members[0].op_class,
-                   share_of_total=agg["time_s"] / total if total else 0.0)
+                   share_of_total=agg["time_s"] / device_time if device_time else 0.0)
         top_ops.append(agg)
     top_ops.sort(key=lambda a: (-a["time_s"], a["phase"], a["kind"]))
 
@@ -117,6 +119,8 @@ def summarize(result: RunResult, top: int = 10) -> dict:
         "workload": wl.get("name", result.workload),
         "hardware": result.hardware,
         "total_s": total,
+        "device_time_s": device_time,
+        "devices": len({r.device for r in ops}),
         "ttft_s": ttft,
         "tpot_s": tpot,
         "tokens_per_s": tokens_s,

@@ -125,9 +125,9 @@ def render(result, console: Console | None = None, top: int = 10) -> None:
     for label, key, kind in (("weights", "weights_bytes", "weight"), ("KV cache", "kv_cache_bytes", "kv_cache"),
                              ("activations (peak live)", "activations_bytes", "activation")):
         fp.add_row(label, fmt_bytes(mem[key]), mem["home"].get(kind, "-"))
-    for level, cap in mem["capacity_bytes"].items():
-        used = mem["used_bytes"][level]
-        fp.add_row(f"{level} used / capacity", f"{fmt_bytes(used)} / {fmt_bytes(cap)}", _pct(used / cap))
+    for name, cap in mem["capacity_bytes"].items():
+        used = mem["used_bytes"][name]
+        fp.add_row(f"{name} used / capacity", f"{fmt_bytes(used)} / {fmt_bytes(cap)}", _pct(used / cap))
     out.print(fp)
 
     cols = _share_columns(s)
@@ -137,7 +137,7 @@ def render(result, console: Console | None = None, top: int = 10) -> None:
         "% peak of matrix peak)",
         s["classes"], cols, peak, balance, level))
     out.print(_traffic_table(s, list(hw["memory"])))
-    phases = {k: {**v, "share_of_total": v["time_s"] / s["total_s"]} for k, v in s["phases"].items()}
+    phases = {k: {**v, "share_of_total": v["time_s"] / s["device_time_s"]} for k, v in s["phases"].items()}
     out.print(_breakdown_table("By phase", phases, cols, peak, balance, level))
     tops = {f"{a['phase']} {a['kind']} x{a['ops']}": a for a in s["top_ops"]}
     out.print(_breakdown_table(f"Top {len(tops)} operators (summed over layers and steps)", tops, cols, peak,

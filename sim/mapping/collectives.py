@@ -1,0 +1,133 @@
+"""Collectives decomposed into transfers over the interconnect's physical links.
+
+The topology is a directed graph of links (a switch is a node every device has an up- and a down-link
+to). A transfer from a to b holds every link on its (deterministic shortest) route for bytes/bandwidth,
+so transfers that share a link contend in its queue.
+
+Algorithms (ring over the group in device order, as NCCL does for bandwidth-bound messages):
+- all-reduce of S bytes over p devices: each device sends 2(p-1)/p * S to its ring successor, in
+  2(p-1) latency-bound steps;
+- all-gather to S bytes: (p-1)/p * S per device, p-1 steps;
+- point-to-point: S bytes, one step.
+The ring's steps are merged into one transfer per device carrying all its bytes (bounded events); the
+per-step latency is added once per step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from math import ceil, isqrt, log2
+
+import networkx as nx
+
+from sim.config.hardware import Hardware
+from sim.graph.ops import Collective
+
+SWITCH = "switch"
+
+
+@dataclass(frozen=True)
+class Transfer:
+    src: int
+    dst: int
+    links: tuple[str, ...]
+    bytes: float
+
+
+@dataclass(frozen=True)
+class CollectivePlan:
+    kind: str
+    group: tuple[int, ...]
+    transfers: tuple[Transfer, ...]
+    latency_s: float  # steps x link latency
+
+
+def link_id(a: int | str, b: int | str) -> str:
+    return f"{a}->{b}"
+
+
+def _grid(n: int, dims: int) -> tuple[int, ...]:
+    """Near-cubic factorisation of n devices into a grid."""
+    if dims == 2:
+        x = max(d for d in range(1, isqrt(n) + 1) if n % d == 0)
+        return (x, n // x)
+    x = max(d for d in range(1, round(n ** (1 / 3)) + 2) if n % d == 0 and d * d <= n)
+    return (x, *_grid(n // x, 2))
+
+
+@lru_cache(maxsize=32)
+def topology(kind: str, n: int) -> nx.DiGraph:
+    g = nx.DiGraph()
+    g.add_nodes_from(range(n))
+
+    def both(a, b):
+        g.add_edge(a, b, id=link_id(a, b))
+        g.add_edge(b, a, id=link_id(b, a))
+
+    if n == 1:
+        return g
+    if kind == "switch":
+        for d in range(n):
+            both(d, SWITCH)
+    elif kind == "ring":
+        for d in range(n):
+            both(d, (d + 1) % n)
+    elif kind == "tree":
+        for d in range(1, n):
+            both((d - 1) // 2, d)
+    else:  # torus2d, mesh2d, torus3d: neighbours along each grid dimension
+        shape = _grid(n, 3 if kind == "torus3d" else 2)
+        wrap = kind != "mesh2d"
+        strides = [1]
+        for s in shape[:-1]:
+            strides.append(strides[-1] * s)
+        for d in range(n):
+            for size, stride in zip(shape, strides):
+                coord = (d // stride) % size
+                if coord + 1 < size or (wrap and size > 2):
+                    both(d, d + (((coord + 1) % size) - coord) * stride)
+    return g
+
+
+def route(kind: str, n: int, a: int, b: int) -> tuple[str, ...]:
+    g = topology(kind, n)
+    path = nx.shortest_path(g, a, b)
+    return tuple(g.edges[u, v]["id"] for u, v in zip(path, path[1:]))
+
+
+def plan_collective(coll: Collective, group: tuple[int, ...], hw: Hardware) -> CollectivePlan:
+    ic = hw.interconnect
+    assert ic is not None, "a collective needs an interconnect"
+    kind, n, p, size = ic.topology, hw.devices, len(group), coll.bytes
+    if coll.kind == "p2p":
+        src, dst = group
+        return _plan(coll.kind, group, [(src, dst, size)], 1, hw)
+    ring = list(zip(group, group[1:] + group[:1]))
+    if coll.kind == "allgather":
+        return _plan(coll.kind, group, [(a, b, (p - 1) / p * size) for a, b in ring], p - 1, hw)
+    ring_plan = _plan("allreduce/ring", group, [(a, b, 2 * (p - 1) / p * size) for a, b in ring], 2 * (p - 1), hw)
+    # binary tree: reduce towards the root, then broadcast back; each tree edge carries the whole
+    # buffer once per direction, in 2 log2(p) latency steps. Like NCCL, take whichever is faster.
+    edges = [(group[i], group[(i - 1) // 2], size) for i in range(1, p)]
+    tree_plan = _plan("allreduce/tree", group, edges + [(b, a, s) for a, b, s in edges],
+                      2 * ceil(log2(p)), hw)
+    return min((ring_plan, tree_plan), key=lambda c: _estimate(c, hw))
+
+
+def _plan(kind: str, group: tuple[int, ...], moves: list[tuple[int, int, float]], steps: int,
+          hw: Hardware) -> CollectivePlan:
+    topo, n = hw.interconnect.topology, hw.devices
+    transfers = tuple(Transfer(a, b, route(topo, n, a, b), nbytes) for a, b, nbytes in moves)
+    # a step's latency counts the device-to-device hops of the longest route (a switch is one hop)
+    hops = max((sum(1 for lnk in t.links if not lnk.endswith(SWITCH)) for t in transfers), default=1)
+    return CollectivePlan(kind, group, transfers, steps * hops * hw.interconnect.link.latency)
+
+
+def _estimate(c: CollectivePlan, hw: Hardware) -> float:
+    """Uncontended time: latency steps plus the most bytes any one link carries."""
+    per_link: dict[str, float] = {}
+    for t in c.transfers:
+        for lnk in t.links:
+            per_link[lnk] = per_link.get(lnk, 0.0) + t.bytes
+    return c.latency_s + max(per_link.values(), default=0.0) / hw.interconnect.link.bandwidth
