@@ -97,9 +97,8 @@ def route(kind: str, n: int, a: int, b: int) -> tuple[str, ...]:
 
 
 def plan_collective(coll: Collective, group: tuple[int, ...], hw: Hardware) -> CollectivePlan:
-    ic = hw.interconnect
-    assert ic is not None, "a collective needs an interconnect"
-    kind, n, p, size = ic.topology, hw.devices, len(group), coll.bytes
+    assert hw.interconnect is not None, "a collective needs an interconnect"
+    p, size = len(group), coll.bytes
     if coll.kind == "p2p":
         src, dst = group
         return _plan(coll.kind, group, [(src, dst, size)], 1, hw)
