@@ -1,0 +1,141 @@
+"""Collectives over links (textbook byte counts, contention) and tensor/pipeline parallel runs."""
+
+import pytest
+
+from conftest import DATA, load
+from sim.config import load_hardware
+from sim.engine.machine import LevelUse, Machine
+from sim.graph import build_graph
+from sim.graph.ops import Collective
+from sim.mapping.collectives import plan_collective, route, topology
+from sim.pipeline import run
+from sim.report import summarize
+
+NODE = DATA / "toy-node.yaml"
+MB = 1e6
+
+
+@pytest.fixture
+def node():
+    return load_hardware(NODE)
+
+
+def per_link(plan):
+    out = {}
+    for t in plan.transfers:
+        for lnk in t.links:
+            out[lnk] = out.get(lnk, 0.0) + t.bytes
+    return out
+
+
+def test_ring_allreduce_moves_2_p_minus_1_over_p_per_link(node):
+    """A large all-reduce over 4 devices on a ring: ring algorithm, 2(p-1)/p x S on each link."""
+    plan = plan_collective(Collective("allreduce", 64 * MB), (0, 1, 2, 3), node)
+    assert plan.kind == "allreduce/ring"
+    assert per_link(plan) == {f"{a}->{(a + 1) % 4}": pytest.approx(2 * 3 / 4 * 64 * MB) for a in range(4)}
+    assert plan.latency_s == pytest.approx(2 * 3 * 1e-6)
+
+
+def test_small_allreduce_takes_the_tree_on_a_switch_not_on_a_ring(node):
+    """8 bytes are latency-bound: through a switch 2 log2(4) = 4 steps beat the ring's 6; on a ring
+    the tree's edges are two hops long (8 hop latencies), so the ring stays."""
+    switch = load_hardware(NODE, [("interconnect.topology", "switch")])
+    assert plan_collective(Collective("allreduce", 8), (0, 1, 2, 3), switch).kind == "allreduce/tree"
+    assert plan_collective(Collective("allreduce", 8), (0, 1, 2, 3), node).kind == "allreduce/ring"
+
+
+def test_allgather_and_p2p_bytes(node):
+    ag = plan_collective(Collective("allgather", 40 * MB), (0, 1, 2, 3), node)
+    assert all(v == pytest.approx(3 / 4 * 40 * MB) for v in per_link(ag).values())
+    p2p = plan_collective(Collective("p2p", 5 * MB, 0, 1), (0, 2), node)
+    assert [t.links for t in p2p.transfers] == [("0->1", "1->2")]  # two hops around the ring
+    assert p2p.latency_s == pytest.approx(2e-6)
+
+
+def test_topologies_are_connected():
+    import networkx as nx
+
+    for kind in ("switch", "ring", "tree", "torus2d", "mesh2d", "torus3d"):
+        g = topology(kind, 8)
+        assert nx.is_strongly_connected(g), kind
+    assert route("switch", 8, 3, 5) == ("3->switch", "switch->5")
+    assert len(route("torus2d", 16, 0, 5)) == 2  # one step in x, one in y on a 4 x 4 torus
+
+
+def test_two_transfers_sharing_a_link_take_twice_as_long(node):
+    def finish(routes):
+        m = Machine(node)
+        for r in routes:
+            m.env.process(m.send(r, 10 * MB, {}))
+        m.env.run()
+        return m.env.now
+
+    alone = finish([("0->1",)])
+    assert alone == pytest.approx(1e-3)  # 10 MB at 10 GB/s
+    assert finish([("0->1",), ("0->1", "1->2")]) == pytest.approx(2 * alone)
+    assert finish([("0->1",), ("2->3",)]) == pytest.approx(alone)
+
+
+def _tp(**overrides):
+    wl, _ = load(DATA / "toy-gpt.yaml", parallelism__tensor=2, **overrides)
+    return wl
+
+
+def test_tensor_parallel_shards_weights_and_adds_two_allreduces_per_layer(node):
+    wl1, _ = load(DATA / "toy-gpt.yaml")
+    g1, g2 = build_graph(wl1), build_graph(_tp())
+    w1 = sum(t.elements for t in g1.tensors().values() if t.kind == "weight")
+    w2 = sum(t.elements for t in g2.tensors().values() if t.kind == "weight")
+    assert w2 < 0.6 * w1  # each rank holds about half (norms and positions are replicated)
+    prefill = [o.kind for o in g2.ops if o.phase == "prefill" and o.collective]
+    assert prefill == ["embed_allreduce", "attn_allreduce", "ffn_allreduce", "logits_allgather"]
+    ar = next(o for o in g2.ops if o.kind == "attn_allreduce")
+    assert ar.collective.bytes == 2 * 8 * 64 * 2  # rows x hidden x fp16
+
+
+def test_tensor_parallel_run_shows_link_time_that_follows_link_speed(node):
+    wl = _tp()
+    slow = summarize(run(wl, node))
+    fast_hw = load_hardware(NODE, [("interconnect.link.bandwidth", "1 TB/s"), ("interconnect.link.latency", 0)])
+    fast = summarize(run(wl, fast_hw))
+    assert slow["devices"] == 2
+    assert slow["classes"]["collective"]["time_share"]["link:ring"] > 0.5
+    assert fast["total_s"] < slow["total_s"]
+    assert fast["classes"]["collective"]["time_s"] < 0.1 * slow["classes"]["collective"]["time_s"]
+
+
+def test_pipeline_stages_wait_for_each_other(node):
+    wl, _ = load(DATA / "toy-gpt.yaml", model__layers=2, parallelism__pipeline=2)
+    result = run(wl, node)
+    devices = {r.device for r in result.ops}
+    assert devices == {0, 1}
+    layer_dev = {(r.layer, r.device) for r in result.ops if r.kind == "qkv"}
+    assert layer_dev == {(0, 0), (1, 1)}
+    # stage 1 idles (sync) while stage 0 computes: the pipeline bubble
+    sync = sum(r.stall_s.get("sync", 0.0) for r in result.ops if r.device == 1)
+    assert sync > 0
+    sends = [r for r in result.ops if r.kind == "send"]
+    assert {r.device for r in sends} == {0, 1}  # both ends of every send record it
+
+
+def test_data_parallel_replicas_multiply_throughput(node):
+    one = summarize(run(load(DATA / "toy-gpt.yaml", scenario__batch=1)[0], node))
+    two = summarize(run(load(DATA / "toy-gpt.yaml", scenario__batch=2, parallelism__data=2)[0], node))
+    assert two["total_s"] == pytest.approx(one["total_s"])
+    assert two["tokens_per_s"] == pytest.approx(2 * one["tokens_per_s"])
+
+
+def test_not_enough_devices_is_a_config_error():
+    from sim.errors import ConfigError
+
+    wl, hw = load(DATA / "toy-gpt.yaml", parallelism__tensor=4)
+    with pytest.raises(ConfigError, match="parallelism: tensor x pipeline x data = 4 devices, but the hardware has 1"):
+        run(wl, hw, workload_file="w.yaml")
+
+
+def test_machine_send_records_link_use(node):
+    m = Machine(node)
+    use: dict[str, LevelUse] = {}
+    m.env.process(m.send(("0->1", "1->2"), 1 * MB, use))
+    m.env.run()
+    assert set(use) == {"0->1", "1->2"} and use["0->1"].bytes == 1 * MB
