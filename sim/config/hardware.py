@@ -25,6 +25,9 @@ class ComputeUnit(Spec):
     emulate: dict[Dtype, Dtype] = Field(
         default_factory=dict, description="dtypes without native support and the dtype they run as"
     )
+    registers: Bytes | None = Field(
+        default=None, description="register file per unit; holds matmul accumulators during tiling"
+    )
     tile: tuple[Count, Count, Count] | None = Field(
         default=None, description="M x N x K granularity of the matrix engine (MMA / systolic array shape)"
     )

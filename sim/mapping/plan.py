@@ -163,8 +163,10 @@ class Planner:
         a = op.reads[0].bytes / (batch * m * k)  # bytes per element of each operand (for what fits)
         b = op.reads[1].bytes / (batch * n * k)
         out: list[dict[str, int]] = [{}, {}]
+        registers = self.hw.device.compute.registers
         for name, cap in self.tile_capacity.items():
-            fa, fb = reuse_factors(m, n, k, round(a, 6), round(b, 6), cap)
+            per_unit = self.levels[name].scope == "per_unit"
+            fa, fb = reuse_factors(m, n, k, round(a, 6), round(b, 6), cap, registers if per_unit else None)
             out[0][name], out[1][name] = fa, fb
         return out
 

@@ -25,15 +25,21 @@ def _candidates(extent: int) -> list[int]:
 
 
 @lru_cache(maxsize=65536)
-def reuse_factors(m: int, n: int, k: int, a_bytes: float, b_bytes: float, capacity: float) -> tuple[int, int]:
-    """(times the M x K operand is read, times the K x N operand is read) through a level of `capacity`."""
-    if m * k * a_bytes + k * n * b_bytes + m * n * ACCUMULATOR_BYTES <= capacity:
+def reuse_factors(m: int, n: int, k: int, a_bytes: float, b_bytes: float, capacity: float,
+                  registers: float | None = None) -> tuple[int, int]:
+    """(times the M x K operand is read, times the K x N operand is read) through a level of `capacity`.
+    With `registers`, the accumulators live there (GPU register files) instead of in the level."""
+    acc_in_level = ACCUMULATOR_BYTES if registers is None else 0
+    if m * k * a_bytes + k * n * b_bytes + m * n * acc_in_level <= capacity and (
+            registers is None or m * n * ACCUMULATOR_BYTES <= registers):
         return 1, 1  # the whole problem fits: compulsory traffic only
     tk = min(k, K_SLICE)
     best: tuple[float, int, int, int] | None = None
     for tm in _candidates(m):
         for tn in _candidates(n):
-            if 2 * (tm * tk * a_bytes + tk * tn * b_bytes) + tm * tn * ACCUMULATOR_BYTES > capacity:
+            if 2 * (tm * tk * a_bytes + tk * tn * b_bytes) + tm * tn * acc_in_level > capacity:
+                continue
+            if registers is not None and tm * tn * ACCUMULATOR_BYTES > registers:
                 continue
             fa, fb = ceil(n / tn), ceil(m / tm)
             traffic = m * k * a_bytes * fa + k * n * b_bytes * fb

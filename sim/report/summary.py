@@ -27,6 +27,15 @@ def balance_level(result: RunResult) -> str:
     return hw.get("balance_level") or next(iter(result.ops[0].bytes), "") if result.ops else ""
 
 
+def bound(ops: list[OpRecord]) -> str | None:
+    """The resource that held a set of ops up longest, summed over the ops."""
+    held: dict[str, float] = defaultdict(float)
+    for r in ops:
+        for k, v in r.resource_times().items():
+            held[k] += v
+    return max(held.items(), key=lambda kv: (kv[1], kv[0]))[0] if held else None
+
+
 def aggregate(ops: list[OpRecord], level: str) -> dict:
     """Totals of a set of ops: time, FLOPs, bytes and intensity per level, cache hit rates, achieved
     rates, stall shares and the bound. `intensity_flop_per_byte` is taken at `level`."""
@@ -59,7 +68,7 @@ def aggregate(ops: list[OpRecord], level: str) -> dict:
         "bytes_at_level": at_level,
         "achieved_bytes_per_s_at_level": at_level / time if time else 0.0,
         "time_share": shares,
-        "bound": max(parts.items(), key=lambda kv: kv[1])[0] if parts else None,
+        "bound": bound(ops),
     }
 
 
