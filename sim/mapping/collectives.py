@@ -90,6 +90,7 @@ def topology(kind: str, n: int) -> nx.DiGraph:
     return g
 
 
+@lru_cache(maxsize=4096)
 def route(kind: str, n: int, a: int, b: int) -> tuple[str, ...]:
     g = topology(kind, n)
     path = nx.shortest_path(g, a, b)

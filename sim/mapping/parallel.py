@@ -41,13 +41,14 @@ def map_devices(graph: OpGraph, workload: Workload, hw: Hardware, hw_file: str =
         placements[stage] = placement
         planner = Planner(hw, placement, hw_file)
         shard = [planner.plan(op) for op in ops]
+        memo: dict = {}  # every rank of a group shares one collective plan
         for rank in range(tp):
             device = stage * tp + rank
-            plans[device] = [_for_device(p, device, stage, rank, tp, hw) for p in shard]
+            plans[device] = [_for_device(p, device, stage, rank, tp, hw, memo) for p in shard]
     return plans, placements
 
 
-def _for_device(p: OpPlan, device: int, stage: int, rank: int, tp: int, hw: Hardware) -> OpPlan:
+def _for_device(p: OpPlan, device: int, stage: int, rank: int, tp: int, hw: Hardware, memo: dict) -> OpPlan:
     coll = p.op.collective
     if coll is None:
         return replace(p, device=device)
@@ -55,4 +56,7 @@ def _for_device(p: OpPlan, device: int, stage: int, rank: int, tp: int, hw: Hard
         group = (coll.src_stage * tp + rank, coll.dst_stage * tp + rank)
     else:
         group = tuple(stage * tp + r for r in range(tp))
-    return replace(p, device=device, collective=plan_collective(coll, group, hw))
+    key = (coll, group)
+    if key not in memo:
+        memo[key] = plan_collective(coll, group, hw)
+    return replace(p, device=device, collective=memo[key])
