@@ -104,3 +104,20 @@ def test_matrix_utilization_quantisation():
     # 5 tiles over 4 units: 2 waves, 5 / 8 useful
     assert matrix_utilization(hw4, (1, 16, 40, 16)) == pytest.approx(5 / 8)
     assert ceil(40 / 8) == 5
+
+
+@pytest.mark.parametrize("batch,bound", [(16, "memory:dram"), (64, "memory:dram"), (128, "compute"), (256, "compute")])
+def test_decode_batch_turns_gemv_compute_bound_past_the_balance_point(batch, bound):
+    """Toy balance point: 1 TFLOP/s / 10 GB/s = 100 FLOP/B. A decode projection at batch B does about
+    B FLOP per weight byte: memory-bound below ~100, compute-bound above."""
+    from sim.pipeline import run
+    from sim.report import summarize
+
+    wl, hw = load(DATA / "toy-gpt.yaml", scenario__batch=batch, device__dispatch_overhead=0, model__hidden=1024,
+                  model__heads=16, model__ffn=4096, device__memory__sram__capacity="4 MiB",
+                  device__memory__sram__kind="cache")
+    s = summarize(run(wl, hw))
+    gemv = s["classes"]["GEMV"]
+    assert s["balance_point_flop_per_byte"] == pytest.approx(100)
+    assert gemv["bound"] == bound
+    assert (gemv["intensity_flop_per_byte"] > 100) == (bound == "compute")
