@@ -52,6 +52,63 @@ def run(workload: Path, hardware: Path | None, overrides: tuple[str, ...], json_
             click.echo(f"wrote {path}")
 
 
+@cli.command()
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("hardware_models/host.yaml"),
+              show_default=True, help="Hardware YAML to write.")
+def calibrate(out: Path) -> None:
+    """Measure this machine with microbenchmarks and write a hardware model."""
+    from rich.console import Console
+
+    from sim.config import load_hardware
+    from sim.validate.calibrate import calibrate as measure
+    from sim.validate.calibrate import write_hardware
+
+    console = Console(highlight=False)
+    with console.status("calibrating") as status:
+        data = measure(lambda msg: status.update(f"calibrating: {msg}"))
+    write_hardware(data, out)
+    load_hardware(out)  # what we wrote must load
+    console.print(f"wrote {out}")
+    for key, how in data["calibration"].items():
+        console.print(f"  {key}: {how}")
+
+
+@cli.command()
+@click.option("--hardware", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("hardware_models/host.yaml"), show_default=True,
+              help="Calibrated model of this machine (written by `calibrate` first if missing).")
+@click.option("--quick", is_flag=True, help="Fewer, smaller live cases.")
+@click.option("--no-live", is_flag=True, help="Only the published cases.")
+@click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the tables as Markdown (docs/validation.md is made this way).")
+def validate(hardware: Path, quick: bool, no_live: bool, markdown: Path | None) -> None:
+    """Predict, then measure: live cases on this machine and published cases on real accelerators."""
+    from rich.console import Console
+
+    from sim.config import load_hardware
+    from sim.validate.calibrate import calibrate as measure
+    from sim.validate.calibrate import write_hardware
+    from sim.validate.cases import live_cases, published_cases
+    from sim.validate.report import render, to_markdown
+
+    console = Console(highlight=False, width=160)
+    live = []
+    if not no_live:
+        if not hardware.exists():
+            with console.status("calibrating this machine first") as status:
+                write_hardware(measure(lambda msg: status.update(f"calibrating: {msg}")), hardware)
+            console.print(f"wrote {hardware}")
+        hw = load_hardware(hardware)
+        with console.status("live cases") as status:
+            live = live_cases(hw, quick, lambda msg: status.update(f"measuring and predicting: {msg}"))
+        render(console, f"Live cases on this machine (predicted with {hardware})", live)
+    published = published_cases()
+    render(console, "Published cases (predicted with the shipped hardware models)", published)
+    if markdown is not None:
+        markdown.write_text(to_markdown(live, published, str(hardware)))
+        console.print(f"wrote {markdown}")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         cli.main(args=argv, prog_name="python -m sim", standalone_mode=False)

@@ -62,6 +62,11 @@ class Device(Spec):
     compute: ComputeUnit
     memory: dict[str, MemoryLevel] = Field(min_length=1, description="innermost level first")
     dispatch_overhead: Latency
+    dispatch_mode: Literal["async", "sync"] = Field(
+        default="async",
+        description="async: the host queues ops ahead of the device (GPU streams); sync: each op's dispatch "
+        "starts when the previous op has finished (a CPU framework running op by op)",
+    )
 
     @model_validator(mode="after")
     def _has_a_home(self) -> Device:
@@ -96,6 +101,7 @@ class Hardware(Spec):
     device: Device
     interconnect: Interconnect | None = None
     host: Host | None = None
+    calibration: dict[str, str] = Field(default_factory=dict, description="how each figure was measured")
 
     @model_validator(mode="after")
     def _links_for_many(self) -> Hardware:

@@ -42,13 +42,18 @@ class Executor:
         """One in-order stream (like a CUDA stream): each op starts when the previous one ends and
         the host has dispatched it."""
         dispatched = [self.env.event() for _ in plans]
-        self.env.process(self._host(plans, dispatched))
-        for p, ready in zip(plans, dispatched):
+        finished = [self.env.event() for _ in plans]
+        self.env.process(self._host(plans, dispatched, finished))
+        for p, ready, done in zip(plans, dispatched, finished):
             run = self._collective(p, ready) if p.collective is not None else self._op(p, ready)
             yield self.env.process(run)
+            done.succeed()
 
-    def _host(self, plans: list[OpPlan], dispatched: list[simpy.Event]):
-        for p, ready in zip(plans, dispatched):
+    def _host(self, plans: list[OpPlan], dispatched: list[simpy.Event], finished: list[simpy.Event]):
+        sync = self.hw.device.dispatch_mode == "sync"
+        for i, (p, ready) in enumerate(zip(plans, dispatched)):
+            if sync and i:
+                yield finished[i - 1]  # a synchronous framework dispatches after the previous op returns
             if p.overhead_s:
                 yield self.env.timeout(p.overhead_s)
             ready.succeed()

@@ -1,0 +1,1 @@
+"""Calibration of this machine and validation of predictions against measurements."""

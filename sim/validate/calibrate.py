@@ -1,0 +1,231 @@
+"""`python -m sim calibrate`: measure this machine with microbenchmarks and write a hardware model.
+
+What is measured, and how (each figure's method is written into the YAML's `calibration:` section):
+- cache sizes and which cores share them: from the OS (/sys/devices/system/cpu/cpu0/cache);
+- bandwidth of each cache level and of DRAM: numpy copy (read + write) over working sets sized to fit
+  each level, best of several runs; DRAM also by a BLAS GEMV over a matrix far larger than the last
+  cache (the higher of the two, as GEMVs use every core);
+- peak GEMM FLOP/s per dtype: large square matmuls with the BLAS numpy uses;
+- the vector rate: the reference kernels (layernorm, softmax, GELU, add) on cache-resident data, in
+  FLOPs by the graph's conventions per second;
+- per-op dispatch overhead: the same kernels on tiny inputs, where only the framework's cost remains.
+Nothing here looks at an end-to-end run: calibration never fits what validation then predicts.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import yaml
+
+from sim.graph.transformer import ACT_FLOPS, NORM_FLOPS, SOFTMAX_FLOPS
+from sim.validate import kernels as k
+
+LATENCY_ASSUMED = {1: "1.5 ns", 2: "5 ns", 3: "20 ns"}  # not measurable from numpy; typical orders
+
+
+def best_time(fn: Callable[[], object], min_time: float = 0.05, repeats: int = 5) -> float:
+    """Best per-call time over `repeats` batches of calls lasting at least `min_time` each."""
+    fn()
+    calls = 1
+    while True:
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        if time.perf_counter() - t0 >= min_time / 4 or calls > 1 << 20:
+            break
+        calls *= 4
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = min(best, (time.perf_counter() - t0) / calls)
+    return best
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def os_caches() -> list[dict]:
+    """Data/unified caches of cpu0: level, size in bytes, and whether one core has it to itself."""
+    base = Path("/sys/devices/system/cpu/cpu0/cache")
+    caches = []
+    for index in sorted(base.glob("index*")) if base.exists() else []:
+        try:
+            kind = (index / "type").read_text().strip()
+            if kind == "Instruction":
+                continue
+            size = (index / "size").read_text().strip()
+            factor = {"K": 1024, "M": 1024**2, "G": 1024**3}.get(size[-1], 1)
+            shared = (index / "shared_cpu_list").read_text().strip()
+            private = "," not in shared and "-" not in shared
+            caches.append({"level": int((index / "level").read_text()), "bytes": int(size.rstrip("KMG")) * factor,
+                           "private": private})
+        except (OSError, ValueError):
+            continue
+    return caches
+
+
+def copy_bandwidth(nbytes: int, threads: int = 1) -> float:
+    """Read + write bytes per second of numpy copies of `nbytes` per thread, `threads` at once
+    (numpy releases the GIL while copying, so threads run on separate cores)."""
+    n = max(1024, nbytes // 8)
+    pairs = [(np.ones(n, np.float32), np.empty(n, np.float32)) for _ in range(threads)]
+    if threads == 1:
+        src, dst = pairs[0]
+        return 2 * src.nbytes / best_time(lambda: np.copyto(dst, src))
+    pool = ThreadPoolExecutor(threads)
+    reps = max(8, int(4e7 // (n * 4)))  # each task copies ~40 MB so thread start-up does not count
+
+    def all_copy():
+        list(pool.map(lambda p: [np.copyto(p[1], p[0]) for _ in range(reps)], pairs))
+
+    try:
+        return 2 * n * 4 * threads * reps / best_time(all_copy, repeats=3)
+    finally:
+        pool.shutdown()
+
+
+def read_bandwidth(nbytes: int) -> float:
+    """Bytes per second one core reads from an `nbytes` array that stays in its cache: one numpy call
+    sums many stride-0 copies of it, so per-call overhead does not count."""
+    n = max(256, nbytes // 4)
+    a, out = np.ones(n, np.float32), np.empty(n, np.float32)
+    reps = max(16, int(1e8 // a.nbytes))
+    view = np.broadcast_to(a, (reps, n))
+    return reps * a.nbytes / best_time(lambda: np.sum(view, axis=0, out=out), repeats=3)
+
+
+def gemm_rate(dtype, n: int) -> float:
+    a = np.ones((n, n), dtype)
+    b = np.ones((n, n), dtype)
+    return 2 * n**3 / best_time(lambda: a @ b, repeats=3)
+
+
+def gemv_bandwidth(nbytes: int) -> float:
+    n = int((nbytes / 4) ** 0.5)
+    w, x = np.ones((n, n), np.float32), np.ones((1, n), np.float32)
+    return w.nbytes / best_time(lambda: x @ w, repeats=3)
+
+
+def _kernel_cases(n: int):
+    """(kernel call, FLOPs by the graph's conventions) on an (n/64) x 64 input."""
+    rows, cols = max(1, n // 64), 64
+    x = np.ones((rows, cols), np.float32)
+    g, b = np.ones(cols, np.float32), np.zeros(cols, np.float32)
+    elems = rows * cols
+    return [
+        (lambda: k.layernorm(x, g, b), NORM_FLOPS["layernorm"] * elems),
+        (lambda: k.softmax(x.copy(), 0.125), SOFTMAX_FLOPS * elems),
+        (lambda: k.gelu(x), ACT_FLOPS["gelu"] * elems),
+        (lambda: k.add(x, x), elems),
+    ]
+
+
+def vector_rate(l2_bytes: int) -> float:
+    n = max(4096, l2_bytes // 16)  # a few arrays of n floats stay in L2
+    rates = [flops / best_time(fn) for fn, flops in _kernel_cases(n)]
+    return float(np.median(rates))
+
+
+def dispatch_overhead() -> float:
+    times = [best_time(fn) for fn, _ in _kernel_cases(64)]
+    w, x = np.ones((8, 8), np.float32), np.ones((1, 8), np.float32)
+    times.append(best_time(lambda: k.linear(x, w, w[0])))
+    return float(np.median(times))
+
+
+def calibrate(progress: Callable[[str], None] = lambda _msg: None) -> dict:
+    """Measure, and return the hardware YAML as a dict."""
+    cores = cpu_count()
+    caches = os_caches() or [{"level": 2, "bytes": 1 << 20, "private": True}]
+    notes: dict[str, str] = {}
+    memory: dict[str, dict] = {}
+    for c in caches:
+        name = f"l{c['level']}"
+        progress(f"bandwidth of {name} ({c['bytes'] // 1024} KiB)")
+        # a private cache: one core's read bandwidth, times the cores (each has its own);
+        # a shared one: every core copying its share of half the capacity at once
+        if c["private"]:
+            per_thread = c["bytes"] // 2
+            bw = cores * read_bandwidth(per_thread)
+            method = f"{cores} cores x one core's numpy read of {per_thread // 1024} KiB"
+        else:
+            per_thread = c["bytes"] // (2 * cores)
+            bw = copy_bandwidth(per_thread, cores)
+            method = f"{cores} threads of numpy copy of {per_thread // 1024} KiB each"
+        memory[name] = {
+            "capacity": f"{c['bytes'] // 1024} KiB", "bandwidth": f"{bw / 1e9:.3f} GB/s",
+            "latency": LATENCY_ASSUMED.get(c["level"], "20 ns"),
+            "scope": "per_unit" if c["private"] else "shared", "kind": "cache",
+        }
+        notes[f"device.memory.{name}"] = (
+            f"capacity from /sys (cpu0, {'private' if c['private'] else 'shared'}); bandwidth = {method}, best of "
+            f"5; latency assumed (not measurable from numpy)")
+    last = max(c["bytes"] for c in caches)
+    dram_bytes = max(256 << 20, 16 * last)
+    progress("bandwidth of DRAM (copy and GEMV)")
+    copy_dram, gemv_dram = copy_bandwidth(dram_bytes // cores, cores), gemv_bandwidth(dram_bytes)
+    memory["dram"] = {
+        "capacity": f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') // 2**20} MiB",
+        "bandwidth": f"{max(copy_dram, gemv_dram) / 1e9:.3f} GB/s", "latency": "90 ns",
+        "scope": "shared", "kind": "dram",
+    }
+    notes["device.memory.dram"] = (
+        f"capacity = physical memory; bandwidth = max(numpy copy {copy_dram / 1e9:.2f} GB/s, BLAS GEMV "
+        f"{gemv_dram / 1e9:.2f} GB/s) over {dram_bytes >> 20} MiB; latency assumed")
+    progress("GEMM peak (fp32, fp16)")
+    fp32 = gemm_rate(np.float32, 2048)
+    fp16 = gemm_rate(np.float16, 256)
+    notes["device.compute.peak"] = "numpy matmul: fp32 2048^3, fp16 256^3 (numpy has no fp16 BLAS), best of 3"
+    progress("vector rate and dispatch overhead")
+    l2 = next((c["bytes"] for c in caches if c["level"] == 2), 256 << 10)
+    vector = vector_rate(l2)
+    overhead = dispatch_overhead()
+    notes["device.compute.vector"] = "reference layernorm/softmax/GELU/add on L2-resident data, graph FLOPs / s, median"
+    notes["device.dispatch_overhead"] = "reference kernels and a linear on tiny inputs, median of per-call times"
+    mhz = _clock_mhz()
+    return {
+        "name": f"this machine ({platform.processor() or platform.machine()}, {cores} cores, numpy)",
+        "source": f"measured by `python -m sim calibrate` on {time.strftime('%Y-%m-%d')}; see calibration",
+        "devices": 1,
+        "device": {
+            "compute": {
+                "units": cores, "clock": f"{mhz:.0f} MHz",
+                "peak": {"fp32": f"{fp32 / 1e9:.2f} GFLOP/s", "fp16": f"{fp16 / 1e9:.3f} GFLOP/s"},
+                "emulate": {"tf32": "fp32", "bf16": "fp32", "fp8": "fp32"},
+                "vector": f"{vector / 1e9:.3f} GFLOP/s",
+            },
+            "memory": memory,
+            "dispatch_overhead": f"{overhead * 1e6:.3f} us",
+            "dispatch_mode": "sync",
+        },
+        "calibration": notes,
+    }
+
+
+def _clock_mhz() -> float:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("cpu mhz"):
+                return float(line.split(":")[1])
+    except OSError:
+        pass
+    return 1000.0
+
+
+def write_hardware(data: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text("# Written by `python -m sim calibrate`; rerun it rather than editing by hand.\n"
+                   + yaml.safe_dump(data, sort_keys=False, width=110))
+    os.replace(tmp, out)

@@ -1,0 +1,163 @@
+"""`python -m sim validate`: predicted vs measured, case by case.
+
+Live cases are timed here, now, with numpy (median of repeated runs, warm caches, as the simulation of
+the same sequence run twice sees them) and predicted with the calibrated host model. Published cases
+are measurements on real accelerators from primary sources (sim/data/published.yaml), predicted with
+the shipped hardware models.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from sim.config import load_hardware, load_workload
+from sim.config.hardware import Hardware
+from sim.config.workload import Workload
+from sim.engine import simulate
+from sim.graph.ops import Access, Collective, Op, Tensor
+from sim.mapping import place
+from sim.mapping.collectives import plan_collective
+from sim.mapping.plan import Planner
+from sim.pipeline import run
+from sim.report import summarize
+from sim.validate.reference import Reference
+
+ROOT = Path(__file__).resolve().parents[2]
+PUBLISHED = Path(__file__).resolve().parents[1] / "data" / "published.yaml"
+
+
+@dataclass(frozen=True)
+class Case:
+    group: str
+    name: str
+    predicted_s: float
+    measured_s: float
+    source: str = "measured here"
+
+    @property
+    def error(self) -> float:
+        return (self.predicted_s - self.measured_s) / self.measured_s
+
+
+def median_time(fn: Callable[[], object], repeats: int = 7, min_total: float = 0.2) -> float:
+    fn()  # warm up: caches, allocator, BLAS threads
+    times: list[float] = []
+    t_end = time.perf_counter() + min_total
+    while len(times) < repeats or time.perf_counter() < t_end:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        if len(times) >= 200:
+            break
+    return statistics.median(times)
+
+
+# -- single operators ------------------------------------------------------------------------------
+def _matmul_op(name: str, m: int, n: int, k: int) -> Op:
+    a = Tensor("x", "activation", m * k * 4.0, m * k)
+    w = Tensor("w", "weight", k * n * 4.0, k * n)
+    y = Tensor("y", "activation", m * n * 4.0, m * n)
+    return Op(name=name, kind="matmul", op_class="gemv" if m == 1 else "gemm", engine="matrix", phase="prefill",
+              step=0, layer=0, dtype="fp32", flops=2.0 * m * n * k, reads=(Access(a, a.bytes), Access(w, w.bytes)),
+              writes=(Access(y, y.bytes),), shape=(1, m, n, k))
+
+
+def predict_matmul(hw: Hardware, m: int, n: int, k: int) -> float:
+    """The same matmul twice in a row; the second is what a timing loop sees (warm caches)."""
+    ops = [_matmul_op("first", m, n, k), _matmul_op("again", m, n, k)]
+    planner = Planner(hw, place(ops, hw))
+    records = simulate([planner.plan(op) for op in ops], hw).ops
+    return records[1].duration_s
+
+
+def matmul_cases(hw: Hardware, quick: bool) -> list[Case]:
+    cases = []
+    k_n = 1024
+    for m in (1, 16, 64, 256, 1024) if quick else (1, 16, 64, 256, 1024, 4096):
+        x, w = np.ones((m, k_n), np.float32), np.ones((k_n, k_n), np.float32)
+        cases.append(Case("GEMM sweep (K = N = 1024, fp32)", f"M = {m}", predict_matmul(hw, m, k_n, k_n),
+                          median_time(lambda x=x, w=w: x @ w)))
+    shapes = [("GPT-2 qkv 768x2304", 768, 2304), ("GPT-2 ffn up 768x3072", 768, 3072),
+              ("GPT-2 ffn down 3072x768", 3072, 768), ("GPT-2 LM head 768x50257", 768, 50257),
+              ("Llama-7B attn out 4096x4096", 4096, 4096), ("Llama-7B ffn up 4096x11008", 4096, 11008),
+              ("Llama-7B ffn down 11008x4096", 11008, 4096)]
+    for name, k, n in shapes[:5] if quick else shapes:
+        x, w = np.ones((1, k), np.float32), np.ones((k, n), np.float32)
+        cases.append(Case("GEMV (fp32)", name, predict_matmul(hw, 1, n, k), median_time(lambda x=x, w=w: x @ w)))
+    return cases
+
+
+# -- whole forward passes --------------------------------------------------------------------------
+def _workload(path: str, phase: str, prompt: int, new: int, **model) -> Workload:
+    sets = [("scenario.phase", phase), ("scenario.batch", 1), ("scenario.prompt_tokens", prompt),
+            ("scenario.new_tokens", new), ("scenario.precision.weights", "fp32"),
+            ("scenario.precision.activations", "fp32"), ("scenario.precision.kv_cache", "fp32")]
+    sets += [(f"model.{k}", v) for k, v in model.items()]
+    return load_workload(ROOT / path, sets)[0]
+
+
+def forward_cases(hw: Hardware, quick: bool) -> list[Case]:
+    small_llama = {"layers": 8, "hidden": 1024, "heads": 16, "kv_heads": 4, "ffn": 2816}
+    specs = [
+        ("BERT-Base encode, 128 tokens", "workloads/bert-base.yaml", "encode", 128, 0, {}),
+        ("GPT-2 prefill, 128 tokens", "workloads/gpt2.yaml", "prefill", 128, 0, {}),
+        ("GPT-2 decode step, context 128", "workloads/gpt2.yaml", "decode", 128, 1, {}),
+        ("Llama-style 8L/1024 GQA prefill, 64 tokens", "workloads/llama2-7b.yaml", "prefill", 64, 0, small_llama),
+        ("Llama-style 8L/1024 GQA decode step, context 256", "workloads/llama2-7b.yaml", "decode", 256, 1,
+         small_llama),
+    ]
+    if quick:
+        specs = [s for s in specs if "BERT" not in s[0]]
+    cases = []
+    for name, path, phase, prompt, new, model in specs:
+        wl = _workload(path, phase, prompt, new, **model)
+        ref = Reference(wl.model, 1, prompt + new + 1)
+        if phase == "decode":
+            ref.forward(np.zeros((1, prompt), np.int64), 0)  # fill the cache once
+            fn = lambda ref=ref, p=prompt: ref.forward(np.zeros((1, 1), np.int64), p)  # noqa: E731
+        else:
+            fn = lambda ref=ref, p=prompt: ref.forward(np.zeros((1, p), np.int64), 0)  # noqa: E731
+        predicted = summarize(run(wl, hw))["total_s"]
+        cases.append(Case("Transformer forward (numpy, fp32)", name, predicted, median_time(fn, repeats=5)))
+        del ref
+    return cases
+
+
+def live_cases(hw: Hardware, quick: bool = False, progress: Callable[[str], None] = lambda _m: None) -> list[Case]:
+    progress("GEMM and GEMV")
+    cases = matmul_cases(hw, quick)
+    progress("Transformer forward passes")
+    return cases + forward_cases(hw, quick)
+
+
+# -- published measurements ------------------------------------------------------------------------
+def predict_allreduce(hw: Hardware, nbytes: float, devices: int) -> float:
+    buf = Tensor("buf", "activation", nbytes)
+    op = Op(name="allreduce", kind="allreduce", op_class="collective", engine="link", phase="prefill", step=0,
+            layer=0, dtype="fp32", flops=0.0, reads=(Access(buf, nbytes),), writes=(Access(buf, nbytes),),
+            collective=Collective("allreduce", nbytes))
+    group = tuple(range(devices))
+    coll = plan_collective(op.collective, group, hw)
+    base = Planner(hw, place([op], hw)).plan(op)
+    plans = {d: [replace(base, device=d, collective=coll, overhead_s=0.0)] for d in group}
+    return simulate(plans, hw).ops[0].duration_s
+
+
+def published_cases(path: Path = PUBLISHED) -> list[Case]:
+    cases = []
+    for row in yaml.safe_load(path.read_text())["cases"]:
+        hw = load_hardware(ROOT / "hardware_models" / f"{row['hardware']}.yaml")
+        if row["kind"] == "allreduce":
+            predicted = predict_allreduce(hw, row["bytes"], row["devices"])
+        else:
+            wl, _ = load_workload(ROOT / "workloads" / f"{row['workload']}.yaml", list(row["set"].items()))
+            predicted = summarize(run(wl, hw))["total_s"]
+        cases.append(Case(f"published: {hw.name}", row["name"], predicted, row["measured_s"], row["source"]))
+    return cases

@@ -1,0 +1,60 @@
+"""The numpy kernels of the reference Transformer: one function per graph op kind.
+
+They are what `calibrate` times to learn this machine's per-op framework cost and vector rate, and
+what `validate` runs end to end — so prediction and measurement share one definition of "an op".
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+SQRT_2_OVER_PI = np.float32(np.sqrt(2.0 / np.pi))
+
+
+def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    y = x @ w
+    if b is not None:
+        y += b
+    return y
+
+
+def layernorm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float = 1e-5) -> np.ndarray:
+    mu = x.mean(-1, keepdims=True)
+    xc = x - mu
+    var = (xc * xc).mean(-1, keepdims=True)
+    return xc / np.sqrt(var + eps) * g + b
+
+
+def rmsnorm(x: np.ndarray, g: np.ndarray, eps: float = 1e-5) -> np.ndarray:
+    return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * g
+
+
+def softmax(s: np.ndarray, scale: float) -> np.ndarray:
+    s = s * np.float32(scale)
+    s -= s.max(-1, keepdims=True)
+    np.exp(s, out=s)
+    s /= s.sum(-1, keepdims=True)
+    return s
+
+
+def gelu(x: np.ndarray) -> np.ndarray:
+    return 0.5 * x * (1.0 + np.tanh(SQRT_2_OVER_PI * (x + np.float32(0.044715) * x * x * x)))
+
+
+def relu(x: np.ndarray) -> np.ndarray:
+    return np.maximum(x, 0)
+
+
+def silu_gate(up: np.ndarray, gate: np.ndarray) -> np.ndarray:
+    return gate / (1.0 + np.exp(-gate)) * up
+
+
+def add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return a + b
+
+
+def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """Rotate pairs (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin) along the head dimension."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
