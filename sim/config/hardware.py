@@ -7,6 +7,7 @@ data on its way to the compute units (`cache`).
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -22,8 +23,26 @@ class ComputeUnit(Spec):
     clock: Frequency
     peak: dict[Dtype, FlopRate] = Field(min_length=1, description="matrix-engine peak per dtype")
     vector: FlopRate = Field(description="peak of the vector units that run non-matmul ops")
+
+    def efficiency(self, rows: int) -> float:
+        """`matrix_efficiency` at `rows`, interpolated linearly in log2(rows), clamped at the ends."""
+        table = sorted(self.matrix_efficiency.items())
+        if not table:
+            return 1.0
+        if rows <= table[0][0]:
+            return table[0][1]
+        for (m0, e0), (m1, e1) in zip(table, table[1:]):
+            if rows <= m1:
+                t = (math.log2(rows) - math.log2(m0)) / (math.log2(m1) - math.log2(m0))
+                return e0 + t * (e1 - e0)
+        return table[-1][1]
     emulate: dict[Dtype, Dtype] = Field(
         default_factory=dict, description="dtypes without native support and the dtype they run as"
+    )
+    matrix_efficiency: dict[Count, float] = Field(
+        default_factory=dict,
+        description="achieved fraction of the matrix peak by rows M of a GEMM (interpolated in log M; "
+        "e.g. a BLAS's packing and threading costs at small M). Absent: 1",
     )
     registers: Bytes | None = Field(
         default=None, description="register file per unit; holds matmul accumulators during tiling"

@@ -5,6 +5,7 @@ Every failure becomes a `ConfigError` naming the file, the dotted key and the pr
 
 from __future__ import annotations
 
+import copy
 import difflib
 import json
 from pathlib import Path
@@ -78,7 +79,7 @@ def split_overrides(overrides: list[tuple[str, Any]]) -> tuple[list, list]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[tuple[str, Any]], file: str) -> dict[str, Any]:
-    data = json.loads(json.dumps(data))  # deep copy of plain YAML data
+    data = copy.deepcopy(data)
     for key, value in overrides:
         node = data
         parts = key.split(".")

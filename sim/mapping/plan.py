@@ -151,6 +151,8 @@ class Planner:
         if op.engine != "matrix":
             return "vector", vector_s, 1.0
         util = matrix_utilization(self.hw, op.shape)
+        if len(op.shape) == 4:
+            util *= self.hw.device.compute.efficiency(op.shape[1])
         matrix_s = op.flops / (matrix_peak(self.hw, op.dtype, self.hw_file) * util)
         return ("matrix", matrix_s, util) if matrix_s <= vector_s else ("vector", vector_s, 1.0)
 

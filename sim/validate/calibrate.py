@@ -18,9 +18,8 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from pathlib import Path
-
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import yaml
@@ -111,6 +110,18 @@ def gemm_rate(dtype, n: int) -> float:
     return 2 * n**3 / best_time(lambda: a @ b, repeats=3)
 
 
+def matrix_efficiency(peak: float) -> dict[int, float]:
+    """GEMM rate by rows M relative to `peak`, on a 512 x 512 fp32 weight that stays in cache, so the
+    rate is the BLAS's (packing, threading), not memory's. M < 16 is memory-bound even there."""
+    k = n = 512
+    w = np.ones((k, n), np.float32)
+    out = {}
+    for m in (16, 64, 256, 1024):
+        x = np.ones((m, k), np.float32)
+        out[m] = round(min(1.0, 2 * m * n * k / best_time(lambda x=x: x @ w, repeats=5) / peak), 3)
+    return out
+
+
 def gemv_bandwidth(nbytes: int) -> float:
     n = int((nbytes / 4) ** 0.5)
     w, x = np.ones((n, n), np.float32), np.ones((1, n), np.float32)
@@ -186,6 +197,10 @@ def calibrate(progress: Callable[[str], None] = lambda _msg: None) -> dict:
     progress("GEMM peak (fp32, fp16)")
     fp32 = gemm_rate(np.float32, 2048)
     fp16 = gemm_rate(np.float16, 256)
+    progress("GEMM efficiency by rows")
+    efficiency = matrix_efficiency(fp32)
+    notes["device.compute.matrix_efficiency"] = (
+        "numpy matmul M x 512 x 512 fp32 (weight cache-resident), rate / fp32 peak, best of 5")
     notes["device.compute.peak"] = "numpy matmul: fp32 2048^3, fp16 256^3 (numpy has no fp16 BLAS), best of 3"
     progress("vector rate and dispatch overhead")
     l2 = next((c["bytes"] for c in caches if c["level"] == 2), 256 << 10)
@@ -204,6 +219,7 @@ def calibrate(progress: Callable[[str], None] = lambda _msg: None) -> dict:
                 "peak": {"fp32": f"{fp32 / 1e9:.2f} GFLOP/s", "fp16": f"{fp16 / 1e9:.3f} GFLOP/s"},
                 "emulate": {"tf32": "fp32", "bf16": "fp32", "fp8": "fp32"},
                 "vector": f"{vector / 1e9:.3f} GFLOP/s",
+                "matrix_efficiency": efficiency,
             },
             "memory": memory,
             "dispatch_overhead": f"{overhead * 1e6:.3f} us",

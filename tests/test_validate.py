@@ -1,0 +1,77 @@
+"""Calibration and validation plumbing (the measurements themselves are benchmarks, not tests)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import DATA, ROOT, load
+from sim.config import load_hardware
+from sim.graph import build_graph
+from sim.validate.calibrate import best_time, os_caches, write_hardware
+from sim.validate.cases import PUBLISHED, Case, predict_allreduce, predict_matmul
+from sim.validate.reference import Reference
+
+
+def test_efficiency_table_interpolates_in_log_rows():
+    hw = load(DATA / "toy-gpt.yaml", device__compute__matrix_efficiency={16: 0.4, 256: 0.8})[1]
+    c = hw.device.compute
+    assert c.efficiency(1) == 0.4 and c.efficiency(4096) == 0.8
+    assert c.efficiency(64) == pytest.approx(0.6)  # halfway between 16 and 256 in log2
+
+
+def test_reference_forward_runs_the_graph_shapes(toy):
+    wl, _ = toy
+    ref = Reference(wl.model, batch=2, max_context=16)
+    out = ref.forward(np.zeros((2, 8), np.int64), 0)
+    assert out.shape == (2, wl.model.vocab)
+    step = ref.forward(np.zeros((2, 1), np.int64), 8)
+    assert step.shape == (2, wl.model.vocab) and np.isfinite(step).all()
+    # the reference holds exactly the weights the graph counts
+    held = sum(a.size for a in [ref.wte, ref.wpe, *ref.ln_f]
+               + [v for layer in ref.layers for p in layer.values() if p is not None
+                  for v in (p if isinstance(p, tuple) else (p,))])
+    assert held == sum(t.elements for t in build_graph(wl).tensors().values() if t.kind == "weight")
+
+
+def test_gqa_reference_decodes():
+    wl, _ = load(ROOT / "workloads/llama2-7b.yaml", model__layers=1, model__hidden=64, model__heads=8,
+                 model__kv_heads=2, model__ffn=128, model__vocab=100, scenario__prompt_tokens=4, scenario__new_tokens=1)
+    ref = Reference(wl.model, 1, 8)
+    ref.forward(np.zeros((1, 4), np.int64), 0)
+    assert ref.forward(np.zeros((1, 1), np.int64), 4).shape == (1, 100)
+
+
+def test_warm_matmul_prediction_hits_the_cache_cold_does_not():
+    hw = load_hardware(DATA / "toy-cache-hw.yaml")
+    # 64 x 64 fp32 weights (16 KiB) fit the 256 KiB L2: the second run reads them from there
+    warm = predict_matmul(hw, 1, 64, 64)
+    assert 0 < warm < 64 * 64 * 4 / 10e9  # faster than streaming them from DRAM
+
+
+def test_allreduce_prediction_matches_the_ring_formula():
+    hw = load_hardware(ROOT / "hardware_models/a100-sxm4-80gb.yaml")
+    t = predict_allreduce(hw, 2**30, 8)
+    ring = 2 * 7 / 8 * 2**30 / 300e9 + 14 * hw.interconnect.link.latency
+    assert t == pytest.approx(ring, rel=1e-6)
+
+
+def test_published_cases_cite_sources():
+    rows = yaml.safe_load(PUBLISHED.read_text())["cases"]
+    assert rows
+    for row in rows:
+        assert row["measured_s"] > 0 and row["source"].count("http") >= 1
+        assert (ROOT / "hardware_models" / f"{row['hardware']}.yaml").exists()
+
+
+def test_case_error_sign():
+    assert Case("g", "c", 1.1, 1.0).error == pytest.approx(0.1)
+
+
+def test_calibration_helpers(tmp_path: Path):
+    assert best_time(lambda: sum(range(100)), min_time=0.001, repeats=2) > 0
+    assert all(c["bytes"] > 0 for c in os_caches())
+    data = yaml.safe_load((DATA / "toy-hw.yaml").read_text())
+    write_hardware(data, tmp_path / "hw.yaml")
+    assert load_hardware(tmp_path / "hw.yaml").name == "toy"
