@@ -109,6 +109,74 @@ def validate(hardware: Path, quick: bool, no_live: bool, markdown: Path | None) 
         console.print(f"wrote {markdown}")
 
 
+@cli.command()
+@click.argument("sweep_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("out/sweeps"),
+              show_default=True, help="Folder for NAME.csv and NAME.parquet.")
+@click.option("--workers", type=int, default=None, help="Local processes (default: one per core).")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Run on a Dask distributed cluster, e.g. tcp://10.0.0.5:8786.")
+def sweep(sweep_file: Path, out: Path, workers: int | None, scheduler: str | None) -> None:
+    """Run every point of a sweep file; resumes where a killed run stopped."""
+    import time
+
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from sim.sweep import load_sweep, run_sweep
+
+    spec = load_sweep(sweep_file)
+    failed = 0
+    t0 = time.perf_counter()
+    with Progress(TextColumn(f"[bold]{spec.name}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("ETA"), TimeRemainingColumn()) as progress:
+        task = progress.add_task(spec.name, total=len(spec.points))
+
+        def on_row(row: dict, done: int, total: int) -> None:
+            nonlocal failed
+            failed += row.get("status") == "error"
+            progress.update(task, completed=done)
+
+        csv_path, parquet_path, computed = run_sweep(spec, out, workers, scheduler, on_row)
+        progress.update(task, completed=len(spec.points))
+    wall = time.perf_counter() - t0
+    rate = f", {60 * computed / wall:.0f} points/min" if computed and wall > 0 else ""
+    click.echo(f"{computed} points computed now, {len(spec.points) - computed} already in the table, "
+               f"{failed} failed{rate}")
+    click.echo(f"wrote {csv_path} and {parquet_path}")
+
+
+@cli.command()
+@click.argument("table", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--heatmap", nargs=3, metavar="X Y Z", help="Z over axes X and Y (one panel per workload).")
+@click.option("--line", nargs=2, metavar="X Y", help="Y over axis X.")
+@click.option("--hue", default=None, help="With --line: one line per value of this column.")
+@click.option("--pareto", nargs=2, metavar="X Y", help="Pareto front of X and Y (both minimised).")
+@click.option("--logx", is_flag=True)
+@click.option("--logy", is_flag=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="PNG to write.")
+def plot(table: Path, heatmap, line, hue, pareto, logx: bool, logy: bool, out: Path) -> None:
+    """Plot a sweep table (CSV or Parquet)."""
+    from sim.sweep import plots
+
+    if sum(x is not None for x in (heatmap, line, pareto)) != 1:
+        raise click.UsageError("give exactly one of --heatmap, --line, --pareto")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if heatmap:
+        plots.heatmap(str(table), *heatmap, str(out))
+    elif line:
+        plots.lines(str(table), *line, str(out), hue=hue, logx=logx, logy=logy)
+    else:
+        plots.pareto(str(table), *pareto, str(out))
+    click.echo(f"wrote {out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         cli.main(args=argv, prog_name="python -m sim", standalone_mode=False)

@@ -1,0 +1,110 @@
+"""Plots of a sweep table: a heatmap of one figure over two axes, lines over one axis, a Pareto front."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from sim.errors import ConfigError  # noqa: E402
+from sim.sweep.spec import _NUM_UNIT  # noqa: E402
+
+
+def numeric(value) -> float:
+    """'2.04 TB/s' -> 2.04 (axis values keep the unit they were written with)."""
+    m = _NUM_UNIT.match(str(value))
+    return float(m.group(1)) if m else float("nan")
+
+
+def load_table(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError("no such sweep table", str(path))
+    df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    return df[df["status"] == "ok"]
+
+
+def _need(df: pd.DataFrame, cols: list[str], path: str) -> None:
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise ConfigError(f"no column {missing[0]!r} (columns: {', '.join(df.columns)})", path)
+
+
+def _label(col: str, values) -> str:
+    units = {str(v).split(" ", 1)[1] for v in values if isinstance(v, str) and " " in str(v)}
+    return f"{col} [{units.pop()}]" if len(units) == 1 else col
+
+
+def heatmap(path: str, x: str, y: str, z: str, out: str, facet: str | None = "workload") -> None:
+    df = load_table(path)
+    _need(df, [x, y, z] + ([facet] if facet else []), path)
+    groups = list(df.groupby(facet)) if facet and df[facet].nunique() > 1 else [(None, df)]
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.5), squeeze=False)
+    for ax, (name, part) in zip(axes[0], groups):
+        part = part.assign(_x=part[x].map(numeric), _y=part[y].map(numeric))
+        grid = part.pivot_table(index="_y", columns="_x", values=z, aggfunc="mean").sort_index()
+        im = ax.imshow(grid.values, origin="lower", aspect="auto", cmap="viridis")
+        ax.set_xticks(range(len(grid.columns)), [f"{v:g}" for v in grid.columns], rotation=45)
+        ax.set_yticks(range(len(grid.index)), [f"{v:g}" for v in grid.index])
+        ax.set_xlabel(_label(x, df[x]))
+        ax.set_ylabel(_label(y, df[y]))
+        ax.set_title(f"{z}" + (f" — {name}" if name is not None else ""))
+        fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def lines(path: str, x: str, y: str, out: str, hue: str | None = None, logx: bool = False,
+          logy: bool = False) -> None:
+    df = load_table(path)
+    _need(df, [x, y] + ([hue] if hue else []), path)
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for name, part in (df.groupby(hue) if hue else [(None, df)]):
+        part = part.assign(_x=part[x].map(numeric)).sort_values("_x")
+        ax.plot(part["_x"], part[y], marker="o", label=None if name is None else str(name))
+    ax.set_xlabel(_label(x, df[x]))
+    ax.set_ylabel(y)
+    if logx:
+        ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
+    if hue:
+        ax.legend(title=hue)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def pareto_front(df: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """Points no other point beats on both x and y (both minimised)."""
+    pts = df.sort_values([x, y])
+    front, best = [], float("inf")
+    for idx, row in pts.iterrows():
+        if row[y] < best:
+            front.append(idx)
+            best = row[y]
+    return df.loc[front]
+
+
+def pareto(path: str, x: str, y: str, out: str) -> pd.DataFrame:
+    df = load_table(path)
+    _need(df, [x, y], path)
+    df = df.assign(**{x: df[x].map(numeric), y: df[y].map(numeric)})
+    front = pareto_front(df, x, y)
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    ax.scatter(df[x], df[y], s=12, alpha=0.5, label="points")
+    ax.plot(front[x], front[y], color="C3", marker="o", label="Pareto front")
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return front

@@ -1,0 +1,169 @@
+"""Running a sweep: points in parallel (local processes, or a Dask cluster), rows streamed to disk.
+
+The CSV is the record: one row per point, appended and flushed as each point finishes, so a killed sweep
+resumes from it without recomputing or duplicating a point. The Parquet file is rewritten from the CSV
+as rows arrive (atomically), and both are rewritten in the sweep's point order at the end, so the same
+sweep gives byte-identical tables. A point that fails records its error and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+from sim.errors import ConfigError
+from sim.sweep.spec import Point, Sweep, year_overrides
+
+GROUPS = ("GEMM", "GEMV", "attention", "collective", "other")
+OUTPUTS = [
+    "total_s", "ttft_s", "tpot_s", "tokens_per_s", "flops", "bytes_at_balance_level", "balance_level",
+    "balance_point_flop_per_byte", "bound", "weights_bytes", "kv_cache_bytes", "devices",
+    *[f"{g}_{field}" for g in GROUPS for field in
+      ("share", "bound", "busy", "memory_stall", "link_stall", "sync", "overhead")],
+]
+
+
+def columns(sweep: Sweep) -> list[str]:
+    return ["point_id", "status", "error", "workload", *sweep.axes, *OUTPUTS]
+
+
+def evaluate(point: Point, base_year: float | None) -> dict[str, Any]:
+    """Run one point; never raises (errors become the row's `error`)."""
+    from sim.config import load_hardware, load_workload
+    from sim.config.loader import read_yaml, split_overrides
+    from sim.errors import ConfigError
+    from sim.pipeline import run
+    from sim.report import summarize
+
+    row: dict[str, Any] = {"point_id": point.id, "workload": Path(point.workload).stem, **point.values}
+    try:
+        overrides = [(k, v) for k, v in point.overrides if k != "year"]
+        work, hw_set = split_overrides(overrides)
+        wl, default_hw = load_workload(point.workload, work)
+        hw_path = Path(point.hardware) if point.hardware else default_hw
+        year = next((v for k, v in point.overrides if k == "year"), None)
+        if year is not None:
+            hw_set = year_overrides(read_yaml(hw_path), year, base_year) + hw_set
+        hw = load_hardware(hw_path, hw_set)
+        s = summarize(run(wl, hw, str(hw_path), point.workload), top=0)
+    except ConfigError as e:
+        return {**row, "status": "error", "error": str(e)}
+    except Exception as e:  # a bug in one point must not stop the sweep; record it
+        return {**row, "status": "error", "error": f"{type(e).__name__}: {e}"}
+    mem = s["memory"]
+    row.update(
+        status="ok", error="", total_s=s["total_s"], ttft_s=s["ttft_s"], tpot_s=s["tpot_s"],
+        tokens_per_s=s["tokens_per_s"], flops=s["flops"], balance_level=mem["home"]["weight"],
+        bytes_at_balance_level=s["bytes_per_level"].get(mem["home"]["weight"], 0.0),
+        balance_point_flop_per_byte=s["balance_point_flop_per_byte"], bound=s["bound"],
+        weights_bytes=mem["weights_bytes"], kv_cache_bytes=mem["kv_cache_bytes"], devices=s["devices"],
+    )
+    for g in GROUPS:
+        c = s["classes"].get(g)
+        if c is None:
+            continue
+        share = c["time_share"]
+        row.update({
+            f"{g}_share": c["share_of_total"], f"{g}_bound": c["bound"], f"{g}_busy": share.get("compute", 0.0),
+            f"{g}_memory_stall": sum(v for k, v in share.items() if k.startswith("memory:")),
+            f"{g}_link_stall": sum(v for k, v in share.items() if k.startswith("link:")),
+            f"{g}_sync": share.get("sync", 0.0), f"{g}_overhead": share.get("overhead", 0.0),
+        })
+    return row
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    return repr(v) if isinstance(v, float) else str(v)
+
+
+def read_rows(path: Path, header: list[str]) -> list[dict[str, str]]:
+    """Complete rows of an existing table; a row cut short by a kill is dropped."""
+    if not path.exists():
+        return []
+    text = path.read_text()
+    if not text.endswith("\n"):  # killed mid-row: drop the incomplete last line
+        text = text[: text.rfind("\n") + 1]
+    lines = list(csv.reader(io.StringIO(text)))
+    if not lines:
+        return []
+    if lines[0] != header:
+        raise ConfigError("has other columns than this sweep; remove it or choose another --out", str(path))
+    return [dict(zip(header, r)) for r in lines[1:] if len(r) == len(header)]
+
+
+def _write_table(path: Path, header: list[str], rows: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(header)
+        for r in rows:
+            w.writerow([_cell(r.get(c)) for c in header])
+    os.replace(tmp, path)
+
+
+def write_parquet(csv_path: Path, parquet_path: Path) -> None:
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    table = pacsv.read_csv(csv_path, convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
+    tmp = parquet_path.with_name(parquet_path.name + ".tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, parquet_path)
+
+
+def _local(points: list[Point], base_year, workers: int) -> Iterator[dict]:
+    if workers <= 1:
+        for p in points:
+            yield evaluate(p, base_year)
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(evaluate, p, base_year) for p in points]
+        for fut in as_completed(futures):
+            yield fut.result()
+
+
+def _dask(points: list[Point], base_year, address: str) -> Iterator[dict]:
+    from distributed import Client
+    from distributed import as_completed as dask_completed
+
+    with Client(address) as client:
+        futures = client.map(evaluate, points, base_year=base_year, pure=False)
+        for fut in dask_completed(futures):
+            yield fut.result()
+
+
+def run_sweep(sweep: Sweep, out_dir: Path, workers: int | None = None, scheduler: str | None = None,
+              on_row: Callable[[dict, int, int], None] = lambda row, done, total: None,
+              flush_every: int = 25) -> tuple[Path, Path, int]:
+    """Run the points not already in the table; return (csv, parquet, points computed now)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path, parquet_path = out_dir / f"{sweep.name}.csv", out_dir / f"{sweep.name}.parquet"
+    header = columns(sweep)
+    done = read_rows(csv_path, header)
+    _write_table(csv_path, header, done)  # drops a row cut short by a kill
+    seen = {r["point_id"] for r in done}
+    todo = [p for p in sweep.points if p.id not in seen]
+    workers = workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+    rows = _dask(todo, sweep.base_year, scheduler) if scheduler else _local(todo, sweep.base_year, workers)
+    count = 0
+    with csv_path.open("a", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        for row in rows:
+            writer.writerow([_cell(row.get(c)) for c in header])
+            f.flush()
+            count += 1
+            on_row(row, len(seen) + count, len(sweep.points))
+            if count % flush_every == 0:
+                write_parquet(csv_path, parquet_path)
+    order = {p.id: i for i, p in enumerate(sweep.points)}
+    final = sorted(read_rows(csv_path, header), key=lambda r: order.get(r["point_id"], len(order)))
+    _write_table(csv_path, header, final)
+    write_parquet(csv_path, parquet_path)
+    return csv_path, parquet_path, count

@@ -1,0 +1,184 @@
+"""Sweep files: a base workload (or several) and hardware, and the axes to vary.
+
+```yaml
+name: memory-wall
+workloads: [../workloads/gpt2.yaml, ../workloads/bert-base.yaml]   # or `workload: one.yaml`
+hardware: ../hardware_models/a100-sxm4-80gb.yaml                   # optional: each workload's own
+set: {scenario.new_tokens: 8}                                      # applied to every point
+axes:                                                              # the grid (cartesian product)
+  device.memory.hbm.bandwidth: {log: ["0.5 TB/s", "8 TB/s"], points: 5}
+  device.compute.peak.fp16: ["100 TFLOP/s", "312 TFLOP/s", "1 PFLOP/s"]
+  scenario.batch: {linear: [1, 64], points: 4}
+  year: [2016, 2018, 2020]            # derived: scales the hardware by the memory-wall trend rates
+  hardware_file: [../hardware_models/a100-sxm4-80gb.yaml, ../hardware_models/h100-sxm.yaml]
+base_year: 2020                       # the year the hardware file describes
+samples: 100                          # optional: draw this many random points instead of the grid
+seed: 0
+```
+Axis values: a list; `{log: [lo, hi], points: n}` / `{linear: [lo, hi], points: n}` (ends may carry a
+unit, kept on every value); with `samples`, `{uniform: [lo, hi]}` / `{loguniform: [lo, hi]}` too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sim.config.loader import read_yaml
+from sim.errors import ConfigError
+
+#: Memory-wall trend rates per two years (Gholami et al., "AI and Memory Wall", IEEE Micro 2024).
+TREND_PER_2Y = {"compute": 3.0, "dram": 1.6, "interconnect": 1.4}
+_NUM_UNIT = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*(.*?)\s*$")
+SWEEP_KEYS = {"name", "workload", "workloads", "hardware", "set", "axes", "samples", "seed", "base_year"}
+
+
+@dataclass(frozen=True)
+class Point:
+    id: str
+    workload: str
+    hardware: str | None
+    values: dict[str, Any]  # axis -> value as written
+    overrides: tuple[tuple[str, Any], ...]  # dotted key -> value, incl. the sweep's `set`
+
+
+@dataclass(frozen=True)
+class Sweep:
+    name: str
+    file: Path
+    axes: list[str]
+    points: list[Point]
+    base_year: float | None
+
+
+def _split(value: Any, file: str, key: str) -> tuple[float, str]:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value), ""
+    m = _NUM_UNIT.match(str(value))
+    if not m:
+        raise ConfigError(f"cannot read {value!r} as a number with an optional unit", file, key)
+    return float(m.group(1)), m.group(2)
+
+
+def _fmt(x: float, unit: str, integer: bool) -> Any:
+    if integer and not unit:
+        return int(round(x))
+    text = f"{x:.6g}"
+    return f"{text} {unit}" if unit else float(text)
+
+
+def _range(spec: dict, file: str, key: str) -> list[Any]:
+    kind = "log" if "log" in spec else "linear"
+    ends = spec[kind]
+    if not isinstance(ends, list) or len(ends) != 2 or "points" not in spec:
+        raise ConfigError(f"write {{{kind}: [low, high], points: n}}", file, key)
+    (lo, u1), (hi, u2) = _split(ends[0], file, key), _split(ends[1], file, key)
+    if u1 != u2:
+        raise ConfigError(f"both ends need the same unit ({u1!r} vs {u2!r})", file, key)
+    n = int(spec["points"])
+    if n < 1 or (kind == "log" and (lo <= 0 or hi <= 0)):
+        raise ConfigError("points must be >= 1 and log ends > 0", file, key)
+    integer = all(isinstance(e, int) for e in ends)
+    if n == 1:
+        return [_fmt(lo, u1, integer)]
+    if kind == "log":
+        xs = [lo * (hi / lo) ** (i / (n - 1)) for i in range(n)]
+    else:
+        xs = [lo + (hi - lo) * i / (n - 1) for i in range(n)]
+    return [_fmt(x, u1, integer) for x in xs]
+
+
+def _sample(spec: dict, rng: random.Random, file: str, key: str) -> Any:
+    kind = "loguniform" if "loguniform" in spec else "uniform"
+    (lo, u1), (hi, _) = (_split(e, file, key) for e in spec[kind])
+    x = math.exp(rng.uniform(math.log(lo), math.log(hi))) if kind == "loguniform" else rng.uniform(lo, hi)
+    return _fmt(x, u1, all(isinstance(e, int) for e in spec[kind]))
+
+
+def point_id(workload: str, hardware: str | None, overrides) -> str:
+    text = json.dumps([workload, hardware, [list(o) for o in overrides]], sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    path = Path(path)
+    file = str(path)
+    data = read_yaml(path)
+    unknown = set(data) - SWEEP_KEYS
+    if unknown:
+        raise ConfigError(f"unknown key (allowed: {', '.join(sorted(SWEEP_KEYS))})", file, sorted(unknown)[0])
+    if ("workload" in data) == ("workloads" in data):
+        raise ConfigError("give exactly one of 'workload' or 'workloads'", file, "workload")
+    workloads = [data["workload"]] if "workload" in data else list(data["workloads"])
+    workloads = [str((path.parent / w).resolve()) for w in workloads]
+    hardware = str((path.parent / data["hardware"]).resolve()) if data.get("hardware") else None
+    base = list((data.get("set") or {}).items())
+    axes_spec: dict = data.get("axes") or {}
+    if not isinstance(axes_spec, dict) or not axes_spec:
+        raise ConfigError("expected a mapping of at least one axis", file, "axes")
+    base_year = data.get("base_year")
+    if "year" in axes_spec and base_year is None:
+        raise ConfigError("the 'year' axis needs base_year (the year the hardware describes)", file, "base_year")
+
+    rows: list[dict[str, Any]] = []
+    if data.get("samples"):
+        rng = random.Random(data.get("seed", 0))
+        for _ in range(int(data["samples"])):
+            row = {}
+            for key, spec in axes_spec.items():
+                if isinstance(spec, list):
+                    row[key] = rng.choice(spec)
+                elif isinstance(spec, dict) and ("uniform" in spec or "loguniform" in spec):
+                    row[key] = _sample(spec, rng, file, f"axes.{key}")
+                else:
+                    row[key] = rng.choice(_range(spec, file, f"axes.{key}"))
+            rows.append(row)
+    else:
+        values = {}
+        for key, spec in axes_spec.items():
+            if isinstance(spec, list):
+                values[key] = spec
+            elif isinstance(spec, dict) and ("log" in spec or "linear" in spec):
+                values[key] = _range(spec, file, f"axes.{key}")
+            else:
+                raise ConfigError("expected a list, {log: ...} or {linear: ...}", file, f"axes.{key}")
+        rows = [dict(zip(values, combo)) for combo in itertools.product(*values.values())]
+
+    points = []
+    for wl in workloads:
+        for row in rows:
+            overrides = tuple(base + [(k, v) for k, v in row.items() if k not in ("year", "hardware_file")])
+            if "year" in row:
+                overrides += (("year", row["year"]),)
+            hw = str((path.parent / row["hardware_file"]).resolve()) if "hardware_file" in row else hardware
+            points.append(Point(point_id(wl, hw, overrides), wl, hw, row, overrides))
+    return Sweep(data.get("name") or path.stem, path, list(axes_spec), points, base_year)
+
+
+def year_overrides(hw_data: dict, year: float, base_year: float) -> list[tuple[str, Any]]:
+    """Scale a hardware description from `base_year` to `year` by the memory-wall trend rates: peak
+    FLOP/s x3.0, DRAM bandwidth x1.6, interconnect bandwidth x1.4 per two years."""
+    from sim.config.units import Dim, parse_quantity
+
+    span = (float(year) - float(base_year)) / 2.0
+    f = {k: r**span for k, r in TREND_PER_2Y.items()}
+    out = []
+    compute = hw_data["device"]["compute"]
+    for dtype, peak in compute.get("peak", {}).items():
+        out.append((f"device.compute.peak.{dtype}", parse_quantity(peak, Dim.COMPUTE) * f["compute"]))
+    out.append(("device.compute.vector", parse_quantity(compute["vector"], Dim.COMPUTE) * f["compute"]))
+    for name, level in hw_data["device"]["memory"].items():
+        if level.get("kind") == "dram":
+            out.append((f"device.memory.{name}.bandwidth",
+                        parse_quantity(level["bandwidth"], Dim.BANDWIDTH) * f["dram"]))
+    if hw_data.get("interconnect"):
+        bw = hw_data["interconnect"]["link"]["bandwidth"]
+        out.append(("interconnect.link.bandwidth", parse_quantity(bw, Dim.BANDWIDTH) * f["interconnect"]))
+    return out

@@ -1,0 +1,121 @@
+"""Sweeps: axis expansion, streaming tables, resume, failures, determinism, Dask, plots."""
+
+import csv
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import DATA, ROOT, cli
+from sim.errors import ConfigError
+from sim.sweep import load_sweep, run_sweep
+from sim.sweep.spec import year_overrides
+
+SWEEP = DATA / "toy-sweep.yaml"
+
+
+def rows(path: Path) -> list[dict]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_grid_and_log_range_expand():
+    s = load_sweep(SWEEP)
+    assert len(s.points) == 3 * 2
+    bws = sorted({p.values["device.memory.dram.bandwidth"] for p in s.points})
+    assert bws == ["10 GB/s", "20 GB/s", "5 GB/s"]
+    assert len({p.id for p in s.points}) == 6
+
+
+def test_random_samples_are_seeded(tmp_path):
+    text = SWEEP.read_text().replace('{log: ["5 GB/s", "20 GB/s"], points: 3}', '{loguniform: ["5 GB/s", "20 GB/s"]}')
+    (tmp_path / "s.yaml").write_text(text + "samples: 7\nseed: 3\n")
+    shutil.copy(DATA / "toy-gpt.yaml", tmp_path)
+    shutil.copy(DATA / "toy-hw.yaml", tmp_path)
+    a, b = load_sweep(tmp_path / "s.yaml"), load_sweep(tmp_path / "s.yaml")
+    assert len(a.points) == 7 and [p.values for p in a.points] == [p.values for p in b.points]
+    for p in a.points:
+        value = float(p.values["device.memory.dram.bandwidth"].split()[0])
+        assert 5 <= value <= 20
+
+
+def test_year_scales_by_trend_rates():
+    import yaml
+
+    hw = yaml.safe_load((ROOT / "hardware_models/a100-sxm4-80gb.yaml").read_text())
+    o = dict(year_overrides(hw, 2024, 2020))  # two 2-year periods
+    assert o["device.compute.peak.fp16"] == pytest.approx(312e12 * 9)
+    assert o["device.memory.hbm.bandwidth"] == pytest.approx(2.039e12 * 1.6**2)
+    assert o["interconnect.link.bandwidth"] == pytest.approx(300e9 * 1.4**2)
+    assert "device.memory.l2.bandwidth" not in o  # caches are not DRAM
+
+
+def test_sweep_writes_one_row_per_point_and_resumes(tmp_path):
+    s = load_sweep(SWEEP)
+    csv_path, parquet_path, n = run_sweep(s, tmp_path, workers=1)
+    assert n == 6 and parquet_path.exists()
+    table = rows(csv_path)
+    assert [r["point_id"] for r in table] == [p.id for p in s.points]
+    assert all(r["status"] == "ok" and float(r["total_s"]) > 0 for r in table)
+    # more DRAM bandwidth never slows the same batch down
+    by = {(r["scenario.batch"], r["device.memory.dram.bandwidth"]): float(r["total_s"]) for r in table}
+    assert by[("1", "20 GB/s")] <= by[("1", "10 GB/s")] <= by[("1", "5 GB/s")]
+    first = csv_path.read_bytes()
+    # a kill mid-write leaves a partial row: it is dropped and recomputed, nothing is duplicated
+    lines = first.decode().splitlines(keepends=True)
+    csv_path.write_text("".join(lines[:3]) + lines[3][:20])
+    _, _, again = run_sweep(s, tmp_path, workers=1)
+    assert again == 4
+    assert csv_path.read_bytes() == first  # same table, byte for byte, in point order
+
+
+def test_failed_point_records_its_error_and_the_sweep_goes_on(tmp_path):
+    text = SWEEP.read_text().replace("scenario.batch: [1, 2]", "scenario.batch: [1, 0]")
+    (tmp_path / "s.yaml").write_text(text)
+    shutil.copy(DATA / "toy-gpt.yaml", tmp_path)
+    shutil.copy(DATA / "toy-hw.yaml", tmp_path)
+    csv_path, _, n = run_sweep(load_sweep(tmp_path / "s.yaml"), tmp_path / "out", workers=1)
+    table = rows(csv_path)
+    assert n == 6
+    bad = [r for r in table if r["status"] == "error"]
+    assert len(bad) == 3 and all("scenario.batch" in r["error"] for r in bad)
+    assert sum(r["status"] == "ok" for r in table) == 3
+
+
+def test_parallel_and_dask_give_the_same_table(tmp_path):
+    from distributed import LocalCluster
+
+    s = load_sweep(SWEEP)
+    serial, _, _ = run_sweep(s, tmp_path / "serial", workers=1)
+    local, _, _ = run_sweep(s, tmp_path / "local", workers=2)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        dask, _, _ = run_sweep(s, tmp_path / "dask", scheduler=cluster.scheduler_address)
+    assert serial.read_bytes() == local.read_bytes() == dask.read_bytes()
+
+
+def test_bad_sweep_file_is_a_config_error(tmp_path):
+    (tmp_path / "s.yaml").write_text("name: x\nworkload: a.yaml\naxes: {scenario.batch: {log: [1]}}\n")
+    with pytest.raises(ConfigError, match="axes.scenario.batch"):
+        load_sweep(tmp_path / "s.yaml")
+    r = cli("sweep", str(tmp_path / "nope.yaml"))
+    assert r.returncode == 2 and "cannot read file" in r.stderr
+
+
+def test_plots_from_a_table(tmp_path):
+    csv_path, _, _ = run_sweep(load_sweep(SWEEP), tmp_path, workers=1)
+    for args in (["--heatmap", "device.memory.dram.bandwidth", "scenario.batch", "tpot_s"],
+                 ["--line", "device.memory.dram.bandwidth", "tpot_s", "--hue", "scenario.batch"],
+                 ["--pareto", "total_s", "bytes_at_balance_level"]):
+        out = tmp_path / f"{args[0][2:]}.png"
+        r = cli("plot", str(csv_path), *args, "--out", str(out))
+        assert r.returncode == 0, r.stderr
+        assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_pareto_front():
+    import pandas as pd
+
+    from sim.sweep.plots import pareto_front
+
+    df = pd.DataFrame({"x": [1, 2, 3, 2], "y": [3, 1, 0.5, 2]})
+    assert sorted(pareto_front(df, "x", "y").index) == [0, 1, 2]
