@@ -51,7 +51,7 @@ def map_devices(graph: OpGraph, workload: Workload, hw: Hardware, hw_file: str =
 def _for_device(p: OpPlan, device: int, stage: int, rank: int, tp: int, hw: Hardware, memo: dict) -> OpPlan:
     coll = p.op.collective
     if coll is None:
-        return replace(p, device=device)
+        return p if p.device == device else replace(p, device=device)
     if coll.kind == "p2p":
         group = (coll.src_stage * tp + rank, coll.dst_stage * tp + rank)
     else:

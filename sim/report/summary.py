@@ -31,7 +31,7 @@ def bound(ops: list[OpRecord]) -> str | None:
     """The resource that held a set of ops up longest, summed over the ops."""
     held: dict[str, float] = defaultdict(float)
     for r in ops:
-        for k, v in r.resource_times().items():
+        for k, v in r._resource_times.items():
             held[k] += v
     return max(held.items(), key=lambda kv: (kv[1], kv[0]))[0] if held else None
 
@@ -113,7 +113,7 @@ def summarize(result: RunResult, top: int = 10) -> dict:
             phases[phase] = aggregate(members, level)
 
     by_kind: dict[tuple[str, str], list[OpRecord]] = defaultdict(list)
-    for r in ops:
+    for r in ops if top else ():
         by_kind[(r.phase, r.kind)].append(r)
     top_ops = []
     for (phase, kind), members in by_kind.items():
