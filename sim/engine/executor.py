@@ -1,7 +1,8 @@
 """Runs op plans on the machine, one stream per device, and measures where each op's time went.
 
 The host dispatches ops one after another, each costing `dispatch_overhead`, and runs ahead of the
-device (an asynchronous launch queue): the overhead shows only where the device outruns the host.
+device (an asynchronous launch queue; `dispatch_mode: sync` waits for each op instead): the overhead
+shows only where the device outruns the host.
 On the device an op is one process made of chunks. Chunk i+1's loads are issued when chunk i
 starts computing (double buffering). Within a chunk, data and compute overlap at tile granularity:
 compute may start once the chunk's first bytes have landed and cannot finish before its last bytes
@@ -61,35 +62,29 @@ class Executor:
 
     def _stream(self, plans: list[OpPlan]):
         """One in-order stream (like a CUDA stream): each op starts when the previous one ends and
-        the host has dispatched it."""
-        dispatched = [self.env.event() for _ in plans]
-        finished = [self.env.event() for _ in plans]
-        self.env.process(self._host(plans, dispatched, finished))
-        for p, ready, done in zip(plans, dispatched, finished):
-            run = self._collective(p, ready) if p.collective is not None else self._op(p, ready)
-            yield self.env.process(run)
-            done.succeed()
-
-    def _host(self, plans: list[OpPlan], dispatched: list[simpy.Event], finished: list[simpy.Event]):
+        the host has dispatched it. The host touches no simulated resource, so its dispatch times
+        follow from the stream's: async, the n-th op is ready n overheads after the start (the host
+        runs ahead); sync, one overhead after the previous op ended."""
+        env = self.env
         sync = self.hw.device.dispatch_mode == "sync"
-        for i, (p, ready) in enumerate(zip(plans, dispatched)):
-            if sync and i:
-                yield finished[i - 1]  # a synchronous framework dispatches after the previous op returns
-            if p.overhead_s:
-                yield self.env.timeout(p.overhead_s)
-            ready.succeed()
-
-    def _op(self, p: OpPlan, dispatched: simpy.Event):
-        start, first_event = self.env.now, self.env.scheduled
-        yield dispatched
-        key = (p.unit, p.compute_s, p.loads, p.stores, p.chunks)
-        known = self._timelines.get(key) if self.replay else None
-        if known is None:
-            known = yield from self._simulate_op(p)
-            self._timelines[key] = known
-        else:
-            yield self.env.timeout(known.duration_s)
-        self._record(p, start, known, self.env.scheduled - first_event)
+        host_free = 0.0  # when the host has dispatched the op before this one
+        for p in plans:
+            start, first_event = env.now, env.scheduled
+            ready = (start if sync else host_free) + p.overhead_s
+            host_free = ready
+            if ready > env.now:
+                yield env.timeout(ready - env.now)
+            if p.collective is not None:
+                yield from self._collective(p, start, first_event)
+                continue
+            key = (p.unit, p.compute_s, p.loads, p.stores, p.chunks)
+            known = self._timelines.get(key) if self.replay else None
+            if known is None:
+                known = yield from self._simulate_op(p)
+                self._timelines[key] = known
+            else:
+                yield env.timeout(known.duration_s)
+            self._record(p, start, known, env.scheduled - first_event)
 
     def _record(self, p: OpPlan, start: float, t: Timeline, events: int) -> None:
         op, end = p.op, self.env.now
@@ -163,10 +158,8 @@ class Executor:
         )
 
 
-    def _collective(self, p: OpPlan, dispatched: simpy.Event):
+    def _collective(self, p: OpPlan, start: float, first_event: int):
         env, plan = self.env, p.collective
-        start, first_event = env.now, env.scheduled
-        yield dispatched
         overhead_s = env.now - start
         key = (p.op.name, plan.group)
         rdv = self._rendezvous.setdefault(key, {"arrived": 0, "done": env.event(), "last": 0.0, "use": {}})
