@@ -103,6 +103,14 @@ class Planner:
         for name, lvl in self.levels.items():
             cap = level_capacity(hw, name) - placement.used.get(name, 0.0)
             self.tile_capacity[name] = cap / dev.compute.units if lvl.scope == "per_unit" else cap
+        # plain numbers for the per-op loop (it runs once per op of the whole scenario)
+        self._bandwidth = {n: lvl.effective_bandwidth for n, lvl in self.levels.items()}
+        self._latency = {n: lvl.latency for n, lvl in self.levels.items()}
+        self._overhead = dev.dispatch_overhead
+        self._vector = dev.compute.vector
+        self._home = dict(placement.home)
+        # levels an operand crosses from a source: the source and every level inside it
+        self._path = {name: self.order[: i + 1] for i, name in enumerate(self.order)}
 
     def plan(self, op: Op) -> OpPlan:
         dev = self.hw.device
@@ -110,44 +118,52 @@ class Planner:
             return OpPlan(op=op, device=0, unit="link", compute_s=0.0, utilization=1.0, loads=(), stores=(),
                           hits=(), chunks=(1.0,), overhead_s=dev.dispatch_overhead)
         unit, compute_s, util = self._compute(op)
-        served: dict[str, float] = defaultdict(float)
-        written: dict[str, float] = defaultdict(float)
-        hits: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+        served: dict[str, float] = {}
+        written: dict[str, float] = {}
+        hits: dict[str, list[float]] = {}
         factors = self._factors(op)
+        read, write, path = self.residency.read, self.residency.write, self._path
         for i, access in enumerate(op.reads):
-            home = self.placement.home[access.tensor.kind]
-            lookup = self.residency.read(access.tensor.name, access.tensor.kind, access.bytes, home)
+            tensor = access.tensor
+            lookup = read(tensor.name, tensor.kind, access.bytes, self._home[tensor.kind])
+            reuse = factors[i] if i < len(factors) else None
             for source, nbytes in lookup.sources:
-                for j in range(self.index[source] + 1):
-                    reuse = 1 if j == 0 else factors[i][self.order[j - 1]] if i < len(factors) else 1
-                    served[self.order[j]] += nbytes * reuse
-            self._writebacks(lookup.writebacks, served, written)
+                inner = None
+                for lvl in path[source]:
+                    moved = nbytes if inner is None or reuse is None else nbytes * reuse[inner]
+                    served[lvl] = served.get(lvl, 0.0) + moved
+                    inner = lvl
+            if lookup.writebacks:
+                self._writebacks(lookup.writebacks, served, written)
             for cache, hit, looked in lookup.hits:
-                hits[cache][0] += hit
-                hits[cache][1] += looked
+                h = hits.setdefault(cache, [0.0, 0.0])
+                h[0] += hit
+                h[1] += looked
         for access in op.writes:
-            home = self.placement.home[access.tensor.kind]
-            landing, writebacks = self.residency.write(access.tensor.name, access.tensor.kind, access.bytes, home)
-            for j in range(self.index[landing] + 1):
-                written[self.order[j]] += access.bytes
-            self._writebacks(writebacks, served, written)
-        traffic = defaultdict(float)
-        for lvl, b in [*served.items(), *written.items()]:
-            traffic[lvl] += b
-        memory_s = max((b / self.levels[lvl].effective_bandwidth for lvl, b in traffic.items()), default=0.0)
-        latency_s = max((self.levels[lvl].latency for lvl in traffic), default=0.0)
+            tensor = access.tensor
+            landing, writebacks = write(tensor.name, tensor.kind, access.bytes, self._home[tensor.kind])
+            for lvl in path[landing]:
+                written[lvl] = written.get(lvl, 0.0) + access.bytes
+            if writebacks:
+                self._writebacks(writebacks, served, written)
+        traffic = dict(served)
+        for lvl, b in written.items():
+            traffic[lvl] = traffic.get(lvl, 0.0) + b
+        bw, lat = self._bandwidth, self._latency
+        memory_s = max((b / bw[lvl] for lvl, b in traffic.items()), default=0.0)
+        latency_s = max((lat[lvl] for lvl in traffic), default=0.0)
         return OpPlan(
             op=op, device=0, unit=unit, compute_s=compute_s, utilization=util,
             loads=tuple((lvl, b) for lvl, b in served.items() if b > 0),
             stores=tuple((lvl, b) for lvl, b in written.items() if b > 0),
             hits=tuple((c, h, n) for c, (h, n) in hits.items()),
-            chunks=chunk_schedule(compute_s, memory_s, latency_s), overhead_s=dev.dispatch_overhead,
+            chunks=chunk_schedule(compute_s, memory_s, latency_s), overhead_s=self._overhead,
         )
 
     def _compute(self, op: Op) -> tuple[str, float, float]:
         """Matmul-like ops run on the matrix engine or the vector units, whichever is faster (a GEMV
         wastes most of an MMA tile); everything else runs on the vector units."""
-        vector_s = op.flops / self.hw.device.compute.vector
+        vector_s = op.flops / self._vector
         if op.engine != "matrix":
             return "vector", vector_s, 1.0
         util = matrix_utilization(self.hw, op.shape)
@@ -175,8 +191,8 @@ class Planner:
     @staticmethod
     def _writebacks(writebacks, served, written) -> None:
         for cache, home, nbytes in writebacks:
-            served[cache] += nbytes
-            written[home] += nbytes
+            served[cache] = served.get(cache, 0.0) + nbytes
+            written[home] = written.get(home, 0.0) + nbytes
 
 
 def plan(graph: OpGraph, hw: Hardware, placement: Placement, hw_file: str = "hardware") -> list[OpPlan]:
