@@ -14,7 +14,7 @@ WIDTH = 170
 
 
 def _pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
+    return f"{100 * x + 0.0:.1f}%" if abs(x) >= 5e-4 else "0.0%"  # no "-0.0%" from rounding noise
 
 
 def _share_columns(summary: dict) -> list[str]:
@@ -116,7 +116,7 @@ def render(result, console: Console | None = None, top: int = 10) -> None:
     e2e.add_row(f"FLOPs / bytes at {level}",
                 f"{fmt_si(s['flops'], 'FLOP')} / {fmt_bytes(s['bytes_per_level'].get(level, 0.0))}")
     e2e.add_row("ops simulated / events", f"{s['ops']} / {s['events']}")
-    e2e.add_row("dominant", _label(s["bound"]))
+    e2e.add_row("bound (held the run up longest)", s["bound"].replace("memory:", "").replace("link:", "link "))
     out.print(e2e)
 
     fp = Table(title="Memory footprint vs capacity", box=box.SIMPLE_HEAVY, title_justify="left", pad_edge=False)
