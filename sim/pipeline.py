@@ -5,6 +5,8 @@ The CLI and sweeps call `run`; reports are rebuilt from the RunResult alone.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from sim.config.hardware import Hardware
 from sim.config.types import DTYPE_BYTES
 from sim.config.workload import Workload
@@ -15,8 +17,14 @@ from sim.mapping.parallel import map_devices
 from sim.mapping.plan import matrix_peak
 
 
+@lru_cache(maxsize=4)
+def graph_of(workload: Workload):
+    """The graph depends on the workload only: sweeps over hardware build it once per process."""
+    return build_graph(workload)
+
+
 def run(workload: Workload, hw: Hardware, hw_file: str = "hardware", workload_file: str = "workload") -> RunResult:
-    graph = build_graph(workload)
+    graph = graph_of(workload)
     plans, placements = map_devices(graph, workload, hw, hw_file, workload_file)
     result = simulate(plans, hw, workload.name)
     fullest = max(placements.values(), key=lambda p: p.footprint.total)
