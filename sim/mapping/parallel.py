@@ -20,7 +20,9 @@ from sim.mapping.placement import Placement, place
 from sim.mapping.plan import OpPlan, Planner
 
 
-def _stage_ops(graph: OpGraph, stage: int) -> list[Op]:
+def _stage_ops(graph: OpGraph, stage: int, stages: int) -> list[Op]:
+    if stages == 1:
+        return graph.ops  # the whole graph (its footprint is then cached across runs)
     return [op for op in graph.ops if op.stage == stage
             or (op.collective is not None and op.collective.kind == "p2p" and op.collective.dst_stage == stage)]
 
@@ -36,7 +38,7 @@ def map_devices(graph: OpGraph, workload: Workload, hw: Hardware, hw_file: str =
     plans: dict[int, list[OpPlan]] = {}
     placements: dict[int, Placement] = {}
     for stage in range(pp):
-        ops = _stage_ops(graph, stage)
+        ops = _stage_ops(graph, stage, pp)
         placement = place(ops, hw, hw_file)
         placements[stage] = placement
         planner = Planner(hw, placement, hw_file)

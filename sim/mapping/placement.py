@@ -76,8 +76,23 @@ def _ops(graph: OpGraph | list[Op]) -> list[Op]:
 
 
 def footprint(graph: OpGraph | list[Op]) -> Footprint:
-    """What one device holds: the tensors its ops touch (one stage's shard under parallelism)."""
+    """What one device holds: the tensors its ops touch (one stage's shard under parallelism).
+    Hardware-independent, so it is computed once per op list."""
     ops = _ops(graph)
+    key = (id(ops), len(ops))
+    cached = _FOOTPRINTS.get(key)
+    if cached is not None and cached[0] is ops:
+        return cached[1]
+    fp = _footprint(ops)
+    _FOOTPRINTS.clear()  # keep only the latest: sweeps revisit one graph many times
+    _FOOTPRINTS[key] = (ops, fp)
+    return fp
+
+
+_FOOTPRINTS: dict[tuple[int, int], tuple[list[Op], Footprint]] = {}
+
+
+def _footprint(ops: list[Op]) -> Footprint:
     tensors = {a.tensor.name: a.tensor for op in ops for a in op.reads + op.writes}.values()
     return Footprint(
         weights=sum(t.bytes for t in tensors if t.kind == "weight"),

@@ -50,9 +50,10 @@ class Residency:
     def __init__(self, caches: list[CacheLevel], order: list[str]):
         self.caches = caches  # innermost first
         self.index = {name: i for i, name in enumerate(order)}
+        self._inside_of = {home: [c for c in caches if self.index[c.name] < self.index[home]] for home in order}
 
     def _inside(self, home: str) -> list[CacheLevel]:
-        return [c for c in self.caches if self.index[c.name] < self.index[home]]
+        return self._inside_of[home]
 
     def read(self, tensor: str, kind: str, nbytes: float, home: str) -> Lookup:
         remaining, sources, hits = nbytes, [], []
