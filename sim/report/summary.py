@@ -10,15 +10,58 @@ from sim.graph.ops import CLASS_GROUP
 GROUPS = ("GEMM", "GEMV", "attention", "collective", "other")
 
 
-def time_parts(ops: list[OpRecord]) -> dict[str, float]:
-    """Where the device's time went: compute busy, each stall resource, dispatch overhead."""
-    parts: dict[str, float] = defaultdict(float)
-    for r in ops:
-        parts["compute"] += r.compute_s
-        parts["overhead"] += r.overhead_s
+class Totals:
+    """Running totals of a set of op records, fed one record at a time (one pass over a run)."""
+
+    __slots__ = ("ops", "time", "flops", "by_level", "parts", "hit", "held")
+
+    def __init__(self) -> None:
+        self.ops = 0
+        self.time = 0.0
+        self.flops = 0.0
+        self.by_level: dict[str, float] = defaultdict(float)
+        self.parts: dict[str, float] = defaultdict(float)  # compute busy, overhead, each stall
+        self.hit: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+        self.held: dict[str, float] = defaultdict(float)  # resource times, for the bound
+
+    def add(self, r: OpRecord) -> None:
+        self.ops += 1
+        self.time += r.duration_s
+        self.flops += r.flops
+        for lvl, b in r.bytes.items():
+            self.by_level[lvl] += b
+        self.parts["compute"] += r.compute_s
+        self.parts["overhead"] += r.overhead_s
         for k, v in r.stall_s.items():
-            parts[k] += v
-    return dict(sorted(parts.items()))
+            self.parts[k] += v
+        for cache, (h, n) in r.hits.items():
+            self.hit[cache][0] += h
+            self.hit[cache][1] += n
+        for k, v in r._resource_times.items():
+            self.held[k] += v
+
+    def result(self, level: str) -> dict:
+        """Time, FLOPs, bytes and intensity per level, cache hit rates, achieved rates, stall shares
+        and the bound. `intensity_flop_per_byte` is taken at `level`."""
+        time, flops = self.time, self.flops
+        nbytes = sum(self.by_level.values())
+        at_level = self.by_level.get(level, 0.0)
+        return {
+            "ops": self.ops,
+            "time_s": time,
+            "flops": flops,
+            "bytes": nbytes,
+            "bytes_per_level": dict(sorted(self.by_level.items())),
+            "intensity_flop_per_byte": flops / at_level if at_level else None,
+            "intensity_per_level": {lvl: (flops / b if b else None) for lvl, b in sorted(self.by_level.items())},
+            "hit_rate": {c: (h / n if n else None) for c, (h, n) in sorted(self.hit.items())},
+            "achieved_flops_per_s": flops / time if time else 0.0,
+            "achieved_bytes_per_s": nbytes / time if time else 0.0,
+            "bytes_at_level": at_level,
+            "achieved_bytes_per_s_at_level": at_level / time if time else 0.0,
+            "time_share": {k: (v / time if time else 0.0) for k, v in sorted(self.parts.items())},
+            "bound": max(self.held.items(), key=lambda kv: (kv[1], kv[0]))[0] if self.held else None,
+        }
 
 
 def balance_level(result: RunResult) -> str:
@@ -27,49 +70,11 @@ def balance_level(result: RunResult) -> str:
     return hw.get("balance_level") or next(iter(result.ops[0].bytes), "") if result.ops else ""
 
 
-def bound(ops: list[OpRecord]) -> str | None:
-    """The resource that held a set of ops up longest, summed over the ops."""
-    held: dict[str, float] = defaultdict(float)
-    for r in ops:
-        for k, v in r._resource_times.items():
-            held[k] += v
-    return max(held.items(), key=lambda kv: (kv[1], kv[0]))[0] if held else None
-
-
 def aggregate(ops: list[OpRecord], level: str) -> dict:
-    """Totals of a set of ops: time, FLOPs, bytes and intensity per level, cache hit rates, achieved
-    rates, stall shares and the bound. `intensity_flop_per_byte` is taken at `level`."""
-    time = sum(r.duration_s for r in ops)
-    flops = sum(r.flops for r in ops)
-    by_level: dict[str, float] = defaultdict(float)
+    totals = Totals()
     for r in ops:
-        for lvl, b in r.bytes.items():
-            by_level[lvl] += b
-    nbytes = sum(by_level.values())
-    parts = time_parts(ops)
-    shares = {k: (v / time if time else 0.0) for k, v in parts.items()}
-    hit: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
-    for r in ops:
-        for cache, (h, n) in r.hits.items():
-            hit[cache][0] += h
-            hit[cache][1] += n
-    at_level = by_level.get(level, 0.0)
-    return {
-        "ops": len(ops),
-        "time_s": time,
-        "flops": flops,
-        "bytes": nbytes,
-        "bytes_per_level": dict(sorted(by_level.items())),
-        "intensity_flop_per_byte": flops / at_level if at_level else None,
-        "intensity_per_level": {lvl: (flops / b if b else None) for lvl, b in sorted(by_level.items())},
-        "hit_rate": {c: (h / n if n else None) for c, (h, n) in sorted(hit.items())},
-        "achieved_flops_per_s": flops / time if time else 0.0,
-        "achieved_bytes_per_s": nbytes / time if time else 0.0,
-        "bytes_at_level": at_level,
-        "achieved_bytes_per_s_at_level": at_level / time if time else 0.0,
-        "time_share": shares,
-        "bound": bound(ops),
-    }
+        totals.add(r)
+    return totals.result(level)
 
 
 def summarize(result: RunResult, top: int = 10) -> dict:
@@ -98,32 +103,34 @@ def summarize(result: RunResult, top: int = 10) -> dict:
     else:
         tokens_s = batch * wl.get("prompt_tokens", 0) / total if total else 0.0
 
+    # one pass: every record feeds the run's totals, its class's, its phase's and its kind's
+    all_totals = Totals()
+    by_group: dict[str, Totals] = {}
+    by_phase: dict[str, Totals] = {}
+    by_kind: dict[tuple[str, str], tuple[Totals, str]] = {}
+    for r in ops:
+        all_totals.add(r)
+        by_group.setdefault(CLASS_GROUP[r.op_class], Totals()).add(r)
+        by_phase.setdefault(r.phase, Totals()).add(r)
+        if top:
+            by_kind.setdefault((r.phase, r.kind), (Totals(), r.op_class))[0].add(r)
+
+    def share(t: dict) -> float:
+        return t["time_s"] / device_time if device_time else 0.0
+
     classes = {}
     for group in GROUPS:
-        members = [r for r in ops if CLASS_GROUP[r.op_class] == group]
-        if members:
-            agg = aggregate(members, level)
-            agg["share_of_total"] = agg["time_s"] / device_time if device_time else 0.0
-            classes[group] = agg
-
-    phases = {}
-    for phase in ("encode", "prefill", "decode"):
-        members = [r for r in ops if r.phase == phase]
-        if members:
-            phases[phase] = aggregate(members, level)
-
-    by_kind: dict[tuple[str, str], list[OpRecord]] = defaultdict(list)
-    for r in ops if top else ():
-        by_kind[(r.phase, r.kind)].append(r)
+        if group in by_group:
+            agg = by_group[group].result(level)
+            classes[group] = {**agg, "share_of_total": share(agg)}
+    phases = {p: by_phase[p].result(level) for p in ("encode", "prefill", "decode") if p in by_phase}
     top_ops = []
-    for (phase, kind), members in by_kind.items():
-        agg = aggregate(members, level)
-        agg.update(phase=phase, kind=kind, op_class=members[0].op_class,
-                   share_of_total=agg["time_s"] / device_time if device_time else 0.0)
-        top_ops.append(agg)
+    for (phase, kind), (totals, op_class) in by_kind.items():
+        agg = totals.result(level)
+        top_ops.append({**agg, "phase": phase, "kind": kind, "op_class": op_class, "share_of_total": share(agg)})
     top_ops.sort(key=lambda a: (-a["time_s"], a["phase"], a["kind"]))
 
-    everything = aggregate(ops, level)
+    everything = all_totals.result(level)
     return {
         "workload": wl.get("name", result.workload),
         "hardware": result.hardware,
