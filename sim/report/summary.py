@@ -70,13 +70,6 @@ def balance_level(result: RunResult) -> str:
     return hw.get("balance_level") or next(iter(result.ops[0].bytes), "") if result.ops else ""
 
 
-def aggregate(ops: list[OpRecord], level: str) -> dict:
-    totals = Totals()
-    for r in ops:
-        totals.add(r)
-    return totals.result(level)
-
-
 def summarize(result: RunResult, top: int = 10) -> dict:
     ops = result.ops
     meta = result.meta
