@@ -104,6 +104,17 @@ def test_tensor_parallel_run_shows_link_time_that_follows_link_speed(node):
     assert fast["classes"]["collective"]["time_s"] < 0.1 * slow["classes"]["collective"]["time_s"]
 
 
+def test_trace_of_a_parallel_run_has_collectives_and_link_tracks(node):
+    from sim.report import to_trace
+
+    trace = to_trace(run(_tp(), node))
+    spans = [e for e in trace["traceEvents"] if e["ph"] == "X"]
+    assert {e["pid"] for e in spans} == {0, 1}
+    assert any(e["cat"] == "collective" for e in spans)
+    assert any(e["cat"] == "link" and e["args"]["bytes"] > 0 for e in spans)
+    assert all(e["dur"] >= 0 for e in spans)
+
+
 def test_pipeline_stages_wait_for_each_other(node):
     wl, _ = load(DATA / "toy-gpt.yaml", model__layers=2, parallelism__pipeline=2)
     result = run(wl, node)
