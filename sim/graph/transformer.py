@@ -20,25 +20,38 @@ ROPE_FLOPS = 3
 
 
 class OpGraph:
-    """A networkx DAG of `Op`s. `ops` is a deterministic topological order (insertion order breaks ties)."""
+    """A networkx DAG of `Op`s. `ops` is a deterministic topological order (insertion order breaks ties).
+
+    The builder records ops and edges in plain lists and the networkx graph is made from them in bulk
+    on first use: the later stages walk `ops` in order and need the DAG only to ask about structure."""
 
     def __init__(self) -> None:
-        self.dag = nx.DiGraph()
         self._order: list[Op] = []
+        self._edges: list[tuple[str, str]] = []
+        self._names: set[str] = set()
+        self._dag: nx.DiGraph | None = None
 
     def replace_last(self, op: Op) -> None:
         """Swap the op just added for an amended copy of it (same name and edges)."""
-        self.dag.nodes[op.name]["op"] = op
         self._order[-1] = op
+        self._dag = None
 
     def add(self, op: Op, deps: list[Op | None]) -> Op:
-        assert op.name not in self.dag, f"duplicate op name {op.name}"
-        self.dag.add_node(op.name, op=op, index=len(self._order))
-        for dep in deps:
-            if dep is not None:
-                self.dag.add_edge(dep.name, op.name)
+        assert op.name not in self._names, f"duplicate op name {op.name}"
+        self._names.add(op.name)
+        self._edges.extend((dep.name, op.name) for dep in deps if dep is not None)
         self._order.append(op)
+        self._dag = None
         return op
+
+    @property
+    def dag(self) -> nx.DiGraph:
+        if self._dag is None:
+            dag = nx.DiGraph()
+            dag.add_nodes_from((op.name, {"op": op, "index": i}) for i, op in enumerate(self._order))
+            dag.add_edges_from(self._edges)
+            self._dag = dag
+        return self._dag
 
     @property
     def ops(self) -> list[Op]:
