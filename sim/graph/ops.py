@@ -16,7 +16,7 @@ CLASS_GROUP: dict[str, str] = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Tensor:
     """A named piece of memory. `bytes` is its full size (a KV cache at its final length)."""
 
@@ -26,7 +26,7 @@ class Tensor:
     elements: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Access:
     """Bytes of a tensor that one op reads or writes (a gather touches a few rows of a table)."""
 
@@ -34,7 +34,7 @@ class Access:
     bytes: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Collective:
     """Communication an op stands for: an all-reduce / all-gather over the tensor-parallel group of its
     stage, or a point-to-point send between pipeline stages."""
@@ -45,7 +45,7 @@ class Collective:
     dst_stage: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Op:
     name: str
     kind: str  # what the op does: "qkv", "scores", "ffn_up", ...

@@ -7,6 +7,8 @@ relu 1, SiLU-gate 5, residual add 1, RoPE 3. Matmuls count 2*M*N*K (+ M*N for a 
 
 from __future__ import annotations
 
+import dataclasses
+
 import networkx as nx
 
 from sim.config.types import DTYPE_BYTES
@@ -129,7 +131,7 @@ class _Builder:
         dst = self.stage if dst_stage is None else dst_stage
         coll = Collective(kind, buffer.bytes, self.stage, dst)
         op = self.op(name or kind, layer, "collective", 0.0, [buffer], [buffer], deps)
-        op = Op(**{**op.__dict__, "engine": "link", "collective": coll})
+        op = dataclasses.replace(op, engine="link", collective=coll)
         self.graph.replace_last(op)
         return op
 
