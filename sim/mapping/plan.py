@@ -109,6 +109,7 @@ class Planner:
         self._overhead = dev.dispatch_overhead
         self._vector = dev.compute.vector
         self._home = dict(placement.home)
+        self._by_signature: dict[tuple, tuple] = {}
         # levels an operand crosses from a source: the source and every level inside it
         self._path = {name: self.order[: i + 1] for i, name in enumerate(self.order)}
 
@@ -117,11 +118,15 @@ class Planner:
         if op.collective is not None:  # its transfers are planned per device group (mapping.parallel)
             return OpPlan(op=op, device=0, unit="link", compute_s=0.0, utilization=1.0, loads=(), stores=(),
                           hits=(), chunks=(1.0,), overhead_s=dev.dispatch_overhead)
-        unit, compute_s, util = self._compute(op)
+        # compute and re-read factors depend on the op's arithmetic only: shared by every layer and step
+        sig = (op.engine, op.dtype, op.flops, op.shape, tuple(a.bytes for a in op.reads[:2]))
+        known = self._by_signature.get(sig)
+        if known is None:
+            known = self._by_signature[sig] = (*self._compute(op), self._factors(op))
+        unit, compute_s, util, factors = known
         served: dict[str, float] = {}
         written: dict[str, float] = {}
         hits: dict[str, list[float]] = {}
-        factors = self._factors(op)
         read, write, path = self.residency.read, self.residency.write, self._path
         for i, access in enumerate(op.reads):
             tensor = access.tensor

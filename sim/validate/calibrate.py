@@ -30,7 +30,7 @@ from sim.validate import kernels as k
 LATENCY_ASSUMED = {1: "1.5 ns", 2: "5 ns", 3: "20 ns"}  # not measurable from numpy; typical orders
 
 
-def best_time(fn: Callable[[], object], min_time: float = 0.05, repeats: int = 5) -> float:
+def best_time(fn: Callable[[], object], min_time: float = 0.1, repeats: int = 7) -> float:
     """Best per-call time over `repeats` batches of calls lasting at least `min_time` each."""
     fn()
     calls = 1
@@ -165,13 +165,14 @@ def calibrate(progress: Callable[[str], None] = lambda _msg: None) -> dict:
         name = f"l{c['level']}"
         progress(f"bandwidth of {name} ({c['bytes'] // 1024} KiB)")
         # a private cache: one core's read bandwidth, times the cores (each has its own);
-        # a shared one: every core copying its share of half the capacity at once
+        # a shared one: every core copying its share at once, source and destination together filling
+        # half the capacity
         if c["private"]:
             per_thread = c["bytes"] // 2
             bw = cores * read_bandwidth(per_thread)
             method = f"{cores} cores x one core's numpy read of {per_thread // 1024} KiB"
         else:
-            per_thread = c["bytes"] // (2 * cores)
+            per_thread = c["bytes"] // (4 * cores)
             bw = copy_bandwidth(per_thread, cores)
             method = f"{cores} threads of numpy copy of {per_thread // 1024} KiB each"
         memory[name] = {
@@ -200,7 +201,7 @@ def calibrate(progress: Callable[[str], None] = lambda _msg: None) -> dict:
     progress("GEMM efficiency by rows")
     efficiency = matrix_efficiency(fp32)
     notes["device.compute.matrix_efficiency"] = (
-        "numpy matmul M x 512 x 512 fp32 (weight cache-resident), rate / fp32 peak, best of 5")
+        "numpy matmul M x 512 x 512 fp32 (weight cache-resident), rate / fp32 peak, best of 7")
     notes["device.compute.peak"] = "numpy matmul: fp32 2048^3, fp16 256^3 (numpy has no fp16 BLAS), best of 3"
     progress("vector rate and dispatch overhead")
     l2 = next((c["bytes"] for c in caches if c["level"] == 2), 256 << 10)
