@@ -56,8 +56,8 @@ class OpRecord:
         compute unit stalled only 8 us."""
         times = {"compute": self.compute_s, "overhead": self.overhead_s, **self.stall_s}
         for level, busy in self.level_busy_s.items():
-            key = level if level.startswith("link:") else f"memory:{level}"
-            if not level.startswith("link:"):
+            if not level.startswith("link:"):  # links are already in stall_s
+                key = f"memory:{level}"
                 times[key] = max(times.get(key, 0.0), busy)
         return times
 

@@ -66,8 +66,10 @@ class Totals:
 
 def balance_level(result: RunResult) -> str:
     """The memory the balance point is taken against: where the weights live."""
-    hw = result.meta.get("hardware", {})
-    return hw.get("balance_level") or next(iter(result.ops[0].bytes), "") if result.ops else ""
+    level = result.meta.get("hardware", {}).get("balance_level")
+    if level:
+        return level
+    return next(iter(result.ops[0].bytes), "") if result.ops else ""
 
 
 def summarize(result: RunResult, top: int = 10) -> dict:
