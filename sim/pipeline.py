@@ -23,10 +23,13 @@ def graph_of(workload: Workload):
     return build_graph(workload)
 
 
-def run(workload: Workload, hw: Hardware, hw_file: str = "hardware", workload_file: str = "workload") -> RunResult:
+def run(workload: Workload, hw: Hardware, hw_file: str = "hardware", workload_file: str = "workload",
+        exact: bool = False) -> RunResult:
+    """`exact=True` turns off every reuse of identical work (planning and simulating each op of each
+    device on its own): the reference the fast path is tested against."""
     graph = graph_of(workload)
-    plans, placements = map_devices(graph, workload, hw, hw_file, workload_file)
-    result = simulate(plans, hw, workload.name)
+    streams, placements = map_devices(graph, workload, hw, hw_file, workload_file, collapse=not exact, memo=not exact)
+    result = simulate(streams, hw, workload.name, replay=not exact)
     fullest = max(placements.values(), key=lambda p: p.footprint.total)
     result.meta = context(workload, hw, fullest, hw_file)
     return result

@@ -13,7 +13,12 @@ Reuse of identical work: every device runs one stream and its compute units and 
 only that stream, so an op always starts on idle resources and nothing else touches them while it runs.
 Its timeline relative to its start is therefore a function of its plan alone: the first op with a
 given plan is simulated event by event, later ones with the same plan replay that timeline as one
-event (exact; `replay=False` turns it off, and a test holds the two equal).
+event. The same holds for a whole block (a layer) given how far ahead the host is, provided its
+collectives cannot meet other traffic: their links carry no other group's transfers. And the ranks of a
+tensor-parallel stage run identical plans from identical starts, meeting only in collectives that
+release them together, so one stream stands for all of them (their collectives' transfers are all
+simulated). All of this is exact up to float rounding (host lead compared to 1 ps); `replay=False`
+simulates every op of every device event by event, and tests hold the two equal.
 
 A collective is a rendezvous: each participant's stream reaches it, waits for the others (`sync`:
 load imbalance, pipeline bubbles), then for the transfers over the links (`link:<topology>`).
@@ -27,7 +32,10 @@ import simpy
 
 from sim.config.hardware import Hardware
 from sim.engine.machine import LevelUse, Machine
-from sim.engine.records import OpRecord, RunResult
+from sim.engine.records import BlockRecord, OpRecord, RunResult
+from sim.graph.ops import Block, loose
+from sim.mapping.collectives import CollectivePlan
+from sim.mapping.parallel import Stream
 from sim.mapping.plan import OpPlan
 
 
@@ -47,20 +55,54 @@ class Executor:
         self.hw = hw
         self.replay = replay
         self._timelines: dict[tuple, Timeline] = {}
+        self._blocks: dict[tuple, tuple] = {}  # (id(plans), host lead) -> (plans, duration, records)
+        self._replayable: dict[int, tuple] = {}
         self.machine = Machine(hw)
         self.env = self.machine.env
-        self.records: list[OpRecord] = []
+        self.records: list[BlockRecord] = []
         self._rendezvous: dict[tuple, dict] = {}
+        self._arrivals: dict[tuple, int] = {}  # collective group -> streams that meet in its collectives
+        self._exclusive: set[tuple] = set()  # groups whose links no other group uses
 
-    def run(self, plans: list[OpPlan] | dict[int, list[OpPlan]], workload: str = "") -> RunResult:
-        streams = plans if isinstance(plans, dict) else {0: plans}
-        for device in sorted(streams):
-            self.env.process(self._stream(streams[device]))
+    def run(self, streams: list[Stream] | list[OpPlan], workload: str = "") -> RunResult:
+        if streams and isinstance(streams[0], OpPlan):
+            streams = [Stream(0, (0,), [(loose([p.op for p in streams]), tuple(streams))], {})]
+        self._prepare(streams)
+        for s in streams:
+            self.env.process(self._stream(s))
         self.env.run()
-        records = sorted(self.records, key=lambda r: (r.device, r.start_s, r.end_s))
-        return RunResult(hardware=self.hw.name, workload=workload, ops=records, events=self.env.scheduled)
+        blocks = sorted(self.records, key=lambda b: (b.devices[0], b.start_s))
+        return RunResult(hardware=self.hw.name, workload=workload, blocks=blocks, events=self.env.scheduled)
 
-    def _stream(self, plans: list[OpPlan]):
+    def _prepare(self, streams: list[Stream]) -> None:
+        """How many streams meet in each group's collectives, and which groups' links no other group
+        uses (so their collectives cannot meet other traffic)."""
+        links: dict[tuple, set[str]] = {}
+        for s in streams:
+            for g in {c.group for c in s.collectives.values()}:
+                self._arrivals[g] = self._arrivals.get(g, 0) + 1
+            for c in s.collectives.values():
+                links.setdefault(c.group, set()).update(lnk for t in c.transfers for lnk in t.links)
+        for g, mine in links.items():
+            if not any(mine & theirs for h, theirs in links.items() if h != g):
+                self._exclusive.add(g)
+
+    def _block_replayable(self, s: Stream, plans: tuple[OpPlan, ...]) -> bool:
+        """A block's timeline is a function of its plans and the host's lead when nothing outside
+        its stream can touch what it uses: no collective meets another stream or shares links."""
+        known = self._replayable.get(id(plans))
+        if known is not None and known[0] is plans:
+            return known[1]
+        ok = True
+        for p in plans:
+            coll = p.op.collective
+            if coll is not None:
+                group = s.collectives[coll].group
+                ok = ok and self._arrivals[group] == 1 and group in self._exclusive
+        self._replayable[id(plans)] = (plans, ok)
+        return ok
+
+    def _stream(self, s: Stream):
         """One in-order stream (like a CUDA stream): each op starts when the previous one ends and
         the host has dispatched it. The host touches no simulated resource, so its dispatch times
         follow from the stream's: async, the n-th op is ready n overheads after the start (the host
@@ -68,38 +110,57 @@ class Executor:
         env = self.env
         sync = self.hw.device.dispatch_mode == "sync"
         host_free = 0.0  # when the host has dispatched the op before this one
-        for p in plans:
-            start, first_event = env.now, env.scheduled
-            ready = (start if sync else host_free) + p.overhead_s
-            host_free = ready
-            if ready > env.now:
-                yield env.timeout(ready - env.now)
-            if p.collective is not None:
-                yield from self._collective(p, start, first_event)
-                continue
-            key = (p.unit, p.compute_s, p.loads, p.stores, p.chunks)
-            known = self._timelines.get(key) if self.replay else None
-            if known is None:
-                known = yield from self._simulate_op(p)
-                self._timelines[key] = known
-            else:
-                yield env.timeout(known.duration_s)
-            self._record(p, start, known, env.scheduled - first_event)
+        for block, plans in s.blocks:
+            start = env.now
+            key = None
+            if self.replay and self._block_replayable(s, plans):
+                ahead = sum(p.overhead_s for p in plans)  # a host this far ahead never holds the block up
+                lead = 0 if sync else round(min(start - host_free, ahead) * 1e12)
+                key = (id(plans), lead)
+                known = self._blocks.get(key)
+                if known is not None and known[0] is plans:
+                    yield env.timeout(known[1])
+                    host_free += 0.0 if sync else ahead
+                    self.records.append(BlockRecord(block, s.devices, start, known[2]))
+                    continue
+            records = []
+            for p in plans:
+                op_start, first_event = env.now, env.scheduled
+                ready = (op_start if sync else host_free) + p.overhead_s
+                host_free = ready
+                if ready > env.now:
+                    yield env.timeout(ready - env.now)
+                if p.op.collective is not None:
+                    rec = yield from self._collective(s, block, p, op_start, first_event)
+                else:
+                    tkey = (p.unit, p.compute_s, p.loads, p.stores, p.chunks)
+                    known = self._timelines.get(tkey) if self.replay else None
+                    if known is None:
+                        known = yield from self._simulate_op(s.devices[0], p)
+                        self._timelines[tkey] = known
+                    else:
+                        yield env.timeout(known.duration_s)
+                    rec = self._record(s.devices[0], p, op_start, known, env.scheduled - first_event)
+                records.append(_relative(rec, start))
+            records = tuple(records)
+            if key is not None:
+                self._blocks[key] = (plans, env.now - start, records)
+            self.records.append(BlockRecord(block, s.devices, start, records))
 
-    def _record(self, p: OpPlan, start: float, t: Timeline, events: int) -> None:
+    def _record(self, device: int, p: OpPlan, start: float, t: Timeline, events: int) -> OpRecord:
         op, end = p.op, self.env.now
         began = end - t.duration_s  # when the device started it (after waiting for dispatch)
-        self.records.append(OpRecord(
+        return OpRecord(
             name=op.name, kind=op.kind, layer=op.layer, phase=op.phase, step=op.step,
-            op_class=op.op_class, device=p.device, unit=p.unit, dtype=op.dtype, shape=op.shape,
+            op_class=op.op_class, device=device, unit=p.unit, dtype=op.dtype, shape=op.shape,
             flops=op.flops, bytes={lvl: u[0] for lvl, u in t.uses.items()},
             start_s=start, end_s=end, compute_s=t.compute_s, stall_s=dict(t.stall_s), overhead_s=began - start,
             events=events, utilization=p.utilization, hits={c: (h, n) for c, h, n in p.hits},
             level_busy_s={lvl: u[1] for lvl, u in t.uses.items()},
             level_span_s={lvl: (began + u[2], began + u[3]) for lvl, u in t.uses.items()},
-        ))
+        )
 
-    def _simulate_op(self, p: OpPlan):
+    def _simulate_op(self, device: int, p: OpPlan):
         """Process body: run the op's chunks event by event; return its Timeline."""
         env, m = self.env, self.machine
         began = env.now
@@ -127,20 +188,20 @@ class Executor:
         def issue(i: int):
             frac = p.chunks[i]
             arriving = [env.event() for _ in p.loads]
-            done = [env.process(m.move(p.device, lvl, b * frac, use(lvl), ev))
+            done = [env.process(m.move(device, lvl, b * frac, use(lvl), ev))
                     for (lvl, b), ev in zip(p.loads, arriving)]
             return arriving, done
 
         pending = issue(0) if p.loads else None
         stores: list[simpy.Process] = []
         busy = 0.0
-        unit = m.compute[(p.device, p.unit)]
+        unit = m.compute[(device, p.unit)]
         for i, frac in enumerate(p.chunks):
             current = pending
             pending = issue(i + 1) if p.loads and i + 1 < len(p.chunks) else None
             if current:
                 yield from wait(env.all_of(current[0]), last_level)
-            stores += [env.process(m.move(p.device, lvl, b * frac, use(lvl), None))
+            stores += [env.process(m.move(device, lvl, b * frac, use(lvl), None))
                        for lvl, b in p.stores]
             with unit.request() as req:
                 yield from wait(req, lambda _: "compute:queue")
@@ -157,32 +218,40 @@ class Executor:
             events=env.scheduled - first_event,
         )
 
-
-    def _collective(self, p: OpPlan, start: float, first_event: int):
-        env, plan = self.env, p.collective
+    def _collective(self, s: Stream, block: Block, p: OpPlan, start: float, first_event: int):
+        env, plan = self.env, s.collectives[p.op.collective]
         overhead_s = env.now - start
-        key = (p.op.name, plan.group)
-        rdv = self._rendezvous.setdefault(key, {"arrived": 0, "done": env.event(), "last": 0.0, "use": {}})
+        key = (block.seq, block.layer, p.op.name, plan.group)
+        rdv = self._rendezvous.setdefault(key, {"arrived": 0, "left": 0, "done": env.event(), "last": 0.0, "use": {}})
         rdv["arrived"] += 1
         arrived = env.now
-        if rdv["arrived"] == len(plan.group):  # the last one in starts the transfers
+        if rdv["arrived"] == self._arrivals[plan.group]:  # the last one in starts the transfers
             rdv["last"] = env.now
             env.process(self._transfers(plan, rdv))
         yield rdv["done"]
+        rdv["left"] += 1
+        if rdv["left"] == self._arrivals[plan.group]:
+            del self._rendezvous[key]
         stall = {"sync": rdv["last"] - arrived, f"link:{self.hw.interconnect.topology}": env.now - rdv["last"]}
-        own = rdv["use"].get(p.device, {})
+        use = rdv["use"]
         op = p.op
-        self.records.append(OpRecord(
+
+        def links(d: int) -> tuple[dict, dict, dict]:
+            own = use.get(d, {})
+            return ({lnk: u.bytes for lnk, u in own.items()}, {f"link:{lnk}": u.busy_s for lnk, u in own.items()},
+                    {f"link:{lnk}": (u.first_s, u.last_s) for lnk, u in own.items()})
+
+        link_bytes, busy, span = links(s.devices[0])
+        return OpRecord(
             name=op.name, kind=op.kind, layer=op.layer, phase=op.phase, step=op.step,
-            op_class=op.op_class, device=p.device, unit="link", dtype=op.dtype, shape=op.shape,
+            op_class=op.op_class, device=s.devices[0], unit="link", dtype=op.dtype, shape=op.shape,
             flops=0.0, bytes={}, start_s=start, end_s=env.now, compute_s=0.0,
             stall_s={k: v for k, v in stall.items() if v > 0}, overhead_s=overhead_s,
-            events=env.scheduled - first_event, link_bytes={lnk: u.bytes for lnk, u in own.items()},
-            level_busy_s={f"link:{lnk}": u.busy_s for lnk, u in own.items()},
-            level_span_s={f"link:{lnk}": (u.first_s, u.last_s) for lnk, u in own.items()},
-        ))
+            events=env.scheduled - first_event, link_bytes=link_bytes, level_busy_s=busy, level_span_s=span,
+            peers={d: links(d) for d in s.devices[1:]},
+        )
 
-    def _transfers(self, plan, rdv: dict):
+    def _transfers(self, plan: CollectivePlan, rdv: dict):
         env, m = self.env, self.machine
         sends = [env.process(m.send(t.links, t.bytes, rdv["use"].setdefault(t.src, {}))) for t in plan.transfers]
         yield env.all_of(sends)
@@ -191,6 +260,15 @@ class Executor:
         rdv["done"].succeed()
 
 
-def simulate(plans: list[OpPlan] | dict[int, list[OpPlan]], hw: Hardware, workload: str = "",
-             replay: bool = True) -> RunResult:
-    return Executor(hw, replay).run(plans, workload)
+def _relative(r: OpRecord, t0: float) -> OpRecord:
+    """The record with its times counted from `t0` (its block's start)."""
+    r.start_s -= t0
+    r.end_s -= t0
+    r.level_span_s = {k: (a - t0, b - t0) for k, (a, b) in r.level_span_s.items()}
+    for d, (lb, busy, span) in r.peers.items():
+        r.peers[d] = (lb, busy, {k: (a - t0, b - t0) for k, (a, b) in span.items()})
+    return r
+
+
+def simulate(streams: list[Stream] | list[OpPlan], hw: Hardware, workload: str = "", replay: bool = True) -> RunResult:
+    return Executor(hw, replay).run(streams, workload)

@@ -1,9 +1,12 @@
-"""Plain, picklable results of a run: one `OpRecord` per op, rebuilt into every report."""
+"""Plain, picklable results of a run: one `BlockRecord` per block run (its ops' `OpRecord`s relative to
+its start, shared by every run of an identical block), expanded into one `OpRecord` per op on demand."""
 
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+
+from sim.graph.ops import Block
 
 
 @dataclass
@@ -31,6 +34,9 @@ class OpRecord:
     link_bytes: dict[str, float] = field(default_factory=dict)  # link -> bytes this device sent over it
     level_busy_s: dict[str, float] = field(default_factory=dict)  # memory level -> occupied time
     level_span_s: dict[str, tuple[float, float]] = field(default_factory=dict)  # first grant, last end
+    #: a collective run once for several identical devices: each other device's (link bytes, link busy,
+    #: link spans), which `BlockRecord.expand` puts into that device's record
+    peers: dict[int, tuple[dict, dict, dict]] = field(default_factory=dict)
 
     @property
     def duration_s(self) -> float:
@@ -70,6 +76,7 @@ class OpRecord:
         d = asdict(self)
         d.pop("level_busy_s")
         d.pop("level_span_s")
+        d.pop("peers")
         d["shape"] = list(self.shape)
         d["duration_s"] = self.duration_s
         d["intensity"] = self.intensity_at(balance_level)
@@ -79,10 +86,49 @@ class OpRecord:
         return d
 
 
+@dataclass(frozen=True, slots=True)
+class BlockRecord:
+    """One run of a block on `devices` (identical devices run it alike; one simulation stands for all).
+    `ops` have times relative to `start_s`, local names and the first device's number; runs of an
+    identical block in an identical state share one `ops` tuple."""
+
+    block: Block
+    devices: tuple[int, ...]
+    start_s: float
+    ops: tuple[OpRecord, ...]
+
+    @property
+    def end_s(self) -> float:
+        return self.start_s + (self.ops[-1].end_s if self.ops else 0.0)
+
+    def expand(self) -> list[OpRecord]:
+        """One absolute OpRecord per op per device."""
+        blk, t0, out = self.block, self.start_s, []
+        for d in self.devices:
+            for r in self.ops:
+                links = r.peers.get(d)
+                busy, span = (links[1], links[2]) if links else (r.level_busy_s, r.level_span_s)
+                out.append(replace(
+                    r, name=blk.op_name(r), phase=blk.phase if not blk.bound else r.phase,
+                    step=blk.step if not blk.bound else r.step, layer=blk.layer if not blk.bound else r.layer,
+                    device=d, start_s=t0 + r.start_s, end_s=t0 + r.end_s, peers={},
+                    link_bytes=links[0] if links else r.link_bytes, level_busy_s=busy,
+                    level_span_s={k: (t0 + a, t0 + b) for k, (a, b) in span.items()}))
+        return out
+
+
 @dataclass
 class RunResult:
     hardware: str
     workload: str
-    ops: list[OpRecord]
+    blocks: list[BlockRecord]
     events: int
     meta: dict = field(default_factory=dict)  # what ran on what (filled by sim.pipeline)
+
+    @functools.cached_property
+    def ops(self) -> list[OpRecord]:
+        """Every op on every device, by device then time (built on first use: a long run holds few
+        distinct blocks but millions of ops)."""
+        records = [r for b in self.blocks for r in b.expand()]
+        records.sort(key=lambda r: (r.device, r.start_s, r.end_s))
+        return records

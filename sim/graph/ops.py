@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 TensorKind = Literal["weight", "activation", "kv_cache"]
+#: What a tensor's identity depends on: nothing (a table shared by every layer), the layer (its weights,
+#: its KV cache), or the layer and the forward pass (an activation).
+TensorScope = Literal["global", "layer", "pass"]
 OpClass = Literal["gemm", "gemv", "attention", "softmax", "norm", "elementwise", "collective"]
 Engine = Literal["matrix", "vector", "link"]
 
@@ -18,12 +21,29 @@ CLASS_GROUP: dict[str, str] = {
 
 @dataclass(frozen=True, slots=True)
 class Tensor:
-    """A named piece of memory. `bytes` is its full size (a KV cache at its final length)."""
+    """A named piece of memory. `bytes` is its full size (a KV cache at its final length).
+
+    Ops are templates shared by every layer of a pass, so a tensor names itself relative to the block
+    that uses it: `scope` says which of (layer, pass) it belongs to and `dl` which layer, as an offset
+    from the block's (-1: the previous layer's output). `key` gives its absolute identity."""
 
     name: str
     kind: TensorKind
     bytes: float
     elements: int = 0
+    scope: TensorScope = "global"
+    dl: int = 0
+
+    def key(self, layer: int, seq: int) -> tuple:
+        """Identity within a run, for the block at (`layer`, forward pass `seq`)."""
+        if self.scope == "global":
+            return (self.name, None, None)
+        return (self.name, layer + self.dl, seq if self.scope == "pass" else None)
+
+    def shifted(self, by: int) -> Tensor:
+        """The same tensor seen from a block `by` layers later."""
+        return self if self.scope == "global" else Tensor(self.name, self.kind, self.bytes, self.elements,
+                                                          self.scope, self.dl - by)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +52,9 @@ class Access:
 
     tensor: Tensor
     bytes: float
+
+    def shifted(self, by: int) -> Access:
+        return Access(self.tensor.shifted(by), self.bytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +70,9 @@ class Collective:
 
 @dataclass(frozen=True, slots=True)
 class Op:
+    """One operator. In a graph's blocks it is a template: `name` is local to its block ("qkv") and
+    phase / step / layer are the block's; `OpGraph.ops` gives bound copies with full names."""
+
     name: str
     kind: str  # what the op does: "qkv", "scores", "ffn_up", ...
     op_class: OpClass
@@ -71,3 +97,54 @@ class Op:
     def intensity(self) -> float:
         """FLOPs per byte of compulsory traffic (each operand moved once)."""
         return self.flops / self.bytes if self.bytes else float("inf")
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """A run of ops that repeats: one layer of one forward pass (the embedding is layer -1, the head
+    `layers`). Blocks of the same pass with equal shapes share one `ops` tuple, which is what lets
+    the later stages plan and simulate each distinct block once."""
+
+    phase: Literal["encode", "prefill", "decode"]
+    step: int  # decode step (0 for prefill / encode)
+    layer: int
+    seq: int  # which forward pass of the scenario, from 0
+    ops: tuple[Op, ...]
+    last_layer: int = 0  # the model's layer count: the head's `layer`
+    bound: bool = False  # ops already carry their full names and tensors (hand-made, see `loose`)
+
+    @property
+    def prefix(self) -> str:
+        return "prefill." if self.phase in ("prefill", "encode") else f"decode{self.step}."
+
+    @property
+    def label(self) -> str:
+        return "emb" if self.layer < 0 else ("head" if self.layer >= self.last_layer else f"L{self.layer}")
+
+    def op_name(self, op: Op) -> str:
+        return op.name if self.bound else f"{self.prefix}{self.label}.{op.name}"
+
+    def tensor_name(self, t: Tensor) -> str:
+        layer = self.layer + t.dl
+        if t.scope == "global":
+            return t.name
+        if t.scope == "layer":
+            return f"L{layer}.{t.name}"
+        return f"{self.prefix}{t.name}" if layer < 0 or layer >= self.last_layer else f"{self.prefix}{t.name}.L{layer}"
+
+    def bind(self, op: Op) -> Op:
+        """The op with its full name, its block's phase / step / layer and absolute tensor names."""
+        if self.bound:
+            return op
+        def absolute(accesses):
+            return tuple(Access(Tensor(self.tensor_name(a.tensor), a.tensor.kind, a.tensor.bytes,
+                                       a.tensor.elements), a.bytes) for a in accesses)
+        return replace(op, name=self.op_name(op), phase=self.phase, step=self.step, layer=self.layer,
+                       reads=absolute(op.reads), writes=absolute(op.writes))
+
+
+def loose(ops: list[Op] | tuple[Op, ...]) -> Block:
+    """Hand-made ops (full names, absolute tensors) as one block, for running outside a graph."""
+    first = ops[0] if ops else None
+    return Block(first.phase if first else "prefill", first.step if first else 0, first.layer if first else 0, 0,
+                 tuple(ops), bound=True)

@@ -4,61 +4,85 @@ Device `stage * tensor + rank` runs pipeline stage `stage` as tensor-parallel ra
 first data-parallel replica. Replicas are identical and independent in inference, so one is simulated
 and throughput counts all of them. Every rank of a stage runs the same shard ops; collectives name
 their group (the stage's ranks, or the matching ranks of two stages for a pipeline send).
+
+The result is a list of `Stream`s for the engine: one per stage, standing for all its ranks (they run
+identical plans; see the engine), or with `collapse=False` one per device.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass
 
 from sim.config.hardware import Hardware
 from sim.config.workload import Workload
 from sim.errors import ConfigError
-from sim.graph.ops import Op
+from sim.graph.ops import Block, Collective
 from sim.graph.transformer import OpGraph
-from sim.mapping.collectives import plan_collective
+from sim.mapping.collectives import CollectivePlan, plan_collective
 from sim.mapping.placement import Placement, place
 from sim.mapping.plan import OpPlan, Planner
 
 
-def _stage_ops(graph: OpGraph, stage: int, stages: int) -> list[Op]:
+@dataclass(frozen=True)
+class Stream:
+    """One in-order stream of blocks with their plans, run on `devices` (several: identical ranks, one
+    simulation for all). `collectives` gives each collective op of the stream its transfers."""
+
+    stage: int
+    devices: tuple[int, ...]
+    blocks: list[tuple[Block, tuple[OpPlan, ...]]]
+    collectives: dict[Collective, CollectivePlan]
+
+
+def stage_blocks(graph: OpGraph, stage: int, stages: int) -> list[Block]:
+    """The blocks of one pipeline stage, each cut to the ops that stage runs (sends into it included).
+    Blocks that share ops keep sharing them after the cut."""
     if stages == 1:
-        return graph.ops  # the whole graph (its footprint is then cached across runs)
-    return [op for op in graph.ops if op.stage == stage
-            or (op.collective is not None and op.collective.kind == "p2p" and op.collective.dst_stage == stage)]
+        return graph.blocks  # the whole graph (its footprint is then cached across runs)
+    cut: dict[int, tuple] = {}
+    out = []
+    for blk in graph.blocks:
+        known = cut.get(id(blk.ops))
+        if known is None:
+            mine = tuple(op for op in blk.ops if op.stage == stage or (
+                op.collective is not None and op.collective.kind == "p2p" and op.collective.dst_stage == stage))
+            known = cut[id(blk.ops)] = (blk.ops, mine)
+        if known[1]:
+            out.append(Block(blk.phase, blk.step, blk.layer, blk.seq, known[1], blk.last_layer))
+    return out
 
 
 def map_devices(graph: OpGraph, workload: Workload, hw: Hardware, hw_file: str = "hardware",
-                workload_file: str = "workload") -> tuple[dict[int, list[OpPlan]], dict[int, Placement]]:
+                workload_file: str = "workload", collapse: bool = True,
+                memo: bool = True) -> tuple[list[Stream], dict[int, Placement]]:
     par = workload.parallelism
     tp, pp = par.tensor, par.pipeline
     if par.devices > hw.devices:
         raise ConfigError(
             f"tensor x pipeline x data = {par.devices} devices, but the hardware has {hw.devices}",
             workload_file, "parallelism")
-    plans: dict[int, list[OpPlan]] = {}
+    streams: list[Stream] = []
     placements: dict[int, Placement] = {}
     for stage in range(pp):
-        ops = _stage_ops(graph, stage, pp)
-        placement = place(ops, hw, hw_file)
+        blocks = stage_blocks(graph, stage, pp)
+        placement = place(blocks, hw, hw_file)
         placements[stage] = placement
-        planner = Planner(hw, placement, hw_file)
-        shard = [planner.plan(op) for op in ops]
-        memo: dict = {}  # every rank of a group shares one collective plan
-        for rank in range(tp):
-            device = stage * tp + rank
-            plans[device] = [_for_device(p, device, stage, rank, tp, hw, memo) for p in shard]
-    return plans, placements
+        planner = Planner(hw, placement, hw_file, memo=memo)
+        planned = [(blk, planner.plan_block(blk)) for blk in blocks]
+        colls = {op.collective for blk in blocks for op in blk.ops if op.collective is not None}
+        # alike ranks share a stream unless pipeline sends pair them off (rank r to rank r of the next
+        # stage): those transfers may end at different times on different routes
+        ranks = [tuple(range(tp))] if collapse and pp == 1 else [(r,) for r in range(tp)]
+        for rs in ranks:
+            plans = {c: _collective(c, stage, rs, tp, hw) for c in colls}
+            streams.append(Stream(stage, tuple(stage * tp + r for r in rs), planned, plans))
+    return streams, placements
 
 
-def _for_device(p: OpPlan, device: int, stage: int, rank: int, tp: int, hw: Hardware, memo: dict) -> OpPlan:
-    coll = p.op.collective
-    if coll is None:
-        return p if p.device == device else replace(p, device=device)
-    if coll.kind == "p2p":
-        group = (coll.src_stage * tp + rank, coll.dst_stage * tp + rank)
-    else:
-        group = tuple(stage * tp + r for r in range(tp))
-    key = (coll, group)
-    if key not in memo:
-        memo[key] = plan_collective(coll, group, hw)
-    return replace(p, device=device, collective=memo[key])
+def _collective(coll: Collective, stage: int, ranks: tuple[int, ...], tp: int, hw: Hardware) -> CollectivePlan:
+    """A stage's collective over its tensor-parallel group, or a pipeline send of rank r to rank r of
+    the next stage."""
+    if coll.kind != "p2p":
+        return plan_collective(coll, tuple(stage * tp + r for r in range(tp)), hw)
+    (rank,) = ranks
+    return plan_collective(coll, (coll.src_stage * tp + rank, coll.dst_stage * tp + rank), hw)

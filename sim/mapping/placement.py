@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from sim.config.hardware import Hardware
 from sim.config.units import fmt_bytes
 from sim.errors import ConfigError
-from sim.graph.ops import Op
+from sim.graph.ops import Block, Op, Tensor, loose
 from sim.graph.transformer import OpGraph
 
 KIND_ORDER = ("weight", "kv_cache", "activation")
@@ -47,61 +47,105 @@ def level_capacity(hw: Hardware, name: str) -> float:
     return level.capacity * (hw.device.compute.units if level.scope == "per_unit" else 1)
 
 
-def peak_live_activations(ops: list[Op]) -> float:
-    """Largest sum of activations alive at once: each lives from its producer to its last reader."""
-    last_use: dict[str, int] = {}
-    size: dict[str, float] = {}
-    for i, op in enumerate(ops):
-        for a in op.reads + op.writes:
+def peak_live_activations(ops: list[Op], keys: list[list[tuple]] | None = None) -> float:
+    """Largest sum of activations alive at once: each lives from its producer to its last reader.
+    `keys[i]` are op i's tensors' identities (default: their names, for bound ops)."""
+    if keys is None:
+        keys = [[a.tensor.name for a in op.reads + op.writes] for op in ops]
+    last_use: dict = {}
+    size: dict = {}
+    for i, (op, ks) in enumerate(zip(ops, keys)):
+        for a, k in zip(op.reads + op.writes, ks):
             if a.tensor.kind == "activation":
-                last_use[a.tensor.name] = i
-                size[a.tensor.name] = a.tensor.bytes
-    dying: dict[int, list[str]] = {}
-    for name, i in last_use.items():
-        dying.setdefault(i, []).append(name)
+                last_use[k] = i
+                size[k] = a.tensor.bytes
+    dying: dict[int, list] = {}
+    for k, i in last_use.items():
+        dying.setdefault(i, []).append(k)
     live, peak, seen = 0.0, 0.0, set()
-    for i, op in enumerate(ops):
-        for a in op.writes:
-            if a.tensor.kind == "activation" and a.tensor.name not in seen:
-                seen.add(a.tensor.name)
-                live += size[a.tensor.name]
+    for i, (op, ks) in enumerate(zip(ops, keys)):
+        for a, k in zip(op.writes, ks[len(op.reads):]):
+            if a.tensor.kind == "activation" and k not in seen:
+                seen.add(k)
+                live += size[k]
         peak = max(peak, live)
-        for name in dying.get(i, ()):
-            live -= size[name]
+        for k in dying.get(i, ()):
+            live -= size[k]
     return peak
 
 
-def _ops(graph: OpGraph | list[Op]) -> list[Op]:
-    return graph.ops if isinstance(graph, OpGraph) else graph
-
-
-def footprint(graph: OpGraph | list[Op]) -> Footprint:
-    """What one device holds: the tensors its ops touch (one stage's shard under parallelism).
-    Hardware-independent, so it is computed once per op list."""
-    ops = _ops(graph)
-    key = (id(ops), len(ops))
+def footprint(blocks: list[Block]) -> Footprint:
+    """What one device holds: the tensors its blocks touch (one stage's shard under parallelism).
+    Hardware-independent, so it is computed once per block list."""
+    key = (id(blocks), len(blocks))
     cached = _FOOTPRINTS.get(key)
-    if cached is not None and cached[0] is ops:
+    if cached is not None and cached[0] is blocks:
         return cached[1]
-    fp = _footprint(ops)
+    fp = _footprint(blocks)
     _FOOTPRINTS.clear()  # keep only the latest: sweeps revisit one graph many times
-    _FOOTPRINTS[key] = (ops, fp)
+    _FOOTPRINTS[key] = (blocks, fp)
     return fp
 
 
-_FOOTPRINTS: dict[tuple[int, int], tuple[list[Op], Footprint]] = {}
+_FOOTPRINTS: dict[tuple[int, int], tuple[list[Block], Footprint]] = {}
 
 
-def _footprint(ops: list[Op]) -> Footprint:
-    tensors = {a.tensor.name: a.tensor for op in ops for a in op.reads + op.writes}.values()
+def _footprint(blocks: list[Block]) -> Footprint:
+    """Weights and KV caches: every distinct one a block touches. Activations: the peak live set of
+    each forward pass. Decode passes differ only in context length and no activation shrinks as it
+    grows, so among them the last has the largest live set and is the only one walked."""
+    held: dict[tuple, tuple[str, float]] = {}
+    seen: set[tuple] = set()
+    for blk in blocks:
+        tensors = _held_tensors(blk.ops)
+        if (id(tensors), blk.layer) in seen:
+            continue
+        seen.add((id(tensors), blk.layer))
+        for t in tensors:
+            held[t.key(blk.layer, blk.seq)] = (t.kind, t.bytes)
+    passes: dict[int, list[Block]] = {}
+    for blk in blocks:
+        passes.setdefault(blk.seq, []).append(blk)
+    last_decode = max((s for s, bs in passes.items() if bs[0].phase == "decode"), default=None)
+    peak = 0.0
+    for seq, bs in passes.items():
+        if bs[0].phase == "decode" and seq != last_decode:
+            continue
+        ops = [op for blk in bs for op in blk.ops]
+        keys = [[a.tensor.key(blk.layer, blk.seq) for a in op.reads + op.writes] for blk in bs for op in blk.ops]
+        peak = max(peak, peak_live_activations(ops, keys))
     return Footprint(
-        weights=sum(t.bytes for t in tensors if t.kind == "weight"),
-        kv_cache=sum(t.bytes for t in tensors if t.kind == "kv_cache"),
-        activations=peak_live_activations(ops),
+        weights=sum(b for kind, b in held.values() if kind == "weight"),
+        kv_cache=sum(b for kind, b in held.values() if kind == "kv_cache"),
+        activations=peak,
     )
 
 
-def place(graph: OpGraph | list[Op], hw: Hardware, hw_file: str = "hardware") -> Placement:
+_HELD: dict[int, tuple[tuple[Op, ...], tuple[Tensor, ...]]] = {}
+
+
+def _held_tensors(ops: tuple[Op, ...]) -> tuple[Tensor, ...]:
+    """The weights and KV caches an ops tuple touches (memoised per tuple: blocks share them)."""
+    known = _HELD.get(id(ops))
+    if known is not None and known[0] is ops:
+        return known[1]
+    found = tuple({a.tensor: None for op in ops for a in op.reads + op.writes if a.tensor.kind != "activation"})
+    found = _INTERNED.setdefault(found, found)  # equal tuples from other passes become one object
+    if len(_HELD) > 4096:
+        _HELD.clear()
+    _HELD[id(ops)] = (ops, found)
+    return found
+
+
+_INTERNED: dict[tuple[Tensor, ...], tuple[Tensor, ...]] = {}
+
+
+def place(graph: OpGraph | list[Block] | list[Op], hw: Hardware, hw_file: str = "hardware") -> Placement:
+    """Homes for the tensors of a graph, of one stage's blocks, or of a list of hand-made ops."""
+    if isinstance(graph, OpGraph):
+        graph = graph.blocks
+    elif graph and isinstance(graph[0], Op):
+        graph = [loose(graph)]
     fp = footprint(graph)
     homes = [n for n, lvl in hw.levels.items() if lvl.holds_tensors()]
     capacity = {n: level_capacity(hw, n) for n in homes}

@@ -18,9 +18,8 @@ from math import ceil
 
 from sim.config.hardware import Hardware
 from sim.errors import ConfigError
-from sim.graph.ops import Op
+from sim.graph.ops import Block, Op
 from sim.graph.transformer import OpGraph
-from sim.mapping.collectives import CollectivePlan
 from sim.mapping.placement import Placement, level_capacity
 from sim.mapping.residency import CacheLevel, Residency
 from sim.mapping.tiling import reuse_factors
@@ -36,7 +35,6 @@ SPLIT_THRESHOLD = 0.01
 @dataclass(frozen=True)
 class OpPlan:
     op: Op
-    device: int
     unit: str  # compute unit: "matrix" or "vector"
     compute_s: float  # uncontended compute time on that unit, incl. tile/wave quantisation
     utilization: float  # useful fraction of the unit's peak (tile and wave quantisation)
@@ -45,7 +43,6 @@ class OpPlan:
     hits: tuple[tuple[str, float, float], ...]  # (shared cache, hit bytes, looked-up bytes)
     chunks: tuple[float, ...]  # fractions of the op, summing to 1
     overhead_s: float
-    collective: CollectivePlan | None = None  # set by the parallel mapping for communication ops
 
 
 def matrix_peak(hw: Hardware, dtype: str, hw_file: str) -> float:
@@ -87,10 +84,15 @@ def matrix_utilization(hw: Hardware, shape: tuple[int, ...]) -> float:
 
 
 class Planner:
-    """Plans ops in execution order, carrying cache residency from one op to the next."""
+    """Plans ops in execution order, carrying cache residency from one op to the next.
 
-    def __init__(self, hw: Hardware, placement: Placement, hw_file: str = "hardware"):
-        self.hw, self.placement, self.hw_file = hw, placement, hw_file
+    Reuse of identical work: a block's plans depend only on its ops and on the cache state it finds,
+    seen relative to the block (see `Residency.snapshot`). A block whose ops tuple and relative state
+    were planned before gets those plans and the state they left, without walking its ops again
+    (exact: `memo=False` walks every op, and a test holds the two equal)."""
+
+    def __init__(self, hw: Hardware, placement: Placement, hw_file: str = "hardware", memo: bool = True):
+        self.hw, self.placement, self.hw_file, self.memo = hw, placement, hw_file, memo
         dev = hw.device
         self.levels = hw.levels
         self.order = list(self.levels)
@@ -110,13 +112,37 @@ class Planner:
         self._vector = dev.compute.vector
         self._home = dict(placement.home)
         self._by_signature: dict[tuple, tuple] = {}
+        self._blocks: dict[tuple, tuple] = {}  # (id(ops), state) -> (ops, plans, state after)
+        self._touched: dict[int, tuple] = {}
         # levels an operand crosses from a source: the source and every level inside it
         self._path = {name: self.order[: i + 1] for i, name in enumerate(self.order)}
 
-    def plan(self, op: Op) -> OpPlan:
+    def plan_block(self, block: Block) -> tuple[OpPlan, ...]:
+        ops, layer, seq = block.ops, block.layer, block.seq
+        if not self.memo or not self.residency.caches:
+            return tuple(self.plan(op, layer, seq) for op in ops)
+        touched = self._touched.get(id(ops))
+        if touched is None or touched[0] is not ops:
+            keys = {a.tensor.key(0, 0): None for op in ops for a in op.reads + op.writes}
+            touched = self._touched[id(ops)] = (ops, tuple(keys))
+        touched = touched[1]
+        key = (id(ops), self.residency.snapshot(layer, seq, touched))
+        known = self._blocks.get(key)
+        if known is not None and known[0] is ops:
+            self.residency.restore(known[2], layer, seq, touched)
+            return known[1]
+        plans = tuple(self.plan(op, layer, seq) for op in ops)
+        if len(self._blocks) > 50_000:  # bounded; dropping entries only costs re-planning
+            self._blocks.clear()
+            self._touched.clear()
+        self._blocks[key] = (ops, plans, self.residency.snapshot(layer, seq, touched))
+        return plans
+
+    def plan(self, op: Op, layer: int = 0, seq: int = 0) -> OpPlan:
+        """Plan one op of the block at (`layer`, forward pass `seq`), updating cache residency."""
         dev = self.hw.device
         if op.collective is not None:  # its transfers are planned per device group (mapping.parallel)
-            return OpPlan(op=op, device=0, unit="link", compute_s=0.0, utilization=1.0, loads=(), stores=(),
+            return OpPlan(op=op, unit="link", compute_s=0.0, utilization=1.0, loads=(), stores=(),
                           hits=(), chunks=(1.0,), overhead_s=dev.dispatch_overhead)
         # compute and re-read factors depend on the op's arithmetic only: shared by every layer and step
         sig = (op.engine, op.dtype, op.flops, op.shape, tuple(a.bytes for a in op.reads[:2]))
@@ -130,7 +156,7 @@ class Planner:
         read, write, path = self.residency.read, self.residency.write, self._path
         for i, access in enumerate(op.reads):
             tensor = access.tensor
-            lookup = read(tensor.name, tensor.kind, access.bytes, self._home[tensor.kind])
+            lookup = read(tensor.key(layer, seq), tensor.kind, access.bytes, self._home[tensor.kind])
             reuse = factors[i] if i < len(factors) else None
             for source, nbytes in lookup.sources:
                 inner = None
@@ -146,7 +172,7 @@ class Planner:
                 h[1] += looked
         for access in op.writes:
             tensor = access.tensor
-            landing, writebacks = write(tensor.name, tensor.kind, access.bytes, self._home[tensor.kind])
+            landing, writebacks = write(tensor.key(layer, seq), tensor.kind, access.bytes, self._home[tensor.kind])
             for lvl in path[landing]:
                 written[lvl] = written.get(lvl, 0.0) + access.bytes
             if writebacks:
@@ -158,7 +184,7 @@ class Planner:
         memory_s = max((b / bw[lvl] for lvl, b in traffic.items()), default=0.0)
         latency_s = max((lat[lvl] for lvl in traffic), default=0.0)
         return OpPlan(
-            op=op, device=0, unit=unit, compute_s=compute_s, utilization=util,
+            op=op, unit=unit, compute_s=compute_s, utilization=util,
             loads=tuple((lvl, b) for lvl, b in served.items() if b > 0),
             stores=tuple((lvl, b) for lvl, b in written.items() if b > 0),
             hits=tuple((c, h, n) for c, (h, n) in hits.items()),
@@ -201,8 +227,9 @@ class Planner:
 
 
 def plan(graph: OpGraph, hw: Hardware, placement: Placement, hw_file: str = "hardware") -> list[OpPlan]:
+    """Every op of the graph, in order (a flat list; the pipeline plans per block)."""
     planner = Planner(hw, placement, hw_file)
-    return [planner.plan(op) for op in graph.ops]
+    return [p for blk in graph.blocks for p in planner.plan_block(blk)]
 
 
 def plan_op(op: Op, hw: Hardware, placement: Placement, hw_file: str = "hardware") -> OpPlan:

@@ -13,13 +13,26 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import NamedTuple
+
+#: A tensor's identity: (name, layer or None, forward pass or None); see `Tensor.key`.
+Key = tuple
 
 
-@dataclass
-class Entry:
+class Entry(NamedTuple):
     bytes: float
     dirty: bool
     home: str
+
+
+def relative(key: Key, layer: int, seq: int) -> Key:
+    name, lyr, sq = key
+    return (name, None if lyr is None else lyr - layer, None if sq is None else sq - seq)
+
+
+def absolute(key: Key, layer: int, seq: int) -> Key:
+    name, lyr, sq = key
+    return (name, None if lyr is None else lyr + layer, None if sq is None else sq + seq)
 
 
 @dataclass
@@ -27,8 +40,8 @@ class CacheLevel:
     name: str
     capacity: float
     pin: frozenset[str] = frozenset()
-    lru: OrderedDict[str, Entry] = field(default_factory=OrderedDict)
-    pinned: dict[str, float] = field(default_factory=dict)
+    lru: OrderedDict[Key, Entry] = field(default_factory=OrderedDict)
+    pinned: dict[Key, float] = field(default_factory=dict)
     lru_bytes: float = 0.0
     pinned_bytes: float = 0.0
 
@@ -55,7 +68,28 @@ class Residency:
     def _inside(self, home: str) -> list[CacheLevel]:
         return self._inside_of[home]
 
-    def read(self, tensor: str, kind: str, nbytes: float, home: str) -> Lookup:
+    # -- the state seen from a block, so equal blocks in equal states can share one plan -----------
+    def snapshot(self, layer: int, seq: int, touched: tuple[Key, ...]) -> tuple:
+        """Everything the next block's planning depends on, with tensor identities relative to the
+        block at (`layer`, `seq`): each cache's LRU in order, its byte counts, and what is pinned
+        of the tensors the block touches (`touched`, relative keys). Residency decisions compare
+        identities only, so equal snapshots plan equal blocks identically."""
+        return tuple(
+            (tuple((relative(k, layer, seq), e) for k, e in c.lru.items()), c.lru_bytes, c.pinned_bytes,
+             tuple(c.pinned.get(absolute(t, layer, seq)) for t in touched) if c.pinned else ())
+            for c in self.caches)
+
+    def restore(self, state: tuple, layer: int, seq: int, touched: tuple[Key, ...]) -> None:
+        """Set the caches to a snapshot taken after planning an equal block, for the block at
+        (`layer`, `seq`). Pinned tensors are only ever added, so only the touched ones change."""
+        for c, (lru, lru_bytes, pinned_bytes, pins) in zip(self.caches, state):
+            c.lru = OrderedDict((absolute(k, layer, seq), e) for k, e in lru)
+            c.lru_bytes, c.pinned_bytes = lru_bytes, pinned_bytes
+            for t, v in zip(touched, pins):
+                if v is not None:
+                    c.pinned[absolute(t, layer, seq)] = v
+
+    def read(self, tensor: Key, kind: str, nbytes: float, home: str) -> Lookup:
         remaining, sources, hits = nbytes, [], []
         for cache in self._inside(home):
             if remaining <= 0:
@@ -71,7 +105,7 @@ class Residency:
         writebacks = self._allocate(tensor, kind, nbytes, home, dirty=False)
         return Lookup(sources, writebacks, hits)
 
-    def write(self, tensor: str, kind: str, nbytes: float, home: str) -> tuple[str, list]:
+    def write(self, tensor: Key, kind: str, nbytes: float, home: str) -> tuple[str, list]:
         """Return the level the written bytes land in and the write-backs the allocation caused."""
         caches = [c for c in self._inside(home) if nbytes <= c.capacity - c.pinned_bytes]
         if not caches:
@@ -81,7 +115,7 @@ class Residency:
         writebacks += self._allocate(tensor, kind, nbytes, home, dirty=True, only=[landing])
         return landing.name, writebacks
 
-    def _allocate(self, tensor: str, kind: str, nbytes: float, home: str, dirty: bool,
+    def _allocate(self, tensor: Key, kind: str, nbytes: float, home: str, dirty: bool,
                   only: list[CacheLevel] | None = None) -> list[tuple[str, str, float]]:
         writebacks = []
         for cache in self._inside(home) if only is None else only:

@@ -24,21 +24,22 @@ class Totals:
         self.hit: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
         self.held: dict[str, float] = defaultdict(float)  # resource times, for the bound
 
-    def add(self, r: OpRecord) -> None:
-        self.ops += 1
-        self.time += r.duration_s
-        self.flops += r.flops
+    def add(self, r: OpRecord, n: int = 1) -> None:
+        """Count record `r` `n` times (it stands for `n` identical runs)."""
+        self.ops += n
+        self.time += n * r.duration_s
+        self.flops += n * r.flops
         for lvl, b in r.bytes.items():
-            self.by_level[lvl] += b
-        self.parts["compute"] += r.compute_s
-        self.parts["overhead"] += r.overhead_s
+            self.by_level[lvl] += n * b
+        self.parts["compute"] += n * r.compute_s
+        self.parts["overhead"] += n * r.overhead_s
         for k, v in r.stall_s.items():
-            self.parts[k] += v
-        for cache, (h, n) in r.hits.items():
-            self.hit[cache][0] += h
-            self.hit[cache][1] += n
+            self.parts[k] += n * v
+        for cache, (h, looked) in r.hits.items():
+            self.hit[cache][0] += n * h
+            self.hit[cache][1] += n * looked
         for k, v in r._resource_times.items():
-            self.held[k] += v
+            self.held[k] += n * v
 
     def result(self, level: str) -> dict:
         """Time, FLOPs, bytes and intensity per level, cache hit rates, achieved rates, stall shares
@@ -69,28 +70,28 @@ def balance_level(result: RunResult) -> str:
     level = result.meta.get("hardware", {}).get("balance_level")
     if level:
         return level
-    return next(iter(result.ops[0].bytes), "") if result.ops else ""
+    first = next((r for b in result.blocks for r in b.ops if r.bytes), None)
+    return next(iter(first.bytes), "") if first else ""
 
 
 def summarize(result: RunResult, top: int = 10) -> dict:
-    ops = result.ops
+    """The run's figures, from its block records: a block's records are shared by its identical runs,
+    so each distinct (records, phase) is added once, times how many ops it stands for."""
+    blocks = result.blocks
     meta = result.meta
     level = balance_level(result)
     wl = meta.get("workload", {})
     batch, new_tokens = wl.get("batch", 1), wl.get("new_tokens", 0)
-    total = max((r.end_s for r in ops), default=0.0)
-    # with several devices, op times add up to device-time: shares are of that
-    device_time = sum(r.duration_s for r in ops)
-    first_phase = [r for r in ops if r.phase in ("prefill", "encode")]
-    decode = [r for r in ops if r.phase == "decode"]
-    prefill_end = max((r.end_s for r in first_phase), default=0.0)
+    total = max((b.end_s for b in blocks), default=0.0)
+    first_phase = [b for b in blocks if b.block.phase in ("prefill", "encode") and b.ops]
+    decode = [b for b in blocks if b.block.phase == "decode" and b.ops]
+    prefill_end = max((b.end_s for b in first_phase), default=0.0)
     decode_s = total - prefill_end if decode else 0.0
-    steps = sorted({r.step for r in decode})
+    steps = sorted({b.block.step for b in decode})
     if first_phase:
         ttft = prefill_end
     else:
-        first_step = [r for r in decode if r.step == steps[0]] if steps else []
-        ttft = max((r.end_s for r in first_step), default=0.0)
+        ttft = max((b.end_s for b in decode if b.block.step == steps[0]), default=0.0) if steps else 0.0
     tpot = decode_s / len(steps) if steps else None
     if decode:
         tokens = batch * new_tokens
@@ -98,17 +99,29 @@ def summarize(result: RunResult, top: int = 10) -> dict:
     else:
         tokens_s = batch * wl.get("prompt_tokens", 0) / total if total else 0.0
 
-    # one pass: every record feeds the run's totals, its class's, its phase's and its kind's
+    # one pass over distinct records: each feeds the run's totals, its class's, its phase's, its kind's
+    runs: dict[tuple[int, str], list] = {}
+    for b in blocks:
+        phase = b.block.phase
+        if b.block.bound:  # hand-made ops carry their own phase
+            for r in b.ops:
+                runs.setdefault((id(r), r.phase), [(r,), r.phase, 0])[2] += len(b.devices)
+            continue
+        entry = runs.setdefault((id(b.ops), phase), [b.ops, phase, 0])
+        entry[2] += len(b.devices)
     all_totals = Totals()
     by_group: dict[str, Totals] = {}
     by_phase: dict[str, Totals] = {}
     by_kind: dict[tuple[str, str], tuple[Totals, str]] = {}
-    for r in ops:
-        all_totals.add(r)
-        by_group.setdefault(CLASS_GROUP[r.op_class], Totals()).add(r)
-        by_phase.setdefault(r.phase, Totals()).add(r)
-        if top:
-            by_kind.setdefault((r.phase, r.kind), (Totals(), r.op_class))[0].add(r)
+    for records, phase, n in runs.values():
+        for r in records:
+            all_totals.add(r, n)
+            by_group.setdefault(CLASS_GROUP[r.op_class], Totals()).add(r, n)
+            by_phase.setdefault(phase, Totals()).add(r, n)
+            if top:
+                by_kind.setdefault((phase, r.kind), (Totals(), r.op_class))[0].add(r, n)
+    device_time = all_totals.time
+    devices = sorted({d for b in blocks for d in b.devices if b.ops})
 
     def share(t: dict) -> float:
         return t["time_s"] / device_time if device_time else 0.0
@@ -131,7 +144,7 @@ def summarize(result: RunResult, top: int = 10) -> dict:
         "hardware": result.hardware,
         "total_s": total,
         "device_time_s": device_time,
-        "devices": len({r.device for r in ops}),
+        "devices": len(devices),
         "ttft_s": ttft,
         "tpot_s": tpot,
         "tokens_per_s": tokens_s,
@@ -144,7 +157,7 @@ def summarize(result: RunResult, top: int = 10) -> dict:
         "hit_rate": everything["hit_rate"],
         "time_share": everything["time_share"],
         "bound": everything["bound"],
-        "ops": len(ops),
+        "ops": all_totals.ops,
         "events": result.events,
         "classes": classes,
         "phases": phases,

@@ -21,9 +21,10 @@ from sim.config import load_hardware, load_workload
 from sim.config.hardware import Hardware
 from sim.config.workload import Workload
 from sim.engine import simulate
-from sim.graph.ops import Access, Collective, Op, Tensor
+from sim.graph.ops import Access, Collective, Op, Tensor, loose
 from sim.mapping import place
 from sim.mapping.collectives import plan_collective
+from sim.mapping.parallel import Stream
 from sim.mapping.plan import Planner
 from sim.pipeline import run
 from sim.report import summarize
@@ -145,9 +146,9 @@ def predict_allreduce(hw: Hardware, nbytes: float, devices: int) -> float:
             collective=Collective("allreduce", nbytes))
     group = tuple(range(devices))
     coll = plan_collective(op.collective, group, hw)
-    base = Planner(hw, place([op], hw)).plan(op)
-    plans = {d: [replace(base, device=d, collective=coll, overhead_s=0.0)] for d in group}
-    return simulate(plans, hw).ops[0].duration_s
+    base = replace(Planner(hw, place([op], hw)).plan(op), overhead_s=0.0)
+    stream = Stream(0, group, [(loose([op]), (base,))], {op.collective: coll})  # one stream for the alike ranks
+    return simulate([stream], hw).ops[0].duration_s
 
 
 def published_cases(path: Path = PUBLISHED) -> list[Case]:

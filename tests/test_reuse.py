@@ -1,0 +1,74 @@
+"""Reuse of identical work (planning memo, block replay, one stream for alike ranks) against the
+reference that plans and simulates every op of every device on its own: records and summaries agree."""
+
+import pytest
+
+from conftest import DATA, load
+from sim.config import load_hardware
+from sim.pipeline import run
+from sim.report import summarize
+
+NODE = DATA / "toy-node.yaml"
+CACHE = DATA / "toy-cache-hw.yaml"
+
+CASES = {
+    "single device": (None, {}),
+    "cache hierarchy": (CACHE, {}),
+    "cache, host ahead": (CACHE, {"device__dispatch_overhead": "0.2 us"}),
+    "cache, sync dispatch": (CACHE, {"device__dispatch_overhead": "0.5 us", "device__dispatch_mode": "sync"}),
+    "cache, weights pinned": (CACHE, {"device__memory__l2__pin": ["weight"], "device__memory__l2__capacity": "2 MiB"}),
+    "tensor parallel": (NODE, {"parallelism__tensor": 4}),
+    "pipeline parallel": (NODE, {"parallelism__pipeline": 2}),
+    "tensor x pipeline": (NODE, {"parallelism__tensor": 2, "parallelism__pipeline": 2}),
+}
+
+
+def close(a: float, b: float) -> bool:
+    return a == pytest.approx(b, rel=1e-9, abs=1e-15)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_fast_path_equals_full_simulation(case):
+    hw_file, overrides = CASES[case]
+    hw_over = {k: v for k, v in overrides.items() if k.startswith("device")}
+    wl_over = {k: v for k, v in overrides.items() if not k.startswith("device")}
+    own_hw = hw_over if hw_file is None else {}
+    wl, hw = load(DATA / "toy-gpt.yaml", model__layers=6, scenario__new_tokens=4, **wl_over, **own_hw)
+    if hw_file is not None:
+        hw = load_hardware(hw_file, [(k.replace("__", "."), v) for k, v in hw_over.items()])
+    fast, full = run(wl, hw), run(wl, hw, exact=True)
+    assert fast.events < full.events
+    assert len(fast.ops) == len(full.ops)
+    for a, b in zip(fast.ops, full.ops, strict=True):
+        assert (a.name, a.device, a.phase, a.step, a.layer, a.unit) == (b.name, b.device, b.phase, b.step, b.layer,
+                                                                         b.unit)
+        assert close(a.start_s, b.start_s) and close(a.end_s, b.end_s), a.name
+        assert close(a.compute_s, b.compute_s) and close(a.overhead_s, b.overhead_s)
+        assert a.stall_s.keys() == b.stall_s.keys()
+        assert all(close(a.stall_s[k], b.stall_s[k]) for k in a.stall_s), (a.name, a.stall_s, b.stall_s)
+        assert a.bytes == pytest.approx(b.bytes, rel=1e-12)
+        assert a.hits.keys() == b.hits.keys()
+        assert all(a.hits[c] == pytest.approx(b.hits[c], rel=1e-12) for c in a.hits)
+        assert a.link_bytes == pytest.approx(b.link_bytes, rel=1e-12)
+        assert a.level_busy_s.keys() == b.level_busy_s.keys()
+    sa, sb = summarize(fast), summarize(full)
+    for key in ("total_s", "ttft_s", "tpot_s", "flops", "bytes", "ops", "devices"):
+        assert close(sa[key], sb[key]), key
+    assert sa["bound"] == sb["bound"]
+
+
+def test_alike_layers_share_ops_and_plans():
+    """Layers of one pass after the first few share their ops tuple; the planner and engine then
+    reuse whole blocks (a 6-layer model plans far fewer ops than it runs)."""
+    wl, hw = load(DATA / "toy-gpt.yaml", model__layers=6, scenario__new_tokens=4)
+    hw = load_hardware(CACHE)
+    from sim.pipeline import graph_of
+
+    g = graph_of(wl)
+    per_pass = {}
+    for b in g.blocks:
+        per_pass.setdefault(b.seq, set()).add(id(b.ops))
+    assert all(len(ids) == 4 for ids in per_pass.values())  # embed, layer 0, layers 1-5, head
+    result = run(wl, hw)
+    distinct = {id(b.ops) for b in result.blocks}
+    assert len(distinct) < len(result.blocks)
