@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from sim.config import load_hardware, load_workload  # noqa: E402
 from sim.pipeline import run  # noqa: E402
+from sim.report import summarize  # noqa: E402
 from sim.sweep import load_sweep, run_sweep  # noqa: E402
 
 
@@ -34,11 +35,15 @@ def rss_mib() -> float:
 
 
 def single(path: str, overrides: list) -> tuple[int, int, float]:
+    """A run and its summary, as `python -m sim run` does them (the op count is of simulated ops,
+    every device counted)."""
     wl, hw_path = load_workload(ROOT / path, overrides)
     hw = load_hardware(hw_path)
     t0 = time.perf_counter()
     result = run(wl, hw)
-    return len(result.ops), result.events, time.perf_counter() - t0
+    summary = summarize(result)
+    wall = time.perf_counter() - t0
+    return summary["ops"], result.events, wall
 
 
 def sweep_points(points: int) -> tuple[int, float]:

@@ -99,6 +99,7 @@ class _Builder:
         self.dtype = sc.precision.activations
         self.blocks: list[Block] = []
         self._ops: list[Op] = []
+        self._interned: dict[tuple[Op, ...], tuple[Op, ...]] = {}
         self.phase = "prefill"
         self.step = 0
         self.seq = 0
@@ -107,6 +108,7 @@ class _Builder:
         """End the current block (its ops, or `ops` reused from an equal layer) at `layer`."""
         if ops is None:
             ops, self._ops = tuple(self._ops), []
+            ops = self._interned.setdefault(ops, ops)  # equal blocks of other passes share one tuple
         self.blocks.append(Block(self.phase, self.step, layer, self.seq, ops, self.m.layers))
         return ops
 

@@ -68,7 +68,7 @@ def map_devices(graph: OpGraph, workload: Workload, hw: Hardware, hw_file: str =
         placement = place(blocks, hw, hw_file)
         placements[stage] = placement
         planner = Planner(hw, placement, hw_file, memo=memo)
-        planned = [(blk, planner.plan_block(blk)) for blk in blocks]
+        planned = planner.plan_blocks(blocks)
         colls = {op.collective for blk in blocks for op in blk.ops if op.collective is not None}
         # alike ranks share a stream unless pipeline sends pair them off (rank r to rank r of the next
         # stage): those transfers may end at different times on different routes

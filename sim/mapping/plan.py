@@ -12,7 +12,7 @@ Everything here is arithmetic on config and graph plus the residency walk; the e
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from math import ceil
 
@@ -114,27 +114,50 @@ class Planner:
         self._by_signature: dict[tuple, tuple] = {}
         self._blocks: dict[tuple, tuple] = {}  # (id(ops), state) -> (ops, plans, state after)
         self._touched: dict[int, tuple] = {}
+        self._plans: dict[tuple, tuple] = {}  # (id(ops), plan contents) -> (ops, plans)
         # levels an operand crosses from a source: the source and every level inside it
         self._path = {name: self.order[: i + 1] for i, name in enumerate(self.order)}
 
-    def plan_block(self, block: Block) -> tuple[OpPlan, ...]:
+    def plan_blocks(self, blocks: list[Block]) -> list[tuple[Block, tuple[OpPlan, ...]]]:
+        """Plan blocks in order. An ops tuple's first block cannot find a memo entry and its last
+        need not leave one, which spares snapshotting blocks that occur once."""
+        left = Counter(id(b.ops) for b in blocks)
+        seen: set[int] = set()
+        out = []
+        for b in blocks:
+            i = id(b.ops)
+            left[i] -= 1
+            out.append((b, self.plan_block(b, lookup=i in seen, store=left[i] > 0)))
+            seen.add(i)
+        return out
+
+    def plan_block(self, block: Block, lookup: bool = True, store: bool = True) -> tuple[OpPlan, ...]:
         ops, layer, seq = block.ops, block.layer, block.seq
-        if not self.memo or not self.residency.caches:
+        if not self.memo or not (lookup or store):
             return tuple(self.plan(op, layer, seq) for op in ops)
-        touched = self._touched.get(id(ops))
+        touched = self._touched.get(id(ops))  # the tensors it touches, relative to it
         if touched is None or touched[0] is not ops:
             keys = {a.tensor.key(0, 0): None for op in ops for a in op.reads + op.writes}
             touched = self._touched[id(ops)] = (ops, tuple(keys))
         touched = touched[1]
         key = (id(ops), self.residency.snapshot(layer, seq, touched))
-        known = self._blocks.get(key)
+        known = self._blocks.get(key) if lookup else None
         if known is not None and known[0] is ops:
             self.residency.restore(known[2], layer, seq, touched)
             return known[1]
         plans = tuple(self.plan(op, layer, seq) for op in ops)
+        if not store:
+            return plans
+        # a different state can still give the same plans (the same hits): share one tuple then, so
+        # the engine sees the blocks as identical
+        content = (id(ops), tuple((p.unit, p.compute_s, p.loads, p.stores, p.hits, p.chunks) for p in plans))
+        known = self._plans.setdefault(content, (ops, plans))
+        if known[0] is ops:
+            plans = known[1]
         if len(self._blocks) > 50_000:  # bounded; dropping entries only costs re-planning
             self._blocks.clear()
             self._touched.clear()
+            self._plans.clear()
         self._blocks[key] = (ops, plans, self.residency.snapshot(layer, seq, touched))
         return plans
 
@@ -229,7 +252,7 @@ class Planner:
 def plan(graph: OpGraph, hw: Hardware, placement: Placement, hw_file: str = "hardware") -> list[OpPlan]:
     """Every op of the graph, in order (a flat list; the pipeline plans per block)."""
     planner = Planner(hw, placement, hw_file)
-    return [p for blk in graph.blocks for p in planner.plan_block(blk)]
+    return [p for _, plans in planner.plan_blocks(graph.blocks) for p in plans]
 
 
 def plan_op(op: Op, hw: Hardware, placement: Placement, hw_file: str = "hardware") -> OpPlan:

@@ -25,11 +25,6 @@ class Entry(NamedTuple):
     home: str
 
 
-def relative(key: Key, layer: int, seq: int) -> Key:
-    name, lyr, sq = key
-    return (name, None if lyr is None else lyr - layer, None if sq is None else sq - seq)
-
-
 def absolute(key: Key, layer: int, seq: int) -> Key:
     name, lyr, sq = key
     return (name, None if lyr is None else lyr + layer, None if sq is None else sq + seq)
@@ -75,7 +70,9 @@ class Residency:
         of the tensors the block touches (`touched`, relative keys). Residency decisions compare
         identities only, so equal snapshots plan equal blocks identically."""
         return tuple(
-            (tuple((relative(k, layer, seq), e) for k, e in c.lru.items()), c.lru_bytes, c.pinned_bytes,
+            (tuple(((n, None if lyr is None else lyr - layer, None if sq is None else sq - seq), e)
+                   for (n, lyr, sq), e in c.lru.items()),
+             c.lru_bytes, c.pinned_bytes,
              tuple(c.pinned.get(absolute(t, layer, seq)) for t in touched) if c.pinned else ())
             for c in self.caches)
 
@@ -83,7 +80,8 @@ class Residency:
         """Set the caches to a snapshot taken after planning an equal block, for the block at
         (`layer`, `seq`). Pinned tensors are only ever added, so only the touched ones change."""
         for c, (lru, lru_bytes, pinned_bytes, pins) in zip(self.caches, state):
-            c.lru = OrderedDict((absolute(k, layer, seq), e) for k, e in lru)
+            c.lru = OrderedDict(((n, None if lyr is None else lyr + layer, None if sq is None else sq + seq), e)
+                                for (n, lyr, sq), e in lru)
             c.lru_bytes, c.pinned_bytes = lru_bytes, pinned_bytes
             for t, v in zip(touched, pins):
                 if v is not None:

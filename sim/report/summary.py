@@ -41,6 +41,17 @@ class Totals:
         for k, v in r._resource_times.items():
             self.held[k] += n * v
 
+    def merge(self, other: Totals) -> None:
+        self.ops += other.ops
+        self.time += other.time
+        self.flops += other.flops
+        for target, source in ((self.by_level, other.by_level), (self.parts, other.parts), (self.held, other.held)):
+            for k, v in source.items():
+                target[k] += v
+        for cache, (h, looked) in other.hit.items():
+            self.hit[cache][0] += h
+            self.hit[cache][1] += looked
+
     def result(self, level: str) -> dict:
         """Time, FLOPs, bytes and intensity per level, cache hit rates, achieved rates, stall shares
         and the bound. `intensity_flop_per_byte` is taken at `level`."""
@@ -109,17 +120,24 @@ def summarize(result: RunResult, top: int = 10) -> dict:
             continue
         entry = runs.setdefault((id(b.ops), phase), [b.ops, phase, 0])
         entry[2] += len(b.devices)
+    finest: dict[tuple[str, str, str], Totals] = {}  # (phase, kind, class): the rest are sums of these
+    for records, phase, n in runs.values():
+        for r in records:
+            key = (phase, r.kind, r.op_class)
+            t = finest.get(key)
+            if t is None:
+                t = finest[key] = Totals()
+            t.add(r, n)
     all_totals = Totals()
     by_group: dict[str, Totals] = {}
     by_phase: dict[str, Totals] = {}
     by_kind: dict[tuple[str, str], tuple[Totals, str]] = {}
-    for records, phase, n in runs.values():
-        for r in records:
-            all_totals.add(r, n)
-            by_group.setdefault(CLASS_GROUP[r.op_class], Totals()).add(r, n)
-            by_phase.setdefault(phase, Totals()).add(r, n)
-            if top:
-                by_kind.setdefault((phase, r.kind), (Totals(), r.op_class))[0].add(r, n)
+    for (phase, kind, op_class), t in sorted(finest.items()):
+        all_totals.merge(t)
+        by_group.setdefault(CLASS_GROUP[op_class], Totals()).merge(t)
+        by_phase.setdefault(phase, Totals()).merge(t)
+        if top:
+            by_kind.setdefault((phase, kind), (Totals(), op_class))[0].merge(t)
     device_time = all_totals.time
     devices = sorted({d for b in blocks for d in b.devices if b.ops})
 
