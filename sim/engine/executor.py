@@ -26,6 +26,7 @@ load imbalance, pipeline bubbles), then for the transfers over the links (`link:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import simpy
@@ -49,6 +50,18 @@ class Timeline:
     uses: dict[str, tuple[float, float, float, float]]  # level -> bytes, busy, first, last (relative)
     events: int
 
+    @functools.cached_property
+    def bytes(self) -> dict[str, float]:
+        return {lvl: u[0] for lvl, u in self.uses.items()}
+
+    @functools.cached_property
+    def busy(self) -> dict[str, float]:
+        return {lvl: u[1] for lvl, u in self.uses.items()}
+
+    @functools.cached_property
+    def spans(self) -> dict[str, tuple[float, float]]:
+        return {lvl: (u[2], u[3]) for lvl, u in self.uses.items()}
+
 
 class Executor:
     def __init__(self, hw: Hardware, replay: bool = True):
@@ -57,6 +70,7 @@ class Executor:
         self._timelines: dict[tuple, Timeline] = {}
         self._blocks: dict[tuple, tuple] = {}  # (id(plans), host lead) -> (plans, duration, records)
         self._replayable: dict[int, tuple] = {}
+        self._hits: dict[int, tuple] = {}
         self.machine = Machine(hw)
         self.env = self.machine.env
         self.records: list[BlockRecord] = []
@@ -106,12 +120,17 @@ class Executor:
         """One in-order stream (like a CUDA stream): each op starts when the previous one ends and
         the host has dispatched it. The host touches no simulated resource, so its dispatch times
         follow from the stream's: async, the n-th op is ready n overheads after the start (the host
-        runs ahead); sync, one overhead after the previous op ended."""
-        env = self.env
+        runs ahead); sync, one overhead after the previous op ended.
+
+        `now` is the stream's clock. An op or block whose timeline is known touches nothing another
+        stream uses, so it advances `now` without an event; the simulation clock catches up before
+        anything that needs it (an op simulated event by event, a collective, the end)."""
+        env, device = self.env, s.devices[0]
         sync = self.hw.device.dispatch_mode == "sync"
         host_free = 0.0  # when the host has dispatched the op before this one
+        now = 0.0
         for block, plans in s.blocks:
-            start = env.now
+            start = now
             key = None
             if self.replay and self._block_replayable(s, plans):
                 ahead = sum(p.overhead_s for p in plans)  # a host this far ahead never holds the block up
@@ -119,45 +138,57 @@ class Executor:
                 key = (id(plans), lead)
                 known = self._blocks.get(key)
                 if known is not None and known[0] is plans:
-                    yield env.timeout(known[1])
+                    now += known[1]
                     host_free += 0.0 if sync else ahead
                     self.records.append(BlockRecord(block, s.devices, start, known[2]))
                     continue
             records = []
             for p in plans:
-                op_start, first_event = env.now, env.scheduled
+                op_start = now
                 ready = (op_start if sync else host_free) + p.overhead_s
                 host_free = ready
-                if ready > env.now:
-                    yield env.timeout(ready - env.now)
+                began = ready if ready > now else now
+                t = None
+                if p.op.collective is None and self.replay:
+                    t = self._timelines.get((p.unit, p.compute_s, p.loads, p.stores, p.chunks))
+                if t is not None:
+                    now = began + t.duration_s
+                    records.append(self._record(device, p, op_start - start, began - start, now - start, t, 0))
+                    continue
+                if began > env.now:
+                    yield env.timeout(began - env.now)
+                first_event = env.scheduled
                 if p.op.collective is not None:
                     rec = yield from self._collective(s, block, p, op_start, first_event)
+                    records.append(_relative(rec, start))
                 else:
-                    tkey = (p.unit, p.compute_s, p.loads, p.stores, p.chunks)
-                    known = self._timelines.get(tkey) if self.replay else None
-                    if known is None:
-                        known = yield from self._simulate_op(s.devices[0], p)
-                        self._timelines[tkey] = known
-                    else:
-                        yield env.timeout(known.duration_s)
-                    rec = self._record(s.devices[0], p, op_start, known, env.scheduled - first_event)
-                records.append(_relative(rec, start))
+                    t = yield from self._simulate_op(device, p)
+                    self._timelines[(p.unit, p.compute_s, p.loads, p.stores, p.chunks)] = t
+                    records.append(self._record(device, p, op_start - start, began - start, env.now - start, t,
+                                                env.scheduled - first_event))
+                now = env.now
             records = tuple(records)
             if key is not None:
-                self._blocks[key] = (plans, env.now - start, records)
+                self._blocks[key] = (plans, now - start, records)
             self.records.append(BlockRecord(block, s.devices, start, records))
+        if now > env.now:
+            yield env.timeout(now - env.now)
 
-    def _record(self, device: int, p: OpPlan, start: float, t: Timeline, events: int) -> OpRecord:
-        op, end = p.op, self.env.now
-        began = end - t.duration_s  # when the device started it (after waiting for dispatch)
+    def _record(self, device: int, p: OpPlan, start: float, began: float, end: float, t: Timeline,
+                events: int) -> OpRecord:
+        """The op's record, times relative to its block's start: dispatched at `start`, running from
+        `began` to `end` (level spans relative to `began`). Its per-level figures are the timeline's
+        and its hits the plan's (shared, never modified)."""
+        op = p.op
+        hits = self._hits.get(id(p))
+        if hits is None or hits[0] is not p:
+            hits = self._hits[id(p)] = (p, {c: (h, n) for c, h, n in p.hits})
         return OpRecord(
             name=op.name, kind=op.kind, layer=op.layer, phase=op.phase, step=op.step,
             op_class=op.op_class, device=device, unit=p.unit, dtype=op.dtype, shape=op.shape,
-            flops=op.flops, bytes={lvl: u[0] for lvl, u in t.uses.items()},
-            start_s=start, end_s=end, compute_s=t.compute_s, stall_s=dict(t.stall_s), overhead_s=began - start,
-            events=events, utilization=p.utilization, hits={c: (h, n) for c, h, n in p.hits},
-            level_busy_s={lvl: u[1] for lvl, u in t.uses.items()},
-            level_span_s={lvl: (began + u[2], began + u[3]) for lvl, u in t.uses.items()},
+            flops=op.flops, bytes=t.bytes, start_s=start, end_s=end, compute_s=t.compute_s, stall_s=t.stall_s,
+            overhead_s=began - start, events=events, utilization=p.utilization,
+            hits=hits[1], level_busy_s=t.busy, level_span_s=t.spans,
         )
 
     def _simulate_op(self, device: int, p: OpPlan):
@@ -261,12 +292,13 @@ class Executor:
 
 
 def _relative(r: OpRecord, t0: float) -> OpRecord:
-    """The record with its times counted from `t0` (its block's start)."""
+    """The record with its times counted from `t0` (its block's start), its spans from when it began."""
+    began = r.start_s + r.overhead_s
     r.start_s -= t0
     r.end_s -= t0
-    r.level_span_s = {k: (a - t0, b - t0) for k, (a, b) in r.level_span_s.items()}
+    r.level_span_s = {k: (a - began, b - began) for k, (a, b) in r.level_span_s.items()}
     for d, (lb, busy, span) in r.peers.items():
-        r.peers[d] = (lb, busy, {k: (a - t0, b - t0) for k, (a, b) in span.items()})
+        r.peers[d] = (lb, busy, {k: (a - began, b - began) for k, (a, b) in span.items()})
     return r
 
 

@@ -33,7 +33,8 @@ class OpRecord:
     hits: dict[str, tuple[float, float]] = field(default_factory=dict)  # cache -> (hit bytes, looked-up bytes)
     link_bytes: dict[str, float] = field(default_factory=dict)  # link -> bytes this device sent over it
     level_busy_s: dict[str, float] = field(default_factory=dict)  # memory level -> occupied time
-    level_span_s: dict[str, tuple[float, float]] = field(default_factory=dict)  # first grant, last end
+    #: first grant, last end (in a BlockRecord's `ops`: relative to when the op began, start + overhead)
+    level_span_s: dict[str, tuple[float, float]] = field(default_factory=dict)
     #: a collective run once for several identical devices: each other device's (link bytes, link busy,
     #: link spans), which `BlockRecord.expand` puts into that device's record
     peers: dict[int, tuple[dict, dict, dict]] = field(default_factory=dict)
@@ -108,12 +109,14 @@ class BlockRecord:
             for r in self.ops:
                 links = r.peers.get(d)
                 busy, span = (links[1], links[2]) if links else (r.level_busy_s, r.level_span_s)
+                began = t0 + r.start_s + r.overhead_s
                 out.append(replace(
-                    r, name=blk.op_name(r), phase=blk.phase if not blk.bound else r.phase,
+                    r, name=blk.op_name(r), bytes=dict(r.bytes), stall_s=dict(r.stall_s), hits=dict(r.hits),
+                    phase=blk.phase if not blk.bound else r.phase,
                     step=blk.step if not blk.bound else r.step, layer=blk.layer if not blk.bound else r.layer,
                     device=d, start_s=t0 + r.start_s, end_s=t0 + r.end_s, peers={},
                     link_bytes=links[0] if links else r.link_bytes, level_busy_s=busy,
-                    level_span_s={k: (t0 + a, t0 + b) for k, (a, b) in span.items()}))
+                    level_span_s={k: (began + a, began + b) for k, (a, b) in span.items()}))
         return out
 
 

@@ -158,7 +158,7 @@ class Planner:
             self._blocks.clear()
             self._touched.clear()
             self._plans.clear()
-        self._blocks[key] = (ops, plans, self.residency.snapshot(layer, seq, touched))
+        self._blocks[key] = (ops, plans, self.residency.save(layer, seq, touched))
         return plans
 
     def plan(self, op: Op, layer: int = 0, seq: int = 0) -> OpPlan:

@@ -76,11 +76,22 @@ class Residency:
              tuple(c.pinned.get(absolute(t, layer, seq)) for t in touched) if c.pinned else ())
             for c in self.caches)
 
-    def restore(self, state: tuple, layer: int, seq: int, touched: tuple[Key, ...]) -> None:
-        """Set the caches to a snapshot taken after planning an equal block, for the block at
-        (`layer`, `seq`). Pinned tensors are only ever added, so only the touched ones change."""
+    def save(self, layer: int, seq: int, touched: tuple[Key, ...]) -> tuple:
+        """The state after planning the block at (`layer`, `seq`), cheaply (absolute keys), for
+        `restore` after an equal block elsewhere."""
+        return (layer, seq, tuple(
+            (tuple(c.lru.items()), c.lru_bytes, c.pinned_bytes,
+             tuple(c.pinned.get(absolute(t, layer, seq)) for t in touched) if c.pinned else ())
+            for c in self.caches))
+
+    def restore(self, saved: tuple, layer: int, seq: int, touched: tuple[Key, ...]) -> None:
+        """Set the caches to a state `save`d after an equal block in an equal (relative) state, moved
+        to the block at (`layer`, `seq`). Pinned tensors are only ever added, so only the touched ones
+        change."""
+        at_layer, at_seq, state = saved
+        dl, ds = layer - at_layer, seq - at_seq
         for c, (lru, lru_bytes, pinned_bytes, pins) in zip(self.caches, state):
-            c.lru = OrderedDict(((n, None if lyr is None else lyr + layer, None if sq is None else sq + seq), e)
+            c.lru = OrderedDict(((n, None if lyr is None else lyr + dl, None if sq is None else sq + ds), e)
                                 for (n, lyr, sq), e in lru)
             c.lru_bytes, c.pinned_bytes = lru_bytes, pinned_bytes
             for t, v in zip(touched, pins):
