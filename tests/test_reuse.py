@@ -1,6 +1,8 @@
 """Reuse of identical work (planning memo, block replay, one stream for alike ranks) against the
 reference that plans and simulates every op of every device on its own: records and summaries agree."""
 
+import importlib
+
 import pytest
 
 from conftest import DATA, load
@@ -72,3 +74,23 @@ def test_alike_layers_share_ops_and_plans():
     result = run(wl, hw)
     distinct = {id(b.ops) for b in result.blocks}
     assert len(distinct) < len(result.blocks)
+
+
+def test_walk_reused_across_hardware_speeds_equals_fresh_runs():
+    """A sweep over speeds walks cache residency once per process: the second run, on other
+    bandwidths and FLOP/s, still equals its own full simulation."""
+    plan_module = importlib.import_module("sim.mapping.plan")
+
+    wl, _ = load(DATA / "toy-gpt.yaml", model__layers=4, scenario__new_tokens=3)
+    slow = load_hardware(CACHE, [("device.memory.l2.bandwidth", "50 GB/s")])
+    fast_hw = load_hardware(CACHE, [("device.memory.dram.bandwidth", "40 GB/s"), ("device.compute.peak.fp16",
+                                                                                    "3 TFLOP/s")])
+    plan_module._WALKS.clear()
+    run(wl, slow)
+    assert len(plan_module._WALKS) == 1
+    reused = run(wl, fast_hw)
+    assert len(plan_module._WALKS) == 1  # same structure: the walk was found, not redone
+    full = run(wl, fast_hw, exact=True)
+    assert all(a.name == b.name and close(a.end_s, b.end_s) and a.bytes == pytest.approx(b.bytes)
+               for a, b in zip(reused.ops, full.ops, strict=True))
+    assert summarize(reused)["total_s"] != summarize(run(wl, slow))["total_s"]

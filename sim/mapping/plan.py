@@ -32,6 +32,22 @@ MAX_CHUNKS = 2
 SPLIT_THRESHOLD = 0.01
 
 
+@dataclass(frozen=True, slots=True)
+class Traffic:
+    """What an op moves: (level, bytes) each memory level serves for its reads (incl. write-back
+    reads) and takes for its writes, and its (shared cache, hit bytes, looked-up bytes). It depends on
+    the memory's structure (levels, capacities, pins, homes), not on its speeds."""
+
+    loads: tuple[tuple[str, float], ...]
+    stores: tuple[tuple[str, float], ...]
+    hits: tuple[tuple[str, float, float], ...]
+
+
+NO_TRAFFIC = Traffic((), (), ())
+#: Walks kept across planners: (id(blocks), len, structure) -> (blocks, traffic per block).
+_WALKS: dict[tuple, tuple] = {}
+
+
 @dataclass(frozen=True)
 class OpPlan:
     op: Op
@@ -111,30 +127,61 @@ class Planner:
         self._overhead = dev.dispatch_overhead
         self._vector = dev.compute.vector
         self._home = dict(placement.home)
-        self._by_signature: dict[tuple, tuple] = {}
-        self._blocks: dict[tuple, tuple] = {}  # (id(ops), state) -> (ops, plans, state after)
+        self._compute_of: dict[tuple, tuple] = {}
+        self._factors_of: dict[tuple, list] = {}
+        self._blocks: dict[tuple, tuple] = {}  # (id(ops), state) -> (ops, traffic, state after)
         self._touched: dict[int, tuple] = {}
-        self._plans: dict[tuple, tuple] = {}  # (id(ops), plan contents) -> (ops, plans)
+        self._traffic: dict[tuple, tuple] = {}  # (id(ops), traffic) -> (ops, traffic)
+        # what the walk depends on: the levels, what they hold, and the tiles they offer
+        self.structure = (
+            tuple((n, lvl.kind, lvl.scope, lvl.capacity, tuple(lvl.pin)) for n, lvl in self.levels.items()),
+            dev.compute.units, dev.compute.registers, tuple(sorted(placement.home.items())),
+            tuple(sorted(placement.used.items())),
+        )
         # levels an operand crosses from a source: the source and every level inside it
         self._path = {name: self.order[: i + 1] for i, name in enumerate(self.order)}
 
     def plan_blocks(self, blocks: list[Block]) -> list[tuple[Block, tuple[OpPlan, ...]]]:
-        """Plan blocks in order. An ops tuple's first block cannot find a memo entry and its last
-        need not leave one, which spares snapshotting blocks that occur once."""
+        """Plan blocks in order: their traffic (see `walk_blocks`), then their timing, once per
+        distinct traffic tuple (so blocks that share traffic share plans)."""
+        timed: dict[int, tuple] = {}
+        out = []
+        for b, traffic in zip(blocks, self.walk_blocks(blocks)):
+            known = timed.get(id(traffic))
+            if known is None:
+                known = timed[id(traffic)] = (traffic, tuple(self.timed(op, t) for op, t in zip(b.ops, traffic)))
+            out.append((b, known[1]))
+        return out
+
+    def walk_blocks(self, blocks: list[Block]) -> list[tuple[Traffic, ...]]:
+        """Each block's traffic, walking cache residency in order. The walk depends on the memory's
+        structure, not on its speeds, so it is kept for the next planner of the same blocks on the
+        same structure (a sweep over bandwidths or FLOP/s walks once per process). An ops tuple's
+        first block cannot find a memo entry and its last need not leave one, which spares
+        snapshotting blocks that occur once."""
+        if not self.memo:
+            return [tuple(self.walk(op, b.layer, b.seq) for op in b.ops) for b in blocks]
+        key = (id(blocks), len(blocks), self.structure)
+        known = _WALKS.get(key)
+        if known is not None and known[0] is blocks:
+            return known[1]
         left = Counter(id(b.ops) for b in blocks)
         seen: set[int] = set()
         out = []
         for b in blocks:
             i = id(b.ops)
             left[i] -= 1
-            out.append((b, self.plan_block(b, lookup=i in seen, store=left[i] > 0)))
+            out.append(self._walk_block(b, lookup=i in seen, store=left[i] > 0))
             seen.add(i)
+        if len(_WALKS) >= 4:
+            _WALKS.clear()
+        _WALKS[key] = (blocks, out)
         return out
 
-    def plan_block(self, block: Block, lookup: bool = True, store: bool = True) -> tuple[OpPlan, ...]:
+    def _walk_block(self, block: Block, lookup: bool, store: bool) -> tuple[Traffic, ...]:
         ops, layer, seq = block.ops, block.layer, block.seq
-        if not self.memo or not (lookup or store):
-            return tuple(self.plan(op, layer, seq) for op in ops)
+        if not (lookup or store):
+            return tuple(self.walk(op, layer, seq) for op in ops)
         touched = self._touched.get(id(ops))  # the tensors it touches, relative to it
         if touched is None or touched[0] is not ops:
             keys = {a.tensor.key(0, 0): None for op in ops for a in op.reads + op.writes}
@@ -145,34 +192,34 @@ class Planner:
         if known is not None and known[0] is ops:
             self.residency.restore(known[2], layer, seq, touched)
             return known[1]
-        plans = tuple(self.plan(op, layer, seq) for op in ops)
+        traffic = tuple(self.walk(op, layer, seq) for op in ops)
         if not store:
-            return plans
-        # a different state can still give the same plans (the same hits): share one tuple then, so
-        # the engine sees the blocks as identical
-        content = (id(ops), tuple((p.unit, p.compute_s, p.loads, p.stores, p.hits, p.chunks) for p in plans))
-        known = self._plans.setdefault(content, (ops, plans))
+            return traffic
+        # a different state can still give the same traffic (the same hits): share one tuple then,
+        # so the engine sees the blocks as identical
+        known = self._traffic.setdefault((id(ops), traffic), (ops, traffic))
         if known[0] is ops:
-            plans = known[1]
-        if len(self._blocks) > 50_000:  # bounded; dropping entries only costs re-planning
+            traffic = known[1]
+        if len(self._blocks) > 50_000:  # bounded; dropping entries only costs walking again
             self._blocks.clear()
             self._touched.clear()
-            self._plans.clear()
-        self._blocks[key] = (ops, plans, self.residency.save(layer, seq, touched))
-        return plans
+            self._traffic.clear()
+        self._blocks[key] = (ops, traffic, self.residency.save(layer, seq, touched))
+        return traffic
 
     def plan(self, op: Op, layer: int = 0, seq: int = 0) -> OpPlan:
         """Plan one op of the block at (`layer`, forward pass `seq`), updating cache residency."""
-        dev = self.hw.device
+        return self.timed(op, self.walk(op, layer, seq))
+
+    def walk(self, op: Op, layer: int = 0, seq: int = 0) -> Traffic:
+        """The op's traffic per memory level and its cache hits, updating cache residency."""
         if op.collective is not None:  # its transfers are planned per device group (mapping.parallel)
-            return OpPlan(op=op, unit="link", compute_s=0.0, utilization=1.0, loads=(), stores=(),
-                          hits=(), chunks=(1.0,), overhead_s=dev.dispatch_overhead)
-        # compute and re-read factors depend on the op's arithmetic only: shared by every layer and step
-        sig = (op.engine, op.dtype, op.flops, op.shape, tuple(a.bytes for a in op.reads[:2]))
-        known = self._by_signature.get(sig)
-        if known is None:
-            known = self._by_signature[sig] = (*self._compute(op), self._factors(op))
-        unit, compute_s, util, factors = known
+            return NO_TRAFFIC
+        # re-read factors depend on the op's arithmetic only: shared by every layer and step
+        sig = (op.dtype, op.shape, tuple(a.bytes for a in op.reads[:2]))
+        factors = self._factors_of.get(sig)
+        if factors is None:
+            factors = self._factors_of[sig] = self._factors(op)
         served: dict[str, float] = {}
         written: dict[str, float] = {}
         hits: dict[str, list[float]] = {}
@@ -200,19 +247,30 @@ class Planner:
                 written[lvl] = written.get(lvl, 0.0) + access.bytes
             if writebacks:
                 self._writebacks(writebacks, served, written)
-        traffic = dict(served)
-        for lvl, b in written.items():
-            traffic[lvl] = traffic.get(lvl, 0.0) + b
-        bw, lat = self._bandwidth, self._latency
-        memory_s = max((b / bw[lvl] for lvl, b in traffic.items()), default=0.0)
-        latency_s = max((lat[lvl] for lvl in traffic), default=0.0)
-        return OpPlan(
-            op=op, unit=unit, compute_s=compute_s, utilization=util,
+        return Traffic(
             loads=tuple((lvl, b) for lvl, b in served.items() if b > 0),
             stores=tuple((lvl, b) for lvl, b in written.items() if b > 0),
             hits=tuple((c, h, n) for c, (h, n) in hits.items()),
-            chunks=chunk_schedule(compute_s, memory_s, latency_s), overhead_s=self._overhead,
         )
+
+    def timed(self, op: Op, t: Traffic) -> OpPlan:
+        """The op's plan: its compute unit and time at this hardware's speeds, and its chunks."""
+        if op.collective is not None:
+            return OpPlan(op=op, unit="link", compute_s=0.0, utilization=1.0, loads=(), stores=(),
+                          hits=(), chunks=(1.0,), overhead_s=self._overhead)
+        sig = (op.engine, op.dtype, op.flops, op.shape)
+        known = self._compute_of.get(sig)
+        if known is None:
+            known = self._compute_of[sig] = self._compute(op)
+        unit, compute_s, util = known
+        per_level: dict[str, float] = {}
+        for lvl, b in t.loads + t.stores:
+            per_level[lvl] = per_level.get(lvl, 0.0) + b
+        bw, lat = self._bandwidth, self._latency
+        memory_s = max((b / bw[lvl] for lvl, b in per_level.items()), default=0.0)
+        latency_s = max((lat[lvl] for lvl in per_level), default=0.0)
+        return OpPlan(op=op, unit=unit, compute_s=compute_s, utilization=util, loads=t.loads, stores=t.stores,
+                      hits=t.hits, chunks=chunk_schedule(compute_s, memory_s, latency_s), overhead_s=self._overhead)
 
     def _compute(self, op: Op) -> tuple[str, float, float]:
         """Matmul-like ops run on the matrix engine or the vector units, whichever is faster (a GEMV
