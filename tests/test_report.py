@@ -105,3 +105,22 @@ def test_every_shipped_workload_runs_on_every_shipped_hardware(wl_path, hw_path)
     s = summarize(run(wl, hw))
     assert s["total_s"] > 0 and s["flops"] > 0
     assert sum(c["time_s"] for c in s["classes"].values()) == pytest.approx(s["device_time_s"])
+
+
+def test_summary_totals_equal_sums_over_every_op_record(gpt2_a100):
+    """The summary adds each distinct block record once, times its runs: the same as adding up every
+    expanded op record (time, FLOPs, bytes per level, and resource times for the bound)."""
+    from collections import defaultdict
+
+    s = summarize(gpt2_a100)
+    ops = gpt2_a100.ops
+    assert s["ops"] == len(ops)
+    assert s["device_time_s"] == pytest.approx(sum(r.duration_s for r in ops), rel=1e-9)
+    assert s["flops"] == pytest.approx(sum(r.flops for r in ops), rel=1e-12)
+    for lvl, b in s["bytes_per_level"].items():
+        assert b == pytest.approx(sum(r.bytes.get(lvl, 0.0) for r in ops), rel=1e-9)
+    held = defaultdict(float)
+    for r in ops:
+        for k, v in r.resource_times().items():
+            held[k] += v
+    assert s["bound"] == max(held.items(), key=lambda kv: (kv[1], kv[0]))[0]

@@ -22,6 +22,10 @@ WORKLOAD_KEYS = ("name", "hardware", "model", "scenario", "parallelism")
 HARDWARE_KEYS = ("devices", "device", "interconnect", "host", "source")
 
 
+#: libyaml's parser where PyYAML was built with it (sweeps read the same files for every point)
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
@@ -29,7 +33,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except OSError as e:
         raise ConfigError(f"cannot read file ({e.strerror})", str(path)) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_LOADER)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None

@@ -38,8 +38,18 @@ class Totals:
         for cache, (h, looked) in r.hits.items():
             self.hit[cache][0] += n * h
             self.hit[cache][1] += n * looked
-        for k, v in r._resource_times.items():
-            self.held[k] += n * v
+        # what `OpRecord.resource_times` gives, summed without building it per record
+        held, busy, stall = self.held, r.level_busy_s, r.stall_s
+        held["compute"] += n * r.compute_s
+        held["overhead"] += n * r.overhead_s
+        for k, v in stall.items():
+            if not (k.startswith("memory:") and k[7:] in busy):
+                held[k] += n * v
+        for lvl, b in busy.items():
+            if not lvl.startswith("link:"):
+                key = "memory:" + lvl
+                s = stall.get(key, 0.0)
+                held[key] += n * (b if b > s else s)
 
     def merge(self, other: Totals) -> None:
         self.ops += other.ops
