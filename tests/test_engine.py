@@ -108,7 +108,7 @@ def test_transfers_on_one_level_contend_on_different_levels_overlap(hw):
     """SimPy-style timeline: two 1 MB moves issued at t=0."""
     def finish_times(level_a, level_b):
         m = Machine(hw)
-        procs = [m.env.process(m.move(0, lvl, 1e6, LevelUse(), None)) for lvl in (level_a, level_b)]
+        procs = [m.move(0, lvl, 1e6, LevelUse(), None) for lvl in (level_a, level_b)]
         m.env.run()
         return sorted(p.value[0] for p in procs)
 

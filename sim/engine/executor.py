@@ -219,12 +219,12 @@ class Executor:
         def issue(i: int):
             frac = p.chunks[i]
             arriving = [env.event() for _ in p.loads]
-            done = [env.process(m.move(device, lvl, b * frac, use(lvl), ev))
+            done = [m.move(device, lvl, b * frac, use(lvl), ev)
                     for (lvl, b), ev in zip(p.loads, arriving)]
             return arriving, done
 
         pending = issue(0) if p.loads else None
-        stores: list[simpy.Process] = []
+        stores: list[simpy.Event] = []
         busy = 0.0
         unit = m.compute[(device, p.unit)]
         for i, frac in enumerate(p.chunks):
@@ -232,7 +232,7 @@ class Executor:
             pending = issue(i + 1) if p.loads and i + 1 < len(p.chunks) else None
             if current:
                 yield from wait(env.all_of(current[0]), last_level)
-            stores += [env.process(m.move(device, lvl, b * frac, use(lvl), None))
+            stores += [m.move(device, lvl, b * frac, use(lvl), None)
                        for lvl, b in p.stores]
             with unit.request() as req:
                 yield from wait(req, lambda _: "compute:queue")
