@@ -26,23 +26,30 @@ class Totals:
 
     def add(self, r: OpRecord, n: int = 1) -> None:
         """Count record `r` `n` times (it stands for `n` identical runs)."""
+        self.add_own(r, n)
+        self.add_shared(r.bytes, r.stall_s, r.level_busy_s, n)
+
+    def add_own(self, r: OpRecord, n: int) -> None:
+        """The figures a record has to itself: time, FLOPs, compute, overhead, cache hits."""
         self.ops += n
         self.time += n * r.duration_s
         self.flops += n * r.flops
-        for lvl, b in r.bytes.items():
-            self.by_level[lvl] += n * b
         self.parts["compute"] += n * r.compute_s
         self.parts["overhead"] += n * r.overhead_s
-        for k, v in r.stall_s.items():
-            self.parts[k] += n * v
+        self.held["compute"] += n * r.compute_s
+        self.held["overhead"] += n * r.overhead_s
         for cache, (h, looked) in r.hits.items():
             self.hit[cache][0] += n * h
             self.hit[cache][1] += n * looked
-        # what `OpRecord.resource_times` gives, summed without building it per record
-        held, busy, stall = self.held, r.level_busy_s, r.stall_s
-        held["compute"] += n * r.compute_s
-        held["overhead"] += n * r.overhead_s
+
+    def add_shared(self, nbytes: dict, stall: dict, busy: dict, n: int) -> None:
+        """Bytes per level, stalls and resource times (what `OpRecord.resource_times` gives, less
+        compute and overhead), which records of ops with one timeline share."""
+        for lvl, b in nbytes.items():
+            self.by_level[lvl] += n * b
+        held = self.held
         for k, v in stall.items():
+            self.parts[k] += n * v
             if not (k.startswith("memory:") and k[7:] in busy):
                 held[k] += n * v
         for lvl, b in busy.items():
@@ -131,13 +138,21 @@ def summarize(result: RunResult, top: int = 10) -> dict:
         entry = runs.setdefault((id(b.ops), phase), [b.ops, phase, 0])
         entry[2] += len(b.devices)
     finest: dict[tuple[str, str, str], Totals] = {}  # (phase, kind, class): the rest are sums of these
+    shared: dict[tuple, list] = {}  # records of one timeline share their per-level dicts: add them once
     for records, phase, n in runs.values():
         for r in records:
             key = (phase, r.kind, r.op_class)
             t = finest.get(key)
             if t is None:
                 t = finest[key] = Totals()
-            t.add(r, n)
+            t.add_own(r, n)
+            entry = shared.get((key, id(r.bytes), id(r.stall_s), id(r.level_busy_s)))
+            if entry is None:
+                shared[(key, id(r.bytes), id(r.stall_s), id(r.level_busy_s))] = [t, r, n]
+            else:
+                entry[2] += n
+    for t, r, n in shared.values():
+        t.add_shared(r.bytes, r.stall_s, r.level_busy_s, n)
     all_totals = Totals()
     by_group: dict[str, Totals] = {}
     by_phase: dict[str, Totals] = {}
