@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field, replace
 from sim.graph.ops import Block
 
 
-@dataclass
+@dataclass(slots=True)
 class OpRecord:
     name: str
     kind: str
@@ -52,10 +52,6 @@ class OpRecord:
         nbytes = self.bytes.get(level, 0.0)
         return self.flops / nbytes if nbytes else None
 
-    @functools.cached_property
-    def _resource_times(self) -> dict[str, float]:
-        return self.resource_times()
-
     def resource_times(self) -> dict[str, float]:
         """How long each resource held this op up. Compute and data movement overlap, so a memory
         level counts for the longer of the time it was busy serving the op and the time compute
@@ -71,7 +67,7 @@ class OpRecord:
     @property
     def bound(self) -> str:
         """The resource that held the op up longest (see `resource_times`)."""
-        return max(self._resource_times.items(), key=lambda kv: (kv[1], kv[0]))[0]
+        return max(self.resource_times().items(), key=lambda kv: (kv[1], kv[0]))[0]
 
     def to_dict(self, balance_level: str) -> dict:
         d = asdict(self)
