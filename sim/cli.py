@@ -1,4 +1,4 @@
-"""`python -m sim run WORKLOAD [--hardware HW] [--set k=v ...] [--json F] [--csv F] [--trace F]`.
+"""`python -m sim run WORKLOAD [--hardware HW] [--set k=v ...] [--json F] [--csv F] [--trace F] [--exact]`.
 
 Bad input of any kind ends in one line on stderr naming file, key and problem, and exit code 2.
 """
@@ -33,8 +33,11 @@ def cli() -> None:
 @click.option("--trace", "trace_out", type=click.Path(dir_okay=False, path_type=Path),
               help="Write a Chrome/Perfetto trace.")
 @click.option("--top", default=10, show_default=True, help="Operators listed in the top table.")
+@click.option("--exact", is_flag=True,
+              help="Plan and simulate every op of every device on its own, reusing nothing (slow; the "
+                   "reference the default fast path is tested against).")
 def run(workload: Path, hardware: Path | None, overrides: tuple[str, ...], json_out: Path | None,
-        csv_out: Path | None, trace_out: Path | None, top: int) -> None:
+        csv_out: Path | None, trace_out: Path | None, top: int, exact: bool) -> None:
     """Simulate WORKLOAD and print where the time goes."""
     from sim.config import load_hardware, load_workload, parse_overrides, split_overrides
     from sim.pipeline import run as run_pipeline
@@ -44,7 +47,7 @@ def run(workload: Path, hardware: Path | None, overrides: tuple[str, ...], json_
     wl, default_hw = load_workload(workload, work_set)
     hw_path = hardware or default_hw
     hw = load_hardware(hw_path, hw_set)
-    result = run_pipeline(wl, hw, str(hw_path), str(workload))
+    result = run_pipeline(wl, hw, str(hw_path), str(workload), exact=exact)
     render(result, top=top)
     for path, write in ((json_out, write_json), (csv_out, write_csv), (trace_out, write_trace)):
         if path is not None:

@@ -94,3 +94,16 @@ def test_walk_reused_across_hardware_speeds_equals_fresh_runs():
     assert all(a.name == b.name and close(a.end_s, b.end_s) and a.bytes == pytest.approx(b.bytes)
                for a, b in zip(reused.ops, full.ops, strict=True))
     assert summarize(reused)["total_s"] != summarize(run(wl, slow))["total_s"]
+
+
+def test_cli_exact_flag_gives_the_same_figures(tmp_path):
+    from conftest import cli
+
+    a, b = tmp_path / "fast.json", tmp_path / "exact.json"
+    assert cli("run", str(DATA / "toy-gpt.yaml"), "--json", str(a)).returncode == 0
+    assert cli("run", str(DATA / "toy-gpt.yaml"), "--exact", "--json", str(b)).returncode == 0
+    import json
+
+    fa, fb = json.loads(a.read_text())["summary"], json.loads(b.read_text())["summary"]
+    assert close(fa["total_s"], fb["total_s"]) and fa["ops"] == fb["ops"]
+    assert fa["events"] < fb["events"]
