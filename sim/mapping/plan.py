@@ -129,7 +129,8 @@ class Planner:
         self._home = dict(placement.home)
         self._compute_of: dict[tuple, tuple] = {}
         self._factors_of: dict[tuple, list] = {}
-        self._blocks: dict[tuple, tuple] = {}  # (id(ops), state) -> (ops, traffic, state after)
+        # (id(ops), state fingerprint) -> [(ops, state before, traffic, state after), ...]
+        self._blocks: dict[tuple, list] = {}
         self._touched: dict[int, tuple] = {}
         self._traffic: dict[tuple, tuple] = {}  # (id(ops), traffic) -> (ops, traffic)
         # what the walk depends on: the levels, what they hold, and the tiles they offer
@@ -187,14 +188,17 @@ class Planner:
             keys = {a.tensor.key(0, 0): None for op in ops for a in op.reads + op.writes}
             touched = self._touched[id(ops)] = (ops, tuple(keys))
         touched = touched[1]
-        key = (id(ops), self.residency.snapshot(layer, seq, touched))
-        known = self._blocks.get(key) if lookup else None
-        if known is not None and known[0] is ops:
-            self.residency.restore(known[2], layer, seq, touched)
-            return known[1]
-        traffic = tuple(self.walk(op, layer, seq) for op in ops)
+        residency = self.residency
+        key = (id(ops), residency.fingerprint(layer, seq, touched))
+        if lookup:
+            for known_ops, before, traffic, after in self._blocks.get(key, ()):
+                if known_ops is ops and residency.equals(before, layer, seq):
+                    residency.restore(after, layer, seq, touched)
+                    return traffic
         if not store:
-            return traffic
+            return tuple(self.walk(op, layer, seq) for op in ops)
+        before = residency.save(layer, seq, touched)
+        traffic = tuple(self.walk(op, layer, seq) for op in ops)
         # a different state can still give the same traffic (the same hits): share one tuple then,
         # so the engine sees the blocks as identical
         known = self._traffic.setdefault((id(ops), traffic), (ops, traffic))
@@ -204,7 +208,9 @@ class Planner:
             self._blocks.clear()
             self._touched.clear()
             self._traffic.clear()
-        self._blocks[key] = (ops, traffic, self.residency.save(layer, seq, touched))
+        walks = self._blocks.setdefault(key, [])
+        walks.append((ops, before, traffic, residency.save(layer, seq, touched)))
+        del walks[:-4]
         return traffic
 
     def plan(self, op: Op, layer: int = 0, seq: int = 0) -> OpPlan:

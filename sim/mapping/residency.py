@@ -45,8 +45,7 @@ class CacheLevel:
         return self.lru_bytes + self.pinned_bytes
 
 
-@dataclass
-class Lookup:
+class Lookup(NamedTuple):
     """Where one access's bytes came from, and what it pushed out."""
 
     sources: list[tuple[str, float]]  # (level serving it, bytes)
@@ -64,17 +63,37 @@ class Residency:
         return self._inside_of[home]
 
     # -- the state seen from a block, so equal blocks in equal states can share one plan -----------
-    def snapshot(self, layer: int, seq: int, touched: tuple[Key, ...]) -> tuple:
-        """Everything the next block's planning depends on, with tensor identities relative to the
-        block at (`layer`, `seq`): each cache's LRU in order, its byte counts, and what is pinned
-        of the tensors the block touches (`touched`, relative keys). Residency decisions compare
-        identities only, so equal snapshots plan equal blocks identically."""
+    # Residency decisions compare tensor identities only, so a block walks the same way from two
+    # states that are equal seen from it: each cache's LRU in order with identities relative to the
+    # block, its byte counts, and what is pinned of the tensors the block touches.
+
+    def fingerprint(self, layer: int, seq: int, touched: tuple[Key, ...]) -> tuple:
+        """A cheap necessary condition for that equality: sizes, byte counts and the touched pins."""
         return tuple(
-            (tuple(((n, None if lyr is None else lyr - layer, None if sq is None else sq - seq), e)
-                   for (n, lyr, sq), e in c.lru.items()),
-             c.lru_bytes, c.pinned_bytes,
+            (len(c.lru), c.lru_bytes, c.pinned_bytes,
              tuple(c.pinned.get(absolute(t, layer, seq)) for t in touched) if c.pinned else ())
             for c in self.caches)
+
+    def equals(self, saved: tuple, layer: int, seq: int) -> bool:
+        """Whether the state now, seen from the block at (`layer`, `seq`), equals a `save`d one seen
+        from its own block (call after the fingerprints matched)."""
+        at_layer, at_seq, state = saved
+        dl, ds = layer - at_layer, seq - at_seq
+        for c, (lru, *_rest) in zip(self.caches, state):
+            for ((n, lyr, sq), e), ((n0, lyr0, sq0), e0) in zip(c.lru.items(), lru):
+                if n != n0 or e != e0:
+                    return False
+                if lyr is None or lyr0 is None:
+                    if lyr is not lyr0:
+                        return False
+                elif lyr - lyr0 != dl:
+                    return False
+                if sq is None or sq0 is None:
+                    if sq is not sq0:
+                        return False
+                elif sq - sq0 != ds:
+                    return False
+        return True
 
     def save(self, layer: int, seq: int, touched: tuple[Key, ...]) -> tuple:
         """The state after planning the block at (`layer`, `seq`), cheaply (absolute keys), for
