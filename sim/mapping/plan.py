@@ -129,6 +129,7 @@ class Planner:
         self._home = dict(placement.home)
         self._compute_of: dict[tuple, tuple] = {}
         self._factors_of: dict[tuple, list] = {}
+        self._factors_by_op: dict[int, tuple] = {}
         # (id(ops), state fingerprint) -> [(ops, state before, traffic, state after), ...]
         self._blocks: dict[tuple, list] = {}
         self._touched: dict[int, tuple] = {}
@@ -222,17 +223,24 @@ class Planner:
         if op.collective is not None:  # its transfers are planned per device group (mapping.parallel)
             return NO_TRAFFIC
         # re-read factors depend on the op's arithmetic only: shared by every layer and step
-        sig = (op.dtype, op.shape, tuple(a.bytes for a in op.reads[:2]))
-        factors = self._factors_of.get(sig)
-        if factors is None:
-            factors = self._factors_of[sig] = self._factors(op)
+        known = self._factors_by_op.get(id(op))
+        if known is None or known[0] is not op:
+            sig = (op.dtype, op.shape, tuple(a.bytes for a in op.reads[:2]))
+            factors = self._factors_of.get(sig)
+            if factors is None:
+                factors = self._factors_of[sig] = self._factors(op)
+            known = self._factors_by_op[id(op)] = (op, factors)
+        factors = known[1]
         served: dict[str, float] = {}
         written: dict[str, float] = {}
         hits: dict[str, list[float]] = {}
-        read, write, path = self.residency.read, self.residency.write, self._path
+        read, write, path, home = self.residency.read, self.residency.write, self._path, self._home
         for i, access in enumerate(op.reads):
             tensor = access.tensor
-            lookup = read(tensor.key(layer, seq), tensor.kind, access.bytes, self._home[tensor.kind])
+            scope = tensor.scope
+            key = (tensor.name, None, None) if scope == "global" else (
+                tensor.name, layer + tensor.dl, seq if scope == "pass" else None)
+            lookup = read(key, tensor.kind, access.bytes, home[tensor.kind])
             reuse = factors[i] if i < len(factors) else None
             for source, nbytes in lookup.sources:
                 inner = None
@@ -248,14 +256,19 @@ class Planner:
                 h[1] += looked
         for access in op.writes:
             tensor = access.tensor
-            landing, writebacks = write(tensor.key(layer, seq), tensor.kind, access.bytes, self._home[tensor.kind])
+            scope = tensor.scope
+            key = (tensor.name, None, None) if scope == "global" else (
+                tensor.name, layer + tensor.dl, seq if scope == "pass" else None)
+            landing, writebacks = write(key, tensor.kind, access.bytes, home[tensor.kind])
             for lvl in path[landing]:
                 written[lvl] = written.get(lvl, 0.0) + access.bytes
             if writebacks:
                 self._writebacks(writebacks, served, written)
         return Traffic(
-            loads=tuple((lvl, b) for lvl, b in served.items() if b > 0),
-            stores=tuple((lvl, b) for lvl, b in written.items() if b > 0),
+            loads=tuple(served.items()) if 0.0 not in served.values() else tuple(
+                (lvl, b) for lvl, b in served.items() if b > 0),
+            stores=tuple(written.items()) if 0.0 not in written.values() else tuple(
+                (lvl, b) for lvl, b in written.items() if b > 0),
             hits=tuple((c, h, n) for c, (h, n) in hits.items()),
         )
 

@@ -119,7 +119,7 @@ class Residency:
 
     def read(self, tensor: Key, kind: str, nbytes: float, home: str) -> Lookup:
         remaining, sources, hits = nbytes, [], []
-        for cache in self._inside(home):
+        for cache in self._inside_of[home]:
             if remaining <= 0:
                 break
             resident = cache.pinned.get(tensor, cache.lru[tensor].bytes if tensor in cache.lru else 0.0)
@@ -146,19 +146,26 @@ class Residency:
     def _allocate(self, tensor: Key, kind: str, nbytes: float, home: str, dirty: bool,
                   only: list[CacheLevel] | None = None) -> list[tuple[str, str, float]]:
         writebacks = []
-        for cache in self._inside(home) if only is None else only:
-            before = cache.pinned.get(tensor, 0.0)
-            if kind in cache.pin and cache.used - before + nbytes <= cache.capacity:
-                cache.pinned[tensor] = max(nbytes, before)
-                cache.pinned_bytes += cache.pinned[tensor] - before
-                continue
-            if nbytes > cache.capacity - cache.pinned_bytes:
+        for cache in self._inside_of[home] if only is None else only:
+            if cache.pin and kind in cache.pin:
+                before = cache.pinned.get(tensor, 0.0)
+                if cache.used - before + nbytes <= cache.capacity:
+                    cache.pinned[tensor] = max(nbytes, before)
+                    cache.pinned_bytes += cache.pinned[tensor] - before
+                    continue
+            capacity = cache.capacity
+            if nbytes > capacity - cache.pinned_bytes:
                 continue  # streams past this cache
-            old = cache.lru.pop(tensor, None)
-            keep = max(nbytes, old.bytes) if old else nbytes
-            cache.lru[tensor] = Entry(keep, dirty or bool(old and old.dirty), home)
-            cache.lru_bytes += keep - (old.bytes if old else 0.0)
-            while cache.used > cache.capacity:
+            lru = cache.lru
+            old = lru.pop(tensor, None)
+            if old is None:
+                lru[tensor] = Entry(nbytes, dirty, home)
+                cache.lru_bytes += nbytes
+            else:
+                keep = nbytes if nbytes > old.bytes else old.bytes
+                lru[tensor] = Entry(keep, dirty or old.dirty, home)
+                cache.lru_bytes += keep - old.bytes
+            while cache.lru_bytes + cache.pinned_bytes > capacity:
                 name, victim = cache.lru.popitem(last=False)
                 cache.lru_bytes -= victim.bytes
                 if victim.dirty:
