@@ -139,8 +139,10 @@ class Residency:
         if not caches:
             return home, []
         landing = caches[-1]  # outermost cache that takes it holds the dirty copy
-        writebacks = self._allocate(tensor, kind, nbytes, home, dirty=False, only=caches[:-1])
-        writebacks += self._allocate(tensor, kind, nbytes, home, dirty=True, only=[landing])
+        writebacks = []
+        if len(caches) > 1:  # inner caches keep a clean copy
+            writebacks = self._allocate(tensor, kind, nbytes, home, dirty=False, only=caches[:-1])
+        writebacks += self._allocate(tensor, kind, nbytes, home, dirty=True, only=(landing,))
         return landing.name, writebacks
 
     def _allocate(self, tensor: Key, kind: str, nbytes: float, home: str, dirty: bool,
