@@ -89,6 +89,8 @@ BAD_HARDWARE = [
      "kind: cache}\n    dram: {capacity: 1 GiB, bandwidth: 10 GB/s, latency: 100 ns, scope: shared, kind: cache",
      "device: no memory level of kind"),
     ("    units: 1", "    unit: 1", "did you mean 'units'?"),
+    ("dispatch_overhead: 1 us", "dispatch_overhead: 1 us\n  step_overhead: -3 us", "device.step_overhead"),
+    ("dispatch_overhead: 1 us", "dispatch_overhead: 1 us\n  step_overhead: 3 GB", "device.step_overhead"),
 ]
 
 

@@ -176,3 +176,39 @@ def test_plan_covers_every_op_once(toy):
     assert len(plans) == len(g.ops)
     assert [p.op.kind for p in plans] == [o.kind for o in g.ops]
     assert all(abs(sum(p.chunks) - 1) < 1e-12 and len(p.chunks) <= 4 for p in plans)
+
+
+@pytest.mark.parametrize("mode", ["async", "sync"])
+def test_step_overhead_is_paid_once_per_pass_after_it_ends(mode):
+    """With `step_overhead` the host waits for each forward pass, then spends that long before the
+    next pass's first op: in sync mode exactly once per generated token; in async mode at least that
+    (the host can no longer run ahead across passes)."""
+    from sim.report import summarize
+
+    base = {"device__dispatch_mode": mode}
+    wl, hw0 = load(DATA / "toy-gpt.yaml", **base)
+    _, hw1 = load(DATA / "toy-gpt.yaml", device__step_overhead="10 us", **base)
+    r0, r1 = run(wl, hw0), run(wl, hw1)
+    extra = summarize(r1)["total_s"] - summarize(r0)["total_s"]
+    steps = wl.scenario.new_tokens  # passes after the first
+    if mode == "sync":
+        assert extra == pytest.approx(steps * 10e-6, rel=1e-9)
+    else:
+        assert extra >= steps * 10e-6 * (1 - 1e-9)
+    firsts = [r for r in r1.ops if r.phase == "decode" and r.kind == "embed"]
+    assert len(firsts) == steps and all(r.overhead_s >= 10e-6 for r in firsts)
+
+
+def test_link_efficiency_and_collective_overhead():
+    """A bandwidth-bound all-reduce takes 1/efficiency as long; a latency-bound one pays the fixed
+    collective overhead once."""
+    from sim.config import load_hardware
+    from sim.validate.cases import predict_allreduce
+
+    node = DATA / "toy-node.yaml"
+    full = load_hardware(node)
+    half = load_hardware(node, [("interconnect.link.efficiency", 0.5)])
+    big = 256e6
+    assert predict_allreduce(half, big, 4) == pytest.approx(2 * predict_allreduce(full, big, 4), rel=0.01)
+    slow = load_hardware(node, [("interconnect.collective_overhead", "20 us")])
+    assert predict_allreduce(slow, 8, 4) - predict_allreduce(full, 8, 4) == pytest.approx(20e-6, rel=1e-9)

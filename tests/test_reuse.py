@@ -18,6 +18,8 @@ CASES = {
     "cache hierarchy": (CACHE, {}),
     "cache, host ahead": (CACHE, {"device__dispatch_overhead": "0.2 us"}),
     "cache, sync dispatch": (CACHE, {"device__dispatch_overhead": "0.5 us", "device__dispatch_mode": "sync"}),
+    "cache, step overhead": (CACHE, {"device__dispatch_overhead": "0.2 us", "device__step_overhead": "3 us"}),
+    "cache, sync, step overhead": (CACHE, {"device__dispatch_mode": "sync", "device__step_overhead": "3 us"}),
     "cache, weights pinned": (CACHE, {"device__memory__l2__pin": ["weight"], "device__memory__l2__capacity": "2 MiB"}),
     "tensor parallel": (NODE, {"parallelism__tensor": 4}),
     "pipeline parallel": (NODE, {"parallelism__pipeline": 2}),

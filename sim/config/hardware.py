@@ -75,6 +75,11 @@ class MemoryLevel(Spec):
 class Link(Spec):
     bandwidth: Bandwidth = Field(description="per direction")
     latency: Latency
+    efficiency: float = Field(default=1.0, gt=0, le=1, description="achievable fraction of `bandwidth`")
+
+    @property
+    def effective_bandwidth(self) -> float:
+        return self.bandwidth * self.efficiency
 
 
 class Device(Spec):
@@ -86,6 +91,10 @@ class Device(Spec):
         description="async: the host queues ops ahead of the device (GPU streams); sync: each op's dispatch "
         "starts when the previous op has finished (a CPU framework running op by op)",
     )
+    step_overhead: Latency = Field(
+        default=0.0, description="host time per forward pass after the previous one has finished (sampling "
+        "the token, scheduling the next step) before its first op is dispatched. 0: the framework overlaps "
+        "it (on-device sampling, captured graphs) and the host may run ahead across passes")
 
     @model_validator(mode="after")
     def _has_a_home(self) -> Device:
@@ -100,6 +109,9 @@ class Device(Spec):
 class Interconnect(Spec):
     topology: Literal["switch", "ring", "tree", "torus2d", "mesh2d", "torus3d"]
     link: Link
+    collective_overhead: Latency = Field(
+        default=0.0, description="fixed software cost of each collective (library launch and handshake), "
+        "on top of its per-step link latencies")
 
 
 class HostMemory(Spec):

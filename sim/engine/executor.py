@@ -120,7 +120,8 @@ class Executor:
         """One in-order stream (like a CUDA stream): each op starts when the previous one ends and
         the host has dispatched it. The host touches no simulated resource, so its dispatch times
         follow from the stream's: async, the n-th op is ready n overheads after the start (the host
-        runs ahead); sync, one overhead after the previous op ended.
+        runs ahead); sync, one overhead after the previous op ended. With a `step_overhead`, the host
+        waits for each forward pass to end and spends that long before dispatching the next.
 
         `now` is the stream's clock. An op or block whose timeline is known touches nothing another
         stream uses, so it advances `now` without an event; the simulation clock catches up before
@@ -129,12 +130,17 @@ class Executor:
         sync = self.hw.device.dispatch_mode == "sync"
         host_free = 0.0  # when the host has dispatched the op before this one
         now = 0.0
+        step, seq = self.hw.device.step_overhead, None
         for block, plans in s.blocks:
             start = now
+            if step and block.seq != seq:
+                if seq is not None:  # the host waits for the pass, samples, schedules the next
+                    host_free = max(host_free, now) + step
+                seq = block.seq
             key = None
             if self.replay and self._block_replayable(s, plans):
                 ahead = sum(p.overhead_s for p in plans)  # a host this far ahead never holds the block up
-                lead = 0 if sync else round(min(start - host_free, ahead) * 1e12)
+                lead = round(min(start - host_free, 0.0 if sync else ahead) * 1e12)
                 key = (id(plans), lead)
                 known = self._blocks.get(key)
                 if known is not None and known[0] is plans:
@@ -145,7 +151,7 @@ class Executor:
             records = []
             for p in plans:
                 op_start = now
-                ready = (op_start if sync else host_free) + p.overhead_s
+                ready = (op_start if sync and op_start > host_free else host_free) + p.overhead_s
                 host_free = ready
                 began = ready if ready > now else now
                 t = None

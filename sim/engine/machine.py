@@ -59,7 +59,7 @@ class Machine:
         """Process: hold every link of a route for nbytes / link bandwidth (cut-through). Links are
         requested in a global order so that crossing routes cannot deadlock."""
         env = self.env
-        bandwidth = self.hw.interconnect.link.bandwidth
+        bandwidth = self.hw.interconnect.link.effective_bandwidth
         requests = []
         for link in sorted(links):
             req = self.links[link].request()

@@ -121,7 +121,8 @@ def _plan(kind: str, group: tuple[int, ...], moves: list[tuple[int, int, float]]
     transfers = tuple(Transfer(a, b, route(topo, n, a, b), nbytes) for a, b, nbytes in moves)
     # a step's latency counts the device-to-device hops of the longest route (a switch is one hop)
     hops = max((sum(1 for lnk in t.links if not lnk.endswith(SWITCH)) for t in transfers), default=1)
-    return CollectivePlan(kind, group, transfers, steps * hops * hw.interconnect.link.latency)
+    ic = hw.interconnect
+    return CollectivePlan(kind, group, transfers, steps * hops * ic.link.latency + ic.collective_overhead)
 
 
 def _estimate(c: CollectivePlan, hw: Hardware) -> float:
@@ -130,4 +131,4 @@ def _estimate(c: CollectivePlan, hw: Hardware) -> float:
     for t in c.transfers:
         for lnk in t.links:
             per_link[lnk] = per_link.get(lnk, 0.0) + t.bytes
-    return c.latency_s + max(per_link.values(), default=0.0) / hw.interconnect.link.bandwidth
+    return c.latency_s + max(per_link.values(), default=0.0) / hw.interconnect.link.effective_bandwidth
