@@ -19,6 +19,10 @@ NORM_FLOPS = {"layernorm": 7, "rmsnorm": 4}
 ACT_FLOPS = {"gelu": 8, "relu": 1, "silu": 5}  # silu counts x*sigmoid(x) times the gate
 SOFTMAX_FLOPS = 5
 ROPE_FLOPS = 3
+#: The residual stream between blocks: the embedding's output and every layer's carry one name (the
+#: layer tells them apart), so the first layer's ops equal the others' and cache states seen from
+#: consecutive layers compare equal.
+HIDDEN = "hidden"
 
 
 class OpGraph:
@@ -163,16 +167,16 @@ class _Builder:
         return self.op(kind, op_class, flops, [x, Access(w, w.bytes)], writes, (1, m_rows, n, k))
 
     def vector(self, kind: str, inputs: list[Access], out_elements: int, flops_per: float,
-               weights: list[Tensor] = (), op_class: str = "elementwise") -> Op:
-        out = self.act(kind, out_elements)
+               weights: list[Tensor] = (), op_class: str = "elementwise", out_name: str | None = None) -> Op:
+        out = self.act(out_name or kind, out_elements)
         reads = list(inputs) + [Access(w, w.bytes) for w in weights]
         return self.op(kind, op_class, flops_per * out_elements, reads, [out])
 
-    def norm(self, kind: str, x: Access, w_name: str, per_layer: bool = True) -> Op:
+    def norm(self, kind: str, x: Access, w_name: str, per_layer: bool = True, out_name: str | None = None) -> Op:
         h = self.m.hidden
         n_params = h * (2 if self.m.norm == "layernorm" else 1)
         w = self.weight(w_name, n_params, per_layer)
-        return self.vector(kind, [x], x.tensor.elements, NORM_FLOPS[self.m.norm], [w], "norm")
+        return self.vector(kind, [x], x.tensor.elements, NORM_FLOPS[self.m.norm], [w], "norm", out_name)
 
 
 def out(op: Op) -> Access:
@@ -238,12 +242,13 @@ def _embed(b: _Builder, rows: int) -> Access:
     gather += [Access(t, rows * h * b.wb) for t in tables]
     emb = _gather(b, gather, rows, len(tables))
     if m.family == "bert":
-        return out(b.norm("embed_norm", emb, "emb_ln", per_layer=False))
+        return out(b.norm("embed_norm", emb, "emb_ln", per_layer=False, out_name=HIDDEN))
     return emb
 
 
 def _gather(b: _Builder, gather: list[Access], rows: int, adds: int) -> Access:
-    emb = b.op("embed", "elementwise", adds * rows * b.m.hidden, gather, [b.act("embed", rows * b.m.hidden)])
+    name = "embed" if b.m.family == "bert" else HIDDEN  # BERT normalises it first
+    emb = b.op("embed", "elementwise", adds * rows * b.m.hidden, gather, [b.act(name, rows * b.m.hidden)])
     if b.tp > 1:  # vocabulary-parallel table: each rank fills its rows, an all-reduce completes them
         return out(b.collective("allreduce", out(emb), name="embed_allreduce"))
     return out(emb)
@@ -297,9 +302,9 @@ def _layer(b: _Builder, x: Access, rows: int, tokens: int, past: int) -> Access:
     down = out(b.linear("ffn_down", out(act), h, "w_down", rows))
     if b.tp > 1:
         down = out(b.collective("allreduce", down, name="ffn_allreduce"))
-    res2 = out(b.vector("residual2", [res1, down], rows * h, 1))
+    res2 = out(b.vector("residual2", [res1, down], rows * h, 1, out_name=HIDDEN if pre else None))
     if not pre:
-        res2 = out(b.norm("ffn_norm", res2, "ln2"))
+        res2 = out(b.norm("ffn_norm", res2, "ln2", out_name=HIDDEN))
     return res2
 
 
