@@ -21,7 +21,7 @@ from sim.errors import ConfigError
 from sim.graph.ops import Block, Op
 from sim.graph.transformer import OpGraph
 from sim.mapping.placement import Placement, level_capacity
-from sim.mapping.residency import CacheLevel, Residency
+from sim.mapping.residency import CacheLevel, Residency, shifted_equal
 from sim.mapping.tiling import reuse_factors
 
 #: Most chunks an op is split into. Overlap inside a chunk is at tile granularity (see engine), so
@@ -130,8 +130,13 @@ class Planner:
         self._compute_of: dict[tuple, tuple] = {}
         self._factors_of: dict[tuple, list] = {}
         self._factors_by_op: dict[int, tuple] = {}
-        # (id(ops), state fingerprint) -> [(ops, state before, traffic, state after), ...]
+        # (id(ops), state fingerprint) -> [(ops, state before, traffic, state after, {shift: fixed}), ...]
         self._blocks: dict[tuple, list] = {}
+        # a hit's resulting state is written into the caches only when something needs them; meanwhile
+        # (walk, layer, seq) says which walk's result it is and where. Not with pinning caches, whose
+        # pins a walk result does not carry
+        self._chain: tuple | None = None
+        self._lazy = not any(c.pin for c in self.residency.caches)
         self._touched: dict[int, tuple] = {}
         self._traffic: dict[tuple, tuple] = {}  # (id(ops), traffic) -> (ops, traffic)
         # what the walk depends on: the levels, what they hold, and the tiles they offer
@@ -175,6 +180,7 @@ class Planner:
             left[i] -= 1
             out.append(self._walk_block(b, lookup=i in seen, store=left[i] > 0))
             seen.add(i)
+        self._settle()
         if len(_WALKS) >= 4:
             _WALKS.clear()
         _WALKS[key] = (blocks, out)
@@ -190,12 +196,29 @@ class Planner:
             touched = self._touched[id(ops)] = (ops, tuple(keys))
         touched = touched[1]
         residency = self.residency
+        chain = self._chain
+        if chain is not None:
+            # the state is a recorded walk's result, not yet written back: if this block is the same
+            # ops seen one step on, and that walk's result equals its start one step on, it hits again
+            walk, at_layer, at_seq = chain
+            if lookup and walk[0] is ops:
+                shift = (layer - at_layer, seq - at_seq)
+                fixed = walk[4].get(shift)
+                if fixed is None:
+                    fixed = walk[4][shift] = shifted_equal(walk[3], walk[1], *shift)
+                if fixed:
+                    self._chain = (walk, layer, seq)
+                    return walk[2]
+            self._settle()
         key = (id(ops), residency.fingerprint(layer, seq, touched))
         if lookup:
-            for known_ops, before, traffic, after in self._blocks.get(key, ()):
-                if known_ops is ops and residency.equals(before, layer, seq):
-                    residency.restore(after, layer, seq, touched)
-                    return traffic
+            for walk in self._blocks.get(key, ()):
+                if walk[0] is ops and residency.equals(walk[1], layer, seq):
+                    if self._lazy:
+                        self._chain = (walk, layer, seq)
+                    else:
+                        residency.restore(walk[3], layer, seq, touched)
+                    return walk[2]
         if not store:
             return tuple(self.walk(op, layer, seq) for op in ops)
         before = residency.save(layer, seq, touched)
@@ -210,9 +233,16 @@ class Planner:
             self._touched.clear()
             self._traffic.clear()
         walks = self._blocks.setdefault(key, [])
-        walks.append((ops, before, traffic, residency.save(layer, seq, touched)))
+        walks.append((ops, before, traffic, residency.save(layer, seq, touched), {}))
         del walks[:-4]
         return traffic
+
+    def _settle(self) -> None:
+        """Write a deferred walk result into the caches (see `_walk_block`)."""
+        if self._chain is not None:
+            walk, layer, seq = self._chain
+            self._chain = None
+            self.residency.restore(walk[3], layer, seq, ())
 
     def plan(self, op: Op, layer: int = 0, seq: int = 0) -> OpPlan:
         """Plan one op of the block at (`layer`, forward pass `seq`), updating cache residency."""
@@ -220,6 +250,8 @@ class Planner:
 
     def walk(self, op: Op, layer: int = 0, seq: int = 0) -> Traffic:
         """The op's traffic per memory level and its cache hits, updating cache residency."""
+        if self._chain is not None:
+            self._settle()
         if op.collective is not None:  # its transfers are planned per device group (mapping.parallel)
             return NO_TRAFFIC
         # re-read factors depend on the op's arithmetic only: shared by every layer and step

@@ -53,6 +53,28 @@ class Lookup(NamedTuple):
     hits: list[tuple[str, float, float]]  # (cache level, hit bytes, looked-up bytes)
 
 
+def shifted_equal(a: tuple, b: tuple, dl: int, ds: int) -> bool:
+    """Whether `save`d state `a`, moved `dl` layers and `ds` passes on, equals saved state `b` (both
+    taken at the same block): the test for a walk whose result is its own start one step later."""
+    for (lru_a, bytes_a, pinned_a, _), (lru_b, bytes_b, pinned_b, _) in zip(a[2], b[2]):
+        if bytes_a != bytes_b or pinned_a != pinned_b or len(lru_a) != len(lru_b):
+            return False
+        for ((n, lyr, sq), e), ((n0, lyr0, sq0), e0) in zip(lru_a, lru_b):
+            if n != n0 or e != e0:
+                return False
+            if lyr is None or lyr0 is None:
+                if lyr is not lyr0:
+                    return False
+            elif lyr - dl != lyr0:
+                return False
+            if sq is None or sq0 is None:
+                if sq is not sq0:
+                    return False
+            elif sq - ds != sq0:
+                return False
+    return True
+
+
 class Residency:
     def __init__(self, caches: list[CacheLevel], order: list[str]):
         self.caches = caches  # innermost first
