@@ -105,10 +105,12 @@ def validate(hardware: Path, quick: bool, no_live: bool, markdown: Path | None) 
         with console.status("live cases") as status:
             live = live_cases(hw, quick, lambda msg: status.update(f"measuring and predicting: {msg}"))
         render(console, f"Live cases on this machine (predicted with {hardware})", live)
-    published = published_cases()
+    published, calibrated = published_cases()
     render(console, "Published cases (predicted with the shipped hardware models)", published)
+    for line in calibrated:
+        console.print(f"  calibrated: {line}")
     if markdown is not None:
-        markdown.write_text(to_markdown(live, published, str(hardware)))
+        markdown.write_text(to_markdown(live, published, str(hardware), calibrated))
         console.print(f"wrote {markdown}")
 
 

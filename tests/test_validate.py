@@ -10,7 +10,15 @@ from conftest import DATA, ROOT, load
 from sim.config import load_hardware
 from sim.graph import build_graph
 from sim.validate.calibrate import best_time, os_caches, write_hardware
-from sim.validate.cases import PUBLISHED, Case, predict_allreduce, predict_matmul
+from sim.validate.cases import (
+    Case,
+    calibrations,
+    measured_seconds,
+    predict_allreduce,
+    predict_matmul,
+    published_cases,
+    published_rows,
+)
 from sim.validate.reference import Reference
 
 
@@ -53,16 +61,39 @@ def test_warm_matmul_prediction_hits_the_cache_cold_does_not():
 def test_allreduce_prediction_matches_the_ring_formula():
     hw = load_hardware(ROOT / "hardware_models/a100-sxm4-80gb.yaml")
     t = predict_allreduce(hw, 2**30, 8)
-    ring = 2 * 7 / 8 * 2**30 / 300e9 + 14 * hw.interconnect.link.latency
+    ring = 2 * 7 / 8 * 2**30 / (300e9 * hw.interconnect.link.efficiency) + 14 * hw.interconnect.link.latency
     assert t == pytest.approx(ring, rel=1e-6)
 
 
-def test_published_cases_cite_sources():
-    rows = yaml.safe_load(PUBLISHED.read_text())["cases"]
-    assert rows
+def test_published_rows_cite_sources_and_convert_to_seconds():
+    rows = published_rows()
+    assert {r["kind"] for r in rows} == {"matmul", "allreduce", "generate"}
     for row in rows:
-        assert row["measured_s"] > 0 and row["source"].count("http") >= 1
+        assert measured_seconds(row) > 0 and row["source"].count("http") >= 1
         assert (ROOT / "hardware_models" / f"{row['hardware']}.yaml").exists()
+        if row["kind"] == "generate":
+            assert (ROOT / "workloads" / f"{row['workload']}.yaml").exists()
+    # the published figure, converted: nccl-tests busbw = algbw x 2(p-1)/p; a GEMM's FLOP/s; tokens/s
+    assert measured_seconds({"bytes": 2**20, "devices": 8, "busbw": "1.75 GB/s"}) == pytest.approx(2**20 / 1e9)
+    assert measured_seconds({"m": 10, "n": 10, "k": 10, "rate": "2 kFLOP/s"}) == pytest.approx(1.0)
+    assert measured_seconds({"tokens": 200, "tokens_per_s": 100}) == pytest.approx(2.0)
+
+
+def test_calibration_rows_fit_an_additive_cost_and_are_held_out(tmp_path: Path):
+    """A series' calibration rows set its additive parameter (median residual) and are not predicted;
+    the other rows of the series are predicted with it."""
+    hw = load_hardware(ROOT / "hardware_models/a100-sxm4-80gb.yaml")
+    base = predict_allreduce(hw, 4096, 8)
+    data = {"series": {"s": {"group": "g", "kind": "allreduce", "hardware": "a100-sxm4-80gb", "devices": 8,
+                             "calibrates": "interconnect.collective_overhead", "source": "http://x"}},
+            "cases": [{"series": "s", "name": "cal", "bytes": 4096, "measured_s": base + 30e-6, "role": "calibration"},
+                      {"series": "s", "name": "held out", "bytes": 4096, "measured_s": base + 30e-6}]}
+    path = tmp_path / "published.yaml"
+    path.write_text(yaml.safe_dump(data))
+    (key, value, n), = calibrations(published_rows(path)).values()
+    assert key == "interconnect.collective_overhead" and value == pytest.approx(30e-6, rel=1e-3) and n == 1
+    cases, notes = published_cases(path)
+    assert [c.name for c in cases] == ["held out"] and abs(cases[0].error) < 1e-3 and len(notes) == 1
 
 
 def test_case_error_sign():

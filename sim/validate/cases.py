@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from sim.config import load_hardware, load_workload
+from sim.config import DTYPE_BYTES, load_hardware, load_workload, split_overrides
 from sim.config.hardware import Hardware
+from sim.config.units import Dim, fmt_time, parse_quantity
 from sim.config.workload import Workload
 from sim.engine import simulate
 from sim.graph.ops import Access, Collective, Op, Tensor, loose
@@ -61,18 +62,19 @@ def median_time(fn: Callable[[], object], repeats: int = 7, min_total: float = 0
 
 
 # -- single operators ------------------------------------------------------------------------------
-def _matmul_op(name: str, m: int, n: int, k: int) -> Op:
-    a = Tensor("x", "activation", m * k * 4.0, m * k)
-    w = Tensor("w", "weight", k * n * 4.0, k * n)
-    y = Tensor("y", "activation", m * n * 4.0, m * n)
+def _matmul_op(name: str, m: int, n: int, k: int, dtype: str = "fp32") -> Op:
+    size = DTYPE_BYTES[dtype]
+    a = Tensor("x", "activation", m * k * size, m * k)
+    w = Tensor("w", "weight", k * n * size, k * n)
+    y = Tensor("y", "activation", m * n * size, m * n)
     return Op(name=name, kind="matmul", op_class="gemv" if m == 1 else "gemm", engine="matrix", phase="prefill",
-              step=0, layer=0, dtype="fp32", flops=2.0 * m * n * k, reads=(Access(a, a.bytes), Access(w, w.bytes)),
+              step=0, layer=0, dtype=dtype, flops=2.0 * m * n * k, reads=(Access(a, a.bytes), Access(w, w.bytes)),
               writes=(Access(y, y.bytes),), shape=(1, m, n, k))
 
 
-def predict_matmul(hw: Hardware, m: int, n: int, k: int) -> float:
+def predict_matmul(hw: Hardware, m: int, n: int, k: int, dtype: str = "fp32") -> float:
     """The same matmul twice in a row; the second is what a timing loop sees (warm caches)."""
-    ops = [_matmul_op("first", m, n, k), _matmul_op("again", m, n, k)]
+    ops = [_matmul_op("first", m, n, k, dtype), _matmul_op("again", m, n, k, dtype)]
     planner = Planner(hw, place(ops, hw))
     records = simulate([planner.plan(op) for op in ops], hw).ops
     return records[1].duration_s
@@ -151,14 +153,62 @@ def predict_allreduce(hw: Hardware, nbytes: float, devices: int) -> float:
     return simulate([stream], hw).ops[0].duration_s
 
 
-def published_cases(path: Path = PUBLISHED) -> list[Case]:
+def measured_seconds(row: dict) -> float:
+    """A row's measurement, converted from the figure its source publishes to seconds."""
+    if "measured_s" in row:
+        return float(row["measured_s"])
+    if "rate" in row:  # a matmul's achieved FLOP/s
+        return 2.0 * row["m"] * row["n"] * row["k"] / parse_quantity(row["rate"], Dim.COMPUTE)
+    if "busbw" in row:  # nccl-tests: busbw = algbw x 2(p-1)/p for an all-reduce
+        p = row["devices"]
+        return row["bytes"] * 2 * (p - 1) / p / parse_quantity(row["busbw"], Dim.BANDWIDTH)
+    if "tokens_per_s" in row:
+        return row["tokens"] / float(row["tokens_per_s"])
+    raise ValueError(f"published row {row.get('name')!r} has no measured figure")
+
+
+def predict_row(row: dict, extra: list[tuple[str, object]] = ()) -> tuple[Hardware, float]:
+    """The shipped hardware model's prediction of one row (with its `set` overrides, then `extra`)."""
+    work_set, hw_set = split_overrides(list((row.get("set") or {}).items()) + list(extra))
+    hw = load_hardware(ROOT / "hardware_models" / f"{row['hardware']}.yaml", hw_set)
+    if row["kind"] == "allreduce":
+        return hw, predict_allreduce(hw, row["bytes"], row["devices"])
+    if row["kind"] == "matmul":
+        return hw, predict_matmul(hw, row["m"], row["n"], row["k"], row.get("dtype", "fp32"))
+    wl, _ = load_workload(ROOT / "workloads" / f"{row['workload']}.yaml", work_set)
+    return hw, summarize(run(wl, hw))["total_s"]
+
+
+def published_rows(path: Path = PUBLISHED) -> list[dict]:
+    """Every row merged with its series (row keys win)."""
+    data = yaml.safe_load(path.read_text())
+    return [{**data["series"][row["series"]], **row} for row in data["cases"]]
+
+
+def calibrations(rows: list[dict]) -> dict[str, tuple[str, float, int]]:
+    """Per series with calibration rows: (parameter, value in seconds, rows used). The value is the
+    median over those rows of measured minus predicted with the parameter at 0."""
+    out = {}
+    for series in dict.fromkeys(r["series"] for r in rows if r.get("role") == "calibration"):
+        used = [r for r in rows if r["series"] == series and r.get("role") == "calibration"]
+        key = used[0]["calibrates"]
+        residuals = [measured_seconds(r) - predict_row(r, [(key, "0 s")])[1] for r in used]
+        out[series] = (key, max(0.0, statistics.median(residuals)), len(used))
+    return out
+
+
+def published_cases(path: Path = PUBLISHED) -> tuple[list[Case], list[str]]:
+    """Predicted vs published for every row that is not a calibration row, and a line per calibration."""
+    rows = published_rows(path)
+    fitted = calibrations(rows)
     cases = []
-    for row in yaml.safe_load(path.read_text())["cases"]:
-        hw = load_hardware(ROOT / "hardware_models" / f"{row['hardware']}.yaml")
-        if row["kind"] == "allreduce":
-            predicted = predict_allreduce(hw, row["bytes"], row["devices"])
-        else:
-            wl, _ = load_workload(ROOT / "workloads" / f"{row['workload']}.yaml", list(row["set"].items()))
-            predicted = summarize(run(wl, hw))["total_s"]
-        cases.append(Case(f"published: {hw.name}", row["name"], predicted, row["measured_s"], row["source"]))
-    return cases
+    for row in rows:
+        if row.get("role") == "calibration":
+            continue
+        key, value, _ = fitted.get(row["series"], (None, 0.0, 0))
+        _, predicted = predict_row(row, [(key, f"{value * 1e6:.6f} us")] if key else [])
+        cases.append(Case(row["group"], row["name"], predicted, measured_seconds(row), row["source"]))
+    notes = [f"{key} = {fmt_time(value)} for {next(r['group'] for r in rows if r['series'] == s)!r}: the median of "
+             f"measured minus predicted without it over its {n} calibration rows (not in the table)"
+             for s, (key, value, n) in fitted.items()]
+    return cases, notes
