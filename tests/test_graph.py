@@ -111,3 +111,12 @@ def test_int4_weights_halve_bytes_not_flops():
     assert a.flops == b.flops
     wa, wb = a.reads[1].bytes, b.reads[1].bytes
     assert wb == wa / 4
+
+
+def test_quantization_groups_add_a_scale_and_zero_per_group():
+    """int4 in groups of 32 with fp16 scales: 0.5 + 2 x 2 / 32 = 0.625 bytes per weight (gpt-fast's layout)."""
+    int4, _ = load(DATA / "toy-gpt.yaml", scenario__precision__weights="int4")
+    grouped, _ = load(DATA / "toy-gpt.yaml", scenario__precision__weights="int4", scenario__precision__group_size=32)
+    a, b = op(build_graph(int4), "prefill.L0.ffn_up"), op(build_graph(grouped), "prefill.L0.ffn_up")
+    assert a.flops == b.flops
+    assert b.reads[1].bytes == pytest.approx(a.reads[1].bytes * 0.625 / 0.5)

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from sim.config.types import Count, Dtype, Spec
+from sim.config.types import DTYPE_BYTES, Count, Dtype, Spec
 from sim.errors import KeyedError
 
 FAMILY_PHASES = {
@@ -58,6 +58,20 @@ class Precision(Spec):
     weights: Dtype
     activations: Dtype
     kv_cache: Dtype
+    group_size: Count | None = Field(
+        default=None, description="integer weights quantized in groups of this many, each group with a scale and "
+        "a zero point in the activation dtype (e.g. 32 or 128 for int4). Absent: per-channel scales (negligible)")
+
+    @model_validator(mode="after")
+    def _groups_need_integer_weights(self) -> Precision:
+        if self.group_size is not None and not self.weights.startswith("int"):
+            raise KeyedError("group_size", f"quantization groups need integer weights, not {self.weights}")
+        return self
+
+    def weight_bytes(self) -> float:
+        """Bytes per weight, with the group's scale and zero point spread over its weights."""
+        meta = 2 * DTYPE_BYTES[self.activations] / self.group_size if self.group_size else 0.0
+        return DTYPE_BYTES[self.weights] + meta
 
 
 class Scenario(Spec):

@@ -97,7 +97,7 @@ class _Builder:
         self.stage = 0
         self.prompt = sc.prompt_tokens
         self.max_context = sc.prompt_tokens + sc.new_tokens
-        self.wb = DTYPE_BYTES[sc.precision.weights]
+        self.wb = sc.precision.weight_bytes()
         self.ab = DTYPE_BYTES[sc.precision.activations]
         self.kb = DTYPE_BYTES[sc.precision.kv_cache]
         self.dtype = sc.precision.activations
