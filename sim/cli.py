@@ -82,9 +82,10 @@ def calibrate(out: Path) -> None:
               help="Calibrated model of this machine (written by `calibrate` first if missing).")
 @click.option("--quick", is_flag=True, help="Fewer, smaller live cases.")
 @click.option("--no-live", is_flag=True, help="Only the published cases.")
+@click.option("--no-published", is_flag=True, help="Only the live cases.")
 @click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the tables as Markdown (docs/validation.md is made this way).")
-def validate(hardware: Path, quick: bool, no_live: bool, markdown: Path | None) -> None:
+def validate(hardware: Path, quick: bool, no_live: bool, no_published: bool, markdown: Path | None) -> None:
     """Predict, then measure: live cases on this machine and published cases on real accelerators."""
     from rich.console import Console
 
@@ -105,8 +106,9 @@ def validate(hardware: Path, quick: bool, no_live: bool, markdown: Path | None) 
         with console.status("live cases") as status:
             live = live_cases(hw, quick, lambda msg: status.update(f"measuring and predicting: {msg}"))
         render(console, f"Live cases on this machine (predicted with {hardware})", live)
-    published, calibrated = published_cases()
-    render(console, "Published cases (predicted with the shipped hardware models)", published)
+    published, calibrated = ([], []) if no_published else published_cases()
+    if published:
+        render(console, "Published cases (predicted with the shipped hardware models)", published)
     for line in calibrated:
         console.print(f"  calibrated: {line}")
     if markdown is not None:

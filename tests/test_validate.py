@@ -9,6 +9,7 @@ import yaml
 from conftest import DATA, ROOT, load
 from sim.config import load_hardware
 from sim.graph import build_graph
+from sim.validate import native
 from sim.validate.calibrate import best_time, os_caches, write_hardware
 from sim.validate.cases import (
     Case,
@@ -106,3 +107,12 @@ def test_calibration_helpers(tmp_path: Path):
     data = yaml.safe_load((DATA / "toy-hw.yaml").read_text())
     write_hardware(data, tmp_path / "hw.yaml")
     assert load_hardware(tmp_path / "hw.yaml").name == "toy"
+
+
+@pytest.mark.skipif(not native.available(), reason="no C compiler")
+def test_native_microbenchmarks_see_the_hierarchy():
+    """A chase through 64 MiB (past every cache) waits longer per load than one inside L1, and the
+    read loop moves bytes at a plausible rate."""
+    near, far = native.load_latency(16 << 10, steps=200_000), native.load_latency(64 << 20, steps=200_000)
+    assert 0 < near < far
+    assert 1e9 < native.read_bandwidth(16 << 10, seconds=0.005) < 1e13

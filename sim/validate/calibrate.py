@@ -2,9 +2,11 @@
 
 What is measured, and how (each figure's method is written into the YAML's `calibration:` section):
 - cache sizes and which cores share them: from the OS (/sys/devices/system/cpu/cpu0/cache);
-- bandwidth of each cache level and of DRAM: numpy copy (read + write) over working sets sized to fit
-  each level, best of several runs; DRAM also by a BLAS GEMV over a matrix far larger than the last
-  cache (the higher of the two, as GEMVs use every core);
+- bandwidth of each cache level and of DRAM: private levels by a C read loop on every core (see
+  `native`; numpy's per-call cost is longer than reading a whole L1/L2), shared ones and DRAM by numpy
+  copies (read + write) over working sets sized to each level, best of several runs; DRAM also by a
+  BLAS GEMV over a matrix far larger than the last cache (the higher of the two, as GEMVs use every core);
+- latency of each level: a C pointer chase through a random cycle of cache lines sized to the level;
 - peak GEMM FLOP/s per dtype: large square matmuls with the BLAS numpy uses;
 - the vector rate: the reference kernels (layernorm, softmax, GELU, add) on cache-resident data, in
   FLOPs by the graph's conventions per second;
@@ -26,8 +28,9 @@ import yaml
 
 from sim.graph.transformer import ACT_FLOPS, NORM_FLOPS, SOFTMAX_FLOPS
 from sim.validate import kernels as k
+from sim.validate import native
 
-LATENCY_ASSUMED = {1: "1.5 ns", 2: "5 ns", 3: "20 ns"}  # not measurable from numpy; typical orders
+LATENCY_ASSUMED = {1: "1.5 ns", 2: "5 ns", 3: "20 ns"}  # without a C compiler; typical orders
 
 
 def best_time(fn: Callable[[], object], min_time: float = 0.1, repeats: int = 7) -> float:
@@ -161,40 +164,54 @@ def calibrate(progress: Callable[[str], None] = lambda _msg: None) -> dict:
     caches = os_caches() or [{"level": 2, "bytes": 1 << 20, "private": True}]
     notes: dict[str, str] = {}
     memory: dict[str, dict] = {}
+    compiled = native.available()
     for c in caches:
         name = f"l{c['level']}"
-        progress(f"bandwidth of {name} ({c['bytes'] // 1024} KiB)")
-        # a private cache: one core's read bandwidth, times the cores (each has its own);
-        # a shared one: every core copying its share at once, source and destination together filling
-        # half the capacity
-        if c["private"]:
+        progress(f"bandwidth and latency of {name} ({c['bytes'] // 1024} KiB)")
+        # a private cache: every core reading its own half-capacity array at once (a C loop: a numpy call
+        # costs longer than reading a whole L1 or L2); a shared one: every core copying its share at once
+        # with numpy, source and destination together filling half the capacity (the rate numpy's and the
+        # BLAS's streams see there)
+        if c["private"] and compiled:
+            per_thread = c["bytes"] // 2
+            bw = native.read_bandwidth(per_thread, cores)
+            method = f"{cores} threads of a C read loop over {per_thread // 1024} KiB each"
+        elif c["private"]:
             per_thread = c["bytes"] // 2
             bw = cores * read_bandwidth(per_thread)
-            method = f"{cores} cores x one core's numpy read of {per_thread // 1024} KiB"
+            method = f"{cores} cores x one core's numpy read of {per_thread // 1024} KiB (no C compiler)"
         else:
             per_thread = c["bytes"] // (4 * cores)
             bw = copy_bandwidth(per_thread, cores)
             method = f"{cores} threads of numpy copy of {per_thread // 1024} KiB each"
+        if compiled:  # a working set well inside the level (a shared level's far end also misses the TLB)
+            chased = c["bytes"] // (2 if c["private"] else 8)
+            latency = f"{native.load_latency(chased) * 1e9:.1f} ns"
+            lat_method = f"latency = C pointer chase over a random cycle of lines in {chased // 1024} KiB"
+        else:
+            latency, lat_method = LATENCY_ASSUMED.get(c["level"], "20 ns"), "latency assumed (no C compiler)"
         memory[name] = {
-            "capacity": f"{c['bytes'] // 1024} KiB", "bandwidth": f"{bw / 1e9:.3f} GB/s",
-            "latency": LATENCY_ASSUMED.get(c["level"], "20 ns"),
+            "capacity": f"{c['bytes'] // 1024} KiB", "bandwidth": f"{bw / 1e9:.3f} GB/s", "latency": latency,
             "scope": "per_unit" if c["private"] else "shared", "kind": "cache",
         }
         notes[f"device.memory.{name}"] = (
             f"capacity from /sys (cpu0, {'private' if c['private'] else 'shared'}); bandwidth = {method}, best of "
-            f"5; latency assumed (not measurable from numpy)")
+            f"5; {lat_method}")
     last = max(c["bytes"] for c in caches)
     dram_bytes = max(256 << 20, 16 * last)
-    progress("bandwidth of DRAM (copy and GEMV)")
+    progress("bandwidth and latency of DRAM (copy, GEMV, pointer chase)")
     copy_dram, gemv_dram = copy_bandwidth(dram_bytes // cores, cores), gemv_bandwidth(dram_bytes)
+    dram_latency = native.load_latency(dram_bytes) if compiled else None
     memory["dram"] = {
         "capacity": f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') // 2**20} MiB",
-        "bandwidth": f"{max(copy_dram, gemv_dram) / 1e9:.3f} GB/s", "latency": "90 ns",
+        "bandwidth": f"{max(copy_dram, gemv_dram) / 1e9:.3f} GB/s",
+        "latency": f"{dram_latency * 1e9:.1f} ns" if dram_latency else "90 ns",
         "scope": "shared", "kind": "dram",
     }
     notes["device.memory.dram"] = (
         f"capacity = physical memory; bandwidth = max(numpy copy {copy_dram / 1e9:.2f} GB/s, BLAS GEMV "
-        f"{gemv_dram / 1e9:.2f} GB/s) over {dram_bytes >> 20} MiB; latency assumed")
+        f"{gemv_dram / 1e9:.2f} GB/s) over {dram_bytes >> 20} MiB; latency = "
+        + (f"C pointer chase over {dram_bytes >> 20} MiB" if dram_latency else "assumed (no C compiler)"))
     progress("GEMM peak (fp32, fp16)")
     fp32 = gemm_rate(np.float32, 2048)
     fp16 = gemm_rate(np.float16, 256)
