@@ -104,7 +104,7 @@ def validate(hardware: Path, quick: bool, no_live: bool, no_published: bool, mar
             console.print(f"wrote {hardware}")
         hw = load_hardware(hardware)
         with console.status("live cases") as status:
-            live = live_cases(hw, quick, lambda msg: status.update(f"measuring and predicting: {msg}"))
+            live = live_cases(hw, quick, lambda msg: status.update(f"live cases: {msg}"))
         render(console, f"Live cases on this machine (predicted with {hardware})", live)
     published, calibrated = ([], []) if no_published else published_cases()
     if published:

@@ -80,20 +80,29 @@ def predict_matmul(hw: Hardware, m: int, n: int, k: int, dtype: str = "fp32") ->
     return records[1].duration_s
 
 
-def matmul_cases(hw: Hardware, quick: bool) -> list[Case]:
+@dataclass(frozen=True)
+class Timed:
+    """A live case before measurement: its prediction and the call to time."""
+    group: str
+    name: str
+    predicted_s: float
+    fn: Callable[[], object]
+
+
+def matmul_cases(hw: Hardware, quick: bool) -> list[Timed]:
     cases = []
     k_n = 1024
     for m in (1, 16, 64, 256, 1024) if quick else (1, 16, 64, 256, 1024, 4096):
         x, w = np.ones((m, k_n), np.float32), np.ones((k_n, k_n), np.float32)
-        cases.append(Case("GEMM sweep (K = N = 1024, fp32)", f"M = {m}", predict_matmul(hw, m, k_n, k_n),
-                          median_time(lambda x=x, w=w: x @ w)))
+        cases.append(Timed("GEMM sweep (K = N = 1024, fp32)", f"M = {m}", predict_matmul(hw, m, k_n, k_n),
+                           lambda x=x, w=w: x @ w))
     shapes = [("GPT-2 qkv 768x2304", 768, 2304), ("GPT-2 ffn up 768x3072", 768, 3072),
               ("GPT-2 ffn down 3072x768", 3072, 768), ("GPT-2 LM head 768x50257", 768, 50257),
               ("Llama-7B attn out 4096x4096", 4096, 4096), ("Llama-7B ffn up 4096x11008", 4096, 11008),
               ("Llama-7B ffn down 11008x4096", 11008, 4096)]
     for name, k, n in shapes[:5] if quick else shapes:
         x, w = np.ones((1, k), np.float32), np.ones((k, n), np.float32)
-        cases.append(Case("GEMV (fp32)", name, predict_matmul(hw, 1, n, k), median_time(lambda x=x, w=w: x @ w)))
+        cases.append(Timed("GEMV (fp32)", name, predict_matmul(hw, 1, n, k), lambda x=x, w=w: x @ w))
     return cases
 
 
@@ -106,7 +115,7 @@ def _workload(path: str, phase: str, prompt: int, new: int, **model) -> Workload
     return load_workload(ROOT / path, sets)[0]
 
 
-def forward_cases(hw: Hardware, quick: bool) -> list[Case]:
+def forward_cases(hw: Hardware, quick: bool) -> list[Timed]:
     small_llama = {"layers": 8, "hidden": 1024, "heads": 16, "kv_heads": 4, "ffn": 2816}
     specs = [
         ("BERT-Base encode, 128 tokens", "workloads/bert-base.yaml", "encode", 128, 0, {}),
@@ -127,17 +136,28 @@ def forward_cases(hw: Hardware, quick: bool) -> list[Case]:
             fn = lambda ref=ref, p=prompt: ref.forward(np.zeros((1, 1), np.int64), p)  # noqa: E731
         else:
             fn = lambda ref=ref, p=prompt: ref.forward(np.zeros((1, p), np.int64), 0)  # noqa: E731
-        predicted = summarize(run(wl, hw))["total_s"]
-        cases.append(Case("Transformer forward (numpy, fp32)", name, predicted, median_time(fn, repeats=5)))
-        del ref
+        cases.append(Timed("Transformer forward (numpy, fp32)", name, summarize(run(wl, hw))["total_s"], fn))
     return cases
 
 
-def live_cases(hw: Hardware, quick: bool = False, progress: Callable[[str], None] = lambda _m: None) -> list[Case]:
-    progress("GEMM and GEMV")
-    cases = matmul_cases(hw, quick)
-    progress("Transformer forward passes")
-    return cases + forward_cases(hw, quick)
+ROUNDS = 3
+
+
+def live_cases(hw: Hardware, quick: bool = False, progress: Callable[[str], None] = lambda _m: None,
+               rounds: int = ROUNDS) -> list[Case]:
+    """Predict every case, then time them round-robin: each round times every case once (median of a
+    few calls after a warm-up), and a case's measurement is the median over rounds. A burst of someone
+    else's load on a shared machine then spreads over all cases instead of ruining one."""
+    progress("predicting GEMMs and GEMVs")
+    timed = matmul_cases(hw, quick)
+    progress("predicting Transformer forward passes")
+    timed += forward_cases(hw, quick)
+    times: list[list[float]] = [[] for _ in timed]
+    for r in range(rounds):
+        progress(f"measuring, round {r + 1} of {rounds}")
+        for t, case in zip(times, timed):
+            t.append(median_time(case.fn, repeats=3, min_total=0.2))
+    return [Case(c.group, c.name, c.predicted_s, statistics.median(t)) for c, t in zip(timed, times)]
 
 
 # -- published measurements ------------------------------------------------------------------------
