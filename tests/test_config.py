@@ -91,6 +91,10 @@ BAD_HARDWARE = [
      "kind: cache}\n    dram: {capacity: 1 GiB, bandwidth: 10 GB/s, latency: 100 ns, scope: shared, kind: cache",
      "device: no memory level of kind"),
     ("    units: 1", "    unit: 1", "did you mean 'units'?"),
+    ("scope: shared, kind: dram}", "scope: shared, kind: dram, efficiency_by_size: {1 KiB: 1.5}}",
+     "device.memory.dram.efficiency_by_size: efficiencies are fractions in (0, 1]"),
+    ("scope: shared, kind: dram}", "scope: shared, kind: dram, efficiency_by_size: {1 lightyear: 0.5}}",
+     "device.memory.dram.efficiency_by_size"),
     ("dispatch_overhead: 1 us", "dispatch_overhead: 1 us\n  step_overhead: -3 us", "device.step_overhead"),
     ("dispatch_overhead: 1 us", "dispatch_overhead: 1 us\n  step_overhead: 3 GB", "device.step_overhead"),
 ]

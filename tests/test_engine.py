@@ -45,6 +45,21 @@ def test_memory_bound_op_timeline_by_hand(hw):
     assert rec.bytes == {"dram": 1e6, "sram": 1e6 + 2e3}
 
 
+def test_short_transfers_run_at_their_size_efficiency():
+    """DRAM reaches half its bandwidth on 1 KiB and all of it on 1 MiB (log-interpolated between): 1 KiB
+    of weights takes 1024 B / 5 GB/s = 204.8 ns, 1 MiB takes 1048576 B / 10 GB/s; roofline agrees."""
+    hw = load(DATA / "toy-gpt.yaml", device__memory__dram__efficiency_by_size={"1 KiB": 0.5, "1 MiB": 1.0})[1]
+    dram = hw.levels["dram"]
+    assert dram.bandwidth_for(1024) == pytest.approx(5e9) and dram.bandwidth_for(2**20) == pytest.approx(1e10)
+    assert dram.bandwidth_for(2**15) == pytest.approx(7.5e9)  # halfway in log2 between 2^10 and 2^20
+    assert dram.bandwidth_for(100) == pytest.approx(5e9) and dram.effective_bandwidth == pytest.approx(1e10)
+    for weight, dram_s in ((1024, 204.8e-9), (2**20, 2**20 / 1e10)):
+        p = plan_op(single_op(1.0, weight, 8, 8), hw, placement())
+        rec = simulate([p], hw).ops[0]
+        assert rec.duration_s == pytest.approx(1e-6 + 100e-9 + dram_s, rel=1e-6)
+        assert rec.duration_s == pytest.approx(roofline_s(p, hw), rel=1e-9)
+
+
 def test_compute_bound_op_timeline_by_hand(hw):
     """1 GFLOP at 1 TFLOP/s = 1 ms; its 10 KB of traffic hides behind compute; latency shows once."""
     p = plan_op(single_op(1e9, 1e4, 1e3, 1e3), hw, placement())

@@ -18,6 +18,21 @@ from sim.errors import KeyedError
 HOST_LEVEL = "host"
 
 
+def log_interpolate(table: dict[float, float], x: float, default: float) -> float:
+    """A table's value at `x`, interpolated linearly in log2(x) between its keys, clamped at the ends;
+    `default` for an empty table."""
+    items = sorted(table.items())
+    if not items:
+        return default
+    if x <= items[0][0]:
+        return items[0][1]
+    for (x0, y0), (x1, y1) in zip(items, items[1:]):
+        if x <= x1:
+            t = (math.log2(x) - math.log2(x0)) / (math.log2(x1) - math.log2(x0))
+            return y0 + t * (y1 - y0)
+    return items[-1][1]
+
+
 class ComputeUnit(Spec):
     units: Count = Field(description="number of cores / SMs / MXUs sharing the peak")
     clock: Frequency
@@ -26,16 +41,7 @@ class ComputeUnit(Spec):
 
     def efficiency(self, rows: int) -> float:
         """`matrix_efficiency` at `rows`, interpolated linearly in log2(rows), clamped at the ends."""
-        table = sorted(self.matrix_efficiency.items())
-        if not table:
-            return 1.0
-        if rows <= table[0][0]:
-            return table[0][1]
-        for (m0, e0), (m1, e1) in zip(table, table[1:]):
-            if rows <= m1:
-                t = (math.log2(rows) - math.log2(m0)) / (math.log2(m1) - math.log2(m0))
-                return e0 + t * (e1 - e0)
-        return table[-1][1]
+        return log_interpolate(self.matrix_efficiency, rows, 1.0)
     emulate: dict[Dtype, Dtype] = Field(
         default_factory=dict, description="dtypes without native support and the dtype they run as"
     )
@@ -59,13 +65,36 @@ class MemoryLevel(Spec):
     scope: Literal["per_unit", "shared"]
     kind: Literal["cache", "scratchpad", "dram"]
     efficiency: float = Field(default=1.0, gt=0, le=1, description="achievable fraction of `bandwidth`")
+    efficiency_by_size: dict[Bytes, float] = Field(
+        default_factory=dict,
+        description="achievable fraction of `bandwidth` by the bytes one op moves over this level in one "
+        "direction (interpolated in log bytes, clamped at the ends; replaces `efficiency`): a short transfer "
+        "does not reach full speed (prefetch ramp-up, thread start, kernel tail). Absent: `efficiency`",
+    )
     pin: tuple[Literal["weight", "kv_cache", "activation"], ...] = Field(
         default=(), description="tensor kinds a shared cache keeps resident (never evicted)"
     )
 
+    @model_validator(mode="after")
+    def _fractions(self) -> MemoryLevel:
+        for size, value in self.efficiency_by_size.items():
+            if not 0 < value <= 1:
+                raise KeyedError("efficiency_by_size", f"efficiencies are fractions in (0, 1], got {value} at "
+                                 f"{size:.0f} bytes")
+        return self
+
     @property
     def effective_bandwidth(self) -> float:
+        """The bandwidth a long transfer achieves."""
+        if self.efficiency_by_size:
+            return self.bandwidth * self.efficiency_by_size[max(self.efficiency_by_size)]
         return self.bandwidth * self.efficiency
+
+    def bandwidth_for(self, nbytes: float) -> float:
+        """The bandwidth an op moving `nbytes` over this level achieves."""
+        if not self.efficiency_by_size:
+            return self.bandwidth * self.efficiency
+        return self.bandwidth * log_interpolate(self.efficiency_by_size, max(nbytes, 1.0), self.efficiency)
 
     def holds_tensors(self) -> bool:
         """Scratchpads and DRAMs are addressable homes for tensors; caches are not."""

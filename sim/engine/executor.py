@@ -225,7 +225,7 @@ class Executor:
         def issue(i: int):
             frac = p.chunks[i]
             arriving = [env.event() for _ in p.loads]
-            done = [m.move(device, lvl, b * frac, use(lvl), ev)
+            done = [m.move(device, lvl, b * frac, use(lvl), ev, b)
                     for (lvl, b), ev in zip(p.loads, arriving)]
             return arriving, done
 
@@ -238,7 +238,7 @@ class Executor:
             pending = issue(i + 1) if p.loads and i + 1 < len(p.chunks) else None
             if current:
                 yield from wait(env.all_of(current[0]), last_level)
-            stores += [m.move(device, lvl, b * frac, use(lvl), None)
+            stores += [m.move(device, lvl, b * frac, use(lvl), None, b)
                        for lvl, b in p.stores]
             with unit.request() as req:
                 yield from wait(req, lambda _: "compute:queue")

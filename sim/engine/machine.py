@@ -76,12 +76,14 @@ class Machine:
             u.last_s = env.now
 
     def move(self, device: int, level: str, nbytes: float, use: LevelUse,
-             arriving: simpy.Event | None) -> simpy.Event:
-        """Start moving `nbytes` over `level`; return an event that fires with (time the last bytes
-        land or a write is acknowledged, level). Succeeds `arriving` when the first bytes land.
+             arriving: simpy.Event | None, op_bytes: float | None = None) -> simpy.Event:
+        """Start moving `nbytes` (part of the op's `op_bytes` on this level, which set the achievable
+        bandwidth) over `level`; return an event that fires with (time the last bytes land or a write
+        is acknowledged, level). Succeeds `arriving` when the first bytes land.
         Chained by callbacks rather than run as a process: four events per transfer (queue grant,
         first bytes, end of transfer, last bytes) instead of seven."""
         spec = self.levels[level]
+        bandwidth = spec.bandwidth_for(nbytes if op_bytes is None else op_bytes)
         env = self.env
         resource = self.memory[(device, level)]
         done = env.event()
@@ -91,7 +93,7 @@ class Machine:
             start = env.now
             if arriving is not None:
                 _fire(env, arriving, (start + spec.latency, level), spec.latency)
-            transfer = env.timeout(nbytes / spec.effective_bandwidth)
+            transfer = env.timeout(nbytes / bandwidth)
 
             def finished(_event) -> None:
                 resource.release(request)

@@ -12,11 +12,11 @@ Everything here is arithmetic on config and graph plus the residency walk; the e
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass
 from math import ceil
 
-from sim.config.hardware import Hardware
+from sim.config.hardware import Hardware, MemoryLevel
 from sim.errors import ConfigError
 from sim.graph.ops import Block, Op
 from sim.graph.transformer import OpGraph
@@ -75,6 +75,15 @@ def matrix_peak(hw: Hardware, dtype: str, hw_file: str) -> float:
     return compute.peak[run_as]
 
 
+def transfer_s(levels: dict[str, MemoryLevel], moves: tuple[tuple[str, float], ...]) -> dict[str, float]:
+    """Per level, the time its transfers take one after another (a level serves one at a time), each at
+    the bandwidth its size achieves."""
+    out: dict[str, float] = {}
+    for lvl, b in moves:
+        out[lvl] = out.get(lvl, 0.0) + b / levels[lvl].bandwidth_for(b)
+    return out
+
+
 def chunk_schedule(compute_s: float, memory_s: float, latency_s: float) -> tuple[float, ...]:
     """Equal chunks, each long enough (>= 2 latencies) that double buffering hides the latency."""
     longer, shorter = max(compute_s, memory_s), min(compute_s, memory_s)
@@ -122,7 +131,6 @@ class Planner:
             cap = level_capacity(hw, name) - placement.used.get(name, 0.0)
             self.tile_capacity[name] = cap / dev.compute.units if lvl.scope == "per_unit" else cap
         # plain numbers for the per-op loop (it runs once per op of the whole scenario)
-        self._bandwidth = {n: lvl.effective_bandwidth for n, lvl in self.levels.items()}
         self._latency = {n: lvl.latency for n, lvl in self.levels.items()}
         self._overhead = dev.dispatch_overhead
         self._vector = dev.compute.vector
@@ -314,12 +322,8 @@ class Planner:
         if known is None:
             known = self._compute_of[sig] = self._compute(op)
         unit, compute_s, util = known
-        per_level: dict[str, float] = {}
-        for lvl, b in t.loads + t.stores:
-            per_level[lvl] = per_level.get(lvl, 0.0) + b
-        bw, lat = self._bandwidth, self._latency
-        memory_s = max((b / bw[lvl] for lvl, b in per_level.items()), default=0.0)
-        latency_s = max((lat[lvl] for lvl in per_level), default=0.0)
+        memory_s = max(transfer_s(self.levels, t.loads + t.stores).values(), default=0.0)
+        latency_s = max((self._latency[lvl] for lvl, _ in t.loads + t.stores), default=0.0)
         return OpPlan(op=op, unit=unit, compute_s=compute_s, utilization=util, loads=t.loads, stores=t.stores,
                       hits=t.hits, chunks=chunk_schedule(compute_s, memory_s, latency_s), overhead_s=self._overhead)
 
@@ -372,10 +376,7 @@ def plan_op(op: Op, hw: Hardware, placement: Placement, hw_file: str = "hardware
 def roofline_s(p: OpPlan, hw: Hardware) -> float:
     """The no-contention bound the engine must reproduce: max(compute, traffic per level) + memory
     latency + dispatch overhead (an op dispatched alone, so nothing hides the overhead)."""
-    per_level: dict[str, float] = defaultdict(float)
-    for lvl, b in p.loads + p.stores:
-        per_level[lvl] += b
     levels = hw.levels
-    mem = max((b / levels[lvl].effective_bandwidth for lvl, b in per_level.items()), default=0.0)
-    latency = max((levels[lvl].latency for lvl in per_level), default=0.0)
+    mem = max(transfer_s(levels, p.loads + p.stores).values(), default=0.0)
+    latency = max((levels[lvl].latency for lvl, _ in p.loads + p.stores), default=0.0)
     return max(p.compute_s, mem) + latency + p.overhead_s

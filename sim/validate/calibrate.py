@@ -134,6 +134,29 @@ def gemv_bandwidth(nbytes: int) -> float:
     return w.nbytes / best_time(lambda: x @ w, repeats=3)
 
 
+COLD_SIZES = (1 << 20, 4 << 20, 16 << 20, 64 << 20)
+
+
+def cold_gemv_rates(last_cache: int, overhead: float, repeats: int = 7) -> dict[int, float]:
+    """Bytes per second of a BLAS GEMV streaming a square fp32 weight of each size from DRAM, caches
+    flushed before every call and the per-call framework cost (`overhead`) taken off: how fast one op
+    moves that many bytes (prefetchers and threads ramp up, so short streams are slower)."""
+    flush_src = np.ones(2 * last_cache // 4, np.float32)
+    flush_dst = np.empty_like(flush_src)
+    out = {}
+    for size in COLD_SIZES:
+        n = int((size / 4) ** 0.5)
+        w, x = np.ones((n, n), np.float32), np.ones((1, n), np.float32)
+        best = float("inf")
+        for _ in range(repeats):
+            np.copyto(flush_dst, flush_src)  # evict the weight from every cache
+            t0 = time.perf_counter()
+            x @ w
+            best = min(best, time.perf_counter() - t0)
+        out[size] = w.nbytes / max(best - overhead, best / 10)
+    return out
+
+
 def _kernel_cases(n: int):
     """(kernel call, FLOPs by the graph's conventions) on an (n/64) x 64 input."""
     rows, cols = max(1, n // 64), 64
@@ -188,6 +211,9 @@ def _measure_once(caches: list[dict], cores: int, compiled: bool, dram_bytes: in
     progress("vector rate and dispatch overhead")
     out["vector"] = vector_rate(next((c["bytes"] for c in caches if c["level"] == 2), 256 << 10))
     out["overhead"] = dispatch_overhead()
+    progress("DRAM bandwidth by transfer size (cold GEMVs)")
+    last = max(c["bytes"] for c in caches)
+    out.update({f"cold.{size}": r for size, r in cold_gemv_rates(last, out["overhead"]).items()})
     return out
 
 
@@ -233,16 +259,22 @@ def calibrate(progress: Callable[[str], None] = lambda _msg: None, rounds: int =
             f"capacity from /sys (cpu0, {'private' if private else 'shared'}); bandwidth = {method}; latency = "
             + (f"C pointer chase over a random cycle of lines in {chased // 1024} KiB" if compiled
                else "assumed (no C compiler)") + f"; {best}")
+    dram_bw = max(fig["dram.copy"], fig["dram.gemv"])
+    by_size = {size: fig[f"cold.{size}"] for size in COLD_SIZES} | {dram_bytes: fig["dram.gemv"]}
     memory["dram"] = {
         "capacity": f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') // 2**20} MiB",
-        "bandwidth": f"{max(fig['dram.copy'], fig['dram.gemv']) / 1e9:.3f} GB/s",
+        "bandwidth": f"{dram_bw / 1e9:.3f} GB/s",
         "latency": f"{fig['dram.lat'] * 1e9:.1f} ns" if compiled else "90 ns",
         "scope": "shared", "kind": "dram",
+        "efficiency_by_size": {f"{size >> 20} MiB": round(min(1.0, rate / dram_bw), 3)
+                               for size, rate in sorted(by_size.items())},
     }
     notes["device.memory.dram"] = (
         f"capacity = physical memory; bandwidth = max(numpy copy {fig['dram.copy'] / 1e9:.2f} GB/s, BLAS GEMV "
         f"{fig['dram.gemv'] / 1e9:.2f} GB/s) over {dram_bytes >> 20} MiB; latency = "
-        + (f"C pointer chase over {dram_bytes >> 20} MiB" if compiled else "assumed (no C compiler)") + f"; {best}")
+        + (f"C pointer chase over {dram_bytes >> 20} MiB" if compiled else "assumed (no C compiler)")
+        + f"; efficiency_by_size = BLAS GEMV of a square fp32 weight of that size, caches flushed before each "
+        f"call, less the per-op dispatch overhead, over the bandwidth; {best}")
     fp32 = fig["fp32"]
     efficiency = {m: round(min(1.0, fig[f"rows.{m}"] / fp32), 3) for m in ROWS}
     notes["device.compute.matrix_efficiency"] = (
