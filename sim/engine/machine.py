@@ -49,6 +49,9 @@ class Machine:
         n = self.hw.devices
         self.compute = {(d, u): simpy.Resource(self.env, 1) for d in range(n) for u in COMPUTE_UNITS}
         self.levels = self.hw.levels
+        # a level's bandwidth where it does not depend on the transfer's size (0: look it up per size)
+        self._flat_bandwidth = {n: 0.0 if lvl.efficiency_by_size else lvl.effective_bandwidth
+                                for n, lvl in self.levels.items()}
         self.memory = {(d, name): simpy.Resource(self.env, 1) for d in range(n) for name in self.levels}
         self.links: dict[str, simpy.Resource] = {}
         if self.hw.interconnect is not None:
@@ -83,7 +86,7 @@ class Machine:
         Chained by callbacks rather than run as a process: four events per transfer (queue grant,
         first bytes, end of transfer, last bytes) instead of seven."""
         spec = self.levels[level]
-        bandwidth = spec.bandwidth_for(nbytes if op_bytes is None else op_bytes)
+        bandwidth = self._flat_bandwidth[level] or spec.bandwidth_for(nbytes if op_bytes is None else op_bytes)
         env = self.env
         resource = self.memory[(device, level)]
         done = env.event()

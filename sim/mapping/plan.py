@@ -132,6 +132,9 @@ class Planner:
             self.tile_capacity[name] = cap / dev.compute.units if lvl.scope == "per_unit" else cap
         # plain numbers for the per-op loop (it runs once per op of the whole scenario)
         self._latency = {n: lvl.latency for n, lvl in self.levels.items()}
+        # a level's bandwidth where it does not depend on the transfer's size (0: look it up per size)
+        self._flat_bandwidth = {n: 0.0 if lvl.efficiency_by_size else lvl.effective_bandwidth
+                                for n, lvl in self.levels.items()}
         self._overhead = dev.dispatch_overhead
         self._vector = dev.compute.vector
         self._home = dict(placement.home)
@@ -322,8 +325,12 @@ class Planner:
         if known is None:
             known = self._compute_of[sig] = self._compute(op)
         unit, compute_s, util = known
-        memory_s = max(transfer_s(self.levels, t.loads + t.stores).values(), default=0.0)
-        latency_s = max((self._latency[lvl] for lvl, _ in t.loads + t.stores), default=0.0)
+        flat, lat = self._flat_bandwidth, self._latency
+        per_level: dict[str, float] = {}
+        for lvl, b in t.loads + t.stores:
+            per_level[lvl] = per_level.get(lvl, 0.0) + b / (flat[lvl] or self.levels[lvl].bandwidth_for(b))
+        memory_s = max(per_level.values(), default=0.0)
+        latency_s = max((lat[lvl] for lvl in per_level), default=0.0)
         return OpPlan(op=op, unit=unit, compute_s=compute_s, utilization=util, loads=t.loads, stores=t.stores,
                       hits=t.hits, chunks=chunk_schedule(compute_s, memory_s, latency_s), overhead_s=self._overhead)
 
