@@ -92,11 +92,11 @@ def validate(hardware: Path, quick: bool, no_live: bool, no_published: bool, mar
     from sim.config import load_hardware
     from sim.validate.calibrate import calibrate as measure
     from sim.validate.calibrate import write_hardware
-    from sim.validate.cases import live_cases, published_cases
-    from sim.validate.report import render, to_markdown
+    from sim.validate.cases import live_cases, machine_drift, published_cases
+    from sim.validate.report import drift_line, render, to_markdown
 
     console = Console(highlight=False, width=160)
-    live = []
+    live, drift = [], ""
     if not no_live:
         if not hardware.exists():
             with console.status("calibrating this machine first") as status:
@@ -104,15 +104,21 @@ def validate(hardware: Path, quick: bool, no_live: bool, no_published: bool, mar
             console.print(f"wrote {hardware}")
         hw = load_hardware(hardware)
         with console.status("live cases") as status:
+            status.update("the machine against its calibration, before")
+            before = machine_drift(hw)
             live = live_cases(hw, quick, lambda msg: status.update(f"live cases: {msg}"))
+            status.update("the machine against its calibration, after")
+            after = machine_drift(hw)
         render(console, f"Live cases on this machine (predicted with {hardware})", live)
+        drift = drift_line(before, after)
+        console.print(f"  {drift}\n")
     published, calibrated = ([], []) if no_published else published_cases()
     if published:
         render(console, "Published cases (predicted with the shipped hardware models)", published)
     for line in calibrated:
         console.print(f"  calibrated: {line}")
     if markdown is not None:
-        markdown.write_text(to_markdown(live, published, str(hardware), calibrated))
+        markdown.write_text(to_markdown(live, published, str(hardware), calibrated, drift))
         console.print(f"wrote {markdown}")
 
 

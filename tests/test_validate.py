@@ -14,6 +14,7 @@ from sim.validate.calibrate import best_time, os_caches, write_hardware
 from sim.validate.cases import (
     Case,
     calibrations,
+    machine_drift,
     measured_seconds,
     predict_allreduce,
     predict_matmul,
@@ -21,6 +22,7 @@ from sim.validate.cases import (
     published_rows,
 )
 from sim.validate.reference import Reference
+from sim.validate.report import drift_line
 
 
 def test_efficiency_table_interpolates_in_log_rows():
@@ -116,3 +118,13 @@ def test_native_microbenchmarks_see_the_hierarchy():
     near, far = native.load_latency(16 << 10, steps=200_000), native.load_latency(64 << 20, steps=200_000)
     assert 0 < near < far
     assert 1e9 < native.read_bandwidth(16 << 10, seconds=0.005) < 1e13
+
+
+def test_machine_drift_compares_the_machine_with_its_model():
+    """Each figure is measured now over the calibrated one: a toy claiming 1 GB/s of DRAM sees this
+    machine's DRAM as far faster than that; the line names every figure before and after."""
+    hw = load(DATA / "toy-gpt.yaml", device__memory__dram__bandwidth="1 GB/s")[1]
+    drift = machine_drift(hw)
+    assert set(drift) == {"GEMM peak", "DRAM bandwidth"} and drift["DRAM bandwidth"] > 1
+    line = drift_line(drift, drift)
+    assert "GEMM peak" in line and "DRAM bandwidth" in line and "x / " in line

@@ -29,6 +29,7 @@ from sim.mapping.parallel import Stream
 from sim.mapping.plan import Planner
 from sim.pipeline import run
 from sim.report import summarize
+from sim.validate import calibrate as cal
 from sim.validate.reference import Reference
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -141,6 +142,21 @@ def forward_cases(hw: Hardware, quick: bool) -> list[Timed]:
 
 
 ROUNDS = 3
+
+
+def machine_drift(hw: Hardware) -> dict[str, float]:
+    """The machine now against its calibration: three of calibration's microbenchmarks again (GEMM
+    peak, the shared cache's and DRAM's bandwidth), each as now / calibrated. On a shared machine they
+    move by tens of percent within minutes; a case's error cannot be smaller than that."""
+    out = {"GEMM peak": cal.gemm_rate(np.float32, 2048) / hw.device.compute.peak["fp32"]}
+    shared = [(n, lvl) for n, lvl in hw.levels.items() if lvl.kind == "cache" and lvl.scope == "shared"]
+    cores = hw.device.compute.units
+    for name, lvl in shared:
+        out[f"{name} bandwidth"] = cal.copy_bandwidth(int(lvl.capacity) // (4 * cores), cores) / lvl.bandwidth
+    dram = next((lvl for lvl in hw.levels.values() if lvl.kind == "dram"), None)
+    if dram is not None:
+        out["DRAM bandwidth"] = cal.gemv_bandwidth(256 << 20) / dram.bandwidth
+    return out
 
 
 def live_cases(hw: Hardware, quick: bool = False, progress: Callable[[str], None] = lambda _m: None,
