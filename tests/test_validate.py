@@ -9,6 +9,7 @@ import yaml
 from conftest import DATA, ROOT, load
 from sim.config import load_hardware
 from sim.graph import build_graph
+from sim.validate import calibrate as cal
 from sim.validate import native
 from sim.validate.calibrate import best_time, os_caches, write_hardware
 from sim.validate.cases import (
@@ -128,3 +129,36 @@ def test_machine_drift_compares_the_machine_with_its_model():
     assert set(drift) == {"GEMM peak", "DRAM bandwidth"} and drift["DRAM bandwidth"] > 1
     line = drift_line(drift, drift)
     assert "GEMM peak" in line and "DRAM bandwidth" in line and "x / " in line
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_calibration_assembles_a_loadable_model_from_its_figures(tmp_path: Path, monkeypatch, compiled):
+    """The YAML `calibrate` writes, from given figures: the best round of each (highest rate, lowest
+    latency), DRAM's efficiency by size relative to its bandwidth, and what was measured how; without a
+    C compiler the latencies are the assumed ones and the notes say so."""
+    caches = [{"level": 1, "bytes": 32 << 10, "private": True}, {"level": 3, "bytes": 8 << 20, "private": False}]
+    rounds = iter([1.0, 2.0])
+
+    def figures(caches, cores, compiled, dram_bytes, progress):
+        f = next(rounds)
+        out = {"l1.bw": 100e9 * f, "l3.bw": 50e9 * f, "dram.copy": 10e9, "dram.gemv": 20e9 * f, "fp32": 1e11 * f,
+               "fp16": 1e9, "vector": 1e9, "overhead": 5e-6 / f, **{f"rows.{m}": 5e10 for m in cal.ROWS},
+               **{f"cold.{s}": 10e9 for s in cal.COLD_SIZES}}
+        if compiled:
+            out.update({"l1.lat": 2e-9 * f, "l3.lat": 20e-9 * f, "dram.lat": 100e-9 * f})
+        return out
+
+    monkeypatch.setattr(cal, "os_caches", lambda: caches)
+    monkeypatch.setattr(cal, "_measure_once", figures)
+    monkeypatch.setattr(cal.native, "available", lambda: compiled)
+    data = cal.calibrate(rounds=2)
+    cal.write_hardware(data, tmp_path / "host.yaml")
+    hw = load_hardware(tmp_path / "host.yaml")
+    dram = hw.levels["dram"]
+    assert hw.levels["l1"].bandwidth == pytest.approx(200e9) and dram.bandwidth == pytest.approx(40e9)
+    assert hw.device.compute.peak["fp32"] == pytest.approx(2e11)
+    assert hw.device.dispatch_overhead == pytest.approx(2.5e-6)
+    assert dram.bandwidth_for(1 << 20) == pytest.approx(10e9, rel=1e-3)  # 10 of the 40 GB/s: 0.25
+    assert dram.effective_bandwidth == pytest.approx(40e9)
+    assert hw.levels["l1"].latency == pytest.approx(2e-9 if compiled else 1.5e-9)
+    assert ("no C compiler" in data["calibration"]["device.memory.l1"]) is not compiled
