@@ -198,7 +198,7 @@ def _measure_once(caches: list[dict], cores: int, compiled: bool, dram_bytes: in
             out[f"{name}.bw"] = native.read_bandwidth(c["bytes"] // 2, cores) if compiled \
                 else cores * read_bandwidth(c["bytes"] // 2)
         else:
-            out[f"{name}.bw"] = copy_bandwidth(c["bytes"] // (4 * cores), cores)
+            out[f"{name}.bw"] = gemv_bandwidth(c["bytes"] // 4)
         if compiled:
             out[f"{name}.lat"] = native.load_latency(c["bytes"] // (2 if c["private"] else 8))
     progress("bandwidth and latency of DRAM (copy, GEMV, pointer chase)")
@@ -240,15 +240,16 @@ def calibrate(progress: Callable[[str], None] = lambda _msg: None, rounds: int =
     for c in caches:
         name, private = f"l{c['level']}", c["private"]
         # a private cache: every core reading its own half-capacity array at once (a C loop: a numpy call
-        # costs longer than reading a whole L1 or L2); a shared one: every core copying its share at once
-        # with numpy, source and destination together filling half the capacity (the rate numpy's and the
-        # BLAS's streams see there)
+        # costs longer than reading a whole L1 or L2); a shared one: a BLAS GEMV over a weight a quarter
+        # its size, the rate a BLAS kernel streams from it (a numpy copy on every core counted 40-70%
+        # more, which left L3-resident GEMVs predicted 30-50% fast)
         if private and compiled:
             method = f"{cores} threads of a C read loop over {c['bytes'] // 2048} KiB each"
         elif private:
             method = f"{cores} cores x one core's numpy read of {c['bytes'] // 2048} KiB (no C compiler)"
         else:
-            method = f"{cores} threads of numpy copy of {c['bytes'] // (4 * cores) // 1024} KiB each"
+            method = (f"BLAS GEMV (all its threads) of a square fp32 weight of {c['bytes'] // 4096} KiB that stays "
+                      f"in the level")
         chased = c["bytes"] // (2 if private else 8)  # well inside the level (a shared one's far end misses the TLB)
         memory[name] = {
             "capacity": f"{c['bytes'] // 1024} KiB", "bandwidth": f"{fig[name + '.bw'] / 1e9:.3f} GB/s",

@@ -150,9 +150,8 @@ def machine_drift(hw: Hardware) -> dict[str, float]:
     move by tens of percent within minutes; a case's error cannot be smaller than that."""
     out = {"GEMM peak": cal.gemm_rate(np.float32, 2048) / hw.device.compute.peak["fp32"]}
     shared = [(n, lvl) for n, lvl in hw.levels.items() if lvl.kind == "cache" and lvl.scope == "shared"]
-    cores = hw.device.compute.units
     for name, lvl in shared:
-        out[f"{name} bandwidth"] = cal.copy_bandwidth(int(lvl.capacity) // (4 * cores), cores) / lvl.bandwidth
+        out[f"{name} bandwidth"] = cal.gemv_bandwidth(int(lvl.capacity) // 4) / lvl.bandwidth
     dram = next((lvl for lvl in hw.levels.values() if lvl.kind == "dram"), None)
     if dram is not None:
         out["DRAM bandwidth"] = cal.gemv_bandwidth(256 << 20) / dram.bandwidth
