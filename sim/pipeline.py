@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from functools import lru_cache
 
 from sim.config.hardware import Hardware
-from sim.config.types import DTYPE_BYTES
 from sim.config.workload import Workload
 from sim.engine import RunResult, simulate
 from sim.graph import build_graph
@@ -70,7 +69,7 @@ def context(workload: Workload, hw: Hardware, placement, hw_file: str) -> dict:
             "kv_heads": m.n_kv_heads, "ffn": m.ffn, "vocab": m.vocab,
             "phase": sc.phase, "batch": sc.batch, "prompt_tokens": sc.prompt_tokens,
             "new_tokens": sc.new_tokens, "precision": sc.precision.model_dump(),
-            "weight_bytes_per_param": DTYPE_BYTES[sc.precision.weights],
+            "weight_bytes_per_param": sc.precision.weight_bytes(),
         },
         "hardware": {
             "name": hw.name, "devices_per_node": hw.devices,
