@@ -92,7 +92,8 @@ def validate(hardware: Path, quick: bool, no_live: bool, no_published: bool, mar
     from sim.config import load_hardware
     from sim.validate.calibrate import calibrate as measure
     from sim.validate.calibrate import write_hardware
-    from sim.validate.cases import live_cases, machine_drift, published_cases
+    from sim.validate.cases import live_cases, machine_drift
+    from sim.validate.published import published_cases
     from sim.validate.report import drift_line, render, to_markdown
 
     console = Console(highlight=False, width=160)

@@ -218,7 +218,7 @@ def test_link_efficiency_and_collective_overhead():
     """A bandwidth-bound all-reduce takes 1/efficiency as long; a latency-bound one pays the fixed
     collective overhead once."""
     from sim.config import load_hardware
-    from sim.validate.cases import predict_allreduce
+    from sim.validate.published import predict_allreduce
 
     node = DATA / "toy-node.yaml"
     full = load_hardware(node)

@@ -12,13 +12,11 @@ from sim.graph import build_graph
 from sim.validate import calibrate as cal
 from sim.validate import native
 from sim.validate.calibrate import best_time, os_caches, write_hardware
-from sim.validate.cases import (
-    Case,
+from sim.validate.cases import Case, machine_drift, predict_matmul
+from sim.validate.published import (
     calibrations,
-    machine_drift,
     measured_seconds,
     predict_allreduce,
-    predict_matmul,
     published_cases,
     published_rows,
 )

@@ -1,9 +1,8 @@
-"""`python -m sim validate`: predicted vs measured, case by case.
+"""`python -m sim validate`, live: predicted vs measured on this machine, case by case.
 
 Live cases are timed here, now, with numpy (median of repeated runs, warm caches, as the simulation of
 the same sequence run twice sees them) and predicted with the calibrated host model. Published cases
-are measurements on real accelerators from primary sources (sim/data/published.yaml), predicted with
-the shipped hardware models.
+(measurements on real accelerators) are in `published`.
 """
 
 from __future__ import annotations
@@ -11,21 +10,17 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from sim.config import DTYPE_BYTES, load_hardware, load_workload, split_overrides
+from sim.config import DTYPE_BYTES, load_workload
 from sim.config.hardware import Hardware
-from sim.config.units import Dim, fmt_time, parse_quantity
 from sim.config.workload import Workload
 from sim.engine import simulate
-from sim.graph.ops import Access, Collective, Op, Tensor, loose
+from sim.graph.ops import Access, Op, Tensor
 from sim.mapping import place
-from sim.mapping.collectives import plan_collective
-from sim.mapping.parallel import Stream
 from sim.mapping.plan import Planner
 from sim.pipeline import run
 from sim.report import summarize
@@ -173,77 +168,3 @@ def live_cases(hw: Hardware, quick: bool = False, progress: Callable[[str], None
         for t, case in zip(times, timed):
             t.append(median_time(case.fn, repeats=3, min_total=0.2))
     return [Case(c.group, c.name, c.predicted_s, statistics.median(t)) for c, t in zip(timed, times)]
-
-
-# -- published measurements ------------------------------------------------------------------------
-def predict_allreduce(hw: Hardware, nbytes: float, devices: int) -> float:
-    buf = Tensor("buf", "activation", nbytes)
-    op = Op(name="allreduce", kind="allreduce", op_class="collective", engine="link", phase="prefill", step=0,
-            layer=0, dtype="fp32", flops=0.0, reads=(Access(buf, nbytes),), writes=(Access(buf, nbytes),),
-            collective=Collective("allreduce", nbytes))
-    group = tuple(range(devices))
-    coll = plan_collective(op.collective, group, hw)
-    base = replace(Planner(hw, place([op], hw)).plan(op), overhead_s=0.0)
-    stream = Stream(0, group, [(loose([op]), (base,))], {op.collective: coll})  # one stream for the alike ranks
-    return simulate([stream], hw).ops[0].duration_s
-
-
-def measured_seconds(row: dict) -> float:
-    """A row's measurement, converted from the figure its source publishes to seconds."""
-    if "measured_s" in row:
-        return float(row["measured_s"])
-    if "rate" in row:  # a matmul's achieved FLOP/s
-        return 2.0 * row["m"] * row["n"] * row["k"] / parse_quantity(row["rate"], Dim.COMPUTE)
-    if "busbw" in row:  # nccl-tests: busbw = algbw x 2(p-1)/p for an all-reduce
-        p = row["devices"]
-        return row["bytes"] * 2 * (p - 1) / p / parse_quantity(row["busbw"], Dim.BANDWIDTH)
-    if "tokens_per_s" in row:
-        return row["tokens"] / float(row["tokens_per_s"])
-    raise ValueError(f"published row {row.get('name')!r} has no measured figure")
-
-
-def predict_row(row: dict, extra: list[tuple[str, object]] = ()) -> tuple[Hardware, float]:
-    """The shipped hardware model's prediction of one row (with its `set` overrides, then `extra`)."""
-    work_set, hw_set = split_overrides(list((row.get("set") or {}).items()) + list(extra))
-    hw = load_hardware(ROOT / "hardware_models" / f"{row['hardware']}.yaml", hw_set)
-    if row["kind"] == "allreduce":
-        return hw, predict_allreduce(hw, row["bytes"], row["devices"])
-    if row["kind"] == "matmul":
-        return hw, predict_matmul(hw, row["m"], row["n"], row["k"], row.get("dtype", "fp32"))
-    wl, _ = load_workload(ROOT / "workloads" / f"{row['workload']}.yaml", work_set)
-    return hw, summarize(run(wl, hw))["total_s"]
-
-
-def published_rows(path: Path = PUBLISHED) -> list[dict]:
-    """Every row merged with its series (row keys win)."""
-    data = yaml.safe_load(path.read_text())
-    return [{**data["series"][row["series"]], **row} for row in data["cases"]]
-
-
-def calibrations(rows: list[dict]) -> dict[str, tuple[str, float, int]]:
-    """Per series with calibration rows: (parameter, value in seconds, rows used). The value is the
-    median over those rows of measured minus predicted with the parameter at 0."""
-    out = {}
-    for series in dict.fromkeys(r["series"] for r in rows if r.get("role") == "calibration"):
-        used = [r for r in rows if r["series"] == series and r.get("role") == "calibration"]
-        key = used[0]["calibrates"]
-        residuals = [measured_seconds(r) - predict_row(r, [(key, "0 s")])[1] for r in used]
-        out[series] = (key, max(0.0, statistics.median(residuals)), len(used))
-    return out
-
-
-def published_cases(path: Path = PUBLISHED) -> tuple[list[Case], list[str]]:
-    """Predicted vs published for every row that is not a calibration row, and a line per calibration."""
-    rows = published_rows(path)
-    fitted = calibrations(rows)
-    cases = []
-    for row in rows:
-        if row.get("role") == "calibration":
-            continue
-        key, value, _ = fitted.get(row["series"], (None, 0.0, 0))
-        _, predicted = predict_row(row, [(key, f"{value * 1e6:.6f} us")] if key else [])
-        cases.append(Case(row["group"], row["name"], predicted, measured_seconds(row), row["source"]))
-    notes = [f"{key} = {fmt_time(value)} for {next(r['group'] for r in rows if r['series'] == s)!r}: the median of "
-             f"measured minus predicted without it over its {n} calibration rows (not in the table)"
-             for s, (key, value, n) in fitted.items()]
-    return cases, notes
