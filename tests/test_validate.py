@@ -17,6 +17,7 @@ from sim.validate.published import (
     calibrations,
     measured_seconds,
     predict_allreduce,
+    predict_row,
     published_cases,
     published_rows,
 )
@@ -160,3 +161,15 @@ def test_calibration_assembles_a_loadable_model_from_its_figures(tmp_path: Path,
     assert dram.effective_bandwidth == pytest.approx(40e9)
     assert hw.levels["l1"].latency == pytest.approx(2e-9 if compiled else 1.5e-9)
     assert ("no C compiler" in data["calibration"]["device.memory.l1"]) is not compiled
+
+
+def test_one_published_row_of_each_kind_predicts_the_right_order_of_magnitude():
+    """Real rows, real hardware models: a units or conversion slip (bytes vs bits, per-direction vs
+    bidirectional, tokens vs steps) would put a prediction off by 2x or more; the model is within 2x."""
+    rows = published_rows()
+    picks = [next(r for r in rows if r["series"] == "azure-a100-gemm" and r["m"] == 8192),
+             next(r for r in rows if r["series"] == "azure-a100-nccl" and r["bytes"] == 1 << 30),
+             next(r for r in rows if r["series"] == "gpt-fast-a100" and r["name"] == "Llama-2 7B bf16, TP1")]
+    for row in picks:
+        predicted = predict_row(row)[1]
+        assert 0.5 < predicted / measured_seconds(row) < 2.0, row["name"]
