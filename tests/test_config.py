@@ -66,6 +66,7 @@ BAD_WORKLOADS = [
     ("  prompt_tokens: 8", "  prompt_tokens: 80", "scenario.prompt_tokens: prompt_tokens + new_tokens = 83"),
     ("weights: fp16", "weights: fp12", "scenario.precision.weights"),
     ("weights: fp16", "weights: fp16, group_size: 32", "scenario.precision.group_size: quantization groups need"),
+    ("  batch: 2", "  batch: 2\n  attention: flash", "scenario.attention"),
     ("weights: fp16", "weights: int4, group_size: 0", "scenario.precision.group_size"),
     ("  family: gpt", "  family: bert", "scenario.phase: a bert model cannot run phase 'generate'"),
 ]

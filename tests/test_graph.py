@@ -85,6 +85,21 @@ def test_llama_has_gate_rope_and_no_bias():
     assert up.flops == 2 * 4 * 11008 * 4096
 
 
+def test_fused_attention_is_one_op_with_the_same_flops_and_no_stored_scores():
+    """FlashAttention-style: QKᵀ, softmax and ×V in one op reading Q, K, V and writing the context;
+    the same FLOPs as the three unfused ops, and no score matrix among the activations."""
+    sets = dict(model__layers=1, scenario__prompt_tokens=64, scenario__new_tokens=1)
+    plain = build_graph(load(ROOT / "workloads/llama2-7b.yaml", **sets)[0])
+    fused = build_graph(load(ROOT / "workloads/llama2-7b.yaml", scenario__attention="fused", **sets)[0])
+    kinds = [o.kind for o in fused.ops if o.layer == 0 and o.phase == "prefill"]
+    assert "attention" in kinds and not {"scores", "softmax", "attn_v"} & set(kinds)
+    three = sum(op(plain, f"prefill.L0.{k}").flops for k in ("scores", "softmax", "attn_v"))
+    one = op(fused, "prefill.L0.attention")
+    assert one.flops == three
+    assert [a.tensor.kind for a in one.reads] == ["activation", "kv_cache", "kv_cache"]
+    assert not any(a.tensor.name.startswith("scores") for o in fused.ops for a in o.writes)
+
+
 def test_bert_is_post_norm_with_pooler():
     wl, _ = load(ROOT / "workloads/bert-base.yaml", model__layers=1, scenario__batch=1, scenario__prompt_tokens=16)
     g = build_graph(wl)

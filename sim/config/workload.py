@@ -80,6 +80,10 @@ class Scenario(Spec):
     prompt_tokens: Count = Field(description="sequence length (encode) or prompt length")
     new_tokens: int = Field(default=0, ge=0, strict=True, description="decode steps")
     precision: Precision
+    attention: Literal["unfused", "fused"] = Field(
+        default="unfused", description="unfused: scores QKᵀ, softmax and ×V are three ops and the score matrix is "
+        "stored; fused: one FlashAttention-style op that keeps the scores on chip (K and V are re-read per "
+        "query tile as the tiling decides)")
 
     @model_validator(mode="after")
     def _steps(self) -> Scenario:

@@ -96,6 +96,7 @@ class _Builder:
         self.vocab = -(-self.m.vocab // self.tp)
         self.stage = 0
         self.prompt = sc.prompt_tokens
+        self.fused_attention = sc.attention == "fused"
         self.max_context = sc.prompt_tokens + sc.new_tokens
         self.wb = sc.precision.weight_bytes()
         self.ab = DTYPE_BYTES[sc.precision.activations]
@@ -279,11 +280,15 @@ def _layer(b: _Builder, x: Access, rows: int, tokens: int, past: int) -> Access:
     score_elems = bh * tokens * ctx
     k_read = Access(k_cache, b.batch * ctx * kvh * d * b.kb)
     v_read = Access(v_cache, b.batch * ctx * kvh * d * b.kb)
-    scores = b.op("scores", "attention", 2 * bh * tokens * ctx * d,
-                  [q_in, k_read], [b.act("scores", score_elems)], (bh, tokens, ctx, d))
-    soft = b.vector("softmax", [out(scores)], score_elems, SOFTMAX_FLOPS, op_class="softmax")
-    av = b.op("attn_v", "attention", 2 * bh * tokens * ctx * d,
-              [out(soft), v_read], [b.act("attn", rows * heads * d)], (bh, tokens, d, ctx))
+    if b.fused_attention:  # scores stay on chip: Q, K, V in, the context out (its softmax on the matrix time)
+        av = b.op("attention", "attention", 4 * bh * tokens * ctx * d + SOFTMAX_FLOPS * score_elems,
+                  [q_in, k_read, v_read], [b.act("attn", rows * heads * d)], (bh, tokens, ctx, d))
+    else:
+        scores = b.op("scores", "attention", 2 * bh * tokens * ctx * d,
+                      [q_in, k_read], [b.act("scores", score_elems)], (bh, tokens, ctx, d))
+        soft = b.vector("softmax", [out(scores)], score_elems, SOFTMAX_FLOPS, op_class="softmax")
+        av = b.op("attn_v", "attention", 2 * bh * tokens * ctx * d,
+                  [out(soft), v_read], [b.act("attn", rows * heads * d)], (bh, tokens, d, ctx))
     proj = out(b.linear("attn_out", out(av), h, "wo", rows))
     if b.tp > 1:  # row-parallel projection: partial sums meet in an all-reduce
         proj = out(b.collective("allreduce", proj, name="attn_allreduce"))

@@ -48,6 +48,9 @@ def measured_seconds(row: dict) -> float:
         return row["bytes"] * 2 * (p - 1) / p / parse_quantity(row["busbw"], Dim.BANDWIDTH)
     if "tokens_per_s" in row:
         return row["tokens"] / float(row["tokens_per_s"])
+    if "tokens_per_s_per_gpu" in row:  # every GPU of the tensor-parallel group counted
+        gpus = (row.get("set") or {}).get("parallelism.tensor", 1)
+        return row["tokens"] / (float(row["tokens_per_s_per_gpu"]) * gpus)
     raise ValueError(f"published row {row.get('name')!r} has no measured figure")
 
 
