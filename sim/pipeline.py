@@ -82,6 +82,7 @@ def context(workload: Workload, hw: Hardware, placement, hw_file: str) -> dict:
             "dispatch_overhead_s": hw.device.dispatch_overhead,
             "memory": {
                 name: {"capacity_bytes": lvl.capacity, "bandwidth_bytes_per_s": lvl.bandwidth,
+                       "achievable_bandwidth_bytes_per_s": lvl.effective_bandwidth,
                        "latency_s": lvl.latency, "kind": lvl.kind, "scope": lvl.scope}
                 for name, lvl in hw.levels.items()
             },

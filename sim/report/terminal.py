@@ -89,9 +89,12 @@ def render(result, console: Console | None = None, top: int = 10) -> None:
     )
     tokens = f"prompt {wl['prompt_tokens']}" + (f", {wl['new_tokens']} new tokens" if wl["new_tokens"] else "")
     out.print(f"  scenario: {wl['phase']}, batch {wl['batch']}, {tokens}")
-    levels = ", ".join(
-        f"{n} {fmt_bytes(m['capacity_bytes'])} @ {fmt_si(m['bandwidth_bytes_per_s'], 'B/s')}"
-        for n, m in hw["memory"].items())
+    def level(n: str, m: dict) -> str:
+        peak, got = m["bandwidth_bytes_per_s"], m.get("achievable_bandwidth_bytes_per_s", m["bandwidth_bytes_per_s"])
+        achievable = f" ({fmt_si(got, 'B/s')} achievable)" if got < peak else ""
+        return f"{n} {fmt_bytes(m['capacity_bytes'])} @ {fmt_si(peak, 'B/s')}{achievable}"
+
+    levels = ", ".join(level(n, m) for n, m in hw["memory"].items())
     out.print(
         f"  hardware: {fmt_si(hw['peak_flops'], 'FLOP/s')} {hw['peak_dtype']} matrix, "
         f"{fmt_si(hw['vector_flops'], 'FLOP/s')} vector, dispatch {fmt_time(hw['dispatch_overhead_s'])}/op"
