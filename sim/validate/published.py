@@ -26,6 +26,8 @@ PUBLISHED = Path(__file__).resolve().parents[1] / "data" / "published.yaml"
 
 
 def predict_allreduce(hw: Hardware, nbytes: float, devices: int) -> float:
+    """One all-reduce of `nbytes` over the first `devices` devices on an idle interconnect (what
+    nccl-tests times), without dispatch overhead."""
     buf = Tensor("buf", "activation", nbytes)
     op = Op(name="allreduce", kind="allreduce", op_class="collective", engine="link", phase="prefill", step=0,
             layer=0, dtype="fp32", flops=0.0, reads=(Access(buf, nbytes),), writes=(Access(buf, nbytes),),
