@@ -121,3 +121,16 @@ def test_decode_batch_turns_gemv_compute_bound_past_the_balance_point(batch, bou
     assert s["balance_point_flop_per_byte"] == pytest.approx(100)
     assert gemv["bound"] == bound
     assert (gemv["intensity_flop_per_byte"] > 100) == (bound == "compute")
+
+
+def test_achievable_balance_point_uses_sustained_peak_and_achievable_bandwidth():
+    """Toy: 1 TFLOP/s x 0.8 sustained over 10 GB/s x 0.5 achievable = 160 FLOP/B, beside the 100 of the
+    datasheet figures."""
+    from sim.pipeline import run
+    from sim.report import summarize
+
+    wl, hw = load(DATA / "toy-gpt.yaml", device__compute__matrix_efficiency={1: 0.8},
+                  device__memory__dram__efficiency=0.5)
+    s = summarize(run(wl, hw))
+    assert s["balance_point_flop_per_byte"] == pytest.approx(100)
+    assert s["achievable_balance_point_flop_per_byte"] == pytest.approx(160)

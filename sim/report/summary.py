@@ -206,5 +206,6 @@ def summarize(result: RunResult, top: int = 10) -> dict:
         "phases": phases,
         "top_ops": top_ops[:top],
         "memory": meta.get("memory", {}),
-        "balance_point_flop_per_byte": meta.get("hardware", {}).get("balance_point_flop_per_byte"),
+        **{k: meta.get("hardware", {}).get(k)
+           for k in ("balance_point_flop_per_byte", "achievable_balance_point_flop_per_byte")},
     }

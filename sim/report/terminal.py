@@ -101,7 +101,10 @@ def render(result, console: Console | None = None, top: int = 10) -> None:
     )
     out.print(f"  memory: {levels}")
     balance = hw["balance_point_flop_per_byte"]
-    out.print(f"  balance point: {balance:.1f} FLOP/B ({hw['peak_dtype']} peak / {hw['balance_level']} bandwidth)")
+    achievable = hw.get("achievable_balance_point_flop_per_byte", balance)
+    sustained = f"; {achievable:.1f} FLOP/B sustained / achievable" if abs(achievable - balance) > 0.05 else ""
+    out.print(f"  balance point: {balance:.1f} FLOP/B ({hw['peak_dtype']} peak / {hw['balance_level']} bandwidth"
+              f"{sustained})")
 
     out.print()
     e2e = Table(title="End to end", box=box.SIMPLE_HEAVY, title_justify="left", pad_edge=False, show_header=False)
