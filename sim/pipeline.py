@@ -89,7 +89,8 @@ def context(workload: Workload, hw: Hardware, placement, hw_file: str) -> dict:
             "balance_point_flop_per_byte": peak / hw.levels[dram].bandwidth,
             # what large GEMMs sustain over what long streams achieve: where the crossover really sits
             "achievable_balance_point_flop_per_byte":
-                peak * hw.device.compute.efficiency(1 << 20) / hw.levels[dram].effective_bandwidth,
+                peak * hw.device.compute.efficiency(1 << 20, hw.device.compute.emulate.get(dtype, dtype))
+                / hw.levels[dram].effective_bandwidth,
             "balance_level": dram,
         },
         "memory": {

@@ -9,10 +9,11 @@ import yaml
 from conftest import DATA, ROOT, load
 from sim.config import load_hardware
 from sim.graph import build_graph
+from sim.mapping import place
 from sim.validate import calibrate as cal
 from sim.validate import native
 from sim.validate.calibrate import best_time, os_caches, write_hardware
-from sim.validate.cases import Case, machine_drift, predict_matmul
+from sim.validate.cases import Case, machine_drift, matmul_op, predict_matmul
 from sim.validate.published import (
     calibrations,
     measured_seconds,
@@ -173,3 +174,17 @@ def test_one_published_row_of_each_kind_predicts_the_right_order_of_magnitude():
     for row in picks:
         predicted = predict_row(row)[1]
         assert 0.5 < predicted / measured_seconds(row) < 2.0, row["name"]
+
+
+def test_a_dtype_can_have_its_own_efficiency_table():
+    """fp16 at 0.5 of its peak, everything else at 0.8: the fp16 GEMM's compute time is 1.6x what the
+    general table gives it."""
+    from sim.mapping.plan import Planner
+
+    base = load(DATA / "toy-gpt.yaml", device__compute__matrix_efficiency={1: 0.8})[1]
+    own = load(DATA / "toy-gpt.yaml", device__compute__matrix_efficiency={1: 0.8},
+               device__compute__matrix_efficiency_by_dtype={"fp16": {1: 0.5}})[1]
+    assert own.device.compute.efficiency(64, "fp16") == 0.5 and own.device.compute.efficiency(64, "fp32") == 0.8
+    op = matmul_op("g", 256, 256, 256, "fp16")
+    times = [Planner(hw, place([op], hw)).plan(op).compute_s for hw in (base, own)]
+    assert times[1] == pytest.approx(1.6 * times[0])

@@ -39,9 +39,12 @@ class ComputeUnit(Spec):
     peak: dict[Dtype, FlopRate] = Field(min_length=1, description="matrix-engine peak per dtype")
     vector: FlopRate = Field(description="peak of the vector units that run non-matmul ops")
 
-    def efficiency(self, rows: int) -> float:
-        """`matrix_efficiency` at `rows`, interpolated linearly in log2(rows), clamped at the ends."""
-        return log_interpolate(self.matrix_efficiency, rows, 1.0)
+    def efficiency(self, rows: int, dtype: str | None = None) -> float:
+        """The matrix efficiency table of `dtype` (or the general one) at `rows`, interpolated linearly
+        in log2(rows), clamped at the ends."""
+        table = self.matrix_efficiency_by_dtype.get(dtype, self.matrix_efficiency) if dtype else self.matrix_efficiency
+        return log_interpolate(table, rows, 1.0)
+
     emulate: dict[Dtype, Dtype] = Field(
         default_factory=dict, description="dtypes without native support and the dtype they run as"
     )
@@ -49,6 +52,11 @@ class ComputeUnit(Spec):
         default_factory=dict,
         description="achieved fraction of the matrix peak by rows M of a GEMM (interpolated in log M; "
         "e.g. a BLAS's packing and threading costs at small M). Absent: 1",
+    )
+    matrix_efficiency_by_dtype: dict[Dtype, dict[Count, float]] = Field(
+        default_factory=dict,
+        description="a matrix_efficiency table for one dtype, in place of the general one (fp8 kernels sustain "
+        "a smaller share of their peak than bf16 ones)",
     )
     registers: Bytes | None = Field(
         default=None, description="register file per unit; holds matmul accumulators during tiling"

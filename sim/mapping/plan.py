@@ -341,8 +341,9 @@ class Planner:
         if op.engine != "matrix":
             return "vector", vector_s, 1.0
         util = matrix_utilization(self.hw, op.shape)
+        compute = self.hw.device.compute
         if len(op.shape) == 4:
-            util *= self.hw.device.compute.efficiency(op.shape[1])
+            util *= compute.efficiency(op.shape[1], compute.emulate.get(op.dtype, op.dtype))
         matrix_s = op.flops / (matrix_peak(self.hw, op.dtype, self.hw_file) * util)
         return ("matrix", matrix_s, util) if matrix_s <= vector_s else ("vector", vector_s, 1.0)
 

@@ -58,7 +58,7 @@ def median_time(fn: Callable[[], object], repeats: int = 7, min_total: float = 0
 
 
 # -- single operators ------------------------------------------------------------------------------
-def _matmul_op(name: str, m: int, n: int, k: int, dtype: str = "fp32") -> Op:
+def matmul_op(name: str, m: int, n: int, k: int, dtype: str = "fp32") -> Op:
     size = DTYPE_BYTES[dtype]
     a = Tensor("x", "activation", m * k * size, m * k)
     w = Tensor("w", "weight", k * n * size, k * n)
@@ -70,7 +70,7 @@ def _matmul_op(name: str, m: int, n: int, k: int, dtype: str = "fp32") -> Op:
 
 def predict_matmul(hw: Hardware, m: int, n: int, k: int, dtype: str = "fp32") -> float:
     """The same matmul twice in a row; the second is what a timing loop sees (warm caches)."""
-    ops = [_matmul_op("first", m, n, k, dtype), _matmul_op("again", m, n, k, dtype)]
+    ops = [matmul_op("first", m, n, k, dtype), matmul_op("again", m, n, k, dtype)]
     planner = Planner(hw, place(ops, hw))
     records = simulate([planner.plan(op) for op in ops], hw).ops
     return records[1].duration_s
