@@ -33,6 +33,12 @@ def log_interpolate(table: dict[float, float], x: float, default: float) -> floa
     return items[-1][1]
 
 
+def flat_bandwidths(levels: dict[str, MemoryLevel]) -> dict[str, float]:
+    """Per level, its bandwidth where it does not depend on a transfer's size; 0 where it does (look it
+    up with `bandwidth_for`). Hot loops use it to skip the lookup."""
+    return {n: 0.0 if lvl.efficiency_by_size else lvl.effective_bandwidth for n, lvl in levels.items()}
+
+
 class ComputeUnit(Spec):
     units: Count = Field(description="number of cores / SMs / MXUs sharing the peak")
     clock: Frequency

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import simpy
 
-from sim.config.hardware import Hardware
+from sim.config.hardware import Hardware, flat_bandwidths
 from sim.mapping.collectives import topology
 
 COMPUTE_UNITS = ("matrix", "vector")
@@ -49,9 +49,7 @@ class Machine:
         n = self.hw.devices
         self.compute = {(d, u): simpy.Resource(self.env, 1) for d in range(n) for u in COMPUTE_UNITS}
         self.levels = self.hw.levels
-        # a level's bandwidth where it does not depend on the transfer's size (0: look it up per size)
-        self._flat_bandwidth = {n: 0.0 if lvl.efficiency_by_size else lvl.effective_bandwidth
-                                for n, lvl in self.levels.items()}
+        self._flat_bandwidth = flat_bandwidths(self.levels)
         self.memory = {(d, name): simpy.Resource(self.env, 1) for d in range(n) for name in self.levels}
         self.links: dict[str, simpy.Resource] = {}
         if self.hw.interconnect is not None:

@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass
 from math import ceil
 
-from sim.config.hardware import Hardware, MemoryLevel
+from sim.config.hardware import Hardware, MemoryLevel, flat_bandwidths
 from sim.errors import ConfigError
 from sim.graph.ops import Block, Op
 from sim.graph.transformer import OpGraph
@@ -75,12 +75,14 @@ def matrix_peak(hw: Hardware, dtype: str, hw_file: str) -> float:
     return compute.peak[run_as]
 
 
-def transfer_s(levels: dict[str, MemoryLevel], moves: tuple[tuple[str, float], ...]) -> dict[str, float]:
+def transfer_s(levels: dict[str, MemoryLevel], moves: tuple[tuple[str, float], ...],
+               flat: dict[str, float] | None = None) -> dict[str, float]:
     """Per level, the time its transfers take one after another (a level serves one at a time), each at
-    the bandwidth its size achieves."""
+    the bandwidth its size achieves (`flat`: `flat_bandwidths(levels)`, precomputed by a caller in a loop)."""
+    flat = flat_bandwidths(levels) if flat is None else flat
     out: dict[str, float] = {}
     for lvl, b in moves:
-        out[lvl] = out.get(lvl, 0.0) + b / levels[lvl].bandwidth_for(b)
+        out[lvl] = out.get(lvl, 0.0) + b / (flat[lvl] or levels[lvl].bandwidth_for(b))
     return out
 
 
@@ -132,9 +134,7 @@ class Planner:
             self.tile_capacity[name] = cap / dev.compute.units if lvl.scope == "per_unit" else cap
         # plain numbers for the per-op loop (it runs once per op of the whole scenario)
         self._latency = {n: lvl.latency for n, lvl in self.levels.items()}
-        # a level's bandwidth where it does not depend on the transfer's size (0: look it up per size)
-        self._flat_bandwidth = {n: 0.0 if lvl.efficiency_by_size else lvl.effective_bandwidth
-                                for n, lvl in self.levels.items()}
+        self._flat_bandwidth = flat_bandwidths(self.levels)
         self._overhead = dev.dispatch_overhead
         self._vector = dev.compute.vector
         self._home = dict(placement.home)
@@ -325,12 +325,9 @@ class Planner:
         if known is None:
             known = self._compute_of[sig] = self._compute(op)
         unit, compute_s, util = known
-        flat, lat = self._flat_bandwidth, self._latency
-        per_level: dict[str, float] = {}
-        for lvl, b in t.loads + t.stores:
-            per_level[lvl] = per_level.get(lvl, 0.0) + b / (flat[lvl] or self.levels[lvl].bandwidth_for(b))
+        per_level = transfer_s(self.levels, t.loads + t.stores, self._flat_bandwidth)
         memory_s = max(per_level.values(), default=0.0)
-        latency_s = max((lat[lvl] for lvl in per_level), default=0.0)
+        latency_s = max((self._latency[lvl] for lvl in per_level), default=0.0)
         return OpPlan(op=op, unit=unit, compute_s=compute_s, utilization=util, loads=t.loads, stores=t.stores,
                       hits=t.hits, chunks=chunk_schedule(compute_s, memory_s, latency_s), overhead_s=self._overhead)
 
