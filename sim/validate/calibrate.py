@@ -3,15 +3,17 @@
 What is measured, and how (each figure's method is written into the YAML's `calibration:` section):
 - cache sizes and which cores share them: from the OS (/sys/devices/system/cpu/cpu0/cache);
 - bandwidth of each cache level and of DRAM: private levels by a C read loop on every core (see
-  `native`; numpy's per-call cost is longer than reading a whole L1/L2), shared ones and DRAM by numpy
-  copies (read + write) over working sets sized to each level, best of several runs; DRAM also by a
-  BLAS GEMV over a matrix far larger than the last cache (the higher of the two, as GEMVs use every core);
+  `native`; numpy's per-call cost is longer than reading a whole L1/L2), shared ones by a BLAS GEMV
+  over a weight resident in them; DRAM by numpy copies and a BLAS GEMV over a matrix far larger than
+  the last cache (the higher of the two, as GEMVs use every core), and by transfer size from cold GEMVs
+  of 1-64 MiB (`efficiency_by_size`);
 - latency of each level: a C pointer chase through a random cycle of cache lines sized to the level;
 - peak GEMM FLOP/s per dtype: large square matmuls with the BLAS numpy uses;
 - the vector rate: the reference kernels (layernorm, softmax, GELU, add) on cache-resident data, in
   FLOPs by the graph's conventions per second;
 - per-op dispatch overhead: the same kernels on tiny inputs, where only the framework's cost remains.
-Nothing here looks at an end-to-end run: calibration never fits what validation then predicts.
+Every figure is measured in `ROUNDS` rounds and the best round kept. Nothing here looks at an end-to-end
+run: calibration never fits what validation then predicts.
 """
 
 from __future__ import annotations
@@ -29,28 +31,9 @@ import yaml
 from sim.graph.transformer import ACT_FLOPS, NORM_FLOPS, SOFTMAX_FLOPS
 from sim.validate import kernels as k
 from sim.validate import native
+from sim.validate.timing import best_time
 
 LATENCY_ASSUMED = {1: "1.5 ns", 2: "5 ns", 3: "20 ns"}  # without a C compiler; typical orders
-
-
-def best_time(fn: Callable[[], object], min_time: float = 0.1, repeats: int = 7) -> float:
-    """Best per-call time over `repeats` batches of calls lasting at least `min_time` each."""
-    fn()
-    calls = 1
-    while True:
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        if time.perf_counter() - t0 >= min_time / 4 or calls > 1 << 20:
-            break
-        calls *= 4
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        best = min(best, (time.perf_counter() - t0) / calls)
-    return best
 
 
 def cpu_count() -> int:

@@ -17,12 +17,13 @@ import ctypes
 import shutil
 import subprocess
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+
+from sim.validate.timing import best_time
 
 SOURCE = r"""
 typedef float v8 __attribute__((vector_size(32), aligned(4)));
@@ -77,16 +78,6 @@ def available() -> bool:
     return _library() is not None
 
 
-def _best(fn, repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 def read_bandwidth(nbytes: int, threads: int = 1, seconds: float = 0.05, repeats: int = 5) -> float:
     lib = _library()
     n = max(64, nbytes // 4 // 64 * 64)
@@ -98,7 +89,7 @@ def read_bandwidth(nbytes: int, threads: int = 1, seconds: float = 0.05, repeats
         list(pool.map(lambda a: lib.read_sum(a.ctypes.data, n, reps), arrays))
 
     try:
-        return threads * reps * n * 4 / _best(all_read, repeats)
+        return threads * reps * n * 4 / best_time(all_read, min_time=0, repeats=repeats)
     finally:
         pool.shutdown()
 
@@ -110,4 +101,4 @@ def load_latency(nbytes: int, steps: int = 2_000_000, repeats: int = 3) -> float
     order = np.random.default_rng(0).permutation(lines)
     nxt = np.zeros(lines * stride, np.int64)
     nxt[order * stride] = np.roll(order, -1) * stride
-    return _best(lambda: lib.chase(nxt.ctypes.data, steps), repeats) / steps
+    return best_time(lambda: lib.chase(nxt.ctypes.data, steps), min_time=0, repeats=repeats) / steps
