@@ -63,6 +63,15 @@ def test_partial_hit_on_a_growing_kv_cache():
     assert look.sources == [("l2", 100), ("dram", 10)]
 
 
+def test_appending_to_a_cached_kv_cache_writes_back_only_the_appended_bytes():
+    r = Residency([CacheLevel("l2", 1000.0)], ["l2", "dram"])
+    r.read("k", "kv_cache", 600, "dram")  # clean: the cache as last step left it
+    landing, _ = r.write("k", "kv_cache", 6, "dram")  # this step's token
+    assert landing == "l2" and r.caches[0].lru["k"] == (600, 6, "dram")
+    evict = r.read("w", "weight", 900, "dram")
+    assert evict.writebacks == [("l2", "dram", 6)]
+
+
 def test_pinned_weights_are_never_evicted():
     r = Residency([CacheLevel("l2", 100.0, frozenset({"weight"}))], ["l2", "dram"])
     r.read("w", "weight", 80, "dram")

@@ -3,8 +3,9 @@
 Each shared cache (`kind: cache`, `scope: shared`, inside a tensor's home) is an LRU of whole tensors
 (or the prefix of one that was read: a KV cache read at length n leaves n tokens' worth resident).
 Reads look a tensor up innermost first; what hits is served by that cache, the rest by the home.
-Reads and writes allocate; a write leaves the tensor dirty and its bytes reach the home only when it
-is evicted (write-back). An access larger than the cache bypasses it (streaming), as a cache with an
+Reads and writes allocate; a write leaves the bytes it wrote dirty, and they reach the home only when
+the tensor is evicted (write-back: a KV cache appended one token writes back that token, not the
+whole cache). An access larger than the cache bypasses it (streaming), as a cache with an
 evict-first policy for streams would. Levels may pin tensor kinds (`pin: [weight]`): pinned tensors are
 never evicted and take capacity away from the rest.
 """
@@ -20,8 +21,8 @@ Key = tuple
 
 
 class Entry(NamedTuple):
-    bytes: float
-    dirty: bool
+    bytes: float  # resident bytes
+    dirty: float  # of those, written since they came in: what an eviction writes back
     home: str
 
 
@@ -183,15 +184,16 @@ class Residency:
             lru = cache.lru
             old = lru.pop(tensor, None)
             if old is None:
-                lru[tensor] = Entry(nbytes, dirty, home)
+                lru[tensor] = Entry(nbytes, nbytes if dirty else 0.0, home)
                 cache.lru_bytes += nbytes
             else:
                 keep = nbytes if nbytes > old.bytes else old.bytes
-                lru[tensor] = Entry(keep, dirty or old.dirty, home)
+                stale = old.dirty + nbytes if dirty else old.dirty
+                lru[tensor] = Entry(keep, stale if stale < keep else keep, home)
                 cache.lru_bytes += keep - old.bytes
             while cache.lru_bytes + cache.pinned_bytes > capacity:
                 name, victim = cache.lru.popitem(last=False)
                 cache.lru_bytes -= victim.bytes
                 if victim.dirty:
-                    writebacks.append((cache.name, victim.home, victim.bytes))
+                    writebacks.append((cache.name, victim.home, victim.dirty))
         return writebacks
