@@ -44,6 +44,8 @@ class Traffic:
 
 
 NO_TRAFFIC = Traffic((), (), ())
+#: How the walk names a tensor's scope (see `Tensor.key`).
+SCOPE_CODE = {"global": 0, "layer": 1, "pass": 2}
 #: Walks kept across planners: (id(blocks), len, structure) -> (blocks, traffic per block).
 _WALKS: dict[tuple, tuple] = {}
 
@@ -140,7 +142,8 @@ class Planner:
         self._home = dict(placement.home)
         self._compute_of: dict[tuple, tuple] = {}
         self._factors_of: dict[tuple, list] = {}
-        self._factors_by_op: dict[int, tuple] = {}
+        self._accesses: dict[int, tuple] = {}  # id(op) -> (op, its access specs)
+        self._routes: dict[tuple | None, dict] = {}  # (re-read signature, operand) -> route per source
         # (id(ops), state fingerprint) -> [(ops, state before, traffic, state after, {shift: fixed}), ...]
         self._blocks: dict[tuple, list] = {}
         # a hit's resulting state is written into the caches only when something needs them; meanwhile
@@ -265,46 +268,34 @@ class Planner:
             self._settle()
         if op.collective is not None:  # its transfers are planned per device group (mapping.parallel)
             return NO_TRAFFIC
-        # re-read factors depend on the op's arithmetic only: shared by every layer and step
-        known = self._factors_by_op.get(id(op))
+        known = self._accesses.get(id(op))
         if known is None or known[0] is not op:
-            sig = (op.dtype, op.shape, tuple(a.bytes for a in op.reads[:2]))
-            factors = self._factors_of.get(sig)
-            if factors is None:
-                factors = self._factors_of[sig] = self._factors(op)
-            known = self._factors_by_op[id(op)] = (op, factors)
-        factors = known[1]
+            known = self._accesses[id(op)] = (op, self._access_specs(op))
+        reads, writes = known[1]
         served: dict[str, float] = {}
         written: dict[str, float] = {}
         hits: dict[str, list[float]] = {}
-        read, write, path, home = self.residency.read, self.residency.write, self._path, self._home
-        for i, access in enumerate(op.reads):
-            tensor = access.tensor
-            scope = tensor.scope
-            key = (tensor.name, None, None) if scope == "global" else (
-                tensor.name, layer + tensor.dl, seq if scope == "pass" else None)
-            lookup = read(key, tensor.kind, access.bytes, home[tensor.kind])
-            reuse = factors[i] if i < len(factors) else None
-            for source, nbytes in lookup.sources:
-                inner = None
-                for lvl in path[source]:
-                    moved = nbytes if inner is None or reuse is None else nbytes * reuse[inner]
-                    served[lvl] = served.get(lvl, 0.0) + moved
-                    inner = lvl
-            if lookup.writebacks:
-                self._writebacks(lookup.writebacks, served, written)
-            for cache, hit, looked in lookup.hits:
-                h = hits.setdefault(cache, [0.0, 0.0])
-                h[0] += hit
-                h[1] += looked
-        for access in op.writes:
-            tensor = access.tensor
-            scope = tensor.scope
-            key = (tensor.name, None, None) if scope == "global" else (
-                tensor.name, layer + tensor.dl, seq if scope == "pass" else None)
-            landing, writebacks = write(key, tensor.kind, access.bytes, home[tensor.kind])
+        read, write, path = self.residency.read, self.residency.write, self._path
+        for name, dl, scope, kind, nbytes, home, routes in reads:
+            key = (name, None, None) if scope == 0 else (name, layer + dl, seq if scope == 2 else None)
+            sources, writebacks, looked = read(key, kind, nbytes, home)
+            for source, b in sources:
+                for lvl, reuse in routes[source]:
+                    served[lvl] = served.get(lvl, 0.0) + (b if reuse is None else b * reuse)
+            if writebacks:
+                self._writebacks(writebacks, served, written)
+            for cache, hit, n in looked:
+                h = hits.get(cache)
+                if h is None:
+                    hits[cache] = [hit, n]
+                else:
+                    h[0] += hit
+                    h[1] += n
+        for name, dl, scope, kind, nbytes, home in writes:
+            key = (name, None, None) if scope == 0 else (name, layer + dl, seq if scope == 2 else None)
+            landing, writebacks = write(key, kind, nbytes, home)
             for lvl in path[landing]:
-                written[lvl] = written.get(lvl, 0.0) + access.bytes
+                written[lvl] = written.get(lvl, 0.0) + nbytes
             if writebacks:
                 self._writebacks(writebacks, served, written)
         return Traffic(
@@ -314,6 +305,31 @@ class Planner:
                 (lvl, b) for lvl, b in written.items() if b > 0),
             hits=tuple((c, h, n) for c, (h, n) in hits.items()),
         )
+
+    def _access_specs(self, op: Op) -> tuple[tuple, tuple]:
+        """What the walk needs of an op's accesses, as plain tuples (it runs once per op of the run):
+        per read (name, dl, scope code, kind, bytes, home, route per source level), per write the
+        same without routes. A route lists the levels an operand crosses from that source with the
+        re-read factor each serves it at (None: once); re-read factors depend on the op's arithmetic
+        only, so ops of equal shape share them."""
+        sig = (op.dtype, op.shape, tuple(a.bytes for a in op.reads[:2]))
+        factors = self._factors_of.get(sig)
+        if factors is None:
+            factors = self._factors_of[sig] = self._factors(op)
+        reads = []
+        for i, access in enumerate(op.reads):
+            t = access.tensor
+            routes = self._routes.get((sig, i) if i < len(factors) else None)
+            if routes is None:
+                reuse = factors[i] if i < len(factors) else None
+                routes = self._routes[(sig, i) if reuse is not None else None] = {
+                    source: tuple((lvl, None if j == 0 or reuse is None else reuse[levels[j - 1]])
+                                  for j, lvl in enumerate(levels))
+                    for source, levels in self._path.items()}
+            reads.append((t.name, t.dl, SCOPE_CODE[t.scope], t.kind, access.bytes, self._home[t.kind], routes))
+        writes = tuple((a.tensor.name, a.tensor.dl, SCOPE_CODE[a.tensor.scope], a.tensor.kind, a.bytes,
+                        self._home[a.tensor.kind]) for a in op.writes)
+        return tuple(reads), writes
 
     def timed(self, op: Op, t: Traffic) -> OpPlan:
         """The op's plan: its compute unit and time at this hardware's speeds, and its chunks."""

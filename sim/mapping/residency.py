@@ -145,8 +145,11 @@ class Residency:
         for cache in self._inside_of[home]:
             if remaining <= 0:
                 break
-            resident = cache.pinned.get(tensor, cache.lru[tensor].bytes if tensor in cache.lru else 0.0)
-            hit = min(resident, remaining)
+            resident = cache.pinned.get(tensor) if cache.pinned else None
+            if resident is None:
+                entry = cache.lru.get(tensor)
+                resident = 0.0 if entry is None else entry.bytes
+            hit = resident if resident < remaining else remaining
             hits.append((cache.name, hit, remaining))
             if hit:
                 sources.append((cache.name, hit))
