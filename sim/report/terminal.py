@@ -138,13 +138,15 @@ def render(result, console: Console | None = None, top: int = 10) -> None:
 
     cols = _share_columns(s)
     peak = hw["peak_flops"]
+    # the marks compare with what the machine sustains (the datasheet ratio when no efficiency is given)
+    mark = "sustained balance point" if sustained else "balance point"
     out.print(_breakdown_table(
-        f"Where the time goes, by op class  (FLOP/B at {level}: < below / > above the balance point; "
-        "% peak of matrix peak)",
-        s["classes"], cols, peak, balance, level))
+        f"Where the time goes, by op class  (FLOP/B at {level}: < below / > above the {mark}, "
+        f"{achievable:.0f} FLOP/B; % peak of matrix peak)",
+        s["classes"], cols, peak, achievable, level))
     out.print(_traffic_table(s, list(hw["memory"])))
     phases = {k: {**v, "share_of_total": v["time_s"] / s["device_time_s"]} for k, v in s["phases"].items()}
-    out.print(_breakdown_table("By phase", phases, cols, peak, balance, level))
+    out.print(_breakdown_table("By phase", phases, cols, peak, achievable, level))
     tops = {f"{a['phase']} {a['kind']} x{a['ops']}": a for a in s["top_ops"]}
     out.print(_breakdown_table(f"Top {len(tops)} operators (summed over layers and steps)", tops, cols, peak,
-                               balance, level))
+                               achievable, level))

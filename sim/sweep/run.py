@@ -22,7 +22,8 @@ from sim.sweep.spec import Point, Sweep, year_overrides
 GROUPS = ("GEMM", "GEMV", "attention", "collective", "other")
 OUTPUTS = [
     "total_s", "ttft_s", "tpot_s", "tokens_per_s", "flops", "bytes_at_balance_level", "balance_level",
-    "balance_point_flop_per_byte", "bound", "weights_bytes", "kv_cache_bytes", "devices",
+    "balance_point_flop_per_byte", "achievable_balance_point_flop_per_byte", "bound", "weights_bytes",
+    "kv_cache_bytes", "devices",
     *[f"{g}_{field}" for g in GROUPS for field in
       ("share", "bound", "busy", "memory_stall", "link_stall", "sync", "overhead")],
 ]
@@ -60,7 +61,8 @@ def evaluate(point: Point, base_year: float | None) -> dict[str, Any]:
         status="ok", error="", total_s=s["total_s"], ttft_s=s["ttft_s"], tpot_s=s["tpot_s"],
         tokens_per_s=s["tokens_per_s"], flops=s["flops"], balance_level=mem["home"]["weight"],
         bytes_at_balance_level=s["bytes_per_level"].get(mem["home"]["weight"], 0.0),
-        balance_point_flop_per_byte=s["balance_point_flop_per_byte"], bound=s["bound"],
+        balance_point_flop_per_byte=s["balance_point_flop_per_byte"],
+        achievable_balance_point_flop_per_byte=s["achievable_balance_point_flop_per_byte"], bound=s["bound"],
         weights_bytes=mem["weights_bytes"], kv_cache_bytes=mem["kv_cache_bytes"], devices=s["devices"],
     )
     for g in GROUPS:
