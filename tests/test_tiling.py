@@ -1,6 +1,7 @@
 """Tiling re-read factors and cache residency across ops."""
 
 from math import ceil
+from pathlib import Path
 
 import pytest
 
@@ -10,7 +11,7 @@ from sim.graph import build_graph
 from sim.mapping import place
 from sim.mapping.plan import Planner, matrix_utilization
 from sim.mapping.residency import CacheLevel, Residency
-from sim.mapping.tiling import reuse_factors
+from sim.mapping.tiling import block_tiled, reuse_factors
 
 CACHE_HW = DATA / "toy-cache-hw.yaml"
 
@@ -143,3 +144,48 @@ def test_achievable_balance_point_uses_sustained_peak_and_achievable_bandwidth()
     s = summarize(run(wl, hw))
     assert s["balance_point_flop_per_byte"] == pytest.approx(100)
     assert s["achievable_balance_point_flop_per_byte"] == pytest.approx(160)
+
+
+def test_block_tiles_run_in_whole_waves():
+    # 32 x 48 output in 16 x 16 tiles: 6 tiles on 4 units = 2 waves of which 6 / 8 slots are useful
+    flops = 2 * 32 * 48 * 16
+    time, util, tile = block_tiled((1, 32, 48, 16), flops, [(16, 16)], 16, 4, 1e9, 2, 2, 0.0)
+    assert tile == (16, 16) and util == pytest.approx(0.75)
+    assert time == pytest.approx(flops / (1e9 * 0.75))
+
+
+def test_library_takes_the_tile_that_finishes_first():
+    # 32 x 32 on 4 units: one 32 x 32 tile keeps 1 unit busy (util 1/4); four 16 x 16 tiles keep all 4
+    flops = 2 * 32 * 32 * 64
+    shape, tiles = (1, 32, 32, 64), [(32, 32), (16, 16)]
+    time, util, tile = block_tiled(shape, flops, tiles, 16, 4, 1e9, 2, 2, 0.0)
+    assert tile == (16, 16) and util == pytest.approx(1.0)
+    # but 16 x 16 tiles read each operand twice: 2 * (32*64*2) * 2 = 16 KiB against 8 KiB for the big tile.
+    # At 1 KB/s of feed the small tile takes 16.384 s, the big one max(4 x compute, 8.192 s)
+    time, util, tile = block_tiled(shape, flops, tiles, 16, 4, 1e9, 2, 2, 1e3)
+    assert tile == (32, 32) and time == pytest.approx(8.192)
+    # one unit, 32 x 32: four 16 x 16 tiles or one 32 x 32 take the same time; the larger tile is taken
+    time, util, tile = block_tiled((1, 32, 32, 16), 2 * 32 * 32 * 16, [(16, 16), (32, 32)], 16, 1, 1e9, 2, 2, 0.0)
+    assert tile == (32, 32) and util == pytest.approx(1.0)
+
+
+def test_block_tiles_slow_a_small_gemm_not_a_large_one():
+    """On the A100 model, a 1024^3 GEMM fills 108 SMs with 64 of its 128 x 128 tiles at best: it runs
+    well below the sustained rate; an 8192^3 one fills 38 waves and runs at it."""
+    from sim.graph.ops import Access, Op, Tensor
+
+    a100 = Path(__file__).resolve().parents[1] / "hardware_models/a100-sxm4-80gb.yaml"
+    tiled = load_hardware(a100)
+    plain = load_hardware(a100, [("device.compute.block_tiles", [])])
+
+    def gemm(n: int) -> Op:
+        a, w, y = (Tensor(t, "activation", n * n * 2, n * n) for t in "awy")
+        return Op("mm", "mm", "gemm", "matrix", "prefill", 0, 0, "fp16", 2.0 * n**3,
+                  (Access(a, a.bytes), Access(w, w.bytes)), (Access(y, y.bytes),), shape=(1, n, n, n))
+
+    def compute_s(machine, n: int) -> float:
+        op = gemm(n)
+        return Planner(machine, place([op], machine)).plan(op).compute_s
+
+    assert compute_s(tiled, 1024) > 1.3 * compute_s(plain, 1024)
+    assert compute_s(tiled, 8192) == pytest.approx(compute_s(plain, 8192), rel=0.01)

@@ -70,6 +70,11 @@ class ComputeUnit(Spec):
     tile: tuple[Count, Count, Count] | None = Field(
         default=None, description="M x N x K granularity of the matrix engine (MMA / systolic array shape)"
     )
+    block_tiles: list[tuple[Count, Count]] = Field(
+        default_factory=list,
+        description="M x N output tiles a GEMM library's kernels compute on one unit (a GPU's thread-block "
+        "tiles); per shape the library picks the one that finishes first. Empty: waves of `tile`",
+    )
 
 
 class MemoryLevel(Spec):

@@ -22,7 +22,7 @@ from sim.graph.ops import Block, Op
 from sim.graph.transformer import OpGraph
 from sim.mapping.placement import Placement, level_capacity
 from sim.mapping.residency import CacheLevel, Residency, shifted_equal
-from sim.mapping.tiling import reuse_factors
+from sim.mapping.tiling import block_tiled, reuse_factors
 
 #: Most chunks an op is split into. Overlap inside a chunk is at tile granularity (see engine), so
 #: chunking does not change uncontended times; it sets how finely the op's traffic interleaves with
@@ -138,6 +138,10 @@ class Planner:
         self._latency = {n: lvl.latency for n, lvl in self.levels.items()}
         self._flat_bandwidth = flat_bandwidths(self.levels)
         self._overhead = dev.dispatch_overhead
+        # block tiles' operands come from the innermost shared level (a GPU's L2)
+        feed = next((lvl for lvl in self.levels.values() if lvl.scope == "shared"), None)
+        self._feed_bandwidth = feed.effective_bandwidth if feed is not None and any(
+            lvl.scope == "per_unit" for lvl in self.levels.values()) else 0.0
         self._vector = dev.compute.vector
         self._home = dict(placement.home)
         self._compute_of: dict[tuple, tuple] = {}
@@ -336,7 +340,8 @@ class Planner:
         if op.collective is not None:
             return OpPlan(op=op, unit="link", compute_s=0.0, utilization=1.0, loads=(), stores=(),
                           hits=(), chunks=(1.0,), overhead_s=self._overhead)
-        sig = (op.engine, op.dtype, op.flops, op.shape)
+        sig = (op.engine, op.dtype, op.flops, op.shape, op.reads[0].bytes if op.reads else 0.0,
+               op.reads[1].bytes if len(op.reads) > 1 else 0.0)
         known = self._compute_of.get(sig)
         if known is None:
             known = self._compute_of[sig] = self._compute(op)
@@ -353,11 +358,20 @@ class Planner:
         vector_s = op.flops / self._vector
         if op.engine != "matrix":
             return "vector", vector_s, 1.0
-        util = matrix_utilization(self.hw, op.shape)
         compute = self.hw.device.compute
-        if len(op.shape) == 4:
-            util *= compute.efficiency(op.shape[1], compute.emulate.get(op.dtype, op.dtype))
-        matrix_s = op.flops / (matrix_peak(self.hw, op.dtype, self.hw_file) * util)
+        peak = matrix_peak(self.hw, op.dtype, self.hw_file)
+        if compute.block_tiles and len(op.shape) == 4 and len(op.reads) >= 2:
+            batch, m, n, k = op.shape
+            matrix_s, util, _ = block_tiled(
+                op.shape, op.flops, compute.block_tiles, compute.tile[2] if compute.tile else 1, compute.units,
+                peak * compute.efficiency(m, compute.emulate.get(op.dtype, op.dtype)),
+                op.reads[0].bytes / (batch * m * k), op.reads[1].bytes / (batch * n * k), self._feed_bandwidth)
+            util = op.flops / (peak * matrix_s)
+        else:
+            util = matrix_utilization(self.hw, op.shape)
+            if len(op.shape) == 4:
+                util *= compute.efficiency(op.shape[1], compute.emulate.get(op.dtype, op.dtype))
+            matrix_s = op.flops / (peak * util)
         return ("matrix", matrix_s, util) if matrix_s <= vector_s else ("vector", vector_s, 1.0)
 
     def _factors(self, op: Op) -> list[dict[str, int]]:

@@ -49,3 +49,31 @@ def reuse_factors(m: int, n: int, k: int, a_bytes: float, b_bytes: float, capaci
     if best is None:  # not even a 1 x 1 tile fits: every use re-reads
         return n, m
     return best[2], best[3]
+
+
+def block_tiled(shape: tuple[int, int, int, int], flops: float, tiles: list[tuple[int, int]], k_step: int,
+                units: int, rate: float, a_bytes: float, b_bytes: float, feed_bandwidth: float,
+                ) -> tuple[float, float, tuple[int, int]]:
+    """A GEMM library's kernel choice: (time, useful fraction of the peak, tile).
+
+    Each unit computes one bm x bn output tile at a time (K padded to `k_step`), so the tiles run in
+    whole waves over the units (wave quantisation; partial tiles do full work: tile quantisation).
+    A tile's operands come from the shared level outside the units, the M x K one once per column of
+    tiles and the K x N one once per row: small tiles fill the waves better but need more of that
+    level's bandwidth per FLOP (`feed_bandwidth`; 0: not a limit). The library takes the tile that
+    finishes first, at the larger tile on a tie; `rate` is the matrix peak times its efficiency."""
+    batch, m, n, k = shape
+    k_padded = ceil(k / k_step) * k_step
+    best: tuple | None = None
+    for bm, bn in tiles:
+        waves = ceil(batch * ceil(m / bm) * ceil(n / bn) / units)
+        util = batch * m * n * k / (waves * units * bm * bn * k_padded)
+        time = flops / (rate * util)
+        if feed_bandwidth:
+            fed = batch * (m * k * a_bytes * ceil(n / bn) + k * n * b_bytes * ceil(m / bm))
+            time = max(time, fed / feed_bandwidth)
+        key = (time, -bm * bn)
+        if best is None or key < best[0]:
+            best = (key, util, (bm, bn))
+    assert best is not None
+    return best[0][0], best[1], best[2]
