@@ -109,3 +109,34 @@ def test_cli_exact_flag_gives_the_same_figures(tmp_path):
     fa, fb = json.loads(a.read_text())["summary"], json.loads(b.read_text())["summary"]
     assert close(fa["total_s"], fb["total_s"]) and fa["ops"] == fb["ops"]
     assert fa["events"] < fb["events"]
+
+
+def test_a_run_freezes_what_is_alive_and_later_collects_what_it_left(monkeypatch):
+    """Collection is back on after a run, with everything then alive frozen (so the first collections
+    do not re-scan the run's objects); a reference cycle frozen that way is collected by the first run
+    that finds more than `FROZEN_LIMIT` frozen objects."""
+    import gc
+    import weakref
+
+    pipeline = importlib.import_module("sim.pipeline")
+
+    class Node:
+        pass
+
+    wl, hw = load(DATA / "toy-gpt.yaml")
+    threshold = gc.get_threshold()
+    gc.set_threshold(10**9)  # no automatic collection before the run takes the cycle in
+    try:
+        cycle = Node()
+        cycle.me = cycle
+        alive = weakref.ref(cycle)
+        del cycle
+        run(wl, hw)
+    finally:
+        gc.set_threshold(*threshold)
+    assert gc.isenabled() and gc.get_freeze_count() > 0
+    gc.collect()
+    assert alive() is not None  # frozen: not collected yet
+    monkeypatch.setattr(pipeline, "FROZEN_LIMIT", 0)
+    run(wl, hw)
+    assert alive() is None
