@@ -170,11 +170,18 @@ class Planner:
         """Plan blocks in order: their traffic (see `walk_blocks`), then their timing, once per
         distinct traffic tuple (so blocks that share traffic share plans)."""
         timed: dict[int, tuple] = {}
+        per_op: dict[tuple, OpPlan] = {}  # (id(op), traffic) -> plan: an op with equal traffic in another block
         out = []
         for b, traffic in zip(blocks, self.walk_blocks(blocks)):
             known = timed.get(id(traffic))
             if known is None:
-                known = timed[id(traffic)] = (traffic, tuple(self.timed(op, t) for op, t in zip(b.ops, traffic)))
+                plans = []
+                for op, t in zip(b.ops, traffic):
+                    p = per_op.get((id(op), t))
+                    if p is None:
+                        p = per_op[(id(op), t)] = self.timed(op, t)
+                    plans.append(p)
+                known = timed[id(traffic)] = (traffic, tuple(plans))
             out.append((b, known[1]))
         return out
 
