@@ -98,6 +98,15 @@ def test_calibration_rows_fit_an_additive_cost_and_are_held_out(tmp_path: Path):
     assert key == "interconnect.collective_overhead" and value == pytest.approx(30e-6, rel=1e-3) and n == 1
     cases, notes = published_cases(path)
     assert [c.name for c in cases] == ["held out"] and abs(cases[0].error) < 1e-3 and len(notes) == 1
+    # a series that borrows the calibrated cost is predicted with it; one that does not, without
+    data["series"]["b"] = {**data["series"]["s"], "calibrates": None, "borrows": "s"}
+    data["series"]["n"] = {**data["series"]["s"], "calibrates": None}
+    data["cases"] += [{"series": "b", "name": "borrows", "bytes": 4096, "measured_s": base + 30e-6},
+                      {"series": "n", "name": "does not", "bytes": 4096, "measured_s": base + 30e-6}]
+    path.write_text(yaml.safe_dump(data))
+    cases, _ = published_cases(path)
+    error = {c.name: c.error for c in cases}
+    assert abs(error["borrows"]) < 1e-3 and error["does not"] < -0.1
 
 
 def test_case_error_sign():

@@ -94,7 +94,8 @@ def published_cases(path: Path = PUBLISHED) -> tuple[list[Case], list[str]]:
     for row in rows:
         if row.get("role") == "calibration":
             continue
-        key, value, _ = fitted.get(row["series"], (None, 0.0, 0))
+        # its own series' calibrated cost, or the one it borrows from a microbenchmark series
+        key, value, _ = fitted.get(row["series"], fitted.get(row.get("borrows"), (None, 0.0, 0)))
         _, predicted = predict_row(row, [(key, f"{value * 1e6:.6f} us")] if key else [])
         cases.append(Case(row["group"], row["name"], predicted, measured_seconds(row), row["source"]))
     notes = [f"{key} = {fmt_time(value)} for {next(r['group'] for r in rows if r['series'] == s)!r}: the median of "
