@@ -330,10 +330,11 @@ class Planner:
         reads = []
         for i, access in enumerate(op.reads):
             t = access.tensor
-            routes = self._routes.get((sig, i) if i < len(factors) else None)
+            reuse = factors[i] if i < len(factors) else None
+            key = None if reuse is None else (sig, i)  # operands read once share one set of routes
+            routes = self._routes.get(key)
             if routes is None:
-                reuse = factors[i] if i < len(factors) else None
-                routes = self._routes[(sig, i) if reuse is not None else None] = {
+                routes = self._routes[key] = {
                     source: tuple((lvl, None if j == 0 or reuse is None else reuse[levels[j - 1]])
                                   for j, lvl in enumerate(levels))
                     for source, levels in self._path.items()}
@@ -367,17 +368,15 @@ class Planner:
             return "vector", vector_s, 1.0
         compute = self.hw.device.compute
         peak = matrix_peak(self.hw, op.dtype, self.hw_file)
-        if compute.block_tiles and len(op.shape) == 4 and len(op.reads) >= 2:
-            batch, m, n, k = op.shape
-            matrix_s, util, _ = block_tiled(
-                op.shape, op.flops, compute.block_tiles, compute.tile[2] if compute.tile else 1, compute.units,
-                peak * compute.efficiency(m, compute.emulate.get(op.dtype, op.dtype)),
-                op.reads[0].bytes / (batch * m * k), op.reads[1].bytes / (batch * n * k), self._feed_bandwidth)
+        gemm = len(op.shape) == 4
+        efficiency = compute.efficiency(op.shape[1], compute.emulate.get(op.dtype, op.dtype)) if gemm else 1.0
+        if compute.block_tiles and gemm and len(op.reads) >= 2:
+            k_step = compute.tile[2] if compute.tile else 1
+            matrix_s, _, _ = block_tiled(op.shape, op.flops, compute.block_tiles, k_step, compute.units,
+                                         peak * efficiency, *_element_bytes(op), self._feed_bandwidth)
             util = op.flops / (peak * matrix_s)
         else:
-            util = matrix_utilization(self.hw, op.shape)
-            if len(op.shape) == 4:
-                util *= compute.efficiency(op.shape[1], compute.emulate.get(op.dtype, op.dtype))
+            util = matrix_utilization(self.hw, op.shape) * efficiency
             matrix_s = op.flops / (peak * util)
         return ("matrix", matrix_s, util) if matrix_s <= vector_s else ("vector", vector_s, 1.0)
 
@@ -386,9 +385,8 @@ class Planner:
         that fit each level."""
         if len(op.shape) != 4 or len(op.reads) < 2:
             return []
-        batch, m, n, k = op.shape
-        a = op.reads[0].bytes / (batch * m * k)  # bytes per element of each operand (for what fits)
-        b = op.reads[1].bytes / (batch * n * k)
+        _, m, n, k = op.shape
+        a, b = _element_bytes(op)
         out: list[dict[str, int]] = [{}, {}]
         registers = self.hw.device.compute.registers
         for name, cap in self.tile_capacity.items():
@@ -402,6 +400,12 @@ class Planner:
         for cache, home, nbytes in writebacks:
             served[cache] = served.get(cache, 0.0) + nbytes
             written[home] = written.get(home, 0.0) + nbytes
+
+
+def _element_bytes(op: Op) -> tuple[float, float]:
+    """Bytes per element of a matmul's M x K and K x N operands (quantised weights: a fraction)."""
+    batch, m, n, k = op.shape
+    return op.reads[0].bytes / (batch * m * k), op.reads[1].bytes / (batch * n * k)
 
 
 def plan(graph: OpGraph, hw: Hardware, placement: Placement, hw_file: str = "hardware") -> list[OpPlan]:
