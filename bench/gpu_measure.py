@@ -1,0 +1,366 @@
+"""Measure a CUDA GPU with PyTorch and write the results as validation rows for `python -m sim validate`.
+
+    python bench/gpu_measure.py --hardware h200-sxm --out sim/data/measured-h200.yaml
+
+Not part of memwall's install or tests (it needs PyTorch and a GPU). What it times, all in bf16 with
+device events, after warm-up, as the median over repeated replays:
+  * microbenchmarks (written to the file's `microbenchmarks`, not predicted): a device-to-device copy,
+    an 8192^3 matmul, the per-kernel time of tiny kernels replayed from a CUDA graph and launched eagerly;
+  * matmuls `y = x W^T` (PyTorch's F.linear layout, cuBLAS) at the shapes of GPT-2 and Llama layers and
+    a sweep over M, captured in a CUDA graph over enough copies of the operands that each one comes
+    from DRAM (cold caches, as in a decode step);
+  * whole forward passes of GPT-2 and Llama-2 (random weights, one kernel per op where PyTorch has
+    one: fused attention through scaled_dot_product_attention, a static KV cache), each captured in a
+    CUDA graph and replayed: single decode steps at a given context and batch, prefills, and the
+    headline GPT-2 generate (512-token prompt + 64 tokens) as one graph per forward pass replayed in order.
+`--smoke` runs tiny shapes on the CPU to check the script itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+import yaml
+
+DT = torch.bfloat16
+L2_BYTES = 64 << 20  # larger than any current GPU's L2 (H100/H200: 50 MiB): operands rotate past it
+
+
+# -- timing ----------------------------------------------------------------------------------------
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(fn, reps: int) -> float:
+    """Median seconds of one call of `fn` over `reps` calls, timed with device events (host clock on CPU)."""
+    fn()
+    sync()
+    out = []
+    for _ in range(reps):
+        if torch.cuda.is_available():
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            out.append(a.elapsed_time(b) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+    return statistics.median(out)
+
+
+def graphed(body):
+    """`body` captured in a CUDA graph (a replay launches all its kernels at once), or itself on CPU."""
+    if not torch.cuda.is_available():
+        return body
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):  # warm up outside the capture: cuBLAS picks and loads its kernels
+        body()
+    torch.cuda.current_stream().wait_stream(s)
+    sync()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        body()
+    sync()
+    return g.replay
+
+
+# -- microbenchmarks -------------------------------------------------------------------------------
+def microbenchmarks(dev: str, smoke: bool) -> dict:
+    n = (1 << 20) if smoke else (2 << 30)
+    src = torch.empty(n // 2, dtype=DT, device=dev).normal_()
+    dst = torch.empty_like(src)
+    copy_s = timed(lambda: dst.copy_(src), 5 if smoke else 20)
+    size = 256 if smoke else 8192
+    a = torch.randn(size, size, dtype=DT, device=dev)
+    b = torch.randn(size, size, dtype=DT, device=dev)
+    mm_s = timed(lambda: a @ b, 3 if smoke else 20)
+    x = torch.zeros(1, device=dev)
+    kernels = 200
+
+    def tiny() -> None:
+        for _ in range(kernels):
+            x.add_(1.0)
+
+    graph_s = timed(graphed(tiny), 5 if smoke else 20) / kernels
+    eager_s = timed(tiny, 5 if smoke else 20) / kernels
+    return {
+        "copy_read_plus_write_bytes_per_s": 2 * src.numel() * src.element_size() / copy_s,
+        "copy_bytes": 2 * src.numel() * src.element_size(),
+        f"matmul_{size}_bf16_flop_per_s": 2 * size**3 / mm_s,
+        "tiny_kernel_in_graph_s": graph_s,
+        "tiny_kernel_eager_s": eager_s,
+    }
+
+
+# -- matmuls ---------------------------------------------------------------------------------------
+def matmul_seconds(m: int, n: int, k: int, dev: str, smoke: bool) -> float:
+    """One y = x W^T, (m x k) by (n x k)^T, from cold operands: a graph of `copies` matmuls over
+    distinct buffers whose total is several times the L2."""
+    per = (m * k + n * k + m * n) * 2
+    copies = 2 if smoke else max(2, min(256, math.ceil(4 * L2_BYTES / per)))
+    xs = [torch.randn(m, k, dtype=DT, device=dev) for _ in range(copies)]
+    ws = [torch.randn(n, k, dtype=DT, device=dev) for _ in range(copies)]
+    ys = [torch.empty(m, n, dtype=DT, device=dev) for _ in range(copies)]
+
+    def body() -> None:
+        for x, w, y in zip(xs, ws, ys):
+            torch.mm(x, w.t(), out=y)
+
+    return timed(graphed(body), 3 if smoke else 10) / copies
+
+
+GEMV_SHAPES = [  # (name, K in, N out): the weight matrices of GPT-2 124M and Llama-2 7B / 13B / 70B
+    ("GPT-2 qkv 768x2304", 768, 2304), ("GPT-2 attn out 768x768", 768, 768),
+    ("GPT-2 ffn up 768x3072", 768, 3072), ("GPT-2 ffn down 3072x768", 3072, 768),
+    ("GPT-2 LM head 768x50257", 768, 50257),
+    ("Llama-7B qkv 4096x12288", 4096, 12288), ("Llama-7B attn out 4096x4096", 4096, 4096),
+    ("Llama-7B ffn up 4096x11008", 4096, 11008), ("Llama-7B ffn down 11008x4096", 11008, 4096),
+    ("Llama-7B LM head 4096x32000", 4096, 32000),
+    ("Llama-13B ffn up 5120x13824", 5120, 13824), ("Llama-13B ffn down 13824x5120", 13824, 5120),
+    ("Llama-70B qkv 8192x10240", 8192, 10240), ("Llama-70B ffn up 8192x28672", 8192, 28672),
+    ("Llama-70B ffn down 28672x8192", 28672, 8192),
+]
+
+
+def matmul_rows(dev: str, smoke: bool) -> list[dict]:
+    rows = []
+    shrink = 16 if smoke else 1
+    for name, k, n in GEMV_SHAPES:
+        k, n = max(8, k // shrink), max(8, n // shrink)
+        rows.append({"series": "gemv", "name": name, "m": 1, "n": n, "k": k,
+                     "measured_s": matmul_seconds(1, n, k, dev, smoke)})
+    for m in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192):
+        kn = 4096 // shrink
+        rows.append({"series": "gemm-m", "name": f"M = {m}", "m": m, "n": kn, "k": kn,
+                     "measured_s": matmul_seconds(m, kn, kn, dev, smoke)})
+    for s in (256, 512, 1024, 2048, 4096, 8192, 16384):
+        s = max(8, s // shrink)
+        rows.append({"series": "gemm-square", "name": f"{s} x {s} x {s}", "m": s, "n": s, "k": s,
+                     "measured_s": matmul_seconds(s, s, s, dev, smoke)})
+    for m, k, n in ((512, 768, 2304), (512, 768, 3072), (512, 3072, 768), (1024, 4096, 12288),
+                    (1024, 4096, 11008), (1024, 11008, 4096), (128, 4096, 11008)):
+        m, k, n = max(8, m // shrink), max(8, k // shrink), max(8, n // shrink)
+        rows.append({"series": "gemm-prefill", "name": f"{m} x {n} x {k}", "m": m, "n": n, "k": k,
+                     "measured_s": matmul_seconds(m, n, k, dev, smoke)})
+    return rows
+
+
+# -- Transformer forward passes --------------------------------------------------------------------
+@dataclass
+class Shape:
+    family: str  # gpt | llama
+    layers: int
+    hidden: int
+    heads: int
+    ffn: int
+    vocab: int
+
+
+GPT2 = Shape("gpt", 12, 768, 12, 3072, 50257)
+LLAMA7 = Shape("llama", 32, 4096, 32, 11008, 32000)
+LLAMA13 = Shape("llama", 40, 5120, 40, 13824, 32000)
+
+
+class Model:
+    """A pre-norm decoder with a static KV cache: GPT-2 (LayerNorm, GELU, biases, tied head) or Llama
+    (RMSNorm, RoPE, SwiGLU, no biases). Random weights: timing does not depend on their values."""
+
+    def __init__(self, s: Shape, batch: int, max_len: int, dev: str):
+        self.s, self.batch, self.dev = s, batch, dev
+        h, f, d = s.hidden, s.ffn, s.hidden // s.heads
+        gpt = s.family == "gpt"
+
+        def w(*shape):
+            return torch.empty(*shape, dtype=DT, device=dev).normal_(std=0.02)
+
+        self.wte = w(s.vocab, h)
+        self.wpe = w(1024, h) if gpt else None
+        self.head = self.wte if gpt else w(s.vocab, h)
+        self.layers = []
+        for _ in range(s.layers):
+            lay = {"ln1": w(h), "ln2": w(h), "wqkv": w(3 * h, h), "wo": w(h, h),
+                   "up": w(f, h), "down": w(h, f), "gate": None if gpt else w(f, h)}
+            if gpt:
+                lay.update(ln1b=w(h), ln2b=w(h), bqkv=w(3 * h), bo=w(h), bup=w(f), bdown=w(h))
+            lay["k"] = torch.zeros(batch, s.heads, max_len, d, dtype=DT, device=dev)
+            lay["v"] = torch.zeros(batch, s.heads, max_len, d, dtype=DT, device=dev)
+            self.layers.append(lay)
+        self.lnf = w(h)
+        self.lnfb = w(h) if gpt else None
+        inv = 1.0 / (10000 ** (torch.arange(0, d, 2, device=dev, dtype=torch.float32) / d))
+        ang = torch.outer(torch.arange(max_len, device=dev, dtype=torch.float32), inv)
+        self.cos, self.sin = ang.cos().to(DT), ang.sin().to(DT)
+
+    def norm(self, x, wgt, bias):
+        if self.s.family == "gpt":
+            return F.layer_norm(x, (x.shape[-1],), wgt, bias)
+        return F.rms_norm(x, (x.shape[-1],), wgt)
+
+    def rope(self, t, pos: int):  # t: (B, T, H, d), rotate-half form
+        n = t.shape[1]
+        cos = self.cos[pos:pos + n, None, :].repeat(1, 1, 2)
+        sin = self.sin[pos:pos + n, None, :].repeat(1, 1, 2)
+        half = t.shape[-1] // 2
+        rot = torch.cat((-t[..., half:], t[..., :half]), dim=-1)
+        return t * cos + rot * sin
+
+    def forward(self, tokens, pos: int):
+        """`tokens` (B, T) at positions pos..pos+T-1; returns the last position's logits."""
+        s, (B, T) = self.s, tokens.shape
+        h, d = s.hidden, s.hidden // s.heads
+        gpt = s.family == "gpt"
+        x = F.embedding(tokens, self.wte)
+        if gpt:
+            x = x + self.wpe[pos:pos + T]
+        for lay in self.layers:
+            a = self.norm(x, lay["ln1"], lay.get("ln1b"))
+            qkv = F.linear(a, lay["wqkv"], lay.get("bqkv")).view(B, T, 3, s.heads, d)
+            q, k, v = qkv.unbind(2)
+            if not gpt:
+                q, k = self.rope(q, pos), self.rope(k, pos)
+            lay["k"][:, :, pos:pos + T] = k.transpose(1, 2)
+            lay["v"][:, :, pos:pos + T] = v.transpose(1, 2)
+            ctx = pos + T
+            o = F.scaled_dot_product_attention(q.transpose(1, 2), lay["k"][:, :, :ctx], lay["v"][:, :, :ctx],
+                                               is_causal=T > 1)
+            x = x + F.linear(o.transpose(1, 2).reshape(B, T, h), lay["wo"], lay.get("bo"))
+            a = self.norm(x, lay["ln2"], lay.get("ln2b"))
+            if gpt:
+                u = F.gelu(F.linear(a, lay["up"], lay["bup"]), approximate="tanh")
+            else:
+                u = F.silu(F.linear(a, lay["gate"])) * F.linear(a, lay["up"])
+            x = x + F.linear(u, lay["down"], lay.get("bdown"))
+        x = self.norm(x[:, -1], self.lnf, self.lnfb)
+        return F.linear(x, self.head)
+
+
+def kernels_per_pass(model: Model, tokens, pos: int) -> int:
+    """CUDA kernels one eager forward pass launches (0 on CPU)."""
+    if not torch.cuda.is_available():
+        return 0
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        model.forward(tokens, pos)
+        sync()
+    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+
+
+def pass_seconds(model: Model, tokens_n: int, pos: int, reps: int) -> tuple[float, int]:
+    tokens = torch.zeros(model.batch, tokens_n, dtype=torch.long, device=model.dev)
+    return timed(graphed(lambda: model.forward(tokens, pos)), reps), kernels_per_pass(model, tokens, pos)
+
+
+def generate_seconds(model: Model, prompt: int, new: int, reps: int) -> float:
+    """Prefill then `new` decode steps, one graph per pass replayed back to back (no host work between)."""
+    prompt_ids = torch.zeros(model.batch, prompt, dtype=torch.long, device=model.dev)
+    steps = [graphed(lambda: model.forward(prompt_ids, 0))]
+    one = torch.zeros(model.batch, 1, dtype=torch.long, device=model.dev)
+    for i in range(new):
+        steps.append(graphed(lambda p=prompt + i: model.forward(one, p)))
+
+    def run_all() -> None:
+        for step in steps:
+            step()
+
+    return timed(run_all, reps)
+
+
+def model_rows(dev: str, smoke: bool, rows: list[dict], save) -> None:
+    """Appends each model's rows to `rows` and calls `save` after each model."""
+    reps = 3 if smoke else 20
+    shrink = (lambda s: Shape(s.family, 2, s.hidden // 16, s.heads // 4, s.ffn // 16, 1000)) if smoke else (lambda s: s)
+    fused = {"scenario.attention": "fused"}
+    plans = [  # (workload, shape, batch, [(phase, prompt, tokens this pass)])
+        ("gpt2", GPT2, 1, [("decode", 512), ("decode", 1023), ("prefill", 512), ("prefill", 128)]),
+        ("gpt2", GPT2, 32, [("decode", 512), ("prefill", 512)]),
+        ("llama2-7b", LLAMA7, 1, [("decode", 128), ("decode", 1024), ("decode", 4095), ("prefill", 128),
+                                   ("prefill", 1024)]),
+        ("llama2-7b", LLAMA7, 16, [("decode", 1024), ("prefill", 512)]),
+        ("llama2-7b", LLAMA7, 64, [("decode", 512)]),
+        ("llama2-13b-int4", LLAMA13, 1, [("decode", 1024), ("prefill", 512)]),
+    ]
+    for workload, shape, batch, passes in plans:
+        max_len = max(prompt + 1 for _, prompt in passes)
+        if workload == "gpt2" and batch == 1:
+            max_len = max(max_len, 512 + 64)
+        model = Model(shrink(shape), batch, max_len, dev)
+        for phase, prompt in passes:
+            n = 1 if phase == "decode" else prompt
+            pos = prompt if phase == "decode" else 0
+            secs, kernels = pass_seconds(model, n, pos, reps)
+            what = f"decode step, context {prompt}" if phase == "decode" else f"prefill {prompt} tokens"
+            rows.append({"series": "forward", "name": f"{workload} batch {batch}, {what}", "workload": workload,
+                         "measured_s": secs, "kernels": kernels,
+                         "set": {**fused, "scenario.phase": phase, "scenario.batch": batch,
+                                 "scenario.prompt_tokens": prompt, "scenario.new_tokens": 1 if phase == "decode" else 0,
+                                 **bf16_set(workload)}})
+        if workload == "gpt2" and batch == 1:
+            secs = generate_seconds(model, 512, 64, 3 if smoke else 5)
+            rows.append({"series": "forward", "name": "gpt2 batch 1, generate 512 + 64 tokens", "workload": workload,
+                         "measured_s": secs,
+                         "set": {**fused, "scenario.phase": "generate", "scenario.batch": 1,
+                                 "scenario.prompt_tokens": 512, "scenario.new_tokens": 64, **bf16_set(workload)}})
+        del model
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        save()
+
+
+def bf16_set(workload: str) -> dict:
+    return {f"scenario.precision.{k}": "bf16" for k in ("weights", "activations", "kv_cache")}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--hardware", default="h200-sxm", help="memwall hardware model the rows are predicted with")
+    p.add_argument("--out", required=True)
+    p.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU: checks the script only")
+    p.add_argument("--only", choices=["micro", "matmul", "model"], action="append")
+    args = p.parse_args()
+    dev = "cpu" if args.smoke or not torch.cuda.is_available() else "cuda"
+    torch.manual_seed(0)
+    torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = True
+    only = set(args.only or ["micro", "matmul", "model"])
+    t0 = time.time()
+    env = {"torch": str(torch.__version__), "python": platform.python_version(),
+           "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu",
+           "cuda": str(torch.version.cuda), "date": time.strftime("%Y-%m-%d")}
+    micro: dict = {}
+    rows: list[dict] = []
+
+    def save() -> None:  # after each part: a run stopped at its time limit keeps what it measured
+        with open(args.out, "w") as fh:
+            yaml.safe_dump({"hardware": args.hardware, "environment": env, "microbenchmarks": micro,
+                            "rows": rows}, fh, sort_keys=False, width=120)
+
+    if "micro" in only:
+        micro.update(microbenchmarks(dev, args.smoke))
+        print(json.dumps(micro, indent=1), flush=True)
+        save()
+    if "matmul" in only:
+        rows += matmul_rows(dev, args.smoke)
+        print(f"matmuls done at {time.time() - t0:.0f} s", flush=True)
+        save()
+    if "model" in only:
+        model_rows(dev, args.smoke, rows, save)
+        print(f"models done at {time.time() - t0:.0f} s", flush=True)
+        save()
+    for r in rows:
+        print(f"{r['series']:14s} {r['name']:48s} {r['measured_s'] * 1e6:12.2f} us  {r.get('kernels', '')}")
+
+
+if __name__ == "__main__":
+    main()
