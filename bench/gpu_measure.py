@@ -96,13 +96,31 @@ def microbenchmarks(dev: str, smoke: bool) -> dict:
 
     graph_s = timed(graphed(tiny), 5 if smoke else 20) / kernels
     eager_s = timed(tiny, 5 if smoke else 20) / kernels
+    sizes = [1 << p for p in range(18, 22 if smoke else 31, 2)]  # 256 KiB .. 1 GiB
     return {
+        "copy_s_by_bytes": {n: rotating(n, lambda a, b: b.copy_(a), dev, smoke) for n in sizes},
+        "read_s_by_bytes": {n: rotating(n, lambda a, b: torch.sum(a.view(-1, 1024), dim=1, out=b[:a.numel() // 1024]),
+                                        dev, smoke) for n in sizes},
         "copy_read_plus_write_bytes_per_s": 2 * src.numel() * src.element_size() / copy_s,
         "copy_bytes": 2 * src.numel() * src.element_size(),
         f"matmul_{size}_bf16_flop_per_s": 2 * size**3 / mm_s,
         "tiny_kernel_in_graph_s": graph_s,
         "tiny_kernel_eager_s": eager_s,
     }
+
+
+def rotating(nbytes: int, kernel, dev: str, smoke: bool) -> float:
+    """Seconds of one `kernel(src, dst)` over `nbytes` of bf16 from cold buffers (a graph over enough
+    distinct buffers to pass the L2 several times)."""
+    copies = 2 if smoke else max(2, min(256, math.ceil(4 * L2_BYTES / nbytes)))
+    srcs = [torch.empty(nbytes // 2, dtype=DT, device=dev).normal_() for _ in range(copies)]
+    dsts = [torch.empty(nbytes // 2, dtype=DT, device=dev) for _ in range(copies)]
+
+    def body() -> None:
+        for a, b in zip(srcs, dsts):
+            kernel(a, b)
+
+    return timed(graphed(body), 3 if smoke else 10) / copies
 
 
 # -- matmuls ---------------------------------------------------------------------------------------
@@ -247,20 +265,22 @@ class Model:
         return F.linear(x, self.head)
 
 
-def kernels_per_pass(model: Model, tokens, pos: int) -> int:
-    """CUDA kernels one eager forward pass launches (0 on CPU)."""
+def kernels_per_pass(model: Model, tokens, pos: int, show: bool = False) -> int:
+    """CUDA kernels one eager forward pass launches (0 on CPU); `show` prints their device times."""
     if not torch.cuda.is_available():
         return 0
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         model.forward(tokens, pos)
         sync()
+    if show:
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60))
     return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
 
 
-def pass_seconds(model: Model, tokens_n: int, pos: int, reps: int) -> tuple[float, int]:
+def pass_seconds(model: Model, tokens_n: int, pos: int, reps: int, show: bool = False) -> tuple[float, int]:
     tokens = torch.zeros(model.batch, tokens_n, dtype=torch.long, device=model.dev)
-    return timed(graphed(lambda: model.forward(tokens, pos)), reps), kernels_per_pass(model, tokens, pos)
+    return timed(graphed(lambda: model.forward(tokens, pos)), reps), kernels_per_pass(model, tokens, pos, show)
 
 
 def generate_seconds(model: Model, prompt: int, new: int, reps: int) -> float:
@@ -300,7 +320,7 @@ def model_rows(dev: str, smoke: bool, rows: list[dict], save) -> None:
         for phase, prompt in passes:
             n = 1 if phase == "decode" else prompt
             pos = prompt if phase == "decode" else 0
-            secs, kernels = pass_seconds(model, n, pos, reps)
+            secs, kernels = pass_seconds(model, n, pos, reps, show=batch == 1 and phase == "decode" and prompt == 1024)
             what = f"decode step, context {prompt}" if phase == "decode" else f"prefill {prompt} tokens"
             rows.append({"series": "forward", "name": f"{workload} batch {batch}, {what}", "workload": workload,
                          "measured_s": secs, "kernels": kernels,
@@ -323,6 +343,29 @@ def bf16_set(workload: str) -> dict:
     return {f"scenario.precision.{k}": "bf16" for k in ("weights", "activations", "kv_cache")}
 
 
+HEADER = "# Written by `python bench/gpu_measure.py` (see its docstring); predicted by `python -m sim validate`.\n"
+SERIES = {  # the script's series -> (group, kind-specific keys)
+    "gemv": ("GEMV, bf16, cold weights", {"kind": "matmul", "dtype": "bf16", "caches": "cold"}),
+    "gemm-m": ("GEMM sweep over M, K = N = 4096, bf16", {"kind": "matmul", "dtype": "bf16", "caches": "cold"}),
+    "gemm-square": ("GEMM, square, bf16", {"kind": "matmul", "dtype": "bf16", "caches": "cold"}),
+    "gemm-prefill": ("GEMM, prefill layer shapes, bf16", {"kind": "matmul", "dtype": "bf16", "caches": "cold"}),
+    "forward": ("forward passes, bf16, CUDA graphs, fused attention", {"kind": "generate"}),
+}
+
+
+def as_validation(hardware: str, env: dict, micro: dict, rows: list[dict]) -> dict:
+    """The measurements in sim/data/published.yaml's schema: one series per kind of case, every row
+    with its measured seconds; the environment and the microbenchmarks ride along, unpredicted."""
+    chip = env["device"].removeprefix("NVIDIA ")
+    source = (f"memwall bench/gpu_measure.py on one {env['device']} (PyTorch {env['torch']}, CUDA {env['cuda']}), "
+              f"{env['date']}: median of replays of a CUDA graph, timed with device events")
+    series = {f"{hardware}-{key}": {"group": f"{chip} {group} (memwall, PyTorch)", **extra, "hardware": hardware,
+                                     "source": source}
+              for key, (group, extra) in SERIES.items() if any(r["series"] == key for r in rows)}
+    cases = [{**r, "series": f"{hardware}-{r['series']}"} for r in rows]
+    return {"environment": env, "microbenchmarks": micro, "series": series, "cases": cases}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--hardware", default="h200-sxm", help="memwall hardware model the rows are predicted with")
@@ -343,8 +386,8 @@ def main() -> None:
 
     def save() -> None:  # after each part: a run stopped at its time limit keeps what it measured
         with open(args.out, "w") as fh:
-            yaml.safe_dump({"hardware": args.hardware, "environment": env, "microbenchmarks": micro,
-                            "rows": rows}, fh, sort_keys=False, width=120)
+            fh.write(HEADER)
+            yaml.safe_dump(as_validation(args.hardware, env, micro, rows), fh, sort_keys=False, width=120)
 
     if "micro" in only:
         micro.update(microbenchmarks(dev, args.smoke))
