@@ -320,7 +320,8 @@ def model_rows(dev: str, smoke: bool, rows: list[dict], save) -> None:
         for phase, prompt in passes:
             n = 1 if phase == "decode" else prompt
             pos = prompt if phase == "decode" else 0
-            secs, kernels = pass_seconds(model, n, pos, reps, show=batch == 1 and phase == "decode" and prompt == 1024)
+            show = batch == 1 and phase == "decode" and prompt in (512, 1024)  # which kernels take the time
+            secs, kernels = pass_seconds(model, n, pos, reps, show)
             what = f"decode step, context {prompt}" if phase == "decode" else f"prefill {prompt} tokens"
             rows.append({"series": "forward", "name": f"{workload} batch {batch}, {what}", "workload": workload,
                          "measured_s": secs, "kernels": kernels,

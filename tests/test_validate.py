@@ -60,6 +60,8 @@ def test_warm_matmul_prediction_hits_the_cache_cold_does_not():
     # 64 x 64 fp32 weights (16 KiB) fit the 256 KiB L2: the second run reads them from there
     warm = predict_matmul(hw, 1, 64, 64)
     assert 0 < warm < 64 * 64 * 4 / 10e9  # faster than streaming them from DRAM
+    cold = predict_matmul(hw, 1, 64, 64, cold=True)  # other weights of the same shape: from DRAM
+    assert cold >= 64 * 64 * 4 / 10e9
 
 
 def test_allreduce_prediction_matches_the_ring_formula():

@@ -58,20 +58,26 @@ def median_time(fn: Callable[[], object], repeats: int = 7, min_total: float = 0
 
 
 # -- single operators ------------------------------------------------------------------------------
-def matmul_op(name: str, m: int, n: int, k: int, dtype: str = "fp32", out_dtype: str | None = None) -> Op:
-    """An (m x k) @ (k x n) matmul in `dtype`, writing its result in `out_dtype` (default: `dtype`)."""
+def matmul_op(name: str, m: int, n: int, k: int, dtype: str = "fp32", out_dtype: str | None = None,
+              tensors: str = "") -> Op:
+    """An (m x k) @ (k x n) matmul in `dtype`, writing its result in `out_dtype` (default: `dtype`);
+    ops with the same `tensors` prefix share their operands."""
     size = DTYPE_BYTES[dtype]
-    a = Tensor("x", "activation", m * k * size, m * k)
-    w = Tensor("w", "weight", k * n * size, k * n)
-    y = Tensor("y", "activation", m * n * DTYPE_BYTES[out_dtype or dtype], m * n)
+    a = Tensor(f"{tensors}x", "activation", m * k * size, m * k)
+    w = Tensor(f"{tensors}w", "weight", k * n * size, k * n)
+    y = Tensor(f"{tensors}y", "activation", m * n * DTYPE_BYTES[out_dtype or dtype], m * n)
     return Op(name=name, kind="matmul", op_class="gemv" if m == 1 else "gemm", engine="matrix", phase="prefill",
               step=0, layer=0, dtype=dtype, flops=2.0 * m * n * k, reads=(Access(a, a.bytes), Access(w, w.bytes)),
               writes=(Access(y, y.bytes),), shape=(1, m, n, k))
 
 
-def predict_matmul(hw: Hardware, m: int, n: int, k: int, dtype: str = "fp32", out_dtype: str | None = None) -> float:
-    """The same matmul twice in a row; the second is what a timing loop sees (warm caches)."""
-    ops = [matmul_op("first", m, n, k, dtype, out_dtype), matmul_op("again", m, n, k, dtype, out_dtype)]
+def predict_matmul(hw: Hardware, m: int, n: int, k: int, dtype: str = "fp32", out_dtype: str | None = None,
+                   cold: bool = False) -> float:
+    """The second of two matmuls in a row, what a timing loop sees: the same operands again (warm
+    caches), or, `cold`, other operands of the same shape (a loop rotating through more buffers than
+    the caches hold, as a decode step reads each weight once)."""
+    ops = [matmul_op("first", m, n, k, dtype, out_dtype), matmul_op("again", m, n, k, dtype, out_dtype,
+                                                                    tensors="other_" if cold else "")]
     planner = Planner(hw, place(ops, hw))
     records = simulate([planner.plan(op) for op in ops], hw).ops
     return records[1].duration_s

@@ -63,7 +63,8 @@ def predict_row(row: dict, extra: list[tuple[str, object]] = ()) -> tuple[Hardwa
     if row["kind"] == "allreduce":
         return hw, predict_allreduce(hw, row["bytes"], row["devices"])
     if row["kind"] == "matmul":
-        return hw, predict_matmul(hw, row["m"], row["n"], row["k"], row.get("dtype", "fp32"), row.get("out_dtype"))
+        return hw, predict_matmul(hw, row["m"], row["n"], row["k"], row.get("dtype", "fp32"), row.get("out_dtype"),
+                                  cold=row.get("caches") == "cold")
     wl, _ = load_workload(ROOT / "workloads" / f"{row['workload']}.yaml", work_set)
     return hw, summarize(run(wl, hw))["total_s"]
 
