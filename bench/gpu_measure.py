@@ -4,15 +4,19 @@
 
 Not part of memwall's install or tests (it needs PyTorch and a GPU). What it times, all in bf16 with
 device events, after warm-up, as the median over repeated replays:
-  * microbenchmarks (written to the file's `microbenchmarks`, not predicted): a device-to-device copy,
-    an 8192^3 matmul, the per-kernel time of tiny kernels replayed from a CUDA graph and launched eagerly;
+  * microbenchmarks (written to the file's `microbenchmarks`, not predicted): device-to-device copies
+    (4 GiB, and 256 KiB - 1 GiB from cold buffers in a graph), row sums (reads) by size, an 8192^3
+    matmul, a 1-element kernel replayed from a graph and launched eagerly, and single ops (add, GELU,
+    SiLU, norms, softmax, a 64 x 64 linear, attention over 16 keys) on tiny inputs replayed from a graph;
   * matmuls `y = x W^T` (PyTorch's F.linear layout, cuBLAS) at the shapes of GPT-2 and Llama layers and
     a sweep over M, captured in a CUDA graph over enough copies of the operands that each one comes
     from DRAM (cold caches, as in a decode step);
   * whole forward passes of GPT-2 and Llama-2 (random weights, one kernel per op where PyTorch has
     one: fused attention through scaled_dot_product_attention, a static KV cache), each captured in a
     CUDA graph and replayed: single decode steps at a given context and batch, prefills, and the
-    headline GPT-2 generate (512-token prompt + 64 tokens) as one graph per forward pass replayed in order.
+    headline GPT-2 generate (512-token prompt + 64 tokens) as one graph per forward pass replayed in order;
+  * the batch-1 decode steps of GPT-2 and Llama-2 7B again through torch.compile (fused elementwise ops).
+Each model row records the CUDA kernels one pass launches (PyTorch profiler).
 `--smoke` runs tiny shapes on the CPU to check the script itself.
 """
 
@@ -97,7 +101,10 @@ def microbenchmarks(dev: str, smoke: bool) -> dict:
     graph_s = timed(graphed(tiny), 5 if smoke else 20) / kernels
     eager_s = timed(tiny, 5 if smoke else 20) / kernels
     sizes = [1 << p for p in range(18, 22 if smoke else 31, 2)]  # 256 KiB .. 1 GiB
+    tiny_ops = tiny_op_seconds(dev, smoke)
     return {
+        "tiny_op_in_graph_s": tiny_ops,
+        "tiny_op_in_graph_median_s": statistics.median(tiny_ops.values()),
         "copy_s_by_bytes": {n: rotating(n, lambda a, b: b.copy_(a), dev, smoke) for n in sizes},
         "read_s_by_bytes": {n: rotating(n, lambda a, b: torch.sum(a.view(-1, 1024), dim=1, out=b[:a.numel() // 1024]),
                                         dev, smoke) for n in sizes},
@@ -107,6 +114,32 @@ def microbenchmarks(dev: str, smoke: bool) -> dict:
         "tiny_kernel_in_graph_s": graph_s,
         "tiny_kernel_eager_s": eager_s,
     }
+
+
+def tiny_op_seconds(dev: str, smoke: bool) -> dict[str, float]:
+    """Per op, one call on a 1 x 64 input replayed 100 times from a graph: what remains of a kernel
+    when it has nothing to do (launch, ramp-up, its chain of dependent memory accesses)."""
+    x, y = (torch.randn(1, 64, dtype=DT, device=dev) for _ in range(2))
+    w, wb, m = torch.randn(64, dtype=DT, device=dev), torch.randn(64, dtype=DT, device=dev), \
+        torch.randn(64, 64, dtype=DT, device=dev)
+    q, kv = torch.randn(1, 1, 1, 64, dtype=DT, device=dev), torch.randn(1, 1, 16, 64, dtype=DT, device=dev)
+    ops = {
+        "add": lambda: x + y,
+        "gelu": lambda: F.gelu(x, approximate="tanh"),
+        "silu": lambda: F.silu(x),
+        "layer_norm": lambda: F.layer_norm(x, (64,), w, wb),
+        "rms_norm": lambda: F.rms_norm(x, (64,), w),
+        "softmax": lambda: torch.softmax(x, -1),
+        "linear": lambda: F.linear(x, m),
+        "sdpa": lambda: F.scaled_dot_product_attention(q, kv, kv),
+    }
+    out = {}
+    for name, op in ops.items():
+        def body(op=op) -> None:
+            for _ in range(100):
+                op()
+        out[name] = timed(graphed(body), 3 if smoke else 10) / 100
+    return out
 
 
 def rotating(nbytes: int, kernel, dev: str, smoke: bool) -> float:
@@ -187,6 +220,7 @@ class Shape:
     vocab: int
 
 
+NAMES = {"gpt2": "GPT-2", "llama2-7b": "Llama-2 7B", "llama2-13b-int4": "Llama-2 13B"}
 GPT2 = Shape("gpt", 12, 768, 12, 3072, 50257)
 LLAMA7 = Shape("llama", 32, 4096, 32, 11008, 32000)
 LLAMA13 = Shape("llama", 40, 5120, 40, 13824, 32000)
@@ -265,13 +299,13 @@ class Model:
         return F.linear(x, self.head)
 
 
-def kernels_per_pass(model: Model, tokens, pos: int, show: bool = False) -> int:
+def kernels_per_pass(forward, tokens, pos: int, show: bool = False) -> int:
     """CUDA kernels one eager forward pass launches (0 on CPU); `show` prints their device times."""
     if not torch.cuda.is_available():
         return 0
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        model.forward(tokens, pos)
+        forward(tokens, pos)
         sync()
     if show:
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60))
@@ -280,7 +314,7 @@ def kernels_per_pass(model: Model, tokens, pos: int, show: bool = False) -> int:
 
 def pass_seconds(model: Model, tokens_n: int, pos: int, reps: int, show: bool = False) -> tuple[float, int]:
     tokens = torch.zeros(model.batch, tokens_n, dtype=torch.long, device=model.dev)
-    return timed(graphed(lambda: model.forward(tokens, pos)), reps), kernels_per_pass(model, tokens, pos, show)
+    return timed(graphed(lambda: model.forward(tokens, pos)), reps), kernels_per_pass(model.forward, tokens, pos, show)
 
 
 def generate_seconds(model: Model, prompt: int, new: int, reps: int) -> float:
@@ -323,14 +357,14 @@ def model_rows(dev: str, smoke: bool, rows: list[dict], save) -> None:
             show = batch == 1 and phase == "decode" and prompt in (512, 1024)  # which kernels take the time
             secs, kernels = pass_seconds(model, n, pos, reps, show)
             what = f"decode step, context {prompt}" if phase == "decode" else f"prefill {prompt} tokens"
-            rows.append({"series": "forward", "name": f"{workload} batch {batch}, {what}", "workload": workload,
+            rows.append({"series": "forward", "name": f"{NAMES[workload]} batch {batch}, {what}", "workload": workload,
                          "measured_s": secs, "kernels": kernels,
                          "set": {**fused, "scenario.phase": phase, "scenario.batch": batch,
                                  "scenario.prompt_tokens": prompt, "scenario.new_tokens": 1 if phase == "decode" else 0,
                                  **bf16_set(workload)}})
         if workload == "gpt2" and batch == 1:
             secs = generate_seconds(model, 512, 64, 3 if smoke else 5)
-            rows.append({"series": "forward", "name": "gpt2 batch 1, generate 512 + 64 tokens", "workload": workload,
+            rows.append({"series": "forward", "name": "GPT-2 batch 1, generate 512 + 64 tokens", "workload": workload,
                          "measured_s": secs,
                          "set": {**fused, "scenario.phase": "generate", "scenario.batch": 1,
                                  "scenario.prompt_tokens": 512, "scenario.new_tokens": 64, **bf16_set(workload)}})
@@ -340,17 +374,41 @@ def model_rows(dev: str, smoke: bool, rows: list[dict], save) -> None:
         save()
 
 
+def compiled_rows(dev: str, smoke: bool, rows: list[dict], save) -> None:
+    """Batch-1 decode steps of GPT-2 and Llama-2 7B through torch.compile (Inductor fuses the norms,
+    RoPE, activations and residual adds into one kernel each, as a serving runtime does), replayed
+    from a CUDA graph."""
+    shrink = (lambda s: Shape(s.family, 2, s.hidden // 16, s.heads // 4, s.ffn // 16, 1000)) if smoke else (lambda s: s)
+    for workload, shape, prompt in (("gpt2", GPT2, 512), ("llama2-7b", LLAMA7, 1024)):
+        model = Model(shrink(shape), 1, prompt + 1, dev)
+        forward = torch.compile(model.forward, dynamic=False)
+        tokens = torch.zeros(1, 1, dtype=torch.long, device=dev)
+        t0 = time.time()
+        forward(tokens, prompt)
+        sync()
+        compile_s = time.time() - t0
+        secs = timed(graphed(lambda f=forward, t=tokens, p=prompt: f(t, p)), 3 if smoke else 20)
+        rows.append({"series": "forward-compiled", "name": f"{NAMES[workload]} batch 1, decode step, context {prompt}",
+                     "workload": workload, "measured_s": secs, "kernels": kernels_per_pass(forward, tokens, prompt),
+                     "compile_s": round(compile_s, 1),
+                     "set": {"scenario.attention": "fused", "scenario.phase": "decode", "scenario.batch": 1,
+                             "scenario.prompt_tokens": prompt, "scenario.new_tokens": 1, **bf16_set(workload)}})
+        del model, forward
+        save()
+
+
 def bf16_set(workload: str) -> dict:
     return {f"scenario.precision.{k}": "bf16" for k in ("weights", "activations", "kv_cache")}
 
 
 HEADER = "# Written by `python bench/gpu_measure.py` (see its docstring); predicted by `python -m sim validate`.\n"
 SERIES = {  # the script's series -> (group, kind-specific keys)
-    "gemv": ("GEMV, bf16, cold weights", {"kind": "matmul", "dtype": "bf16", "caches": "cold"}),
-    "gemm-m": ("GEMM sweep over M, K = N = 4096, bf16", {"kind": "matmul", "dtype": "bf16", "caches": "cold"}),
+    "gemv": ("GEMV, bf16", {"kind": "matmul", "dtype": "bf16", "caches": "cold"}),
+    "gemm-m": ("GEMM over M, K = N = 4096, bf16", {"kind": "matmul", "dtype": "bf16", "caches": "cold"}),
     "gemm-square": ("GEMM, square, bf16", {"kind": "matmul", "dtype": "bf16", "caches": "cold"}),
-    "gemm-prefill": ("GEMM, prefill layer shapes, bf16", {"kind": "matmul", "dtype": "bf16", "caches": "cold"}),
-    "forward": ("forward passes, bf16, CUDA graphs, fused attention", {"kind": "generate"}),
+    "gemm-prefill": ("GEMM, layer shapes, bf16", {"kind": "matmul", "dtype": "bf16", "caches": "cold"}),
+    "forward": ("forward, bf16, eager kernels in a CUDA graph", {"kind": "generate"}),
+    "forward-compiled": ("forward, bf16, torch.compile in a CUDA graph", {"kind": "generate"}),
 }
 
 
@@ -360,8 +418,9 @@ def as_validation(hardware: str, env: dict, micro: dict, rows: list[dict]) -> di
     chip = env["device"].removeprefix("NVIDIA ")
     source = (f"memwall bench/gpu_measure.py on one {env['device']} (PyTorch {env['torch']}, CUDA {env['cuda']}), "
               f"{env['date']}: median of replays of a CUDA graph, timed with device events")
-    series = {f"{hardware}-{key}": {"group": f"{chip} {group} (memwall, PyTorch)", **extra, "hardware": hardware,
-                                     "source": source}
+    graph = {"device.dispatch_overhead": "0 us"}  # a graph replay launches all its kernels at once: no host cost
+    series = {f"{hardware}-{key}": {"group": f"{chip} {group} (memwall)", **extra, "hardware": hardware,
+                                     "set": graph, "source": source}
               for key, (group, extra) in SERIES.items() if any(r["series"] == key for r in rows)}
     cases = [{**r, "series": f"{hardware}-{r['series']}"} for r in rows]
     return {"environment": env, "microbenchmarks": micro, "series": series, "cases": cases}
@@ -372,12 +431,12 @@ def main() -> None:
     p.add_argument("--hardware", default="h200-sxm", help="memwall hardware model the rows are predicted with")
     p.add_argument("--out", required=True)
     p.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU: checks the script only")
-    p.add_argument("--only", choices=["micro", "matmul", "model"], action="append")
+    p.add_argument("--only", choices=["micro", "matmul", "model", "compiled"], action="append")
     args = p.parse_args()
     dev = "cpu" if args.smoke or not torch.cuda.is_available() else "cuda"
     torch.manual_seed(0)
     torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = True
-    only = set(args.only or ["micro", "matmul", "model"])
+    only = set(args.only or ["micro", "matmul", "model", "compiled"])
     t0 = time.time()
     env = {"torch": str(torch.__version__), "python": platform.python_version(),
            "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu",
@@ -401,7 +460,9 @@ def main() -> None:
     if "model" in only:
         model_rows(dev, args.smoke, rows, save)
         print(f"models done at {time.time() - t0:.0f} s", flush=True)
-        save()
+    if "compiled" in only:  # last: compiling takes the longest, and a time limit keeps what came before
+        compiled_rows(dev, args.smoke, rows, save)
+        print(f"compiled models done at {time.time() - t0:.0f} s", flush=True)
     for r in rows:
         print(f"{r['series']:14s} {r['name']:48s} {r['measured_s'] * 1e6:12.2f} us  {r.get('kernels', '')}")
 

@@ -83,17 +83,20 @@ def calibrate(out: Path) -> None:
 @click.option("--quick", is_flag=True, help="Fewer, smaller live cases.")
 @click.option("--no-live", is_flag=True, help="Only the published cases.")
 @click.option("--no-published", is_flag=True, help="Only the live cases.")
+@click.option("--no-measured", is_flag=True, help="Without the GPU cases memwall measured (sim/data/measured-*.yaml).")
 @click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the tables as Markdown (docs/validation.md is made this way).")
-def validate(hardware: Path, quick: bool, no_live: bool, no_published: bool, markdown: Path | None) -> None:
-    """Predict, then measure: live cases on this machine and published cases on real accelerators."""
+def validate(hardware: Path, quick: bool, no_live: bool, no_published: bool, no_measured: bool,
+             markdown: Path | None) -> None:
+    """Predict, then measure: live cases on this machine, published cases on real accelerators, and
+    GPU cases memwall measured with bench/gpu_measure.py."""
     from rich.console import Console
 
     from sim.config import load_hardware
     from sim.validate.calibrate import calibrate as measure
     from sim.validate.calibrate import write_hardware
     from sim.validate.cases import live_cases, machine_drift
-    from sim.validate.published import published_cases
+    from sim.validate.published import measured_cases, published_cases
     from sim.validate.report import drift_line, render, to_markdown
 
     console = Console(highlight=False, width=160)
@@ -118,8 +121,11 @@ def validate(hardware: Path, quick: bool, no_live: bool, no_published: bool, mar
         render(console, "Published cases (predicted with the shipped hardware models)", published)
     for line in calibrated:
         console.print(f"  calibrated: {line}")
+    measured = [] if no_measured else measured_cases()
+    if measured:
+        render(console, "GPU cases measured by memwall (bench/gpu_measure.py; shipped hardware models)", measured)
     if markdown is not None:
-        markdown.write_text(to_markdown(live, published, str(hardware), calibrated, drift))
+        markdown.write_text(to_markdown(live, published, str(hardware), calibrated, drift, measured))
         console.print(f"wrote {markdown}")
 
 

@@ -193,6 +193,21 @@ def test_plan_covers_every_op_once(toy):
     assert all(abs(sum(p.chunks) - 1) < 1e-12 and len(p.chunks) <= 4 for p in plans)
 
 
+def test_launch_overhead_separates_ops_even_when_the_host_runs_ahead():
+    """A GPU starts each kernel ~1 us after the previous one ends however far ahead the host is: with a
+    2 us launch overhead, every non-collective op of a run starts 2 us later than without (async host,
+    0 dispatch: the device never waits for the host), shows it as overhead, and the roofline agrees."""
+    wl, hw0 = load(DATA / "toy-gpt.yaml", device__dispatch_overhead="0 us")
+    _, hw1 = load(DATA / "toy-gpt.yaml", device__dispatch_overhead="0 us", device__launch_overhead="2 us")
+    r0, r1 = run(wl, hw0), run(wl, hw1)
+    ops = [r for r in r1.ops if r.unit != "link"]
+    end0, end1 = max(r.end_s for r in r0.ops), max(r.end_s for r in r1.ops)
+    assert end1 == pytest.approx(end0 + 2e-6 * len(ops), rel=1e-9)
+    assert all(r.overhead_s == pytest.approx(2e-6) for r in ops)
+    p = plan_op(single_op(1e6, 1e6, 1e3, 1e3), hw1, placement())
+    assert simulate([p], hw1).ops[0].duration_s == pytest.approx(roofline_s(p, hw1), rel=1e-9)
+
+
 @pytest.mark.parametrize("mode", ["async", "sync"])
 def test_step_overhead_is_paid_once_per_pass_after_it_ends(mode):
     """With `step_overhead` the host waits for each forward pass, then spends that long before the

@@ -139,6 +139,10 @@ class Device(Spec):
         description="async: the host queues ops ahead of the device (GPU streams); sync: each op's dispatch "
         "starts when the previous op has finished (a CPU framework running op by op)",
     )
+    launch_overhead: Latency = Field(
+        default=0.0, description="device time from one kernel's end to the next one's start in a stream "
+        "(a GPU's front end launching the grid), which no host running ahead hides; not for collectives, "
+        "whose fixed cost is `interconnect.collective_overhead`")
     step_overhead: Latency = Field(
         default=0.0, description="host time per forward pass after the previous one has finished (sampling "
         "the token, scheduling the next step) before its first op is dispatched. 0: the framework overlaps "

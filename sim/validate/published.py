@@ -22,7 +22,8 @@ from sim.pipeline import run
 from sim.report import summarize
 from sim.validate.cases import ROOT, Case, predict_matmul
 
-PUBLISHED = Path(__file__).resolve().parents[1] / "data" / "published.yaml"
+DATA = Path(__file__).resolve().parents[1] / "data"
+PUBLISHED = DATA / "published.yaml"
 
 
 def predict_allreduce(hw: Hardware, nbytes: float, devices: int) -> float:
@@ -70,9 +71,13 @@ def predict_row(row: dict, extra: list[tuple[str, object]] = ()) -> tuple[Hardwa
 
 
 def published_rows(path: Path = PUBLISHED) -> list[dict]:
-    """Every row merged with its series (row keys win)."""
+    """Every row merged with its series (row keys win; `set` overrides merge, the row's winning)."""
     data = yaml.safe_load(path.read_text())
-    return [{**data["series"][row["series"]], **row} for row in data["cases"]]
+    rows = []
+    for row in data["cases"]:
+        series = data["series"][row["series"]]
+        rows.append({**series, **row, "set": {**(series.get("set") or {}), **(row.get("set") or {})}})
+    return rows
 
 
 def calibrations(rows: list[dict]) -> dict[str, tuple[str, float, int]]:
@@ -103,3 +108,12 @@ def published_cases(path: Path = PUBLISHED) -> tuple[list[Case], list[str]]:
              f"measured minus predicted without it over its {n} calibration rows (not in the table)"
              for s, (key, value, n) in fitted.items()]
     return cases, notes
+
+
+def measured_cases() -> list[Case]:
+    """Predicted vs measured for the rows memwall's own GPU script wrote (sim/data/measured-*.yaml:
+    `python bench/gpu_measure.py` on a real GPU), one file per GPU."""
+    cases = []
+    for path in sorted(DATA.glob("measured-*.yaml")):
+        cases += published_cases(path)[0]
+    return cases
