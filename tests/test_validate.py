@@ -15,7 +15,11 @@ from sim.validate import native
 from sim.validate.calibrate import best_time, os_caches, write_hardware
 from sim.validate.cases import Case, machine_drift, matmul_op, predict_matmul
 from sim.validate.published import (
+    DATA as VALIDATION_DATA,
+)
+from sim.validate.published import (
     calibrations,
+    measured_cases,
     measured_seconds,
     predict_allreduce,
     predict_row,
@@ -83,6 +87,19 @@ def test_published_rows_cite_sources_and_convert_to_seconds():
     assert measured_seconds({"bytes": 2**20, "devices": 8, "busbw": "1.75 GB/s"}) == pytest.approx(2**20 / 1e9)
     assert measured_seconds({"m": 10, "n": 10, "k": 10, "rate": "2 kFLOP/s"}) == pytest.approx(1.0)
     assert measured_seconds({"tokens": 200, "tokens_per_s": 100}) == pytest.approx(2.0)
+
+
+def test_gpu_measurements_memwall_took_are_all_predicted():
+    """Every row of sim/data/measured-*.yaml (bench/gpu_measure.py's output) becomes a case, predicted
+    with graph-replay settings its series sets (no host cost per kernel) merged under the row's own."""
+    files = sorted(VALIDATION_DATA.glob("measured-*.yaml"))
+    assert files, "no GPU measurements shipped"
+    rows = [r for f in files for r in published_rows(f)]
+    cases = measured_cases()
+    assert len(cases) == len(rows) and all(c.predicted_s > 0 and c.measured_s > 0 for c in cases)
+    forward = [r for r in rows if r["kind"] == "generate"]
+    assert forward and all(r["set"]["device.dispatch_overhead"] == "0 us" and "scenario.phase" in r["set"]
+                           for r in forward)
 
 
 def test_calibration_rows_fit_an_additive_cost_and_are_held_out(tmp_path: Path):
