@@ -5,7 +5,8 @@
 Not part of memwall's install or tests (it needs PyTorch and a GPU). What it times, all in bf16 with
 device events, after warm-up, as the median over repeated replays:
   * microbenchmarks (written to the file's `microbenchmarks`, not predicted): device-to-device copies
-    (4 GiB, and 256 KiB - 1 GiB from cold buffers in a graph), row sums (reads) by size, an 8192^3
+    (4 GiB, and 256 KiB - 1 GiB from cold buffers in a graph), row sums (reads) by size, a Triton
+    streaming read of 256 MiB by 1 .. 4 x SMs thread blocks, an 8192^3
     matmul, a 1-element kernel replayed from a graph and launched eagerly, and single ops (add, GELU,
     SiLU, norms, softmax, a 64 x 64 linear, attention over 16 keys) on tiny inputs replayed from a graph;
   * matmuls `y = x W^T` (PyTorch's F.linear layout, cuBLAS) at the shapes of GPT-2 and Llama layers and
@@ -103,6 +104,7 @@ def microbenchmarks(dev: str, smoke: bool) -> dict:
     sizes = [1 << p for p in range(18, 22 if smoke else 31, 2)]  # 256 KiB .. 1 GiB
     tiny_ops = tiny_op_seconds(dev, smoke)
     return {
+        "read_bytes_per_s_by_programs": read_by_programs(dev, smoke),
         "tiny_op_in_graph_s": tiny_ops,
         "tiny_op_in_graph_median_s": statistics.median(tiny_ops.values()),
         "copy_s_by_bytes": {n: rotating(n, lambda a, b: b.copy_(a), dev, smoke) for n in sizes},
@@ -139,6 +141,38 @@ def tiny_op_seconds(dev: str, smoke: bool) -> dict[str, float]:
             for _ in range(100):
                 op()
         out[name] = timed(graphed(body), 3 if smoke else 10) / 100
+    return out
+
+
+def read_by_programs(dev: str, smoke: bool) -> dict[int, float]:
+    """Bytes/s a streaming read reaches with g thread blocks (Triton programs), each summing its own
+    contiguous slice of one 256 MiB buffer: how the HBM bandwidth an op sees grows with the SMs it
+    occupies. Empty without Triton and a GPU."""
+    try:
+        import triton
+        import triton.language as tl
+    except ImportError:
+        return {}
+    if dev != "cuda":
+        return {}
+
+    @triton.jit
+    def read(x_ptr, out_ptr, per_program, BLOCK: tl.constexpr):
+        base = tl.program_id(0).to(tl.int64) * per_program
+        acc = tl.zeros([BLOCK], dtype=tl.float32)
+        for i in range(0, per_program, BLOCK):
+            acc += tl.load(x_ptr + base + i + tl.arange(0, BLOCK)).to(tl.float32)
+        tl.store(out_ptr + tl.program_id(0) * BLOCK + tl.arange(0, BLOCK), acc)
+
+    block, total = 4096, 128 << 20  # elements: 256 MiB of bf16
+    x = torch.empty(total, dtype=DT, device=dev).normal_()
+    units = torch.cuda.get_device_properties(0).multi_processor_count
+    out = {}
+    for g in sorted({1, 2, 4, 8, 16, 32, 64, units // 2, units, 2 * units, 4 * units}):
+        per = total // g // block * block
+        sink = torch.empty(g * block, dtype=torch.float32, device=dev)
+        secs = timed(lambda g=g, per=per, sink=sink: read[(g,)](x, sink, per, BLOCK=block, num_warps=8), 5)
+        out[g] = g * per * 2 / secs
     return out
 
 
