@@ -144,26 +144,27 @@ def tiny_op_seconds(dev: str, smoke: bool) -> dict[str, float]:
     return out
 
 
-def read_by_programs(dev: str, smoke: bool) -> dict[int, float]:
-    """Bytes/s a streaming read reaches with g thread blocks (Triton programs), each summing its own
-    contiguous slice of one 256 MiB buffer: how the HBM bandwidth an op sees grows with the SMs it
-    occupies. Empty without Triton and a GPU."""
-    try:
-        import triton
-        import triton.language as tl
-    except ImportError:
-        return {}
-    if dev != "cuda":
-        return {}
+try:  # Triton, where the GPU machine has it: one streaming-read kernel with a chosen number of blocks
+    import triton
+    import triton.language as tl
 
     @triton.jit
-    def read(x_ptr, out_ptr, per_program, BLOCK: tl.constexpr):
+    def triton_read(x_ptr, out_ptr, per_program, BLOCK: tl.constexpr):
         base = tl.program_id(0).to(tl.int64) * per_program
         acc = tl.zeros([BLOCK], dtype=tl.float32)
         for i in range(0, per_program, BLOCK):
             acc += tl.load(x_ptr + base + i + tl.arange(0, BLOCK)).to(tl.float32)
         tl.store(out_ptr + tl.program_id(0) * BLOCK + tl.arange(0, BLOCK), acc)
+except ImportError:
+    triton_read = None
 
+
+def read_by_programs(dev: str, smoke: bool) -> dict[int, float]:
+    """Bytes/s a streaming read reaches with g thread blocks (Triton programs), each summing its own
+    contiguous slice of one 256 MiB buffer: how the HBM bandwidth an op sees grows with the SMs it
+    occupies. Empty without Triton and a GPU."""
+    if triton_read is None or dev != "cuda":
+        return {}
     block, total = 4096, 128 << 20  # elements: 256 MiB of bf16
     x = torch.empty(total, dtype=DT, device=dev).normal_()
     units = torch.cuda.get_device_properties(0).multi_processor_count
@@ -171,7 +172,7 @@ def read_by_programs(dev: str, smoke: bool) -> dict[int, float]:
     for g in sorted({1, 2, 4, 8, 16, 32, 64, units // 2, units, 2 * units, 4 * units}):
         per = total // g // block * block
         sink = torch.empty(g * block, dtype=torch.float32, device=dev)
-        secs = timed(lambda g=g, per=per, sink=sink: read[(g,)](x, sink, per, BLOCK=block, num_warps=8), 5)
+        secs = timed(lambda g=g, per=per, sink=sink: triton_read[(g,)](x, sink, per, BLOCK=block, num_warps=8), 5)
         out[g] = g * per * 2 / secs
     return out
 
