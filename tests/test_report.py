@@ -37,6 +37,21 @@ def test_end_to_end_figures_are_consistent(gpt2_a100):
     assert s["flops"] == sum(r.flops for r in gpt2_a100.ops)
 
 
+def test_host_dispatch_paces_a_run_of_tiny_ops_not_a_run_of_long_ones():
+    """The host's dispatch work is ops x dispatch_overhead on the busiest stream. With 1 ms per op the
+    toy model's ops finish long before the next is dispatched: the host paces the run (total = its
+    dispatch time plus the last op), in async and in sync mode; with 1 ns per op the device does."""
+    wl, slow_host = load(DATA / "toy-gpt.yaml", device__dispatch_overhead="1 ms")
+    s = summarize(run(wl, slow_host))
+    assert s["host_dispatch_s"] == pytest.approx(s["host_dispatch_ops"] * 1e-3)
+    assert s["host_dispatch_ops"] == s["ops"] and s["paced_by"] == "host"
+    assert s["host_dispatch_s"] <= s["total_s"] < s["host_dispatch_s"] + 1e-3
+    _, fast_host = load(DATA / "toy-gpt.yaml", device__dispatch_overhead="1 ns")
+    assert summarize(run(wl, fast_host))["paced_by"] == "device"
+    _, sync_host = load(DATA / "toy-gpt.yaml", device__dispatch_overhead="1 ms", device__dispatch_mode="sync")
+    assert summarize(run(wl, sync_host))["paced_by"] == "host"  # taking turns, the host's share is all but all
+
+
 def test_json_schema(gpt2_a100):
     doc = json.loads(to_json(gpt2_a100))
     for key in ("total_s", "ttft_s", "tpot_s", "tokens_per_s", "flops", "bytes", "classes"):

@@ -7,6 +7,9 @@ from collections import defaultdict
 from sim.engine.records import OpRecord, RunResult
 from sim.graph.ops import CLASS_GROUP
 
+#: host dispatch time over total time from which the host, not the device, paces a run
+HOST_PACED = 0.95
+
 GROUPS = ("GEMM", "GEMV", "attention", "collective", "other")
 
 
@@ -165,6 +168,15 @@ def summarize(result: RunResult, top: int = 10) -> dict:
             by_kind.setdefault((phase, kind), (Totals(), op_class))[0].merge(t)
     device_time = all_totals.time
     devices = sorted({d for b in blocks for d in b.devices if b.ops})
+    # the host's own work: one dispatch per op on the busiest device's stream. Where it nearly fills the
+    # run, the host sets the pace and no faster device would shorten it much
+    dispatched: dict[int, int] = defaultdict(int)
+    for b in blocks:
+        for d in b.devices:
+            dispatched[d] += len(b.ops)
+    host_ops = max(dispatched.values(), default=0)
+    host_s = host_ops * meta.get("hardware", {}).get("dispatch_overhead_s", 0.0)
+    paced_by = "host" if host_s >= HOST_PACED * total > 0 else "device"
 
     def share(t: dict) -> float:
         return t["time_s"] / device_time if device_time else 0.0
@@ -200,6 +212,9 @@ def summarize(result: RunResult, top: int = 10) -> dict:
         "hit_rate": everything["hit_rate"],
         "time_share": everything["time_share"],
         "bound": everything["bound"],
+        "host_dispatch_s": host_s,
+        "host_dispatch_ops": host_ops,
+        "paced_by": paced_by,
         "ops": all_totals.ops,
         "events": result.events,
         "classes": classes,

@@ -122,7 +122,12 @@ def render(result, console: Console | None = None, top: int = 10) -> None:
     e2e.add_row(f"FLOPs / bytes at {level}",
                 f"{fmt_si(s['flops'], 'FLOP')} / {fmt_bytes(s['bytes_per_level'].get(level, 0.0))}")
     e2e.add_row("ops simulated / events", f"{s['ops']} / {s['events']}")
-    e2e.add_row("bound (held the run up longest)", s["bound"].replace("memory:", "").replace("link:", "link "))
+    e2e.add_row("bound (held the ops up longest)", s["bound"].replace("memory:", "").replace("link:", "link "))
+    if s["host_dispatch_s"]:
+        share = s["host_dispatch_s"] / s["total_s"] if s["total_s"] else 0.0
+        e2e.add_row(f"host dispatch ({s['host_dispatch_ops']} ops x {fmt_time(hw['dispatch_overhead_s'])})",
+                    f"{fmt_time(s['host_dispatch_s'])} ({100 * share:.0f}%)")
+    e2e.add_row("paced by", "host dispatch (a faster device would not help)" if s["paced_by"] == "host" else "device")
     out.print(e2e)
 
     fp = Table(title="Memory footprint vs capacity", box=box.SIMPLE_HEAVY, title_justify="left", pad_edge=False)

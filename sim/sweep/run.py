@@ -22,7 +22,8 @@ from sim.sweep.spec import Point, Sweep, year_overrides
 GROUPS = ("GEMM", "GEMV", "attention", "collective", "other")
 OUTPUTS = [
     "total_s", "ttft_s", "tpot_s", "tokens_per_s", "flops", "bytes_at_balance_level", "balance_level",
-    "balance_point_flop_per_byte", "achievable_balance_point_flop_per_byte", "bound", "weights_bytes",
+    "balance_point_flop_per_byte", "achievable_balance_point_flop_per_byte", "bound", "paced_by",
+    "host_dispatch_s", "weights_bytes",
     "kv_cache_bytes", "devices",
     *[f"{g}_{field}" for g in GROUPS for field in
       ("share", "bound", "busy", "memory_stall", "link_stall", "sync", "overhead")],
@@ -63,6 +64,7 @@ def evaluate(point: Point, base_year: float | None) -> dict[str, Any]:
         bytes_at_balance_level=s["bytes_per_level"].get(mem["home"]["weight"], 0.0),
         balance_point_flop_per_byte=s["balance_point_flop_per_byte"],
         achievable_balance_point_flop_per_byte=s["achievable_balance_point_flop_per_byte"], bound=s["bound"],
+        paced_by=s["paced_by"], host_dispatch_s=s["host_dispatch_s"],
         weights_bytes=mem["weights_bytes"], kv_cache_bytes=mem["kv_cache_bytes"], devices=s["devices"],
     )
     for g in GROUPS:
