@@ -4,7 +4,8 @@
 
 Not part of memwall's install or tests (it needs PyTorch and a GPU). What it times, all in bf16 with
 device events, after warm-up, as the median over repeated replays:
-  * microbenchmarks (written to the file's `microbenchmarks`, not predicted): device-to-device copies
+  * microbenchmarks (written to the file's `microbenchmarks`, not predicted): cold square GEMVs of
+    1 MiB - 1 GiB of weights (the HBM's efficiency by size, as `calibrate` measures it on a CPU), copies
     (4 GiB, and 256 KiB - 1 GiB from cold buffers in a graph), row sums (reads) by size, a Triton
     streaming read of 256 MiB by 1 .. 4 x SMs thread blocks, an 8192^3
     matmul, a 1-element kernel replayed from a graph and launched eagerly, and single ops (add, GELU,
@@ -103,7 +104,9 @@ def microbenchmarks(dev: str, smoke: bool) -> dict:
     eager_s = timed(tiny, 5 if smoke else 20) / kernels
     sizes = [1 << p for p in range(18, 22 if smoke else 31, 2)]  # 256 KiB .. 1 GiB
     tiny_ops = tiny_op_seconds(dev, smoke)
+    gemv_sides = [256, 512] if smoke else [724, 1448, 2896, 5793, 11585, 23170]  # 1 MiB .. 1 GiB of bf16
     return {
+        "gemv_s_by_weight_bytes": {n * n * 2: matmul_seconds(1, n, n, dev, smoke) for n in gemv_sides},
         "read_bytes_per_s_by_programs": read_by_programs(dev, smoke),
         "tiny_op_in_graph_s": tiny_ops,
         "tiny_op_in_graph_median_s": statistics.median(tiny_ops.values()),
