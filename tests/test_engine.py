@@ -208,6 +208,23 @@ def test_launch_overhead_separates_ops_even_when_the_host_runs_ahead():
     assert simulate([p], hw1).ops[0].duration_s == pytest.approx(roofline_s(p, hw1), rel=1e-9)
 
 
+def test_matmul_overhead_is_paid_by_matrix_ops_only():
+    """A 3 us matmul overhead delays every matmul-like op (GEMM, GEMV, attention) by 3 us on top of the
+    launch, and no other op: the run grows by 3 us per such op, and the roofline agrees."""
+    wl, hw0 = load(DATA / "toy-gpt.yaml", device__dispatch_overhead="0 us", device__launch_overhead="1 us")
+    _, hw1 = load(DATA / "toy-gpt.yaml", device__dispatch_overhead="0 us", device__launch_overhead="1 us",
+                  device__compute__matmul_overhead="3 us")
+    r0, r1 = run(wl, hw0), run(wl, hw1)
+    matrix = [r for r in r1.ops if r.op_class in ("gemm", "gemv", "attention")]
+    assert 0 < len(matrix) < len([r for r in r1.ops if r.unit != "link"])
+    end0, end1 = max(r.end_s for r in r0.ops), max(r.end_s for r in r1.ops)
+    assert end1 == pytest.approx(end0 + 3e-6 * len(matrix), rel=1e-9)
+    assert all(r.overhead_s == pytest.approx(4e-6 if r.op_class in ("gemm", "gemv", "attention") else 1e-6)
+               for r in r1.ops if r.unit != "link")
+    p = plan_op(single_op(1e6, 1e6, 1e3, 1e3), hw1, placement())
+    assert simulate([p], hw1).ops[0].duration_s == pytest.approx(roofline_s(p, hw1), rel=1e-9)
+
+
 @pytest.mark.parametrize("mode", ["async", "sync"])
 def test_step_overhead_is_paid_once_per_pass_after_it_ends(mode):
     """With `step_overhead` the host waits for each forward pass, then spends that long before the

@@ -75,6 +75,10 @@ class ComputeUnit(Spec):
         description="M x N output tiles a GEMM library's kernels compute on one unit (a GPU's thread-block "
         "tiles); per shape the library picks the one that finishes first. Empty: waves of `tile`",
     )
+    matmul_overhead: Latency = Field(
+        default=0.0, description="fixed time of every matmul-like op (GEMM, GEMV, attention) beyond an "
+        "elementwise op's: a GEMM kernel's pipeline fill and epilogue, serial with its data and compute",
+    )
 
 
 class MemoryLevel(Spec):

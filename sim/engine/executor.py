@@ -3,7 +3,8 @@
 The host dispatches ops one after another, each costing `dispatch_overhead`, and runs ahead of the
 device (an asynchronous launch queue; `dispatch_mode: sync` waits for each op instead): the overhead
 shows only where the device outruns the host. The device's own `launch_overhead` (a GPU starting the
-next kernel, ~1 us even when the queue is full) shows before every op that is not a collective.
+next kernel, ~1 us even when the queue is full) shows before every op that is not a collective, and a
+matmul-like op's fixed `matmul_overhead` (pipeline fill, epilogue) with it.
 On the device an op is one process made of chunks. Chunk i+1's loads are issued when chunk i
 starts computing (double buffering). Within a chunk, data and compute overlap at tile granularity:
 compute may start once the chunk's first bytes have landed and cannot finish before its last bytes
@@ -133,6 +134,7 @@ class Executor:
         now = 0.0
         step, seq = self.hw.device.step_overhead, None
         launch = self.hw.device.launch_overhead
+        matmul_launch = launch + self.hw.device.compute.matmul_overhead
         for block, plans in s.blocks:
             start = now
             if step and block.seq != seq:
@@ -157,7 +159,7 @@ class Executor:
                 host_free = ready
                 began = ready if ready > now else now
                 if p.op.collective is None:
-                    began += launch
+                    began += matmul_launch if p.op.engine == "matrix" else launch
                 t = None
                 if p.op.collective is None and self.replay:
                     t = self._timelines.get((p.unit, p.compute_s, p.loads, p.stores, p.chunks))

@@ -421,9 +421,11 @@ def plan_op(op: Op, hw: Hardware, placement: Placement, hw_file: str = "hardware
 
 def roofline_s(p: OpPlan, hw: Hardware) -> float:
     """The no-contention bound the engine must reproduce: max(compute, traffic per level) + memory
-    latency + dispatch and launch overhead (an op dispatched alone, so nothing hides the overhead)."""
+    latency + dispatch, launch and matmul overhead (an op dispatched alone, so nothing hides them)."""
     levels = hw.levels
     mem = max(transfer_s(levels, p.loads + p.stores).values(), default=0.0)
     latency = max((levels[lvl].latency for lvl, _ in p.loads + p.stores), default=0.0)
     launch = hw.device.launch_overhead if p.op.collective is None else 0.0
+    if p.op.collective is None and p.op.engine == "matrix":
+        launch += hw.device.compute.matmul_overhead
     return max(p.compute_s, mem) + latency + p.overhead_s + launch
