@@ -81,8 +81,8 @@ def calibrate(out: Path) -> None:
               default=Path("hardware_models/host.yaml"), show_default=True,
               help="Calibrated model of this machine (written by `calibrate` first if missing).")
 @click.option("--quick", is_flag=True, help="Fewer, smaller live cases.")
-@click.option("--no-live", is_flag=True, help="Only the published cases.")
-@click.option("--no-published", is_flag=True, help="Only the live cases.")
+@click.option("--no-live", is_flag=True, help="Without the live cases on this machine.")
+@click.option("--no-published", is_flag=True, help="Without the published cases.")
 @click.option("--no-measured", is_flag=True, help="Without the GPU cases memwall measured (sim/data/measured-*.yaml).")
 @click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the tables as Markdown (docs/validation.md is made this way).")
