@@ -91,7 +91,8 @@ def context(workload: Workload, hw: Hardware, placement, hw_file: str) -> dict:
             "links": sorted(d["id"] for _, _, d in topology(hw.interconnect.topology, hw.devices).edges(data=True))
             if hw.interconnect else [],
             "peak_flops": peak, "peak_dtype": dtype, "vector_flops": hw.device.compute.vector,
-            "dispatch_overhead_s": hw.device.dispatch_overhead,
+            "dispatch_overhead_s": hw.device.dispatch_overhead, "launch_overhead_s": hw.device.launch_overhead,
+            "matmul_overhead_s": hw.device.compute.matmul_overhead,
             "memory": {
                 name: {"capacity_bytes": lvl.capacity, "bandwidth_bytes_per_s": lvl.bandwidth,
                        "achievable_bandwidth_bytes_per_s": lvl.effective_bandwidth,

@@ -95,9 +95,11 @@ def render(result, console: Console | None = None, top: int = 10) -> None:
         return f"{n} {fmt_bytes(m['capacity_bytes'])} @ {fmt_si(peak, 'B/s')}{achievable}"
 
     levels = ", ".join(level(n, m) for n, m in hw["memory"].items())
+    fixed = "".join(f", {label} {fmt_time(hw[key])}" for label, key in
+                    (("launch", "launch_overhead_s"), ("matmul fixed", "matmul_overhead_s")) if hw.get(key))
     out.print(
         f"  hardware: {fmt_si(hw['peak_flops'], 'FLOP/s')} {hw['peak_dtype']} matrix, "
-        f"{fmt_si(hw['vector_flops'], 'FLOP/s')} vector, dispatch {fmt_time(hw['dispatch_overhead_s'])}/op"
+        f"{fmt_si(hw['vector_flops'], 'FLOP/s')} vector, dispatch {fmt_time(hw['dispatch_overhead_s'])}/op{fixed}"
     )
     out.print(f"  memory: {levels}")
     balance = hw["balance_point_flop_per_byte"]
