@@ -7,7 +7,8 @@ device events, after warm-up, as the median over repeated replays:
   * microbenchmarks (written to the file's `microbenchmarks`, not predicted): cold square GEMVs of
     1 MiB - 1 GiB of weights (the HBM's efficiency by size, as `calibrate` measures it on a CPU), copies
     (4 GiB, and 256 KiB - 1 GiB from cold buffers in a graph), row sums (reads) by size, a Triton
-    streaming read of 256 MiB by 1 .. 4 x SMs thread blocks, an 8192^3
+    streaming read of 256 MiB by 1 .. 4 x SMs thread blocks, a pointer chase (latency) over 4 MiB - 1 GiB,
+    an 8192^3
     matmul, a 1-element kernel replayed from a graph and launched eagerly, and single ops (add, GELU,
     SiLU, norms, softmax, a 64 x 64 linear, attention over 16 keys) on tiny inputs replayed from a graph;
   * matmuls `y = x W^T` (PyTorch's F.linear layout, cuBLAS) at the shapes of GPT-2 and Llama layers and
@@ -108,6 +109,7 @@ def microbenchmarks(dev: str, smoke: bool) -> dict:
     return {
         "gemv_s_by_weight_bytes": {n * n * 2: matmul_seconds(1, n, n, dev, smoke) for n in gemv_sides},
         "read_bytes_per_s_by_programs": read_by_programs(dev, smoke),
+        "load_latency_s_by_bytes": latency_by_bytes(dev),
         "tiny_op_in_graph_s": tiny_ops,
         "tiny_op_in_graph_median_s": statistics.median(tiny_ops.values()),
         "copy_s_by_bytes": {n: rotating(n, lambda a, b: b.copy_(a), dev, smoke) for n in sizes},
@@ -158,8 +160,40 @@ try:  # Triton, where the GPU machine has it: one streaming-read kernel with a c
         for i in range(0, per_program, BLOCK):
             acc += tl.load(x_ptr + base + i + tl.arange(0, BLOCK)).to(tl.float32)
         tl.store(out_ptr + tl.program_id(0) * BLOCK + tl.arange(0, BLOCK), acc)
+
+    @triton.jit
+    def triton_chase(next_ptr, out_ptr, start, steps):
+        idx = tl.load(next_ptr + start)  # every load waits for the one before it
+        for _ in range(steps):
+            idx = tl.load(next_ptr + idx)
+        tl.store(out_ptr, idx)
 except ImportError:
-    triton_read = None
+    triton_read = triton_chase = None
+
+
+def latency_by_bytes(dev: str) -> dict[int, float]:
+    """Seconds per dependent load (one thread chasing a random cycle of 256-byte-spaced slots) over
+    buffers of 4 MiB (L2-resident) to 1 GiB (HBM): the memory latency one kernel sees. Empty without
+    Triton and a GPU; an error is recorded, not raised."""
+    if triton_chase is None or dev != "cuda":
+        return {}
+    out = {}
+    steps = 20000
+    for nbytes in (4 << 20, 16 << 20, 256 << 20, 1 << 30):
+        try:
+            stride = 32  # int64 slots: 256 B apart, a new cache line every hop
+            slots = nbytes // 8 // stride
+            order = torch.randperm(slots, device=dev) * stride
+            nxt = torch.zeros(nbytes // 8, dtype=torch.int64, device=dev)
+            nxt[order] = torch.roll(order, -1)  # one cycle through every slot, in random order
+            sink = torch.zeros(1, dtype=torch.int64, device=dev)
+            start = int(order[0])
+            secs = timed(lambda nxt=nxt, sink=sink, start=start: triton_chase[(1,)](nxt, sink, start, steps,
+                                                                                   num_warps=1), 3)
+            out[nbytes] = secs / steps
+        except Exception as e:  # noqa: BLE001 - a failed microbenchmark must not lose the run
+            out[nbytes] = f"failed: {type(e).__name__}: {e}"[:200]
+    return out
 
 
 def read_by_programs(dev: str, smoke: bool) -> dict[int, float]:
