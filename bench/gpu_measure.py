@@ -178,18 +178,19 @@ def latency_by_bytes(dev: str) -> dict[int, float]:
     if triton_chase is None or dev != "cuda":
         return {}
     out = {}
-    steps = 20000
     for nbytes in (4 << 20, 16 << 20, 256 << 20, 1 << 30):
         try:
             stride = 32  # int64 slots: 256 B apart, a new cache line every hop
             slots = nbytes // 8 // stride
+            # past the L2, the walk must touch more lines than it holds, or a repeat finds them there
+            steps = 20000 if nbytes <= L2_BYTES else min(slots, 1 << 20)
             order = torch.randperm(slots, device=dev) * stride
             nxt = torch.zeros(nbytes // 8, dtype=torch.int64, device=dev)
             nxt[order] = torch.roll(order, -1)  # one cycle through every slot, in random order
             sink = torch.zeros(1, dtype=torch.int64, device=dev)
             start = int(order[0])
-            secs = timed(lambda nxt=nxt, sink=sink, start=start: triton_chase[(1,)](nxt, sink, start, steps,
-                                                                                   num_warps=1), 3)
+            secs = timed(lambda nxt=nxt, sink=sink, start=start, steps=steps:
+                         triton_chase[(1,)](nxt, sink, start, steps, num_warps=1), 3)
             out[nbytes] = secs / steps
         except Exception as e:  # noqa: BLE001 - a failed microbenchmark must not lose the run
             out[nbytes] = f"failed: {type(e).__name__}: {e}"[:200]
