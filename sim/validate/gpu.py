@@ -1,0 +1,35 @@
+"""A GPU's hardware-model figures from memwall's own GPU microbenchmarks (the `microbenchmarks` that
+`bench/gpu_measure.py` writes into sim/data/measured-*.yaml), by the engine's formulas. The shipped
+model of that GPU takes these figures, and a test holds the two equal: nothing is tuned by hand, and
+none of them comes from the cases `validate` then predicts."""
+
+from __future__ import annotations
+
+#: the largest copy taken: the 1 GiB copy replayed from a graph ran at 2.7 TB/s where the same copy
+#: outside a graph reached 4.2 TB/s (a graph's memcpy node, not the memory), so it is left out
+LARGEST_COPY = 256 << 20
+
+
+def gpu_figures(micro: dict, dram_bandwidth: float) -> dict:
+    """- `launch_overhead`: a 1-element kernel replayed from a CUDA graph (nothing left but the launch);
+    - `matmul_overhead`: a 1 x 64 x 64 linear less an add, both on tiny cache-resident inputs;
+    - `l2_latency`, `dram_latency`: a pointer chase over a buffer the L2 holds, and over the largest;
+    - `efficiency_by_size`: cold copies moving S bytes each way take launch + DRAM latency +
+      2 S / (bandwidth x efficiency), as the engine times them: solved for the efficiency.
+    Rounded as a hardware file writes them (0.1 us, 10 ns, two decimals)."""
+    tiny = micro["tiny_op_in_graph_s"]
+    chase = {int(size): t for size, t in micro["load_latency_s_by_bytes"].items()}
+    launch = round(micro["tiny_kernel_in_graph_s"], 7)
+    dram_latency = round(chase[max(chase)], 8)
+    efficiency = {}
+    for size, t in sorted(micro["copy_s_by_bytes"].items()):
+        size = int(size)
+        if size <= LARGEST_COPY:
+            efficiency[size] = round(min(1.0, 2 * size / (dram_bandwidth * (t - launch - dram_latency))), 2)
+    return {
+        "launch_overhead": launch,
+        "matmul_overhead": round(tiny["linear"] - tiny["add"], 7),
+        "l2_latency": round(chase[min(chase)], 8),
+        "dram_latency": dram_latency,
+        "efficiency_by_size": efficiency,
+    }
