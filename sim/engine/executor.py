@@ -2,9 +2,9 @@
 
 The host dispatches ops one after another, each costing `dispatch_overhead`, and runs ahead of the
 device (an asynchronous launch queue; `dispatch_mode: sync` waits for each op instead): the overhead
-shows only where the device outruns the host. The device's own `launch_overhead` (a GPU starting the
-next kernel, ~1 us even when the queue is full) shows before every op that is not a collective, and a
-matmul-like op's fixed `matmul_overhead` (pipeline fill, epilogue) with it.
+shows only where the device outruns the host. The device's own time before an op (its plan's
+`launch_s`: a GPU starting the next kernel, plus a matmul's fixed cost) shows before every op that is
+not a collective, however far ahead the host is.
 On the device an op is one process made of chunks. Chunk i+1's loads are issued when chunk i
 starts computing (double buffering). Within a chunk, data and compute overlap at tile granularity:
 compute may start once the chunk's first bytes have landed and cannot finish before its last bytes
@@ -133,8 +133,6 @@ class Executor:
         host_free = 0.0  # when the host has dispatched the op before this one
         now = 0.0
         step, seq = self.hw.device.step_overhead, None
-        launch = self.hw.device.launch_overhead
-        matmul_launch = launch + self.hw.device.compute.matmul_overhead
         for block, plans in s.blocks:
             start = now
             if step and block.seq != seq:
@@ -157,9 +155,7 @@ class Executor:
                 op_start = now
                 ready = (op_start if sync and op_start > host_free else host_free) + p.overhead_s
                 host_free = ready
-                began = ready if ready > now else now
-                if p.op.collective is None:
-                    began += matmul_launch if p.op.engine == "matrix" else launch
+                began = (ready if ready > now else now) + p.launch_s
                 t = None
                 if p.op.collective is None and self.replay:
                     t = self._timelines.get((p.unit, p.compute_s, p.loads, p.stores, p.chunks))

@@ -60,7 +60,8 @@ class OpPlan:
     stores: tuple[tuple[str, float], ...]  # (memory level, bytes) written into it
     hits: tuple[tuple[str, float, float], ...]  # (shared cache, hit bytes, looked-up bytes)
     chunks: tuple[float, ...]  # fractions of the op, summing to 1
-    overhead_s: float
+    overhead_s: float  # host dispatch
+    launch_s: float = 0.0  # device time before it starts: kernel launch, a matmul's fixed cost
 
 
 def matrix_peak(hw: Hardware, dtype: str, hw_file: str) -> float:
@@ -138,6 +139,8 @@ class Planner:
         self._latency = {n: lvl.latency for n, lvl in self.levels.items()}
         self._flat_bandwidth = flat_bandwidths(self.levels)
         self._overhead = dev.dispatch_overhead
+        self._launch = dev.launch_overhead
+        self._matmul_launch = dev.launch_overhead + dev.compute.matmul_overhead
         # block tiles' operands come from the innermost shared level (a GPU's L2)
         feed = next((lvl for lvl in self.levels.values() if lvl.scope == "shared"), None)
         self._feed_bandwidth = feed.effective_bandwidth if feed is not None and any(
@@ -358,7 +361,8 @@ class Planner:
         memory_s = max(per_level.values(), default=0.0)
         latency_s = max((self._latency[lvl] for lvl in per_level), default=0.0)
         return OpPlan(op=op, unit=unit, compute_s=compute_s, utilization=util, loads=t.loads, stores=t.stores,
-                      hits=t.hits, chunks=chunk_schedule(compute_s, memory_s, latency_s), overhead_s=self._overhead)
+                      hits=t.hits, chunks=chunk_schedule(compute_s, memory_s, latency_s), overhead_s=self._overhead,
+                      launch_s=self._matmul_launch if op.engine == "matrix" else self._launch)
 
     def _compute(self, op: Op) -> tuple[str, float, float]:
         """Matmul-like ops run on the matrix engine or the vector units, whichever is faster (a GEMV
@@ -425,7 +429,4 @@ def roofline_s(p: OpPlan, hw: Hardware) -> float:
     levels = hw.levels
     mem = max(transfer_s(levels, p.loads + p.stores).values(), default=0.0)
     latency = max((levels[lvl].latency for lvl, _ in p.loads + p.stores), default=0.0)
-    launch = hw.device.launch_overhead if p.op.collective is None else 0.0
-    if p.op.collective is None and p.op.engine == "matrix":
-        launch += hw.device.compute.matmul_overhead
-    return max(p.compute_s, mem) + latency + p.overhead_s + launch
+    return max(p.compute_s, mem) + latency + p.overhead_s + p.launch_s
