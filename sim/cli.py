@@ -79,15 +79,18 @@ def calibrate(out: Path) -> None:
 @cli.command()
 @click.option("--hardware", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("hardware_models/host.yaml"), show_default=True,
-              help="Calibrated model of this machine (written by `calibrate` first if missing).")
+              help="Calibrated model of this machine (calibrated between the live cases' rounds if missing).")
 @click.option("--quick", is_flag=True, help="Fewer, smaller live cases.")
 @click.option("--no-live", is_flag=True, help="Without the live cases on this machine.")
 @click.option("--no-published", is_flag=True, help="Without the published cases.")
 @click.option("--no-measured", is_flag=True, help="Without the GPU cases memwall measured (sim/data/measured-*.yaml).")
 @click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the tables as Markdown (docs/validation.md is made this way).")
+@click.option("--calibrate", "recalibrate", is_flag=True,
+              help="Calibrate this machine again (writing --hardware), in rounds taken between the live cases' "
+                   "rounds, so that both see the machine in the same minutes.")
 def validate(hardware: Path, quick: bool, no_live: bool, no_published: bool, no_measured: bool,
-             markdown: Path | None) -> None:
+             markdown: Path | None, recalibrate: bool) -> None:
     """Predict, then measure: live cases on this machine, published cases on real accelerators, and
     GPU cases memwall measured with bench/gpu_measure.py."""
     from rich.console import Console
@@ -95,22 +98,35 @@ def validate(hardware: Path, quick: bool, no_live: bool, no_published: bool, no_
     from sim.config import load_hardware
     from sim.validate.calibrate import calibrate as measure
     from sim.validate.calibrate import write_hardware
-    from sim.validate.cases import live_cases, machine_drift
+    from sim.validate.cases import ROUNDS, live_cases, live_timed, machine_drift, time_round
     from sim.validate.published import measured_cases, published_cases
     from sim.validate.report import drift_line, render, to_markdown
 
     console = Console(highlight=False, width=160)
     live, drift = [], ""
     if not no_live:
-        if not hardware.exists():
-            with console.status("calibrating this machine first") as status:
-                write_hardware(measure(lambda msg: status.update(f"calibrating: {msg}")), hardware)
-            console.print(f"wrote {hardware}")
-        hw = load_hardware(hardware)
         with console.status("live cases") as status:
-            status.update("the machine against its calibration, before")
-            before = machine_drift(hw)
-            live = live_cases(hw, quick, lambda msg: status.update(f"live cases: {msg}"))
+            timed = live_timed(quick)
+            times: list[list[float]] = [[] for _ in timed]
+
+            def case_round(r: int) -> None:
+                status.update(f"live cases: timing, round {r + 1} of {ROUNDS}")
+                time_round(timed, times)
+
+            before = None
+            if recalibrate or not hardware.exists():
+                data = measure(lambda msg: status.update(f"calibrating, {msg}"), rounds=ROUNDS, between=case_round)
+                write_hardware(data, hardware)
+                load_hardware(hardware)  # what we wrote must load
+                console.print(f"wrote {hardware} (calibrated between the live cases' rounds)")
+            else:
+                status.update("the machine against its calibration, before")
+                before = machine_drift(load_hardware(hardware))
+                for r in range(ROUNDS):
+                    case_round(r)
+            hw = load_hardware(hardware)
+            status.update("live cases: predicting")
+            live = live_cases(hw, timed, times)
             status.update("the machine against its calibration, after")
             after = machine_drift(hw)
         render(console, f"Live cases on this machine (predicted with {hardware})", live)

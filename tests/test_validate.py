@@ -11,9 +11,10 @@ from sim.config import load_hardware
 from sim.graph import build_graph
 from sim.mapping import place
 from sim.validate import calibrate as cal
+from sim.validate import cases as live
 from sim.validate import native
 from sim.validate.calibrate import best_time, os_caches, write_hardware
-from sim.validate.cases import Case, machine_drift, matmul_op, predict_matmul
+from sim.validate.cases import Case, Timed, live_cases, machine_drift, matmul_op, predict_matmul
 from sim.validate.gpu import gpu_figures
 from sim.validate.published import (
     DATA as VALIDATION_DATA,
@@ -133,6 +134,37 @@ def test_case_error_sign():
     assert Case("g", "c", 1.1, 1.0).error == pytest.approx(0.1)
 
 
+def test_cold_pool_hands_out_the_least_recently_used_window():
+    """Consecutive weights are disjoint windows of the pool; a weight that would run past its end starts
+    again at the front, which the others have not touched for longest."""
+    pool = cal.ColdPool(10 * 4 * 16)  # ten 4 x 4 weights
+    taken = [pool.take(4, 4) for _ in range(11)]
+    starts = [w.__array_interface__["data"][0] for w in taken]
+    assert len(set(starts[:10])) == 10 and starts[10] == starts[0]
+    with pytest.raises(ValueError):
+        pool.take(100, 100)
+
+
+def test_live_cases_predict_with_the_model_against_each_cases_best_round():
+    timed = [Timed("g", "a", lambda hw: 2.0 * hw, lambda: None), Timed("g", "b", lambda hw: hw, lambda: None)]
+    cases = live_cases(3.0, timed, [[5.0, 4.0, 6.0], [1.0, 2.0, 3.0]])
+    assert [(c.predicted_s, c.measured_s) for c in cases] == [(6.0, 4.0), (3.0, 1.0)]
+    times = [[], []]
+    live.time_round(timed, times)
+    assert all(len(t) == 1 and t[0] >= 0 for t in times)
+
+
+def test_gemv_cases_are_cold_and_warm_only_where_the_weight_fits_half_the_last_cache(monkeypatch):
+    """Re-reading a weight larger than the cache would time its replacement policy, which memwall does
+    not model: with a 16 MiB last cache only GPT-2's 6.75 MiB qkv weight (of the quick shapes) is timed
+    warm, and every shape cold."""
+    monkeypatch.setattr(cal, "os_caches", lambda: [{"level": 3, "bytes": 16 << 20, "private": False}])
+    gemvs = [c for c in live.matmul_cases(quick=True) if c.group.startswith("GEMV")]
+    warm = [c.name for c in gemvs if "warm" in c.group]
+    cold = [c.name for c in gemvs if "cold" in c.group]
+    assert warm == ["GPT-2 qkv 768x2304"] and len(cold) == 5
+
+
 def test_calibration_helpers(tmp_path: Path):
     assert best_time(lambda: sum(range(100)), min_time=0.001, repeats=2) > 0
     assert all(c["bytes"] > 0 for c in os_caches())
@@ -158,6 +190,7 @@ def test_machine_drift_compares_the_machine_with_its_model():
     assert set(drift) == {"GEMM peak", "DRAM bandwidth"} and drift["DRAM bandwidth"] > 1
     line = drift_line(drift, drift)
     assert "GEMM peak" in line and "DRAM bandwidth" in line and "x / " in line
+    assert "after the live cases: GEMM peak" in drift_line(None, drift)  # calibrated between the cases
 
 
 @pytest.mark.parametrize("compiled", [True, False])

@@ -4,9 +4,9 @@ What is measured, and how (each figure's method is written into the YAML's `cali
 - cache sizes and which cores share them: from the OS (/sys/devices/system/cpu/cpu0/cache);
 - bandwidth of each cache level and of DRAM: private levels by a C read loop on every core (see
   `native`; numpy's per-call cost is longer than reading a whole L1/L2), shared ones by a BLAS GEMV
-  over a weight resident in them; DRAM by numpy copies and a BLAS GEMV over a matrix far larger than
-  the last cache (the higher of the two, as GEMVs use every core), and by transfer size from cold GEMVs
-  of 1-64 MiB (`efficiency_by_size`);
+  over a weight resident in them; DRAM by numpy copies and a cold BLAS GEMV over a matrix far larger
+  than the last cache (the higher of the two, as GEMVs use every core), and by transfer size from cold
+  GEMVs of 1-64 MiB (`efficiency_by_size`); cold: each weight cut from a pool 16x the largest cache;
 - latency of each level: a C pointer chase through a random cycle of cache lines sized to the level;
 - peak GEMM FLOP/s per dtype: large square matmuls with the BLAS numpy uses;
 - the vector rate: the reference kernels (layernorm, softmax, GELU, add) on cache-resident data, in
@@ -18,6 +18,7 @@ run: calibration never fits what validation then predicts.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import time
@@ -112,32 +113,58 @@ def matrix_rates() -> dict[int, float]:
 
 
 def gemv_bandwidth(nbytes: int) -> float:
+    """Bytes per second of a BLAS GEMV re-reading one square fp32 weight of `nbytes` (warm: where it
+    fits, the cache holding it serves it)."""
     n = int((nbytes / 4) ** 0.5)
     w, x = np.ones((n, n), np.float32), np.ones((1, n), np.float32)
     return w.nbytes / best_time(lambda: x @ w, repeats=3)
 
 
-COLD_SIZES = (1 << 20, 4 << 20, 16 << 20, 64 << 20)
+#: Data that must come from DRAM is taken from a pool at least this many times the largest cache. A
+#: flush (streaming other data through) is not enough where the cache's replacement policy protects
+#: lines from streams: this machine's L3 kept a third of a 64 MiB weight re-read after another
+#: stream. No policy can hold more than 1/16 of the pool.
+POOL_FACTOR = 16
 
 
-def cold_gemv_rates(last_cache: int, overhead: float, repeats: int = 7) -> dict[int, float]:
-    """Bytes per second of a BLAS GEMV streaming a square fp32 weight of each size from DRAM, caches
-    flushed before every call and the per-call framework cost (`overhead`) taken off: how fast one op
+class ColdPool:
+    """Weights cut, one after the other, from a pool of distinct memory far larger than the caches:
+    each taken weight is the least recently used data in the pool."""
+
+    def __init__(self, nbytes: int):
+        self.buffer = np.ones(nbytes // 4, np.float32)
+        self.at = 0
+
+    def take(self, k: int, n: int) -> np.ndarray:
+        size = k * n
+        if size > self.buffer.size:
+            raise ValueError(f"a {4 * size >> 20} MiB weight is larger than the cold pool")
+        if self.at + size > self.buffer.size:
+            self.at = 0
+        w = self.buffer[self.at:self.at + size].reshape(k, n)
+        self.at += size
+        return w
+
+
+@functools.cache
+def cold_pool() -> ColdPool:
+    """The pool, made once: `POOL_FACTOR` x the largest cache, and at least as large as any weight taken
+    from it (256 MiB; calibration's largest is `POOL_FACTOR` x the largest cache)."""
+    last = max((c["bytes"] for c in os_caches()), default=32 << 20)
+    return ColdPool(max(POOL_FACTOR * last, 256 << 20))
+
+
+def cold_gemv_rate(nbytes: int, overhead: float = 0.0, repeats: int = 7) -> float:
+    """Bytes per second of one BLAS GEMV over a square fp32 weight of `nbytes` streamed from DRAM (a
+    weight from the cold pool each call), less the per-call framework cost `overhead`: how fast one op
     moves that many bytes (prefetchers and threads ramp up, so short streams are slower)."""
-    flush_src = np.ones(2 * last_cache // 4, np.float32)
-    flush_dst = np.empty_like(flush_src)
-    out = {}
-    for size in COLD_SIZES:
-        n = int((size / 4) ** 0.5)
-        w, x = np.ones((n, n), np.float32), np.ones((1, n), np.float32)
-        best = float("inf")
-        for _ in range(repeats):
-            np.copyto(flush_dst, flush_src)  # evict the weight from every cache
-            t0 = time.perf_counter()
-            x @ w
-            best = min(best, time.perf_counter() - t0)
-        out[size] = w.nbytes / max(best - overhead, best / 10)
-    return out
+    n = int((nbytes / 4) ** 0.5)
+    pool, x = cold_pool(), np.ones((1, n), np.float32)
+    best = best_time(lambda: x @ pool.take(n, n), repeats=repeats)
+    return 4 * n * n / max(best - overhead, best / 10)
+
+
+COLD_SIZES = (1 << 20, 4 << 20, 16 << 20, 64 << 20)
 
 
 def _kernel_cases(n: int):
@@ -185,7 +212,7 @@ def _measure_once(caches: list[dict], cores: int, compiled: bool, dram_bytes: in
         if compiled:
             out[f"{name}.lat"] = native.load_latency(c["bytes"] // (2 if c["private"] else 8))
     progress("bandwidth and latency of DRAM (copy, GEMV, pointer chase)")
-    out["dram.copy"], out["dram.gemv"] = copy_bandwidth(dram_bytes // cores, cores), gemv_bandwidth(dram_bytes)
+    out["dram.copy"], out["dram.gemv"] = copy_bandwidth(dram_bytes // cores, cores), cold_gemv_rate(dram_bytes)
     if compiled:
         out["dram.lat"] = native.load_latency(dram_bytes)
     progress("GEMM peak (fp32, fp16) and rate by rows")
@@ -195,8 +222,7 @@ def _measure_once(caches: list[dict], cores: int, compiled: bool, dram_bytes: in
     out["vector"] = vector_rate(next((c["bytes"] for c in caches if c["level"] == 2), 256 << 10))
     out["overhead"] = dispatch_overhead()
     progress("DRAM bandwidth by transfer size (cold GEMVs)")
-    last = max(c["bytes"] for c in caches)
-    out.update({f"cold.{size}": r for size, r in cold_gemv_rates(last, out["overhead"]).items()})
+    out.update({f"cold.{size}": cold_gemv_rate(size, out["overhead"]) for size in COLD_SIZES})
     return out
 
 
@@ -208,15 +234,21 @@ def _best_of_rounds(rounds: list[dict[str, float]]) -> dict[str, float]:
     return {key: (min if key.endswith(lowest) else max)(r[key] for r in rounds) for key in rounds[0]}
 
 
-def calibrate(progress: Callable[[str], None] = lambda _msg: None, rounds: int = ROUNDS) -> dict:
-    """Measure, and return the hardware YAML as a dict."""
+def calibrate(progress: Callable[[str], None] = lambda _msg: None, rounds: int = ROUNDS,
+              between: Callable[[int], None] | None = None) -> dict:
+    """Measure, and return the hardware YAML as a dict. `between(r)` runs after round r (validation
+    times its cases there, so that calibration and cases see the machine in the same minutes)."""
     cores = cpu_count()
     caches = os_caches() or [{"level": 2, "bytes": 1 << 20, "private": True}]
     compiled = native.available()
     dram_bytes = max(256 << 20, 16 * max(c["bytes"] for c in caches))
-    fig = _best_of_rounds([_measure_once(caches, cores, compiled, dram_bytes,
-                                         lambda msg, r=r: progress(f"round {r + 1} of {rounds}: {msg}"))
-                           for r in range(rounds)])
+    measured = []
+    for r in range(rounds):
+        measured.append(_measure_once(caches, cores, compiled, dram_bytes,
+                                      lambda msg, r=r: progress(f"round {r + 1} of {rounds}: {msg}")))
+        if between is not None:
+            between(r)
+    fig = _best_of_rounds(measured)
     best = f"best of {rounds} rounds"
     notes: dict[str, str] = {}
     memory: dict[str, dict] = {}
@@ -254,11 +286,12 @@ def calibrate(progress: Callable[[str], None] = lambda _msg: None, rounds: int =
                                for size, rate in sorted(by_size.items())},
     }
     notes["device.memory.dram"] = (
-        f"capacity = physical memory; bandwidth = max(numpy copy {fig['dram.copy'] / 1e9:.2f} GB/s, BLAS GEMV "
-        f"{fig['dram.gemv'] / 1e9:.2f} GB/s) over {dram_bytes >> 20} MiB; latency = "
+        f"capacity = physical memory; bandwidth = max(numpy copy {fig['dram.copy'] / 1e9:.2f} GB/s, cold BLAS "
+        f"GEMV {fig['dram.gemv'] / 1e9:.2f} GB/s) over {dram_bytes >> 20} MiB; latency = "
         + (f"C pointer chase over {dram_bytes >> 20} MiB" if compiled else "assumed (no C compiler)")
-        + f"; efficiency_by_size = BLAS GEMV of a square fp32 weight of that size, caches flushed before each "
-        f"call, less the per-op dispatch overhead, over the bandwidth; {best}")
+        + f"; efficiency_by_size = BLAS GEMV of a square fp32 weight of that size, each call's weight the least "
+        f"recently used of a pool {POOL_FACTOR}x the largest cache (cold), less the per-op dispatch overhead, "
+        f"over the bandwidth; {best}")
     fp32 = fig["fp32"]
     efficiency = {m: round(min(1.0, fig[f"rows.{m}"] / fp32), 3) for m in ROWS}
     notes["device.compute.matrix_efficiency"] = (

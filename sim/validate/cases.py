@@ -1,14 +1,13 @@
 """`python -m sim validate`, live: predicted vs measured on this machine, case by case.
 
-Live cases are timed here, now, with numpy (median of repeated runs, warm caches, as the simulation of
-the same sequence run twice sees them) and predicted with the calibrated host model. Published cases
-(measurements on real accelerators) are in `published`.
+Live cases are timed here, now, with numpy (the best of repeated runs over several rounds; warm caches,
+as the simulation of the same sequence run twice sees them, or a cold weight where the case says so)
+and predicted with the calibrated host model. Published cases (measurements on real accelerators) are
+in `published`.
 """
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from sim.pipeline import run
 from sim.report import summarize
 from sim.validate import calibrate as cal
 from sim.validate.reference import Reference
+from sim.validate.timing import best_time
 
 ROOT = Path(__file__).resolve().parents[2]
 PUBLISHED = Path(__file__).resolve().parents[1] / "data" / "published.yaml"
@@ -42,19 +42,6 @@ class Case:
     @property
     def error(self) -> float:
         return (self.predicted_s - self.measured_s) / self.measured_s
-
-
-def median_time(fn: Callable[[], object], repeats: int = 7, min_total: float = 0.2) -> float:
-    fn()  # warm up: caches, allocator, BLAS threads
-    times: list[float] = []
-    t_end = time.perf_counter() + min_total
-    while len(times) < repeats or time.perf_counter() < t_end:
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-        if len(times) >= 200:
-            break
-    return statistics.median(times)
 
 
 # -- single operators ------------------------------------------------------------------------------
@@ -85,27 +72,47 @@ def predict_matmul(hw: Hardware, m: int, n: int, k: int, dtype: str = "fp32", ou
 
 @dataclass(frozen=True)
 class Timed:
-    """A live case before measurement: its prediction and the call to time."""
+    """A live case before measurement: the call to time, and its prediction from a hardware model
+    (a function of the model, so that the model can be calibrated while the cases are timed)."""
     group: str
     name: str
-    predicted_s: float
+    predict: Callable[[Hardware], float]
     fn: Callable[[], object]
 
 
-def matmul_cases(hw: Hardware, quick: bool) -> list[Timed]:
+def _cold(x: np.ndarray, k: int, n: int) -> Callable[[], object]:
+    """x @ W with each call's W the least recently used weight of calibration's cold pool, so that it
+    streams from DRAM whatever the caches' replacement policy."""
+    pool = cal.cold_pool()
+    return lambda: x @ pool.take(k, n)
+
+
+def matmul_cases(quick: bool) -> list[Timed]:
+    """The GEMM sweep (weight warm in cache, as a timing loop leaves it), and GEMVs of GPT-2 and Llama
+    shapes cold (a decode step reads each weight once, after all the others) and, where the weight fits
+    in half the last-level cache, warm too. A warm GEMV of a weight larger than the cache would time the
+    cache's replacement policy for a stream re-read (part of it survives on this machine's L3), which
+    memwall does not model (see docs/model.md)."""
+    last_cache = max((c["bytes"] for c in cal.os_caches()), default=32 << 20)
     cases = []
     k_n = 1024
     for m in (1, 16, 64, 256, 1024) if quick else (1, 16, 64, 256, 1024, 4096):
         x, w = np.ones((m, k_n), np.float32), np.ones((k_n, k_n), np.float32)
-        cases.append(Timed("GEMM sweep (K = N = 1024, fp32)", f"M = {m}", predict_matmul(hw, m, k_n, k_n),
-                           lambda x=x, w=w: x @ w))
+        cases.append(Timed("GEMM sweep (K = N = 1024, fp32)", f"M = {m}",
+                           lambda hw, m=m: predict_matmul(hw, m, k_n, k_n), lambda x=x, w=w: x @ w))
     shapes = [("GPT-2 qkv 768x2304", 768, 2304), ("GPT-2 ffn up 768x3072", 768, 3072),
               ("GPT-2 ffn down 3072x768", 3072, 768), ("GPT-2 LM head 768x50257", 768, 50257),
               ("Llama-7B attn out 4096x4096", 4096, 4096), ("Llama-7B ffn up 4096x11008", 4096, 11008),
               ("Llama-7B ffn down 11008x4096", 11008, 4096)]
     for name, k, n in shapes[:5] if quick else shapes:
-        x, w = np.ones((1, k), np.float32), np.ones((k, n), np.float32)
-        cases.append(Timed("GEMV (fp32)", name, predict_matmul(hw, 1, n, k), lambda x=x, w=w: x @ w))
+        x = np.ones((1, k), np.float32)
+        if 4 * k * n <= last_cache // 2:
+            w = np.ones((k, n), np.float32)
+            cases.append(Timed("GEMV (fp32), weight warm in cache", name,
+                               lambda hw, k=k, n=n: predict_matmul(hw, 1, n, k), lambda x=x, w=w: x @ w))
+        cases.append(Timed("GEMV (fp32), weight cold (from DRAM)", name,
+                           lambda hw, k=k, n=n: predict_matmul(hw, 1, n, k, cold=True),
+                           _cold(x, k, n)))
     return cases
 
 
@@ -118,7 +125,7 @@ def _workload(path: str, phase: str, prompt: int, new: int, **model) -> Workload
     return load_workload(ROOT / path, sets)[0]
 
 
-def forward_cases(hw: Hardware, quick: bool) -> list[Timed]:
+def forward_cases(quick: bool) -> list[Timed]:
     small_llama = {"layers": 8, "hidden": 1024, "heads": 16, "kv_heads": 4, "ffn": 2816}
     specs = [
         ("BERT-Base encode, 128 tokens", "workloads/bert-base.yaml", "encode", 128, 0, {}),
@@ -139,11 +146,10 @@ def forward_cases(hw: Hardware, quick: bool) -> list[Timed]:
             fn = lambda ref=ref, p=prompt: ref.forward(np.zeros((1, 1), np.int64), p)  # noqa: E731
         else:
             fn = lambda ref=ref, p=prompt: ref.forward(np.zeros((1, p), np.int64), 0)  # noqa: E731
-        cases.append(Timed("Transformer forward (numpy, fp32)", name, summarize(run(wl, hw))["total_s"], fn))
+        cases.append(Timed("Transformer forward (numpy, fp32)", name,
+                           lambda hw, wl=wl: summarize(run(wl, hw))["total_s"], fn))
     return cases
 
-
-ROUNDS = 3
 
 
 def machine_drift(hw: Hardware) -> dict[str, float]:
@@ -156,22 +162,32 @@ def machine_drift(hw: Hardware) -> dict[str, float]:
         out[f"{name} bandwidth"] = cal.gemv_bandwidth(int(lvl.capacity) // 4) / lvl.bandwidth
     dram = next((lvl for lvl in hw.levels.values() if lvl.kind == "dram"), None)
     if dram is not None:
-        out["DRAM bandwidth"] = cal.gemv_bandwidth(256 << 20) / dram.bandwidth
+        out["DRAM bandwidth"] = cal.cold_gemv_rate(256 << 20) / dram.bandwidth
     return out
 
 
-def live_cases(hw: Hardware, quick: bool = False, progress: Callable[[str], None] = lambda _m: None,
-               rounds: int = ROUNDS) -> list[Case]:
-    """Predict every case, then time them round-robin: each round times every case once (median of a
-    few calls after a warm-up), and a case's measurement is the median over rounds. A burst of someone
-    else's load on a shared machine then spreads over all cases instead of ruining one."""
-    progress("predicting GEMMs and GEMVs")
-    timed = matmul_cases(hw, quick)
-    progress("predicting Transformer forward passes")
-    timed += forward_cases(hw, quick)
-    times: list[list[float]] = [[] for _ in timed]
-    for r in range(rounds):
-        progress(f"measuring, round {r + 1} of {rounds}")
-        for t, case in zip(times, timed):
-            t.append(median_time(case.fn, repeats=3, min_total=0.2))
-    return [Case(c.group, c.name, c.predicted_s, statistics.median(t)) for c, t in zip(timed, times)]
+#: Rounds of live timing (and, with `validate --calibrate`, of calibration between them): on a shared
+#: machine each figure is the best of its rounds, and more rounds give both more chances to see the
+#: machine undisturbed.
+ROUNDS = 5
+
+
+def live_timed(quick: bool = False) -> list[Timed]:
+    """Every live case, ready to time and to predict."""
+    return matmul_cases(quick) + forward_cases(quick)
+
+
+def time_round(timed: list[Timed], times: list[list[float]]) -> None:
+    """One round: every case timed once (`best_time`, as calibration times its microbenchmarks: the best
+    of three batches of calls), appended to its list.
+    Cases are timed round-robin, so that a burst of someone else's load on a shared machine spreads
+    over all cases instead of ruining one."""
+    for t, case in zip(times, timed):
+        t.append(best_time(case.fn, repeats=3))
+
+
+def live_cases(hw: Hardware, timed: list[Timed], times: list[list[float]]) -> list[Case]:
+    """Each case predicted with `hw` against its best round: other load on a shared machine only ever
+    adds time, and calibration keeps each microbenchmark's best round too, so both describe the
+    machine undisturbed."""
+    return [Case(c.group, c.name, c.predict(hw), min(t)) for c, t in zip(timed, times)]

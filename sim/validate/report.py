@@ -37,8 +37,12 @@ def _md_table(cases: list[Case], with_source: bool) -> str:
                       f"over {len(cases)} cases."])
 
 
-def drift_line(before: dict[str, float], after: dict[str, float]) -> str:
-    """How far the machine was from its calibration, before and after the live cases."""
+def drift_line(before: dict[str, float] | None, after: dict[str, float]) -> str:
+    """How far the machine was from its calibration, before (if calibrated earlier) and after the live
+    cases."""
+    if before is None:
+        return "machine now / calibrated, after the live cases: " + ", ".join(
+            f"{k} {v:.2f}x" for k, v in after.items())
     parts = [f"{k} {before[k]:.2f}x / {after[k]:.2f}x" for k in before]
     return "machine now / calibrated, before / after the live cases: " + ", ".join(parts)
 
