@@ -96,6 +96,8 @@ BAD_HARDWARE = [
      "device.memory.dram.efficiency_by_size: efficiencies are fractions in (0, 1]"),
     ("scope: shared, kind: dram}", "scope: shared, kind: dram, efficiency_by_size: {1 lightyear: 0.5}}",
      "device.memory.dram.efficiency_by_size"),
+    ("scope: shared, kind: dram}", "scope: shared, kind: dram, efficiency_by_run: {4 KiB: 0}}",
+     "device.memory.dram.efficiency_by_run: efficiencies are fractions in (0, 1]"),
     ("dispatch_overhead: 1 us", "dispatch_overhead: 1 us\n  step_overhead: -3 us", "device.step_overhead"),
     ("dispatch_overhead: 1 us", "dispatch_overhead: 1 us\n  step_overhead: 3 GB", "device.step_overhead"),
 ]

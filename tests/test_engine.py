@@ -60,6 +60,29 @@ def test_short_transfers_run_at_their_size_efficiency():
         assert rec.duration_s == pytest.approx(roofline_s(p, hw), rel=1e-9)
 
 
+def test_a_matmul_reading_short_weight_rows_runs_at_its_run_efficiency():
+    """DRAM reaches half its bandwidth on 1 KiB runs and all of it on 64 KiB ones: two fp16 GEMVs with a
+    1 MiB weight, 2048 x 256 (512 B rows) and 64 x 8192 (16 KiB rows: 0.5 + 0.5 x 4/6 by log
+    interpolation), stream it at 5 and 8.33 GB/s; the engine and the roofline agree, and an op other
+    than a matmul has no run."""
+    from sim.validate.cases import matmul_op
+
+    hw = load(DATA / "toy-gpt.yaml", device__memory__dram__efficiency_by_run={"1 KiB": 0.5, "64 KiB": 1.0})[1]
+    dram = hw.levels["dram"]
+    assert dram.bandwidth_for(2**20, run=512) == pytest.approx(5e9)
+    assert dram.bandwidth_for(2**20, run=16 * 1024) == pytest.approx(1e10 * (0.5 + 0.5 * 4 / 6))
+    assert dram.bandwidth_for(2**20) == pytest.approx(1e10)  # no run: long
+    for k, n, rate in ((2048, 256, 5e9), (64, 8192, 1e10 * (0.5 + 0.5 * 4 / 6))):
+        op = matmul_op("gemv", 1, n, k, "fp16")
+        p = plan_op(op, hw, placement(activation="dram"))
+        assert p.run_bytes == 2 * n
+        rec = simulate([p], hw).ops[0]
+        assert rec.level_busy_s["dram"] == pytest.approx(sum(b for lvl, b in p.loads + p.stores if lvl == "dram")
+                                                         / rate, rel=1e-9)
+        assert rec.duration_s == pytest.approx(roofline_s(p, hw), rel=1e-9)
+    assert plan_op(single_op(1.0, 1024, 8, 8), hw, placement()).run_bytes == 0.0
+
+
 def test_compute_bound_op_timeline_by_hand(hw):
     """1 GFLOP at 1 TFLOP/s = 1 ms; its 10 KB of traffic hides behind compute; latency shows once."""
     p = plan_op(single_op(1e9, 1e4, 1e3, 1e3), hw, placement())

@@ -35,8 +35,9 @@ def log_interpolate(table: dict[float, float], x: float, default: float) -> floa
 
 def flat_bandwidths(levels: dict[str, MemoryLevel]) -> dict[str, float]:
     """Per level, its bandwidth where it does not depend on a transfer's size; 0 where it does (look it
-    up with `bandwidth_for`). Hot loops use it to skip the lookup."""
-    return {n: 0.0 if lvl.efficiency_by_size else lvl.effective_bandwidth for n, lvl in levels.items()}
+    up with `bandwidth_for`), or on how long its contiguous runs are. Hot loops use it to skip the lookup."""
+    return {n: 0.0 if lvl.efficiency_by_size or lvl.efficiency_by_run else lvl.effective_bandwidth
+            for n, lvl in levels.items()}
 
 
 class ComputeUnit(Spec):
@@ -94,16 +95,22 @@ class MemoryLevel(Spec):
         "direction (interpolated in log bytes, clamped at the ends; replaces `efficiency`): a short transfer "
         "does not reach full speed (prefetch ramp-up, thread start, kernel tail). Absent: `efficiency`",
     )
+    efficiency_by_run: dict[Bytes, float] = Field(
+        default_factory=dict,
+        description="achievable fraction (multiplying the size figure) by the length of the contiguous runs "
+        "an op reads (a matmul's weight rows: N x element bytes; interpolated in log bytes, clamped at the "
+        "ends): short runs defeat prefetchers and open a DRAM page per run. Absent: 1",
+    )
     pin: tuple[Literal["weight", "kv_cache", "activation"], ...] = Field(
         default=(), description="tensor kinds a shared cache keeps resident (never evicted)"
     )
 
     @model_validator(mode="after")
     def _fractions(self) -> MemoryLevel:
-        for size, value in self.efficiency_by_size.items():
-            if not 0 < value <= 1:
-                raise KeyedError("efficiency_by_size", f"efficiencies are fractions in (0, 1], got {value} at "
-                                 f"{size:.0f} bytes")
+        for key in ("efficiency_by_size", "efficiency_by_run"):
+            for size, value in getattr(self, key).items():
+                if not 0 < value <= 1:
+                    raise KeyedError(key, f"efficiencies are fractions in (0, 1], got {value} at {size:.0f} bytes")
         return self
 
     @property
@@ -113,11 +120,14 @@ class MemoryLevel(Spec):
             return self.bandwidth * self.efficiency_by_size[max(self.efficiency_by_size)]
         return self.bandwidth * self.efficiency
 
-    def bandwidth_for(self, nbytes: float) -> float:
-        """The bandwidth an op moving `nbytes` over this level achieves."""
-        if not self.efficiency_by_size:
-            return self.bandwidth * self.efficiency
-        return self.bandwidth * log_interpolate(self.efficiency_by_size, max(nbytes, 1.0), self.efficiency)
+    def bandwidth_for(self, nbytes: float, run: float = 0.0) -> float:
+        """The bandwidth an op moving `nbytes` over this level in contiguous runs of `run` bytes (0: long
+        or unknown) achieves."""
+        base = self.bandwidth * (log_interpolate(self.efficiency_by_size, max(nbytes, 1.0), self.efficiency)
+                                 if self.efficiency_by_size else self.efficiency)
+        if run and self.efficiency_by_run:
+            return base * log_interpolate(self.efficiency_by_run, run, 1.0)
+        return base
 
     def holds_tensors(self) -> bool:
         """Scratchpads and DRAMs are addressable homes for tensors; caches are not."""

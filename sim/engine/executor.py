@@ -158,7 +158,7 @@ class Executor:
                 began = (ready if ready > now else now) + p.launch_s
                 t = None
                 if p.op.collective is None and self.replay:
-                    t = self._timelines.get((p.unit, p.compute_s, p.loads, p.stores, p.chunks))
+                    t = self._timelines.get((p.unit, p.compute_s, p.loads, p.stores, p.chunks, p.run_bytes))
                 if t is not None:
                     now = began + t.duration_s
                     records.append(self._record(device, p, op_start - start, began - start, now - start, t, 0))
@@ -171,7 +171,7 @@ class Executor:
                     records.append(_relative(rec, start))
                 else:
                     t = yield from self._simulate_op(device, p)
-                    self._timelines[(p.unit, p.compute_s, p.loads, p.stores, p.chunks)] = t
+                    self._timelines[(p.unit, p.compute_s, p.loads, p.stores, p.chunks, p.run_bytes)] = t
                     records.append(self._record(device, p, op_start - start, began - start, env.now - start, t,
                                                 env.scheduled - first_event))
                 now = env.now
@@ -227,7 +227,7 @@ class Executor:
         def issue(i: int):
             frac = p.chunks[i]
             arriving = [env.event() for _ in p.loads]
-            done = [m.move(device, lvl, b * frac, use(lvl), ev, b)
+            done = [m.move(device, lvl, b * frac, use(lvl), ev, b, p.run_bytes)
                     for (lvl, b), ev in zip(p.loads, arriving)]
             return arriving, done
 
@@ -240,7 +240,7 @@ class Executor:
             pending = issue(i + 1) if p.loads and i + 1 < len(p.chunks) else None
             if current:
                 yield from wait(env.all_of(current[0]), last_level)
-            stores += [m.move(device, lvl, b * frac, use(lvl), None, b)
+            stores += [m.move(device, lvl, b * frac, use(lvl), None, b, p.run_bytes)
                        for lvl, b in p.stores]
             with unit.request() as req:
                 yield from wait(req, lambda _: "compute:queue")

@@ -77,14 +77,15 @@ class Machine:
             u.last_s = env.now
 
     def move(self, device: int, level: str, nbytes: float, use: LevelUse,
-             arriving: simpy.Event | None, op_bytes: float | None = None) -> simpy.Event:
-        """Start moving `nbytes` (part of the op's `op_bytes` on this level, which set the achievable
-        bandwidth) over `level`; return an event that fires with (time the last bytes land or a write
-        is acknowledged, level). Succeeds `arriving` when the first bytes land.
+             arriving: simpy.Event | None, op_bytes: float | None = None, run: float = 0.0) -> simpy.Event:
+        """Start moving `nbytes` (part of the op's `op_bytes` on this level, read in contiguous runs of
+        `run` bytes, which set the achievable bandwidth) over `level`; return an event that fires with
+        (time the last bytes land or a write is acknowledged, level). Succeeds `arriving` when the first
+        bytes land.
         Chained by callbacks rather than run as a process: four events per transfer (queue grant,
         first bytes, end of transfer, last bytes) instead of seven."""
         spec = self.levels[level]
-        bandwidth = self._flat_bandwidth[level] or spec.bandwidth_for(nbytes if op_bytes is None else op_bytes)
+        bandwidth = self._flat_bandwidth[level] or spec.bandwidth_for(nbytes if op_bytes is None else op_bytes, run)
         env = self.env
         resource = self.memory[(device, level)]
         done = env.event()

@@ -62,6 +62,7 @@ class OpPlan:
     chunks: tuple[float, ...]  # fractions of the op, summing to 1
     overhead_s: float  # host dispatch
     launch_s: float = 0.0  # device time before it starts: kernel launch, a matmul's fixed cost
+    run_bytes: float = 0.0  # contiguous run its weight is read in (see `run_bytes`; 0: long or unknown)
 
 
 def matrix_peak(hw: Hardware, dtype: str, hw_file: str) -> float:
@@ -79,14 +80,23 @@ def matrix_peak(hw: Hardware, dtype: str, hw_file: str) -> float:
 
 
 def transfer_s(levels: dict[str, MemoryLevel], moves: tuple[tuple[str, float], ...],
-               flat: dict[str, float] | None = None) -> dict[str, float]:
+               flat: dict[str, float] | None = None, run: float = 0.0) -> dict[str, float]:
     """Per level, the time its transfers take one after another (a level serves one at a time), each at
-    the bandwidth its size achieves (`flat`: `flat_bandwidths(levels)`, precomputed by a caller in a loop)."""
+    the bandwidth its size and the op's contiguous `run` achieve (`flat`: `flat_bandwidths(levels)`,
+    precomputed by a caller in a loop)."""
     flat = flat_bandwidths(levels) if flat is None else flat
     out: dict[str, float] = {}
     for lvl, b in moves:
-        out[lvl] = out.get(lvl, 0.0) + b / (flat[lvl] or levels[lvl].bandwidth_for(b))
+        out[lvl] = out.get(lvl, 0.0) + b / (flat[lvl] or levels[lvl].bandwidth_for(b, run))
     return out
+
+
+def run_bytes(op: Op) -> float:
+    """The contiguous run a matmul reads its weight in: one row of the K x N weight, N x element bytes
+    (0 for other ops: their runs are long or unknown)."""
+    if op.op_class not in ("gemm", "gemv") or len(op.shape) != 4 or len(op.reads) < 2:
+        return 0.0
+    return op.shape[2] * _element_bytes(op)[1]
 
 
 def chunk_schedule(compute_s: float, memory_s: float, latency_s: float) -> tuple[float, ...]:
@@ -357,12 +367,13 @@ class Planner:
         if known is None:
             known = self._compute_of[sig] = self._compute(op)
         unit, compute_s, util = known
-        per_level = transfer_s(self.levels, t.loads + t.stores, self._flat_bandwidth)
+        run = run_bytes(op)
+        per_level = transfer_s(self.levels, t.loads + t.stores, self._flat_bandwidth, run)
         memory_s = max(per_level.values(), default=0.0)
         latency_s = max((self._latency[lvl] for lvl in per_level), default=0.0)
         return OpPlan(op=op, unit=unit, compute_s=compute_s, utilization=util, loads=t.loads, stores=t.stores,
                       hits=t.hits, chunks=chunk_schedule(compute_s, memory_s, latency_s), overhead_s=self._overhead,
-                      launch_s=self._matmul_launch if op.engine == "matrix" else self._launch)
+                      launch_s=self._matmul_launch if op.engine == "matrix" else self._launch, run_bytes=run)
 
     def _compute(self, op: Op) -> tuple[str, float, float]:
         """Matmul-like ops run on the matrix engine or the vector units, whichever is faster (a GEMV
@@ -427,6 +438,6 @@ def roofline_s(p: OpPlan, hw: Hardware) -> float:
     """The no-contention bound the engine must reproduce: max(compute, traffic per level) + memory
     latency + dispatch, launch and matmul overhead (an op dispatched alone, so nothing hides them)."""
     levels = hw.levels
-    mem = max(transfer_s(levels, p.loads + p.stores).values(), default=0.0)
+    mem = max(transfer_s(levels, p.loads + p.stores, run=p.run_bytes).values(), default=0.0)
     latency = max((levels[lvl].latency for lvl, _ in p.loads + p.stores), default=0.0)
     return max(p.compute_s, mem) + latency + p.overhead_s + p.launch_s

@@ -6,7 +6,8 @@ What is measured, and how (each figure's method is written into the YAML's `cali
   `native`; numpy's per-call cost is longer than reading a whole L1/L2), shared ones by a BLAS GEMV
   over a weight resident in them; DRAM by numpy copies and a cold BLAS GEMV over a matrix far larger
   than the last cache (the higher of the two, as GEMVs use every core), and by transfer size from cold
-  GEMVs of 1-64 MiB (`efficiency_by_size`); cold: each weight cut from a pool 16x the largest cache;
+  GEMVs of 1-64 MiB (`efficiency_by_size`) and by the length of a weight's rows (`efficiency_by_run`);
+  cold: each weight cut from a pool 16x the largest cache;
 - latency of each level: a C pointer chase through a random cycle of cache lines sized to the level;
 - peak GEMM FLOP/s per dtype: large square matmuls with the BLAS numpy uses;
 - the vector rate: the reference kernels (layernorm, softmax, GELU, add) on cache-resident data, in
@@ -154,17 +155,26 @@ def cold_pool() -> ColdPool:
     return ColdPool(max(POOL_FACTOR * last, 256 << 20))
 
 
-def cold_gemv_rate(nbytes: int, overhead: float = 0.0, repeats: int = 7) -> float:
-    """Bytes per second of one BLAS GEMV over a square fp32 weight of `nbytes` streamed from DRAM (a
+def cold_gemv_rate(nbytes: int, overhead: float = 0.0, repeats: int = 7, columns: int | None = None) -> float:
+    """Bytes per second of one BLAS GEMV x @ W over an fp32 weight W of `nbytes` streamed from DRAM (a
     weight from the cold pool each call), less the per-call framework cost `overhead`: how fast one op
-    moves that many bytes (prefetchers and threads ramp up, so short streams are slower)."""
-    n = int((nbytes / 4) ** 0.5)
-    pool, x = cold_pool(), np.ones((1, n), np.float32)
-    best = best_time(lambda: x @ pool.take(n, n), repeats=repeats)
-    return 4 * n * n / max(best - overhead, best / 10)
+    moves that many bytes. W is K x `columns` (square if None): each of its rows is one contiguous run."""
+    n = columns or int((nbytes / 4) ** 0.5)
+    k = max(1, nbytes // (4 * n))
+    pool, x = cold_pool(), np.ones((1, k), np.float32)
+    best = best_time(lambda: x @ pool.take(k, n), repeats=repeats)
+    return 4 * k * n / max(best - overhead, best / 10)
 
 
+#: Transfer sizes DRAM's `efficiency_by_size` is measured at, on weights with LONG_ROW columns (prefetchers
+#: and threads ramp up per call, so short streams are slower) ...
 COLD_SIZES = (1 << 20, 4 << 20, 16 << 20, 64 << 20)
+LONG_ROW = 16384
+#: ... and the row lengths (columns) its `efficiency_by_run` is measured at, on RUN_SIZE weights: a row
+#: of a few KiB is a run too short for the prefetchers (x @ W of a 64 MiB W with 256 columns streamed at
+#: about half the rate of one with 16384 on this project's VM).
+RUN_COLUMNS = (256, 1024, 4096, LONG_ROW)
+RUN_SIZE = 64 << 20
 
 
 def _kernel_cases(n: int):
@@ -212,7 +222,8 @@ def _measure_once(caches: list[dict], cores: int, compiled: bool, dram_bytes: in
         if compiled:
             out[f"{name}.lat"] = native.load_latency(c["bytes"] // (2 if c["private"] else 8))
     progress("bandwidth and latency of DRAM (copy, GEMV, pointer chase)")
-    out["dram.copy"], out["dram.gemv"] = copy_bandwidth(dram_bytes // cores, cores), cold_gemv_rate(dram_bytes)
+    out["dram.copy"] = copy_bandwidth(dram_bytes // cores, cores)
+    out["dram.gemv"] = cold_gemv_rate(dram_bytes, columns=LONG_ROW)
     if compiled:
         out["dram.lat"] = native.load_latency(dram_bytes)
     progress("GEMM peak (fp32, fp16) and rate by rows")
@@ -222,7 +233,8 @@ def _measure_once(caches: list[dict], cores: int, compiled: bool, dram_bytes: in
     out["vector"] = vector_rate(next((c["bytes"] for c in caches if c["level"] == 2), 256 << 10))
     out["overhead"] = dispatch_overhead()
     progress("DRAM bandwidth by transfer size (cold GEMVs)")
-    out.update({f"cold.{size}": cold_gemv_rate(size, out["overhead"]) for size in COLD_SIZES})
+    out.update({f"cold.{size}": cold_gemv_rate(size, out["overhead"], columns=LONG_ROW) for size in COLD_SIZES})
+    out.update({f"run.{n}": cold_gemv_rate(RUN_SIZE, out["overhead"], columns=n) for n in RUN_COLUMNS})
     return out
 
 
@@ -284,14 +296,17 @@ def calibrate(progress: Callable[[str], None] = lambda _msg: None, rounds: int =
         "scope": "shared", "kind": "dram",
         "efficiency_by_size": {f"{size >> 20} MiB": round(min(1.0, rate / dram_bw), 3)
                                for size, rate in sorted(by_size.items())},
+        "efficiency_by_run": {f"{4 * n // 1024} KiB": round(min(1.0, fig[f"run.{n}"] / fig[f"run.{LONG_ROW}"]), 3)
+                              for n in RUN_COLUMNS},
     }
     notes["device.memory.dram"] = (
         f"capacity = physical memory; bandwidth = max(numpy copy {fig['dram.copy'] / 1e9:.2f} GB/s, cold BLAS "
-        f"GEMV {fig['dram.gemv'] / 1e9:.2f} GB/s) over {dram_bytes >> 20} MiB; latency = "
+        f"GEMV {fig['dram.gemv'] / 1e9:.2f} GB/s, {LONG_ROW} columns) over {dram_bytes >> 20} MiB; latency = "
         + (f"C pointer chase over {dram_bytes >> 20} MiB" if compiled else "assumed (no C compiler)")
-        + f"; efficiency_by_size = BLAS GEMV of a square fp32 weight of that size, each call's weight the least "
-        f"recently used of a pool {POOL_FACTOR}x the largest cache (cold), less the per-op dispatch overhead, "
-        f"over the bandwidth; {best}")
+        + f"; efficiency_by_size = BLAS GEMV of an fp32 weight of that size with {LONG_ROW} columns, each call's "
+        f"weight the least recently used of a pool {POOL_FACTOR}x the largest cache (cold), less the per-op "
+        f"dispatch overhead, over the bandwidth; efficiency_by_run = the same on a {RUN_SIZE >> 20} MiB weight "
+        f"by its row length (4 bytes x columns), over the {LONG_ROW}-column one; {best}")
     fp32 = fig["fp32"]
     efficiency = {m: round(min(1.0, fig[f"rows.{m}"] / fp32), 3) for m in ROWS}
     notes["device.compute.matrix_efficiency"] = (
