@@ -206,7 +206,7 @@ def test_calibration_assembles_a_loadable_model_from_its_figures(tmp_path: Path,
         out = {"l1.bw": 100e9 * f, "l3.bw": 50e9 * f, "dram.copy": 10e9, "dram.gemv": 20e9 * f, "fp32": 1e11 * f,
                "fp16": 1e9, "vector": 1e9, "overhead": 5e-6 / f, **{f"rows.{m}": 5e10 for m in cal.ROWS},
                **{f"cold.{s}": 10e9 for s in cal.COLD_SIZES},
-               **{f"run.{n}": 5e9 * (2 if n == cal.LONG_ROW else 1) for n in cal.RUN_COLUMNS}}
+               **{f"dram.run.{n}": 5e9 * (2 if n == cal.LONG_ROW else 1) for n in cal.RUN_COLUMNS}}
         if compiled:
             out.update({"l1.lat": 2e-9 * f, "l3.lat": 20e-9 * f, "dram.lat": 100e-9 * f})
         return out
@@ -224,6 +224,7 @@ def test_calibration_assembles_a_loadable_model_from_its_figures(tmp_path: Path,
     assert dram.bandwidth_for(1 << 20) == pytest.approx(10e9, rel=1e-3)  # 10 of the 40 GB/s: 0.25
     assert dram.effective_bandwidth == pytest.approx(40e9)
     assert dram.bandwidth_for(64 << 20, run=4 * 256) == pytest.approx(0.5 * dram.bandwidth_for(64 << 20))
+    assert dram.efficiency_by_run[1024] == 0.5 and not hw.levels["l3"].efficiency_by_run
     assert hw.levels["l1"].latency == pytest.approx(2e-9 if compiled else 1.5e-9)
     assert ("no C compiler" in data["calibration"]["device.memory.l1"]) is not compiled
 

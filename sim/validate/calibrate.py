@@ -6,8 +6,10 @@ What is measured, and how (each figure's method is written into the YAML's `cali
   `native`; numpy's per-call cost is longer than reading a whole L1/L2), shared ones by a BLAS GEMV
   over a weight resident in them; DRAM by numpy copies and a cold BLAS GEMV over a matrix far larger
   than the last cache (the higher of the two, as GEMVs use every core), and by transfer size from cold
-  GEMVs of 1-64 MiB (`efficiency_by_size`) and by the length of a weight's rows (`efficiency_by_run`);
-  cold: each weight cut from a pool 16x the largest cache;
+  GEMVs of 1-64 MiB (`efficiency_by_size`); cold: each weight cut from a pool 16x the largest cache.
+  DRAM's GEMV weights have long rows (LONG_ROW columns), and DRAM is also measured by the length of
+  the weight's rows (`efficiency_by_run`: short rows are short contiguous runs). A warm L3 showed a
+  far weaker effect of row length in the live GEMVs than in such a sweep, so it has no run table;
 - latency of each level: a C pointer chase through a random cycle of cache lines sized to the level;
 - peak GEMM FLOP/s per dtype: large square matmuls with the BLAS numpy uses;
 - the vector rate: the reference kernels (layernorm, softmax, GELU, add) on cache-resident data, in
@@ -234,7 +236,7 @@ def _measure_once(caches: list[dict], cores: int, compiled: bool, dram_bytes: in
     out["overhead"] = dispatch_overhead()
     progress("DRAM bandwidth by transfer size (cold GEMVs)")
     out.update({f"cold.{size}": cold_gemv_rate(size, out["overhead"], columns=LONG_ROW) for size in COLD_SIZES})
-    out.update({f"run.{n}": cold_gemv_rate(RUN_SIZE, out["overhead"], columns=n) for n in RUN_COLUMNS})
+    out.update({f"dram.run.{n}": cold_gemv_rate(RUN_SIZE, out["overhead"], columns=n) for n in RUN_COLUMNS})
     return out
 
 
@@ -296,8 +298,7 @@ def calibrate(progress: Callable[[str], None] = lambda _msg: None, rounds: int =
         "scope": "shared", "kind": "dram",
         "efficiency_by_size": {f"{size >> 20} MiB": round(min(1.0, rate / dram_bw), 3)
                                for size, rate in sorted(by_size.items())},
-        "efficiency_by_run": {f"{4 * n // 1024} KiB": round(min(1.0, fig[f"run.{n}"] / fig[f"run.{LONG_ROW}"]), 3)
-                              for n in RUN_COLUMNS},
+        "efficiency_by_run": _run_table(fig, "dram"),
     }
     notes["device.memory.dram"] = (
         f"capacity = physical memory; bandwidth = max(numpy copy {fig['dram.copy'] / 1e9:.2f} GB/s, cold BLAS "
@@ -334,6 +335,12 @@ def calibrate(progress: Callable[[str], None] = lambda _msg: None, rounds: int =
         },
         "calibration": notes,
     }
+
+
+def _run_table(fig: dict[str, float], level: str) -> dict[str, float]:
+    """A level's efficiency_by_run: each row length's rate over the longest's."""
+    return {f"{4 * n // 1024} KiB": round(min(1.0, fig[f"{level}.run.{n}"] / fig[f"{level}.run.{LONG_ROW}"]), 3)
+            for n in RUN_COLUMNS}
 
 
 def _clock_mhz() -> float:

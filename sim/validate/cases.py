@@ -162,7 +162,7 @@ def machine_drift(hw: Hardware) -> dict[str, float]:
         out[f"{name} bandwidth"] = cal.gemv_bandwidth(int(lvl.capacity) // 4) / lvl.bandwidth
     dram = next((lvl for lvl in hw.levels.values() if lvl.kind == "dram"), None)
     if dram is not None:
-        out["DRAM bandwidth"] = cal.cold_gemv_rate(256 << 20) / dram.bandwidth
+        out["DRAM bandwidth"] = cal.cold_gemv_rate(256 << 20, columns=cal.LONG_ROW) / dram.bandwidth
     return out
 
 
