@@ -125,7 +125,7 @@ def gemv_bandwidth(nbytes: int) -> float:
 
 #: Data that must come from DRAM is taken from a pool at least this many times the largest cache. A
 #: flush (streaming other data through) is not enough where the cache's replacement policy protects
-#: lines from streams: this machine's L3 kept a third of a 64 MiB weight re-read after another
+#: lines from streams: this machine's L3 kept part of a 64 MiB weight re-read after another
 #: stream. No policy can hold more than 1/16 of the pool.
 POOL_FACTOR = 16
 
