@@ -117,14 +117,14 @@ def validate(hardware: Path, quick: bool, no_live: bool, no_published: bool, no_
             if recalibrate or not hardware.exists():
                 data = measure(lambda msg: status.update(f"calibrating, {msg}"), rounds=ROUNDS, between=case_round)
                 write_hardware(data, hardware)
-                load_hardware(hardware)  # what we wrote must load
+                hw = load_hardware(hardware)  # what we wrote must load
                 console.print(f"wrote {hardware} (calibrated between the live cases' rounds)")
             else:
+                hw = load_hardware(hardware)
                 status.update("the machine against its calibration, before")
-                before = machine_drift(load_hardware(hardware))
+                before = machine_drift(hw)
                 for r in range(ROUNDS):
                     case_round(r)
-            hw = load_hardware(hardware)
             status.update("live cases: predicting")
             live = live_cases(hw, timed, times)
             status.update("the machine against its calibration, after")
