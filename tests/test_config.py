@@ -100,6 +100,11 @@ BAD_HARDWARE = [
      "device.memory.dram.efficiency_by_run: efficiencies are fractions in (0, 1]"),
     ("dispatch_overhead: 1 us", "dispatch_overhead: 1 us\n  step_overhead: -3 us", "device.step_overhead"),
     ("dispatch_overhead: 1 us", "dispatch_overhead: 1 us\n  step_overhead: 3 GB", "device.step_overhead"),
+    ("dispatch_overhead: 1 us", "dispatch_overhead: 1 us\n  kernels: {gleu: {dispatch: 3 us}}", "device.kernels"),
+    ("dispatch_overhead: 1 us", "dispatch_overhead: 1 us\n  kernels: {gelu: {dispatch: -3 us}}",
+     "device.kernels.gelu.dispatch"),
+    ("dispatch_overhead: 1 us", "dispatch_overhead: 1 us\n  kernels: {gelu: {vector: 3 GB/s}}",
+     "device.kernels.gelu.vector"),
 ]
 
 

@@ -248,6 +248,34 @@ def test_matmul_overhead_is_paid_by_matrix_ops_only():
     assert simulate([p], hw1).ops[0].duration_s == pytest.approx(roofline_s(p, hw1), rel=1e-9)
 
 
+def test_a_kernel_with_its_own_costs_pays_them_and_no_other_op_does():
+    """GELU at 10 GFLOP/s (the vector units' 100) and 7 us dispatch (others' 1 us), sync host: each GELU op
+    (8 FLOPs per element) computes 10x longer and is dispatched 6 us later; every other op is unchanged.
+    The run grows by exactly the GELUs' extra compute and dispatch; the roofline agrees."""
+    base = {"device__dispatch_overhead": "1 us", "device__dispatch_mode": "sync"}
+    wl, hw0 = load(DATA / "toy-gpt.yaml", **base)
+    _, hw1 = load(DATA / "toy-gpt.yaml", device__kernels={"gelu": {"dispatch": "7 us", "vector": "10 GFLOP/s"}},
+                  **base)
+    assert hw1.device.dispatch_for("add") == 1e-6 and hw1.device.vector_for("layernorm") == 1e11
+    r0, r1 = run(wl, hw0), run(wl, hw1)
+    gelu = [(a, b) for a, b in zip(r0.ops, r1.ops) if b.kind == "act"]
+    assert len(gelu) == 4  # one layer, a prefill and three decode steps
+    for a, b in gelu:
+        assert b.compute_s == pytest.approx(10 * a.compute_s, rel=1e-12) and a.compute_s > 0
+        assert b.overhead_s == pytest.approx(a.overhead_s + 6e-6, rel=1e-9)
+    for a, b in zip(r0.ops, r1.ops):
+        if b.kind != "act":
+            assert b.compute_s == a.compute_s and b.duration_s == pytest.approx(a.duration_s, rel=1e-9)
+    grown = sum(b.duration_s - a.duration_s for a, b in gelu)
+    assert max(r.end_s for r in r1.ops) == pytest.approx(max(r.end_s for r in r0.ops) + grown, rel=1e-9)
+    assert all(b.duration_s - a.duration_s >= 6e-6 + 0.9 * (b.compute_s - a.compute_s) for a, b in gelu)
+    act = next(op for op in build_graph(wl).ops if op.kind == "act")
+    assert act.kernel == "gelu"
+    p = plan_op(act, hw1, placement())
+    assert p.overhead_s == 7e-6 and p.compute_s == pytest.approx(act.flops / 1e10)
+    assert simulate([p], hw1).ops[0].duration_s == pytest.approx(roofline_s(p, hw1), rel=1e-9)
+
+
 @pytest.mark.parametrize("mode", ["async", "sync"])
 def test_step_overhead_is_paid_once_per_pass_after_it_ends(mode):
     """With `step_overhead` the host waits for each forward pass, then spends that long before the

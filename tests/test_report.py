@@ -52,6 +52,18 @@ def test_host_dispatch_paces_a_run_of_tiny_ops_not_a_run_of_long_ones():
     assert summarize(run(wl, sync_host))["paced_by"] == "host"  # taking turns, the host's share is all but all
 
 
+def test_host_dispatch_adds_each_ops_kernel_cost():
+    """With layernorm's own 5 ms dispatch (others 1 ms), the host's dispatch time is 1 ms per op plus 4 ms
+    per layernorm: the toy GPT has two per layer and a final one per pass, 4 passes."""
+    wl, hw = load(DATA / "toy-gpt.yaml", device__dispatch_overhead="1 ms",
+                  device__kernels={"layernorm": {"dispatch": "5 ms"}})
+    result = run(wl, hw)
+    s = summarize(result)
+    norms = sum(1 for r in result.ops if r.op_class == "norm")
+    assert norms == 4 * 3
+    assert s["host_dispatch_s"] == pytest.approx(s["ops"] * 1e-3 + norms * 4e-3, rel=1e-12)
+
+
 def test_json_schema(gpt2_a100):
     doc = json.loads(to_json(gpt2_a100))
     for key in ("total_s", "ttft_s", "tpot_s", "tokens_per_s", "flops", "bytes", "classes"):

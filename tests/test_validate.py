@@ -196,15 +196,17 @@ def test_machine_drift_compares_the_machine_with_its_model():
 @pytest.mark.parametrize("compiled", [True, False])
 def test_calibration_assembles_a_loadable_model_from_its_figures(tmp_path: Path, monkeypatch, compiled):
     """The YAML `calibrate` writes, from given figures: the best round of each (highest rate, lowest
-    latency), DRAM's efficiency by size relative to its bandwidth, and what was measured how; without a
-    C compiler the latencies are the assumed ones and the notes say so."""
+    latency or dispatch), DRAM's efficiency by size relative to its bandwidth, each kernel's own costs
+    with their medians as the device-wide ones, and what was measured how; without a C compiler the
+    latencies are the assumed ones and the notes say so."""
     caches = [{"level": 1, "bytes": 32 << 10, "private": True}, {"level": 3, "bytes": 8 << 20, "private": False}]
     rounds = iter([1.0, 2.0])
 
     def figures(caches, cores, compiled, dram_bytes, progress):
         f = next(rounds)
         out = {"l1.bw": 100e9 * f, "l3.bw": 50e9 * f, "dram.copy": 10e9, "dram.gemv": 20e9 * f, "fp32": 1e11 * f,
-               "fp16": 1e9, "vector": 1e9, "overhead": 5e-6 / f, **{f"rows.{m}": 5e10 for m in cal.ROWS},
+               "fp16": 1e9, "dispatch.add": 2e-6 / f, "dispatch.gelu": 6e-6 / f, "dispatch.matmul": 5e-6 / f,
+               "vector.add": 4e9, "vector.gelu": 1e9 * f, **{f"rows.{m}": 5e10 for m in cal.ROWS},
                **{f"cold.{s}": 10e9 for s in cal.COLD_SIZES},
                **{f"dram.run.{n}": 5e9 * (2 if n == cal.LONG_ROW else 1) for n in cal.RUN_COLUMNS}}
         if compiled:
@@ -220,7 +222,12 @@ def test_calibration_assembles_a_loadable_model_from_its_figures(tmp_path: Path,
     dram = hw.levels["dram"]
     assert hw.levels["l1"].bandwidth == pytest.approx(200e9) and dram.bandwidth == pytest.approx(40e9)
     assert hw.device.compute.peak["fp32"] == pytest.approx(2e11)
-    assert hw.device.dispatch_overhead == pytest.approx(2.5e-6)
+    assert hw.device.dispatch_overhead == pytest.approx(2.5e-6)  # the median kernel's, matmul's
+    assert hw.device.dispatch_for("gelu") == pytest.approx(3e-6)
+    assert hw.device.dispatch_for("tanh") == pytest.approx(2.5e-6)  # no kernel of its own: the median
+    assert hw.device.vector_for("gelu") == pytest.approx(2e9)
+    assert hw.device.vector_for("add") == pytest.approx(4e9)
+    assert hw.device.compute.vector == pytest.approx(3e9) and hw.device.kernels["matmul"].vector is None
     assert dram.bandwidth_for(1 << 20) == pytest.approx(10e9, rel=1e-3)  # 10 of the 40 GB/s: 0.25
     assert dram.effective_bandwidth == pytest.approx(40e9)
     assert dram.bandwidth_for(64 << 20, run=4 * 256) == pytest.approx(0.5 * dram.bandwidth_for(64 << 20))

@@ -17,6 +17,10 @@ from sim.errors import KeyedError
 
 HOST_LEVEL = "host"
 
+#: What a graph op computes (`Op.kernel`), as a framework calls it: the key of per-kernel costs.
+Kernel = Literal["matmul", "layernorm", "rmsnorm", "softmax", "gelu", "silu", "relu", "add", "rope", "gather",
+                 "tanh"]
+
 
 def log_interpolate(table: dict[float, float], x: float, default: float) -> float:
     """A table's value at `x`, interpolated linearly in log2(x) between its keys, clamped at the ends;
@@ -144,6 +148,15 @@ class Link(Spec):
         return self.bandwidth * self.efficiency
 
 
+class KernelCost(Spec):
+    """One kernel's own costs where the framework's implementation departs from the device-wide figures."""
+
+    dispatch: Latency | None = Field(
+        default=None, description="host time to dispatch one such op, in place of `dispatch_overhead`")
+    vector: FlopRate | None = Field(
+        default=None, description="rate in the graph's FLOPs, in place of `compute.vector`")
+
+
 class Device(Spec):
     compute: ComputeUnit
     memory: dict[str, MemoryLevel] = Field(min_length=1, description="innermost level first")
@@ -161,6 +174,20 @@ class Device(Spec):
         default=0.0, description="host time per forward pass after the previous one has finished (sampling "
         "the token, scheduling the next step) before its first op is dispatched. 0: the framework overlaps "
         "it (on-device sampling, captured graphs) and the host may run ahead across passes")
+    kernels: dict[Kernel, KernelCost] = Field(
+        default_factory=dict, description="per kernel (what an op computes: layernorm, gelu, add, ...), costs "
+        "that differ from `dispatch_overhead` and `compute.vector`: an eager framework's layernorm is several "
+        "library calls, a GELU's tanh costs more per element than an add's sum")
+
+    def dispatch_for(self, kernel: str) -> float:
+        """Host dispatch time of one op computing `kernel`."""
+        cost = self.kernels.get(kernel)
+        return self.dispatch_overhead if cost is None or cost.dispatch is None else cost.dispatch
+
+    def vector_for(self, kernel: str) -> float:
+        """Vector rate, in graph FLOPs per second, of an op computing `kernel`."""
+        cost = self.kernels.get(kernel)
+        return self.compute.vector if cost is None or cost.vector is None else cost.vector
 
     @model_validator(mode="after")
     def _has_a_home(self) -> Device:

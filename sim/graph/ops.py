@@ -88,6 +88,9 @@ class Op:
     shape: tuple[int, ...] = field(default=())
     stage: int = 0  # pipeline stage that runs it
     collective: Collective | None = None
+    #: what it computes, as a framework would call it ("matmul", "layernorm", "gelu", "add", ...): the
+    #: hardware's per-kernel costs key on it
+    kernel: str = ""
 
     @property
     def bytes(self) -> float:

@@ -128,12 +128,13 @@ class _Builder:
     def act(self, name: str, elements: int) -> Access:
         return Access(Tensor(name, "activation", elements * self.ab, elements, "pass"), elements * self.ab)
 
-    def op(self, kind: str, op_class: str, flops: float, reads, writes, shape=()) -> Op:
+    def op(self, kind: str, op_class: str, flops: float, reads, writes, shape=(), kernel: str = "") -> Op:
+        matrix = op_class in ("gemm", "gemv", "attention")
         op = Op(
-            name=kind, kind=kind, op_class=op_class,
-            engine="matrix" if op_class in ("gemm", "gemv", "attention") else "vector",
+            name=kind, kind=kind, op_class=op_class, engine="matrix" if matrix else "vector",
             phase=self.phase, step=self.step, layer=0, dtype=self.dtype, flops=float(flops),
             reads=tuple(reads), writes=tuple(writes), shape=tuple(shape), stage=self.stage,
+            kernel=kernel or ("matmul" if matrix else kind),
         )
         self._ops.append(op)
         return op
@@ -143,7 +144,7 @@ class _Builder:
         stage. It reads and writes its buffer where the buffer lives."""
         dst = self.stage if dst_stage is None else dst_stage
         coll = Collective(kind, buffer.bytes, self.stage, dst)
-        op = self.op(name or kind, "collective", 0.0, [buffer], [buffer])
+        op = self.op(name or kind, "collective", 0.0, [buffer], [buffer], kernel=kind)
         op = dataclasses.replace(op, engine="link", collective=coll)
         self._ops[-1] = op
         return op
@@ -167,17 +168,17 @@ class _Builder:
         writes = out_kv if out_kv is not None else [self.act(kind, m_rows * n)]
         return self.op(kind, op_class, flops, [x, Access(w, w.bytes)], writes, (1, m_rows, n, k))
 
-    def vector(self, kind: str, inputs: list[Access], out_elements: int, flops_per: float,
+    def vector(self, kind: str, kernel: str, inputs: list[Access], out_elements: int, flops_per: float,
                weights: list[Tensor] = (), op_class: str = "elementwise", out_name: str | None = None) -> Op:
         out = self.act(out_name or kind, out_elements)
         reads = list(inputs) + [Access(w, w.bytes) for w in weights]
-        return self.op(kind, op_class, flops_per * out_elements, reads, [out])
+        return self.op(kind, op_class, flops_per * out_elements, reads, [out], kernel=kernel)
 
     def norm(self, kind: str, x: Access, w_name: str, per_layer: bool = True, out_name: str | None = None) -> Op:
         h = self.m.hidden
         n_params = h * (2 if self.m.norm == "layernorm" else 1)
         w = self.weight(w_name, n_params, per_layer)
-        return self.vector(kind, [x], x.tensor.elements, NORM_FLOPS[self.m.norm], [w], "norm", out_name)
+        return self.vector(kind, self.m.norm, [x], x.tensor.elements, NORM_FLOPS[self.m.norm], [w], "norm", out_name)
 
 
 def out(op: Op) -> Access:
@@ -249,7 +250,8 @@ def _embed(b: _Builder, rows: int) -> Access:
 
 def _gather(b: _Builder, gather: list[Access], rows: int, adds: int) -> Access:
     name = "embed" if b.m.family == "bert" else HIDDEN  # BERT normalises it first
-    emb = b.op("embed", "elementwise", adds * rows * b.m.hidden, gather, [b.act(name, rows * b.m.hidden)])
+    emb = b.op("embed", "elementwise", adds * rows * b.m.hidden, gather, [b.act(name, rows * b.m.hidden)],
+               kernel="gather")
     if b.tp > 1:  # vocabulary-parallel table: each rank fills its rows, an all-reduce completes them
         return out(b.collective("allreduce", out(emb), name="embed_allreduce"))
     return out(emb)
@@ -286,13 +288,13 @@ def _layer(b: _Builder, x: Access, rows: int, tokens: int, past: int) -> Access:
     else:
         scores = b.op("scores", "attention", 2 * bh * tokens * ctx * d,
                       [q_in, k_read], [b.act("scores", score_elems)], (bh, tokens, ctx, d))
-        soft = b.vector("softmax", [out(scores)], score_elems, SOFTMAX_FLOPS, op_class="softmax")
+        soft = b.vector("softmax", "softmax", [out(scores)], score_elems, SOFTMAX_FLOPS, op_class="softmax")
         av = b.op("attn_v", "attention", 2 * bh * tokens * ctx * d,
                   [out(soft), v_read], [b.act("attn", rows * heads * d)], (bh, tokens, d, ctx))
     proj = out(b.linear("attn_out", out(av), h, "wo", rows))
     if b.tp > 1:  # row-parallel projection: partial sums meet in an all-reduce
         proj = out(b.collective("allreduce", proj, name="attn_allreduce"))
-    res1 = out(b.vector("residual", [x, proj], rows * h, 1))
+    res1 = out(b.vector("residual", "add", [x, proj], rows * h, 1))
     if not pre:
         res1 = out(b.norm("attn_norm", res1, "ln1"))
 
@@ -301,13 +303,13 @@ def _layer(b: _Builder, x: Access, rows: int, tokens: int, past: int) -> Access:
     up = out(b.linear("ffn_up", ffn_in, b.ffn, "w_up", rows))
     if m.gated_ffn:
         gate = out(b.linear("ffn_gate", ffn_in, b.ffn, "w_gate", rows))
-        act = b.vector("act", [up, gate], rows * b.ffn, ACT_FLOPS[m.activation])
+        act = b.vector("act", m.activation, [up, gate], rows * b.ffn, ACT_FLOPS[m.activation])
     else:
-        act = b.vector("act", [up], rows * b.ffn, ACT_FLOPS[m.activation])
+        act = b.vector("act", m.activation, [up], rows * b.ffn, ACT_FLOPS[m.activation])
     down = out(b.linear("ffn_down", out(act), h, "w_down", rows))
     if b.tp > 1:
         down = out(b.collective("allreduce", down, name="ffn_allreduce"))
-    res2 = out(b.vector("residual2", [res1, down], rows * h, 1, out_name=HIDDEN if pre else None))
+    res2 = out(b.vector("residual2", "add", [res1, down], rows * h, 1, out_name=HIDDEN if pre else None))
     if not pre:
         res2 = out(b.norm("ffn_norm", res2, "ln2", out_name=HIDDEN))
     return res2
@@ -319,7 +321,7 @@ def _head(b: _Builder, x: Access, rows: int) -> None:
     if m.family == "bert":
         cls = Access(x.tensor, b.batch * h * b.ab)
         dense = b.linear("pooler", cls, h, "pooler", b.batch, per_layer=False)
-        b.vector("pooler_tanh", [out(dense)], b.batch * h, 1)
+        b.vector("pooler_tanh", "tanh", [out(dense)], b.batch * h, 1)
         return
     ln = out(b.norm("final_norm", x, "ln_f", per_layer=False))
     last = Access(ln.tensor, b.batch * h * b.ab)  # the next token comes from the last position

@@ -149,13 +149,14 @@ class Planner:
         self._latency = {n: lvl.latency for n, lvl in self.levels.items()}
         self._flat_bandwidth = flat_bandwidths(self.levels)
         self._overhead = dev.dispatch_overhead
+        self._dispatch_for = dev.dispatch_for if dev.kernels else lambda _kernel: dev.dispatch_overhead
         self._launch = dev.launch_overhead
         self._matmul_launch = dev.launch_overhead + dev.compute.matmul_overhead
         # block tiles' operands come from the innermost shared level (a GPU's L2)
         feed = next((lvl for lvl in self.levels.values() if lvl.scope == "shared"), None)
         self._feed_bandwidth = feed.effective_bandwidth if feed is not None and any(
             lvl.scope == "per_unit" for lvl in self.levels.values()) else 0.0
-        self._vector = dev.compute.vector
+        self._vector_for = dev.vector_for
         self._home = dict(placement.home)
         self._compute_of: dict[tuple, tuple] = {}
         self._factors_of: dict[tuple, list] = {}
@@ -361,7 +362,7 @@ class Planner:
         if op.collective is not None:
             return OpPlan(op=op, unit="link", compute_s=0.0, utilization=1.0, loads=(), stores=(),
                           hits=(), chunks=(1.0,), overhead_s=self._overhead)
-        sig = (op.engine, op.dtype, op.flops, op.shape, op.reads[0].bytes if op.reads else 0.0,
+        sig = (op.engine, op.kernel, op.dtype, op.flops, op.shape, op.reads[0].bytes if op.reads else 0.0,
                op.reads[1].bytes if len(op.reads) > 1 else 0.0)
         known = self._compute_of.get(sig)
         if known is None:
@@ -372,13 +373,14 @@ class Planner:
         memory_s = max(per_level.values(), default=0.0)
         latency_s = max((self._latency[lvl] for lvl in per_level), default=0.0)
         return OpPlan(op=op, unit=unit, compute_s=compute_s, utilization=util, loads=t.loads, stores=t.stores,
-                      hits=t.hits, chunks=chunk_schedule(compute_s, memory_s, latency_s), overhead_s=self._overhead,
+                      hits=t.hits, chunks=chunk_schedule(compute_s, memory_s, latency_s),
+                      overhead_s=self._dispatch_for(op.kernel),
                       launch_s=self._matmul_launch if op.engine == "matrix" else self._launch, run_bytes=run)
 
     def _compute(self, op: Op) -> tuple[str, float, float]:
         """Matmul-like ops run on the matrix engine or the vector units, whichever is faster (a GEMV
         wastes most of an MMA tile); everything else runs on the vector units."""
-        vector_s = op.flops / self._vector
+        vector_s = op.flops / self._vector_for(op.kernel)
         if op.engine != "matrix":
             return "vector", vector_s, 1.0
         compute = self.hw.device.compute

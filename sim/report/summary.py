@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 from sim.engine.records import OpRecord, RunResult
 from sim.graph.ops import CLASS_GROUP
@@ -168,14 +168,9 @@ def summarize(result: RunResult, top: int = 10) -> dict:
             by_kind.setdefault((phase, kind), (Totals(), op_class))[0].merge(t)
     device_time = all_totals.time
     devices = sorted({d for b in blocks for d in b.devices if b.ops})
-    # the host's own work: one dispatch per op on the busiest device's stream. Where it nearly fills the
-    # run, the host sets the pace and no faster device would shorten it much
-    dispatched: dict[int, int] = defaultdict(int)
-    for b in blocks:
-        for d in b.devices:
-            dispatched[d] += len(b.ops)
-    host_ops = max(dispatched.values(), default=0)
-    host_s = host_ops * meta.get("hardware", {}).get("dispatch_overhead_s", 0.0)
+    # the host's own work: one dispatch per op (its kernel's cost) on the busiest device's stream. Where
+    # it nearly fills the run, the host sets the pace and no faster device would shorten it much
+    host_ops, host_s = host_dispatch(blocks, meta.get("hardware", {}))
     paced_by = "host" if host_s >= HOST_PACED * total > 0 else "device"
 
     def share(t: dict) -> float:
@@ -224,3 +219,22 @@ def summarize(result: RunResult, top: int = 10) -> dict:
         **{k: meta.get("hardware", {}).get(k)
            for k in ("balance_point_flop_per_byte", "achievable_balance_point_flop_per_byte")},
     }
+
+
+def host_dispatch(blocks: list, hw: dict) -> tuple[int, float]:
+    """(ops, seconds) the host spends dispatching on the device it keeps busiest."""
+    default = hw.get("dispatch_overhead_s", 0.0)
+    by_kernel = hw.get("dispatch_by_kernel_s", {})
+    costs: dict[int, Counter] = {}  # id(ops) -> {dispatch cost: ops}
+    per_device: dict[int, Counter] = defaultdict(Counter)
+    for b in blocks:
+        ops = b.block.ops
+        c = costs.get(id(ops))
+        if c is None:
+            c = costs[id(ops)] = Counter(by_kernel.get(op.kernel, default) for op in ops)
+        for d in b.devices:
+            per_device[d].update(c)
+    # summed by cost, so that equal costs give exactly ops x cost
+    totals = [(sum(cost * n for cost, n in sorted(c.items())), c.total()) for c in per_device.values()]
+    seconds, ops = max(totals, default=(0.0, 0))
+    return ops, seconds

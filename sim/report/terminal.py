@@ -99,7 +99,8 @@ def render(result, console: Console | None = None, top: int = 10) -> None:
                     (("launch", "launch_overhead_s"), ("matmul fixed", "matmul_overhead_s")) if hw.get(key))
     out.print(
         f"  hardware: {fmt_si(hw['peak_flops'], 'FLOP/s')} {hw['peak_dtype']} matrix, "
-        f"{fmt_si(hw['vector_flops'], 'FLOP/s')} vector, dispatch {fmt_time(hw['dispatch_overhead_s'])}/op{fixed}"
+        f"{fmt_si(hw['vector_flops'], 'FLOP/s')} vector, dispatch {fmt_time(hw['dispatch_overhead_s'])}/op"
+        f"{f' ({len(own)} kernels their own)' if (own := hw.get('dispatch_by_kernel_s')) else ''}{fixed}"
     )
     out.print(f"  memory: {levels}")
     balance = hw["balance_point_flop_per_byte"]
@@ -127,7 +128,9 @@ def render(result, console: Console | None = None, top: int = 10) -> None:
     e2e.add_row("bound (held the ops up longest)", s["bound"].replace("memory:", "").replace("link:", "link "))
     if s["host_dispatch_s"]:
         share = s["host_dispatch_s"] / s["total_s"] if s["total_s"] else 0.0
-        e2e.add_row(f"host dispatch ({s['host_dispatch_ops']} ops x {fmt_time(hw['dispatch_overhead_s'])})",
+        per_op = s["host_dispatch_s"] / s["host_dispatch_ops"]
+        e2e.add_row(f"host dispatch ({s['host_dispatch_ops']} ops x {fmt_time(per_op)}"
+                    f"{' on average' if hw.get('dispatch_by_kernel_s') else ''})",
                     f"{fmt_time(s['host_dispatch_s'])} ({100 * share:.0f}%)")
     e2e.add_row("paced by", "host dispatch (a faster device would not help)" if s["paced_by"] == "host" else "device")
     out.print(e2e)

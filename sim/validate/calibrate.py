@@ -12,9 +12,10 @@ What is measured, and how (each figure's method is written into the YAML's `cali
   far weaker effect of row length in the live GEMVs than in such a sweep, so it has no run table;
 - latency of each level: a C pointer chase through a random cycle of cache lines sized to the level;
 - peak GEMM FLOP/s per dtype: large square matmuls with the BLAS numpy uses;
-- the vector rate: the reference kernels (layernorm, softmax, GELU, add) on cache-resident data, in
-  FLOPs by the graph's conventions per second;
-- per-op dispatch overhead: the same kernels on tiny inputs, where only the framework's cost remains.
+- per kernel (layernorm, softmax, GELU, add, ...: the reference's functions, `kernels`), its dispatch
+  (its time on a tiny input, where only the framework's cost remains) and its vector rate (on
+  L2-resident data, in FLOPs by the graph's conventions per second, beyond the dispatch): an eager
+  layernorm is nine numpy calls, a GELU's tanh costs ten adds; the medians are the device-wide figures.
 Every figure is measured in `ROUNDS` rounds and the best round kept. Nothing here looks at an end-to-end
 run: calibration never fits what validation then predicts.
 """
@@ -32,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from sim.graph.transformer import ACT_FLOPS, NORM_FLOPS, SOFTMAX_FLOPS
+from sim.graph.transformer import ACT_FLOPS, NORM_FLOPS, ROPE_FLOPS, SOFTMAX_FLOPS
 from sim.validate import kernels as k
 from sim.validate import native
 from sim.validate.timing import best_time
@@ -179,31 +180,49 @@ RUN_COLUMNS = (256, 1024, 4096, LONG_ROW)
 RUN_SIZE = 64 << 20
 
 
-def _kernel_cases(n: int):
-    """(kernel call, FLOPs by the graph's conventions) on an (n/64) x 64 input."""
+def _kernel_cases(n: int) -> dict[str, tuple[Callable[[], object], float]]:
+    """Per graph kernel, (the reference's call for one such op, its FLOPs by the graph's conventions) on
+    an (n/64) x 64 input; rope is two calls (the graph's one op rotates queries and keys)."""
     rows, cols = max(1, n // 64), 64
     x = np.ones((rows, cols), np.float32)
     g, b = np.ones(cols, np.float32), np.zeros(cols, np.float32)
+    half = np.ones((max(1, rows // 2), cols), np.float32)
+    cos, sin = np.ones(cols // 2, np.float32), np.zeros(cols // 2, np.float32)
     elems = rows * cols
-    return [
-        (lambda: k.layernorm(x, g, b), NORM_FLOPS["layernorm"] * elems),
-        (lambda: k.softmax(x.copy(), 0.125), SOFTMAX_FLOPS * elems),
-        (lambda: k.gelu(x), ACT_FLOPS["gelu"] * elems),
-        (lambda: k.add(x, x), elems),
-    ]
+    return {
+        "layernorm": (lambda: k.layernorm(x, g, b), NORM_FLOPS["layernorm"] * elems),
+        "rmsnorm": (lambda: k.rmsnorm(x, g), NORM_FLOPS["rmsnorm"] * elems),
+        "softmax": (lambda: k.softmax(x.copy(), 0.125), SOFTMAX_FLOPS * elems),
+        "gelu": (lambda: k.gelu(x), ACT_FLOPS["gelu"] * elems),
+        "silu": (lambda: k.silu_gate(x, x), ACT_FLOPS["silu"] * elems),
+        "relu": (lambda: k.relu(x), ACT_FLOPS["relu"] * elems),
+        "add": (lambda: k.add(x, x), elems),
+        "rope": (lambda: (k.rope(half, cos, sin), k.rope(half, cos, sin)), ROPE_FLOPS * 2 * half.size),
+    }
 
 
-def vector_rate(l2_bytes: int) -> float:
+def kernel_times(n: int) -> dict[str, float]:
+    """Per kernel, its best time on n elements."""
+    return {name: best_time(fn) for name, (fn, _) in _kernel_cases(n).items()}
+
+
+def kernel_rates(l2_bytes: int, dispatch: dict[str, float]) -> dict[str, float]:
+    """Per kernel, graph FLOPs per second of its time beyond dispatch, on data that stays in L2 (the
+    model adds the dispatch to every op; so does the measurement). Not larger: a kernel timed alone on
+    arrays over glibc's mmap threshold (128 KiB) faults its temporaries in afresh on every call, which
+    inside a forward pass, with the heap grown, it does not."""
     n = max(4096, l2_bytes // 16)  # a few arrays of n floats stay in L2
-    rates = [flops / best_time(fn) for fn, flops in _kernel_cases(n)]
-    return float(np.median(rates))
+    return {name: flops / max(best_time(fn) - dispatch[name], 1e-9)
+            for name, (fn, flops) in _kernel_cases(n).items()}
 
 
-def dispatch_overhead() -> float:
-    times = [best_time(fn) for fn, _ in _kernel_cases(64)]
+def kernel_dispatch() -> dict[str, float]:
+    """Per kernel, its time on a tiny input, where only the framework's cost remains; matmul is a
+    linear with a bias (8 x 8)."""
+    out = kernel_times(64)
     w, x = np.ones((8, 8), np.float32), np.ones((1, 8), np.float32)
-    times.append(best_time(lambda: k.linear(x, w, w[0])))
-    return float(np.median(times))
+    out["matmul"] = best_time(lambda: k.linear(x, w, w[0]))
+    return out
 
 
 ROUNDS = 3  # every figure is measured once per round, the rounds one after another
@@ -231,12 +250,15 @@ def _measure_once(caches: list[dict], cores: int, compiled: bool, dram_bytes: in
     progress("GEMM peak (fp32, fp16) and rate by rows")
     out["fp32"], out["fp16"] = gemm_rate(np.float32, 2048), gemm_rate(np.float16, 256)
     out.update({f"rows.{m}": r for m, r in matrix_rates().items()})
-    progress("vector rate and dispatch overhead")
-    out["vector"] = vector_rate(next((c["bytes"] for c in caches if c["level"] == 2), 256 << 10))
-    out["overhead"] = dispatch_overhead()
+    progress("each kernel's dispatch and vector rate")
+    dispatch = kernel_dispatch()
+    out.update({f"dispatch.{name}": t for name, t in dispatch.items()})
+    l2 = next((c["bytes"] for c in caches if c["level"] == 2), 256 << 10)
+    out.update({f"vector.{name}": r for name, r in kernel_rates(l2, dispatch).items()})
     progress("DRAM bandwidth by transfer size (cold GEMVs)")
-    out.update({f"cold.{size}": cold_gemv_rate(size, out["overhead"], columns=LONG_ROW) for size in COLD_SIZES})
-    out.update({f"dram.run.{n}": cold_gemv_rate(RUN_SIZE, out["overhead"], columns=n) for n in RUN_COLUMNS})
+    gemv = dispatch["matmul"]  # a GEMV op pays the matmul's dispatch in the model
+    out.update({f"cold.{size}": cold_gemv_rate(size, gemv, columns=LONG_ROW) for size in COLD_SIZES})
+    out.update({f"dram.run.{n}": cold_gemv_rate(RUN_SIZE, gemv, columns=n) for n in RUN_COLUMNS})
     return out
 
 
@@ -244,8 +266,10 @@ def _best_of_rounds(rounds: list[dict[str, float]]) -> dict[str, float]:
     """Per figure, the best round: the highest rate, the lowest latency or overhead. On a shared machine
     a round can fall into a burst of someone else's load; calibration wants the machine itself (the
     median over rounds was tried: it let one disturbed round set the GEMM peak 20% low)."""
-    lowest = ("lat", "overhead")
-    return {key: (min if key.endswith(lowest) else max)(r[key] for r in rounds) for key in rounds[0]}
+    def lowest(key: str) -> bool:
+        return key.endswith(".lat") or key.startswith("dispatch.")
+
+    return {key: (min if lowest(key) else max)(r[key] for r in rounds) for key in rounds[0]}
 
 
 def calibrate(progress: Callable[[str], None] = lambda _msg: None, rounds: int = ROUNDS,
@@ -305,7 +329,7 @@ def calibrate(progress: Callable[[str], None] = lambda _msg: None, rounds: int =
         f"GEMV {fig['dram.gemv'] / 1e9:.2f} GB/s, {LONG_ROW} columns) over {dram_bytes >> 20} MiB; latency = "
         + (f"C pointer chase over {dram_bytes >> 20} MiB" if compiled else "assumed (no C compiler)")
         + f"; efficiency_by_size = BLAS GEMV of an fp32 weight of that size with {LONG_ROW} columns, each call's "
-        f"weight the least recently used of a pool {POOL_FACTOR}x the largest cache (cold), less the per-op "
+        f"weight the least recently used of a pool {POOL_FACTOR}x the largest cache (cold), less the matmul "
         f"dispatch overhead, over the bandwidth; efficiency_by_run = the same on a {RUN_SIZE >> 20} MiB weight "
         f"by its row length (4 bytes x columns), over the {LONG_ROW}-column one; {best}")
     fp32 = fig["fp32"]
@@ -313,9 +337,15 @@ def calibrate(progress: Callable[[str], None] = lambda _msg: None, rounds: int =
     notes["device.compute.matrix_efficiency"] = (
         f"numpy matmul M x 512 x 512 fp32 (weight cache-resident), rate / fp32 peak; {best}")
     notes["device.compute.peak"] = f"numpy matmul: fp32 2048^3, fp16 256^3 (numpy has no fp16 BLAS); {best}"
-    notes["device.compute.vector"] = (
-        f"reference layernorm/softmax/GELU/add on L2-resident data, graph FLOPs / s, median of kernels; {best}")
-    notes["device.dispatch_overhead"] = f"reference kernels and a linear on tiny inputs, median of kernels; {best}"
+    kernels = sorted(name.split(".", 1)[1] for name in fig if name.startswith("dispatch."))
+    dispatch = {name: fig[f"dispatch.{name}"] for name in kernels}
+    rates = {name: fig[f"vector.{name}"] for name in kernels if f"vector.{name}" in fig}
+    n = max(4096, next((c["bytes"] for c in caches if c["level"] == 2), 256 << 10) // 16)
+    notes["device.kernels"] = (
+        f"each reference kernel (sim/validate/kernels.py; matmul: a linear 1 x 8 x 8): dispatch = its time on "
+        f"64 elements; vector = graph FLOPs / (time - dispatch) on {n} elements (L2-resident); {best}")
+    notes["device.compute.vector"] = f"median of the kernels' vector rates (for ops without their own); {best}"
+    notes["device.dispatch_overhead"] = f"median of the kernels' dispatch (for ops without their own); {best}"
     mhz = _clock_mhz()
     return {
         "name": f"this machine ({platform.processor() or platform.machine()}, {cores} cores, numpy)",
@@ -326,12 +356,15 @@ def calibrate(progress: Callable[[str], None] = lambda _msg: None, rounds: int =
                 "units": cores, "clock": f"{mhz:.0f} MHz",
                 "peak": {"fp32": f"{fp32 / 1e9:.2f} GFLOP/s", "fp16": f"{fig['fp16'] / 1e9:.3f} GFLOP/s"},
                 "emulate": {"tf32": "fp32", "bf16": "fp32", "fp8": "fp32"},
-                "vector": f"{fig['vector'] / 1e9:.3f} GFLOP/s",
+                "vector": f"{float(np.median(list(rates.values()))) / 1e9:.3f} GFLOP/s",
                 "matrix_efficiency": efficiency,
             },
             "memory": memory,
-            "dispatch_overhead": f"{fig['overhead'] * 1e6:.3f} us",
+            "dispatch_overhead": f"{float(np.median(list(dispatch.values()))) * 1e6:.3f} us",
             "dispatch_mode": "sync",
+            "kernels": {name: {"dispatch": f"{dispatch[name] * 1e6:.3f} us"}
+                        | ({"vector": f"{rates[name] / 1e9:.3f} GFLOP/s"} if name in rates else {})
+                        for name in kernels},
         },
         "calibration": notes,
     }
