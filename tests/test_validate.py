@@ -207,8 +207,7 @@ def test_calibration_assembles_a_loadable_model_from_its_figures(tmp_path: Path,
         out = {"l1.bw": 100e9 * f, "l3.bw": 50e9 * f, "dram.copy": 10e9, "dram.gemv": 20e9 * f, "fp32": 1e11 * f,
                "fp16": 1e9, "dispatch.add": 2e-6 / f, "dispatch.gelu": 6e-6 / f, "dispatch.matmul": 5e-6 / f,
                "vector.add": 4e9, "vector.gelu": 1e9 * f, **{f"rows.{m}": 5e10 for m in cal.ROWS},
-               **{f"cold.{s}": 10e9 for s in cal.COLD_SIZES},
-               **{f"dram.run.{n}": 5e9 * (2 if n == cal.LONG_ROW else 1) for n in cal.RUN_COLUMNS}}
+               **{f"cold.{s}": 10e9 for s in cal.COLD_SIZES}, **{f"dram.run.{n}": 5e9 for n in cal.RUN_COLUMNS}}
         if compiled:
             out.update({"l1.lat": 2e-9 * f, "l3.lat": 20e-9 * f, "dram.lat": 100e-9 * f})
         return out
