@@ -276,6 +276,25 @@ def test_a_kernel_with_its_own_costs_pays_them_and_no_other_op_does():
     assert simulate([p], hw1).ops[0].duration_s == pytest.approx(roofline_s(p, hw1), rel=1e-9)
 
 
+def test_a_kernels_fixed_time_replaces_the_matmul_overhead_for_its_ops_only():
+    """GELU's own 3 us and matmul's own 5 us of fixed device time (the general matmul overhead 2 us, the
+    launch 1 us, the host never in the way): every GELU op starts 3 us later, every matmul 3 us later
+    than with the general overhead, the rest unchanged; the run grows by exactly that."""
+    base = {"device__dispatch_overhead": "0 us", "device__launch_overhead": "1 us",
+            "device__compute__matmul_overhead": "2 us"}
+    wl, hw0 = load(DATA / "toy-gpt.yaml", **base)
+    _, hw1 = load(DATA / "toy-gpt.yaml", device__kernels={"gelu": {"fixed": "3 us"}, "matmul": {"fixed": "5 us"}},
+                  **base)
+    r0, r1 = run(wl, hw0), run(wl, hw1)
+    grown = 0.0
+    for a, b in zip(r0.ops, r1.ops):
+        extra = 3e-6 if b.kind == "act" or b.op_class in ("gemm", "gemv", "attention") else 0.0
+        assert b.overhead_s == pytest.approx(a.overhead_s + extra, abs=1e-12)
+        grown += extra
+    assert grown > 0
+    assert max(r.end_s for r in r1.ops) == pytest.approx(max(r.end_s for r in r0.ops) + grown, rel=1e-9)
+
+
 @pytest.mark.parametrize("mode", ["async", "sync"])
 def test_step_overhead_is_paid_once_per_pass_after_it_ends(mode):
     """With `step_overhead` the host waits for each forward pass, then spends that long before the

@@ -262,13 +262,19 @@ def test_a_dtype_can_have_its_own_efficiency_table():
 
 
 def test_the_shipped_h200_model_takes_its_figures_from_the_shipped_microbenchmarks():
-    """The H200 model's launch and matmul overheads, L2 and HBM latencies and HBM efficiency by size
-    are what sim/validate/gpu.py derives from the microbenchmarks memwall measured on an H200."""
+    """The H200 model's launch and matmul overheads, each kernel's fixed time, L2 and HBM latencies and
+    HBM efficiency by size are what sim/validate/gpu.py derives from the microbenchmarks memwall
+    measured on an H200; the H100 model (the same chip) takes the same overheads."""
     micro = yaml.safe_load((VALIDATION_DATA / "measured-h200.yaml").read_text())["microbenchmarks"]
     hw = load_hardware(ROOT / "hardware_models/h200-sxm.yaml")
     fig = gpu_figures(micro, hw.levels["hbm"].bandwidth)
     assert hw.device.launch_overhead == pytest.approx(fig["launch_overhead"])
     assert hw.device.compute.matmul_overhead == pytest.approx(fig["matmul_overhead"])
+    fixed = {k: c.fixed for k, c in hw.device.kernels.items()}
+    assert fixed == pytest.approx(fig["kernel_fixed"]) and len(fixed) == 7
+    h100 = load_hardware(ROOT / "hardware_models/h100-sxm.yaml").device
+    assert h100.kernels == hw.device.kernels and h100.launch_overhead == hw.device.launch_overhead
+    assert h100.compute.matmul_overhead == hw.device.compute.matmul_overhead
     assert hw.levels["l2"].latency == pytest.approx(fig["l2_latency"])
     assert hw.levels["hbm"].latency == pytest.approx(fig["dram_latency"])
     assert hw.levels["hbm"].efficiency_by_size == pytest.approx(fig["efficiency_by_size"])
@@ -276,11 +282,12 @@ def test_the_shipped_h200_model_takes_its_figures_from_the_shipped_microbenchmar
 
 def test_gpu_figures_invert_the_engines_copy_time():
     """A copy the engine would time at launch + latency + 2 S / (B x e) gives back e."""
-    micro = {"tiny_kernel_in_graph_s": 1e-6, "tiny_op_in_graph_s": {"linear": 3e-6, "add": 1.5e-6},
+    micro = {"tiny_kernel_in_graph_s": 1e-6, "tiny_op_in_graph_s": {"linear": 2.5e-6, "add": 1.5e-6},
              "load_latency_s_by_bytes": {1 << 20: 1e-7, 1 << 30: 4e-7},
              "copy_s_by_bytes": {s: 1e-6 + 4e-7 + 2 * s / (1e12 * e) for s, e in ((1 << 20, 0.5), (1 << 26, 0.8))}
              | {1 << 30: 1.0}}  # larger than the largest copy taken: left out
     fig = gpu_figures(micro, 1e12)
     assert fig["efficiency_by_size"] == {1 << 20: 0.5, 1 << 26: 0.8}
     assert fig["matmul_overhead"] == pytest.approx(1.5e-6) and fig["dram_latency"] == pytest.approx(4e-7)
+    assert fig["kernel_fixed"] == {"add": pytest.approx(5e-7)}  # what remains beyond the launch
     assert fig["l2_latency"] == pytest.approx(1e-7) and fig["launch_overhead"] == pytest.approx(1e-6)

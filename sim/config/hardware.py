@@ -18,8 +18,8 @@ from sim.errors import KeyedError
 HOST_LEVEL = "host"
 
 #: What a graph op computes (`Op.kernel`), as a framework calls it: the key of per-kernel costs.
-Kernel = Literal["matmul", "layernorm", "rmsnorm", "softmax", "gelu", "silu", "relu", "add", "rope", "gather",
-                 "tanh"]
+Kernel = Literal["matmul", "attention", "layernorm", "rmsnorm", "softmax", "gelu", "silu", "relu", "add", "rope",
+                 "gather", "tanh"]
 
 
 def log_interpolate(table: dict[float, float], x: float, default: float) -> float:
@@ -155,6 +155,10 @@ class KernelCost(Spec):
         default=None, description="host time to dispatch one such op, in place of `dispatch_overhead`")
     vector: FlopRate | None = Field(
         default=None, description="rate in the graph's FLOPs, in place of `compute.vector`")
+    fixed: Latency | None = Field(
+        default=None, description="device time of one such op beyond `launch_overhead` (the kernel's own "
+        "ramp-up, grid-wide reductions, epilogue), in place of `compute.matmul_overhead` for matmul-like ops "
+        "and of nothing for others")
 
 
 class Device(Spec):
@@ -183,6 +187,13 @@ class Device(Spec):
         """Host dispatch time of one op computing `kernel`."""
         cost = self.kernels.get(kernel)
         return self.dispatch_overhead if cost is None or cost.dispatch is None else cost.dispatch
+
+    def fixed_for(self, kernel: str, matrix: bool) -> float:
+        """Device time of an op computing `kernel` beyond the launch (`matrix`: a matmul-like op)."""
+        cost = self.kernels.get(kernel)
+        if cost is None or cost.fixed is None:
+            return self.compute.matmul_overhead if matrix else 0.0
+        return cost.fixed
 
     def vector_for(self, kernel: str) -> float:
         """Vector rate, in graph FLOPs per second, of an op computing `kernel`."""

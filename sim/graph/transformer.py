@@ -284,7 +284,7 @@ def _layer(b: _Builder, x: Access, rows: int, tokens: int, past: int) -> Access:
     v_read = Access(v_cache, b.batch * ctx * kvh * d * b.kb)
     if b.fused_attention:  # scores stay on chip: Q, K, V in, the context out (its softmax on the matrix time)
         av = b.op("attention", "attention", 4 * bh * tokens * ctx * d + SOFTMAX_FLOPS * score_elems,
-                  [q_in, k_read, v_read], [b.act("attn", rows * heads * d)], (bh, tokens, ctx, d))
+                  [q_in, k_read, v_read], [b.act("attn", rows * heads * d)], (bh, tokens, ctx, d), kernel="attention")
     else:
         scores = b.op("scores", "attention", 2 * bh * tokens * ctx * d,
                       [q_in, k_read], [b.act("scores", score_elems)], (bh, tokens, ctx, d))

@@ -8,11 +8,16 @@ from __future__ import annotations
 #: the largest copy taken: the 1 GiB copy replayed from a graph ran at 2.7 TB/s where the same copy
 #: outside a graph reached 4.2 TB/s (a graph's memcpy node, not the memory), so it is left out
 LARGEST_COPY = 256 << 20
+#: the tiny ops `bench/gpu_measure.py` times, by the graph kernel each stands for (its linear is the matmul)
+TINY_KERNELS = {"add": "add", "gelu": "gelu", "silu": "silu", "layer_norm": "layernorm", "rms_norm": "rmsnorm",
+                "softmax": "softmax", "sdpa": "attention"}
 
 
 def gpu_figures(micro: dict, dram_bandwidth: float) -> dict:
     """- `launch_overhead`: a 1-element kernel replayed from a CUDA graph (nothing left but the launch);
-    - `matmul_overhead`: a 1 x 64 x 64 linear less an add, both on tiny cache-resident inputs;
+    - `matmul_overhead`: a 1 x 64 x 64 linear replayed from a graph, less the launch; `kernel_fixed`, the
+      same for each other kernel timed on a tiny input (add, GELU, SiLU, the norms, softmax, and fused
+      attention over 16 keys): what remains of a kernel with nothing to do beyond its launch;
     - `l2_latency`, `dram_latency`: a pointer chase over a buffer the L2 holds, and over the largest;
     - `efficiency_by_size`: cold copies moving S bytes each way take launch + DRAM latency +
       2 S / (bandwidth x efficiency), as the engine times them: solved for the efficiency.
@@ -28,7 +33,9 @@ def gpu_figures(micro: dict, dram_bandwidth: float) -> dict:
             efficiency[size] = round(min(1.0, 2 * size / (dram_bandwidth * (t - launch - dram_latency))), 2)
     return {
         "launch_overhead": launch,
-        "matmul_overhead": round(tiny["linear"] - tiny["add"], 7),
+        "matmul_overhead": round(tiny["linear"] - launch, 7),
+        "kernel_fixed": {kernel: round(max(0.0, tiny[name] - launch), 7) for name, kernel in TINY_KERNELS.items()
+                         if name in tiny},
         "l2_latency": round(chase[min(chase)], 8),
         "dram_latency": dram_latency,
         "efficiency_by_size": efficiency,
