@@ -204,7 +204,8 @@ def test_calibration_assembles_a_loadable_model_from_its_figures(tmp_path: Path,
 
     def figures(caches, cores, compiled, dram_bytes, progress):
         f = next(rounds)
-        out = {"l1.bw": 100e9 * f, "l3.bw": 50e9 * f, "dram.copy": 10e9, "dram.gemv": 20e9 * f, "fp32": 1e11 * f,
+        out = {"l1.bw": 100e9 * f, "l3.bw": 50e9 * f, "l3.run.256": 25e9, "l3.run.1024": 40e9,
+               "dram.copy": 10e9, "dram.gemv": 20e9 * f, "fp32": 1e11 * f,
                "fp16": 1e9, "dispatch.add": 2e-6 / f, "dispatch.gelu": 6e-6 / f, "dispatch.matmul": 5e-6 / f,
                "vector.add": 4e9, "vector.gelu": 1e9 * f, **{f"rows.{m}": 5e10 for m in cal.ROWS},
                **{f"cold.{s}": 10e9 for s in cal.COLD_SIZES}, **{f"dram.run.{n}": 5e9 for n in cal.RUN_COLUMNS}}
@@ -230,7 +231,8 @@ def test_calibration_assembles_a_loadable_model_from_its_figures(tmp_path: Path,
     assert dram.bandwidth_for(1 << 20) == pytest.approx(10e9, rel=1e-3)  # 10 of the 40 GB/s: 0.25
     assert dram.effective_bandwidth == pytest.approx(40e9)
     assert dram.bandwidth_for(64 << 20, run=4 * 256) == pytest.approx(0.5 * dram.bandwidth_for(64 << 20))
-    assert dram.efficiency_by_run[1024] == 0.5 and not hw.levels["l3"].efficiency_by_run
+    assert dram.efficiency_by_run[1024] == 0.5 and 1 << 16 not in hw.levels["l1"].efficiency_by_run
+    assert hw.levels["l3"].efficiency_by_run == {1024: 0.25, 4096: 0.4, 16384: 1.0}  # over the best l3.bw, 100e9
     assert hw.levels["l1"].latency == pytest.approx(2e-9 if compiled else 1.5e-9)
     assert ("no C compiler" in data["calibration"]["device.memory.l1"]) is not compiled
 

@@ -8,8 +8,8 @@ What is measured, and how (each figure's method is written into the YAML's `cali
   than the last cache (the higher of the two, as GEMVs use every core), and by transfer size from cold
   GEMVs of 1-64 MiB (`efficiency_by_size`); cold: each weight cut from a pool 16x the largest cache.
   DRAM's GEMV weights have long rows (LONG_ROW columns), and DRAM is also measured by the length of
-  the weight's rows (`efficiency_by_run`: short rows are short contiguous runs). A warm L3 showed a
-  far weaker effect of row length in the live GEMVs than in such a sweep, so it has no run table;
+  the weight's rows (`efficiency_by_run`: short rows are short contiguous runs); so is a shared cache,
+  on GEMVs of a quarter of it with CACHE_ROW columns and fewer;
 - latency of each level: a C pointer chase through a random cycle of cache lines sized to the level;
 - peak GEMM FLOP/s per dtype: large square matmuls with the BLAS numpy uses;
 - per kernel (layernorm, softmax, GELU, add, ...: the reference's functions, `kernels`), its dispatch
@@ -116,12 +116,21 @@ def matrix_rates() -> dict[int, float]:
     return out
 
 
-def gemv_bandwidth(nbytes: int) -> float:
-    """Bytes per second of a BLAS GEMV re-reading one square fp32 weight of `nbytes` (warm: where it
-    fits, the cache holding it serves it)."""
-    n = int((nbytes / 4) ** 0.5)
-    w, x = np.ones((n, n), np.float32), np.ones((1, n), np.float32)
+def gemv_bandwidth(nbytes: int, columns: int | None = None) -> float:
+    """Bytes per second of a BLAS GEMV re-reading one fp32 weight of `nbytes` (warm: where it fits, the
+    cache holding it serves it), K x `columns` (square if None)."""
+    n = columns or int((nbytes / 4) ** 0.5)
+    w, x = np.ones((max(1, nbytes // (4 * n)), n), np.float32), np.ones((1, max(1, nbytes // (4 * n))), np.float32)
     return w.nbytes / best_time(lambda: x @ w, repeats=3)
+
+
+#: A shared cache's bandwidth is measured on weights with CACHE_ROW columns (16 KiB rows) and its
+#: `efficiency_by_run` at CACHE_RUN_COLUMNS: a warm x @ W of a quarter of this VM's L3 streamed at 62-74,
+#: 67-78 and 84-95 GB/s with 256, 1024 and 4096 columns in two runs of five rounds, and GPT-2's tall
+#: 3072 x 768 weight slower than its wide ones in every run. Not longer: with 16384 columns a quarter
+#: of the L3 is 128 rows, whose 64 KiB output row spills L1.
+CACHE_ROW = 4096
+CACHE_RUN_COLUMNS = (256, 1024)
 
 
 #: Data that must come from DRAM is taken from a pool at least this many times the largest cache. A
@@ -242,7 +251,8 @@ def _measure_once(caches: list[dict], cores: int, compiled: bool, dram_bytes: in
             out[f"{name}.bw"] = native.read_bandwidth(c["bytes"] // 2, cores) if compiled \
                 else cores * read_bandwidth(c["bytes"] // 2)
         else:
-            out[f"{name}.bw"] = gemv_bandwidth(c["bytes"] // 4)
+            out[f"{name}.bw"] = gemv_bandwidth(c["bytes"] // 4, CACHE_ROW)
+            out.update({f"{name}.run.{n}": gemv_bandwidth(c["bytes"] // 4, n) for n in CACHE_RUN_COLUMNS})
         if compiled:
             out[f"{name}.lat"] = native.load_latency(c["bytes"] // (2 if c["private"] else 8))
     progress("bandwidth and latency of DRAM (copy, GEMV, pointer chase)")
@@ -304,14 +314,18 @@ def calibrate(progress: Callable[[str], None] = lambda _msg: None, rounds: int =
         elif private:
             method = f"{cores} cores x one core's numpy read of {c['bytes'] // 2048} KiB (no C compiler)"
         else:
-            method = (f"BLAS GEMV (all its threads) of a square fp32 weight of {c['bytes'] // 4096} KiB that stays "
-                      f"in the level")
+            method = (f"BLAS GEMV (all its threads) of an fp32 weight of {c['bytes'] // 4096} KiB with {CACHE_ROW} "
+                      f"columns that stays in the level; efficiency_by_run = the same with "
+                      f"{' and '.join(map(str, CACHE_RUN_COLUMNS))} columns, over it")
         chased = c["bytes"] // (2 if private else 8)  # well inside the level (a shared one's far end misses the TLB)
         memory[name] = {
             "capacity": f"{c['bytes'] // 1024} KiB", "bandwidth": f"{fig[name + '.bw'] / 1e9:.3f} GB/s",
             "latency": f"{fig[name + '.lat'] * 1e9:.1f} ns" if compiled else LATENCY_ASSUMED.get(c["level"], "20 ns"),
             "scope": "per_unit" if private else "shared", "kind": "cache",
         }
+        if not private:
+            memory[name]["efficiency_by_run"] = _run_table(
+                {n: fig[f"{name}.run.{n}"] for n in CACHE_RUN_COLUMNS}, CACHE_ROW, fig[f"{name}.bw"])
         notes[f"device.memory.{name}"] = (
             f"capacity from /sys (cpu0, {'private' if private else 'shared'}); bandwidth = {method}; latency = "
             + (f"C pointer chase over a random cycle of lines in {chased // 1024} KiB" if compiled
@@ -325,7 +339,8 @@ def calibrate(progress: Callable[[str], None] = lambda _msg: None, rounds: int =
         "scope": "shared", "kind": "dram",
         "efficiency_by_size": {f"{size >> 20} MiB": round(min(1.0, rate / dram_bw), 3)
                                for size, rate in sorted(by_size.items())},
-        "efficiency_by_run": _run_table(fig, "dram"),
+        "efficiency_by_run": _run_table({n: fig[f"dram.run.{n}"] for n in RUN_COLUMNS}, LONG_ROW,
+                                        fig[f"cold.{RUN_SIZE}"]),
     }
     notes["device.memory.dram"] = (
         f"capacity = physical memory; bandwidth = max(numpy copy {fig['dram.copy'] / 1e9:.2f} GB/s, cold BLAS "
@@ -373,12 +388,11 @@ def calibrate(progress: Callable[[str], None] = lambda _msg: None, rounds: int =
     }
 
 
-def _run_table(fig: dict[str, float], level: str) -> dict[str, float]:
-    """A level's efficiency_by_run: each row length's rate over the long rows' (LONG_ROW columns) at
-    RUN_SIZE."""
-    long = fig[f"cold.{RUN_SIZE}"]
-    return {f"{4 * n // 1024} KiB": round(min(1.0, fig[f"{level}.run.{n}"] / long), 3) for n in RUN_COLUMNS} | {
-        f"{4 * LONG_ROW // 1024} KiB": 1.0}
+def _run_table(rates: dict[int, float], long_columns: int, long_rate: float) -> dict[str, float]:
+    """A level's efficiency_by_run: the rate with each column count (fp32 rows of 4 x columns bytes) over
+    the rate with `long_columns`."""
+    return {f"{4 * n // 1024} KiB": round(min(1.0, rate / long_rate), 3) for n, rate in sorted(rates.items())} | {
+        f"{4 * long_columns // 1024} KiB": 1.0}
 
 
 def _clock_mhz() -> float:

@@ -159,7 +159,7 @@ def machine_drift(hw: Hardware) -> dict[str, float]:
     out = {"GEMM peak": cal.gemm_rate(np.float32, 2048) / hw.device.compute.peak["fp32"]}
     shared = [(n, lvl) for n, lvl in hw.levels.items() if lvl.kind == "cache" and lvl.scope == "shared"]
     for name, lvl in shared:
-        out[f"{name} bandwidth"] = cal.gemv_bandwidth(int(lvl.capacity) // 4) / lvl.bandwidth
+        out[f"{name} bandwidth"] = cal.gemv_bandwidth(int(lvl.capacity) // 4, cal.CACHE_ROW) / lvl.bandwidth
     dram = next((lvl for lvl in hw.levels.values() if lvl.kind == "dram"), None)
     if dram is not None:
         out["DRAM bandwidth"] = cal.cold_gemv_rate(256 << 20, columns=cal.LONG_ROW) / dram.bandwidth
