@@ -3,7 +3,9 @@
 A memory level is a single server of its bandwidth: a transfer of B bytes waits in the level's FIFO
 queue, then occupies it for B / bandwidth; its first bytes arrive `latency` after it is granted and its
 last bytes `latency` after it ends. Concurrent transfers on one level therefore contend, and latency is
-pipelined rather than serialised.
+pipelined rather than serialised. A FIFO server whose service times are known when a request arrives
+grants it when the one before it ends, so a transfer's grant is computed on arrival (the level's next
+free time) and only its two landings are events.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ class Machine:
         self.compute = {(d, u): simpy.Resource(self.env, 1) for d in range(n) for u in COMPUTE_UNITS}
         self.levels = self.hw.levels
         self._flat_bandwidth = flat_bandwidths(self.levels)
-        self.memory = {(d, name): simpy.Resource(self.env, 1) for d in range(n) for name in self.levels}
+        self.free_at = {(d, name): 0.0 for d in range(n) for name in self.levels}  # each level's FIFO
         self.links: dict[str, simpy.Resource] = {}
         if self.hw.interconnect is not None:
             topo = topology(self.hw.interconnect.topology, n)
@@ -81,33 +83,23 @@ class Machine:
         """Start moving `nbytes` (part of the op's `op_bytes` on this level, read in contiguous runs of
         `run` bytes, which set the achievable bandwidth) over `level`; return an event that fires with
         (time the last bytes land or a write is acknowledged, level). Succeeds `arriving` when the first
-        bytes land.
-        Chained by callbacks rather than run as a process: four events per transfer (queue grant,
-        first bytes, end of transfer, last bytes) instead of seven."""
+        bytes land. The transfer is granted when the level's queue ahead of it has drained."""
         spec = self.levels[level]
         bandwidth = self._flat_bandwidth[level] or spec.bandwidth_for(nbytes if op_bytes is None else op_bytes, run)
-        env = self.env
-        resource = self.memory[(device, level)]
+        env, key = self.env, (device, level)
+        now = env.now
+        free = self.free_at[key]
+        start = free if free > now else now
+        end = self.free_at[key] = start + nbytes / bandwidth
+        use.bytes += nbytes
+        use.busy_s += end - start
+        if start < use.first_s:
+            use.first_s = start
+        use.last_s = end
+        if arriving is not None:
+            _fire(env, arriving, (start + spec.latency, level), start - now + spec.latency)
         done = env.event()
-        request = resource.request()
-
-        def granted(_event) -> None:
-            start = env.now
-            if arriving is not None:
-                _fire(env, arriving, (start + spec.latency, level), spec.latency)
-            transfer = env.timeout(nbytes / bandwidth)
-
-            def finished(_event) -> None:
-                resource.release(request)
-                use.bytes += nbytes
-                use.busy_s += env.now - start
-                use.first_s = min(use.first_s, start)
-                use.last_s = env.now
-                _fire(env, done, (env.now + spec.latency, level), spec.latency)
-
-            transfer.callbacks.append(finished)
-
-        request.callbacks.append(granted)
+        _fire(env, done, (end + spec.latency, level), end - now + spec.latency)
         return done
 
 
