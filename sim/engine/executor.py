@@ -31,8 +31,6 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-import simpy
-
 from sim.config.hardware import Hardware
 from sim.engine.machine import LevelUse, Machine
 from sim.engine.records import BlockRecord, OpRecord, RunResult
@@ -200,7 +198,9 @@ class Executor:
         )
 
     def _simulate_op(self, device: int, p: OpPlan):
-        """Process body: run the op's chunks event by event; return its Timeline."""
+        """Process body: run the op's chunks event by event; return its Timeline. Each wait is one event,
+        at the latest landing of what it waits for (the machine knows every queued transfer's times);
+        the compute unit's idle time goes to the level whose data landed last."""
         env, m = self.env, self.machine
         began = env.now
         stall: dict[str, float] = {}
@@ -208,49 +208,46 @@ class Executor:
         first_event = env.scheduled
 
         def use(level: str) -> LevelUse:
-            return uses.setdefault(level, LevelUse())
+            u = uses.get(level)
+            if u is None:
+                u = uses[level] = LevelUse()
+            return u
 
-        def wait(event: simpy.Event, blame):
-            """Yield `event`; charge the compute unit's idle time to whatever `blame` names."""
+        def until(t: float, blame: str):
+            """Wait until `t`, the idle time charged to `blame`."""
             t0 = env.now
-            value = yield event
-            if env.now > t0:
-                key = blame(value)
-                stall[key] = stall.get(key, 0.0) + env.now - t0
-            return value
+            if t > t0:
+                yield env.timeout(t - t0)
+                stall[blame] = stall.get(blame, 0.0) + env.now - t0
 
-        def last_level(value) -> str:
-            """The resource whose data landed last is the one the compute unit was waiting on."""
-            results = value.values() if hasattr(value, "values") else [value]
-            return "memory:" + max(results, key=lambda r: r[0])[1]
+        def latest(landings: list[tuple[float, float, str]], which: int) -> tuple[float, str]:
+            """The latest first-bytes (`which` 0) or last-bytes (1) landing, and its level's stall key."""
+            t, level = max(((x[which], x[2]) for x in landings), key=lambda r: r[0])
+            return t, "memory:" + level
 
-        def issue(i: int):
+        def issue(i: int) -> list[tuple[float, float, str]]:
             frac = p.chunks[i]
-            arriving = [env.event() for _ in p.loads]
-            done = [m.move(device, lvl, b * frac, use(lvl), ev, b, p.run_bytes)
-                    for (lvl, b), ev in zip(p.loads, arriving)]
-            return arriving, done
+            return [m.move(device, lvl, b * frac, use(lvl), b, p.run_bytes) for lvl, b in p.loads]
 
         pending = issue(0) if p.loads else None
-        stores: list[simpy.Event] = []
+        stores: list[tuple[float, float, str]] = []
         busy = 0.0
-        unit = m.compute[(device, p.unit)]
         for i, frac in enumerate(p.chunks):
             current = pending
             pending = issue(i + 1) if p.loads and i + 1 < len(p.chunks) else None
             if current:
-                yield from wait(env.all_of(current[0]), last_level)
-            stores += [m.move(device, lvl, b * frac, use(lvl), None, b, p.run_bytes)
-                       for lvl, b in p.stores]
-            with unit.request() as req:
-                yield from wait(req, lambda _: "compute:queue")
-                c = p.compute_s * frac
-                yield env.timeout(c)
-                busy += c
+                yield from until(*latest(current, 0))
+            stores += [m.move(device, lvl, b * frac, use(lvl), b, p.run_bytes) for lvl, b in p.stores]
+            c = p.compute_s * frac
+            start, end = m.compute(device, p.unit, c)
+            if start > env.now:
+                yield from until(start, "compute:queue")
+            yield env.timeout(end - env.now)
+            busy += c
             if current:
-                yield from wait(env.all_of(current[1]), last_level)
+                yield from until(*latest(current, 1))
         if stores:
-            yield from wait(env.all_of(stores), last_level)
+            yield from until(*latest(stores, 1))
         return Timeline(
             duration_s=env.now - began, compute_s=busy, stall_s=stall,
             uses={lvl: (u.bytes, u.busy_s, u.first_s - began, u.last_s - began) for lvl, u in uses.items()},

@@ -4,8 +4,9 @@ A memory level is a single server of its bandwidth: a transfer of B bytes waits 
 queue, then occupies it for B / bandwidth; its first bytes arrive `latency` after it is granted and its
 last bytes `latency` after it ends. Concurrent transfers on one level therefore contend, and latency is
 pipelined rather than serialised. A FIFO server whose service times are known when a request arrives
-grants it when the one before it ends, so a transfer's grant is computed on arrival (the level's next
-free time) and only its two landings are events.
+grants it when the one before it ends, so a transfer's grant and its landings are computed on arrival
+(from the level's next free time): the op that waits for them schedules one event per wait, at the
+latest landing. A compute unit is such a server too.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class Machine:
 
     def __post_init__(self) -> None:
         n = self.hw.devices
-        self.compute = {(d, u): simpy.Resource(self.env, 1) for d in range(n) for u in COMPUTE_UNITS}
+        self.compute_free = {(d, u): 0.0 for d in range(n) for u in COMPUTE_UNITS}  # each unit's FIFO
         self.levels = self.hw.levels
         self._flat_bandwidth = flat_bandwidths(self.levels)
         self.free_at = {(d, name): 0.0 for d in range(n) for name in self.levels}  # each level's FIFO
@@ -78,17 +79,15 @@ class Machine:
             u.first_s = min(u.first_s, granted)
             u.last_s = env.now
 
-    def move(self, device: int, level: str, nbytes: float, use: LevelUse,
-             arriving: simpy.Event | None, op_bytes: float | None = None, run: float = 0.0) -> simpy.Event:
-        """Start moving `nbytes` (part of the op's `op_bytes` on this level, read in contiguous runs of
-        `run` bytes, which set the achievable bandwidth) over `level`; return an event that fires with
-        (time the last bytes land or a write is acknowledged, level). Succeeds `arriving` when the first
-        bytes land. The transfer is granted when the level's queue ahead of it has drained."""
+    def move(self, device: int, level: str, nbytes: float, use: LevelUse, op_bytes: float | None = None,
+             run: float = 0.0) -> tuple[float, float, str]:
+        """Queue `nbytes` (part of the op's `op_bytes` on this level, read in contiguous runs of `run` bytes,
+        which set the achievable bandwidth) on `level` now; return (when its first bytes land, when its
+        last bytes land or a write is acknowledged, the level). Granted when the queue ahead has drained."""
         spec = self.levels[level]
         bandwidth = self._flat_bandwidth[level] or spec.bandwidth_for(nbytes if op_bytes is None else op_bytes, run)
-        env, key = self.env, (device, level)
-        now = env.now
-        free = self.free_at[key]
+        key = (device, level)
+        now, free = self.env.now, self.free_at[key]
         start = free if free > now else now
         end = self.free_at[key] = start + nbytes / bandwidth
         use.bytes += nbytes
@@ -96,15 +95,12 @@ class Machine:
         if start < use.first_s:
             use.first_s = start
         use.last_s = end
-        if arriving is not None:
-            _fire(env, arriving, (start + spec.latency, level), start - now + spec.latency)
-        done = env.event()
-        _fire(env, done, (end + spec.latency, level), end - now + spec.latency)
-        return done
+        return start + spec.latency, end + spec.latency, level
 
-
-def _fire(env: simpy.Environment, event: simpy.Event, value, delay: float) -> None:
-    """Succeed `event` with `value` after `delay` (what a Timeout does, on an event made earlier)."""
-    event._ok = True
-    event._value = value
-    env.schedule(event, delay=delay)
+    def compute(self, device: int, unit: str, seconds: float) -> tuple[float, float]:
+        """Queue `seconds` of work on a compute unit now; return (start, end)."""
+        key = (device, unit)
+        now, free = self.env.now, self.compute_free[key]
+        start = free if free > now else now
+        end = self.compute_free[key] = start + seconds
+        return start, end
