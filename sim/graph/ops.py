@@ -70,8 +70,9 @@ class Collective:
 
 @dataclass(frozen=True, slots=True)
 class Op:
-    """One operator. In a graph's blocks it is a template: `name` is local to its block ("qkv") and
-    phase / step / layer are the block's; `OpGraph.ops` gives bound copies with full names."""
+    """One operator. In a graph's blocks it is a template, shared by every block (of any pass) that
+    runs it alike: `name` is local to its block ("qkv"), step and layer are 0 and the block's apply;
+    `OpGraph.ops` gives bound copies with full names, step and layer."""
 
     name: str
     kind: str  # what the op does: "qkv", "scores", "ffn_up", ...

@@ -105,6 +105,7 @@ class _Builder:
         self.blocks: list[Block] = []
         self._ops: list[Op] = []
         self._interned: dict[tuple[Op, ...], tuple[Op, ...]] = {}
+        self._interned_ops: dict[Op, Op] = {}  # equal ops of other passes are one object: planned once
         self.phase = "prefill"
         self.step = 0
         self.seq = 0
@@ -132,10 +133,11 @@ class _Builder:
         matrix = op_class in ("gemm", "gemv", "attention")
         op = Op(
             name=kind, kind=kind, op_class=op_class, engine="matrix" if matrix else "vector",
-            phase=self.phase, step=self.step, layer=0, dtype=self.dtype, flops=float(flops),
+            phase=self.phase, step=0, layer=0, dtype=self.dtype, flops=float(flops),
             reads=tuple(reads), writes=tuple(writes), shape=tuple(shape), stage=self.stage,
             kernel=kernel or ("matmul" if matrix else kind),
         )
+        op = self._interned_ops.setdefault(op, op)
         self._ops.append(op)
         return op
 
@@ -146,7 +148,7 @@ class _Builder:
         coll = Collective(kind, buffer.bytes, self.stage, dst)
         op = self.op(name or kind, "collective", 0.0, [buffer], [buffer], kernel=kind)
         op = dataclasses.replace(op, engine="link", collective=coll)
-        self._ops[-1] = op
+        op = self._ops[-1] = self._interned_ops.setdefault(op, op)
         return op
 
     def to_stage(self, stage: int, x: Access) -> Access:
