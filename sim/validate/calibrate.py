@@ -105,10 +105,17 @@ def gemm_rate(dtype, n: int) -> float:
 ROWS = (16, 64, 256, 1024)
 
 
+#: K = N of the weight `matrix_efficiency` is measured on: the peak's own (MATRIX_SIZE^3), so that 1.0
+#: is the peak's GEMM. A 512 x 512 weight, used before, ran 16-64 rows 25-40% slower than every weight of
+#: 768 to 3072 a side in a calm minute (16 rows: 72 against 94-119 GFLOP/s), which all agreed within
+#: ~10%; the 16-row GEMM sweep case came out +11...+37% in most runs.
+MATRIX_SIZE = 2048
+
+
 def matrix_rates() -> dict[int, float]:
-    """GEMM FLOP/s by rows M on a 512 x 512 fp32 weight that stays in cache, so the rate is the BLAS's
-    (packing, threading), not memory's. M < 16 is memory-bound even there."""
-    k = n = 512
+    """GEMM FLOP/s by rows M on the peak's MATRIX_SIZE x MATRIX_SIZE fp32 weight (it stays in the last
+    cache), so the rate is the BLAS's (packing, threading), not memory's."""
+    k = n = MATRIX_SIZE
     w = np.ones((k, n), np.float32)
     out = {}
     for m in ROWS:
@@ -278,7 +285,7 @@ def _measure_once(caches: list[dict], cores: int, compiled: bool, dram_bytes: in
     if compiled:
         out["dram.lat"] = native.load_latency(dram_bytes)
     progress("GEMM peak (fp32, fp16) and rate by rows")
-    out["fp32"], out["fp16"] = gemm_rate(np.float32, 2048), gemm_rate(np.float16, 256)
+    out["fp32"], out["fp16"] = gemm_rate(np.float32, MATRIX_SIZE), gemm_rate(np.float16, 256)
     out.update({f"rows.{m}": r for m, r in matrix_rates().items()})
     progress("each kernel's dispatch and vector rate")
     dispatch = kernel_dispatch(max(c["bytes"] for c in caches) // 4)
@@ -371,8 +378,10 @@ def calibrate(progress: Callable[[str], None] = lambda _msg: None, rounds: int =
     fp32 = fig["fp32"]
     efficiency = {m: round(min(1.0, fig[f"rows.{m}"] / fp32), 3) for m in ROWS}
     notes["device.compute.matrix_efficiency"] = (
-        f"numpy matmul M x 512 x 512 fp32 (weight cache-resident), rate / fp32 peak; {best}")
-    notes["device.compute.peak"] = f"numpy matmul: fp32 2048^3, fp16 256^3 (numpy has no fp16 BLAS); {best}"
+        f"numpy matmul M x {MATRIX_SIZE} x {MATRIX_SIZE} fp32 (the peak's weight, in the last cache), rate / fp32 "
+        f"peak; {best}")
+    notes["device.compute.peak"] = (
+        f"numpy matmul: fp32 {MATRIX_SIZE}^3, fp16 256^3 (numpy has no fp16 BLAS); {best}")
     kernels = sorted(name.split(".", 1)[1] for name in fig if name.startswith("dispatch."))
     dispatch = {name: fig[f"dispatch.{name}"] for name in kernels}
     rates = {name: fig[f"vector.{name}"] for name in kernels if f"vector.{name}" in fig}

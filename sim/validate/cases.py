@@ -156,7 +156,7 @@ def machine_drift(hw: Hardware) -> dict[str, float]:
     """The machine now against its calibration: three of calibration's microbenchmarks again (GEMM
     peak, the shared cache's and DRAM's bandwidth), each as now / calibrated. On a shared machine they
     move by tens of percent within minutes; a case's error cannot be smaller than that."""
-    out = {"GEMM peak": cal.gemm_rate(np.float32, 2048) / hw.device.compute.peak["fp32"]}
+    out = {"GEMM peak": cal.gemm_rate(np.float32, cal.MATRIX_SIZE) / hw.device.compute.peak["fp32"]}
     shared = [(n, lvl) for n, lvl in hw.levels.items() if lvl.kind == "cache" and lvl.scope == "shared"]
     for name, lvl in shared:
         out[f"{name} bandwidth"] = cal.gemv_bandwidth(int(lvl.capacity) // 4, cal.CACHE_ROW) / lvl.bandwidth
