@@ -240,23 +240,29 @@ def tiny_kernels() -> dict[str, Callable[[], object]]:
     return out
 
 
-def kernel_dispatch(stream_bytes: int, calls: int = 60) -> dict[str, float]:
-    """Per kernel, its fastest tiny call right after a cold GEMV over `stream_bytes`: as ops run in a
+def kernel_dispatch(stream_bytes: int, calls: int = 20, batches: int = 3) -> dict[str, float]:
+    """Per kernel, its tiny call's time right after a cold GEMV over `stream_bytes`: as ops run in a
     pass, after another op has streamed its weight through the caches and evicted the framework's own
-    state. On this project's VM that costs 2-11 us more per call than in a tight loop (a layer norm
-    27 -> 38 us, an add 1 -> 3 us, the same in three repetitions), and a GPT-2 decode step's layer
-    norms took ~50 us each inside the pass."""
+    state. The mean over a batch of `calls` such calls, best batch — as `best_time` keeps the best mean
+    of a batch, not the fastest call: a pass adds its ops' typical times, and a tiny call's fastest is
+    far below its typical one (a layer norm on 768 floats after a cold GEMV: 37 us fastest, 58 us
+    median). On this project's VM a call costs 2-11 us more after the stream than in a tight loop (the
+    fastest: a layer norm 27 -> 38 us, an add 1 -> 3 us, the same in three repetitions), and a GPT-2
+    decode step's layer norms took ~50 us each inside the pass."""
     columns = 1024
     rows = max(1, stream_bytes // (4 * columns))
     pool, x = cold_pool(), np.ones((1, rows), np.float32)
     out = {}
     for name, fn in tiny_kernels().items():
         best = float("inf")
-        for _ in range(calls):
-            x @ pool.take(rows, columns)
-            t0 = time.perf_counter()
-            fn()
-            best = min(best, time.perf_counter() - t0)
+        for _ in range(batches):
+            spent = 0.0
+            for _ in range(calls):
+                x @ pool.take(rows, columns)
+                t0 = time.perf_counter()
+                fn()
+                spent += time.perf_counter() - t0
+            best = min(best, spent / calls)
         out[name] = best
     return out
 
@@ -387,10 +393,10 @@ def calibrate(progress: Callable[[str], None] = lambda _msg: None, rounds: int =
     rates = {name: fig[f"vector.{name}"] for name in kernels if f"vector.{name}" in fig}
     n = max(4096, next((c["bytes"] for c in caches if c["level"] == 2), 256 << 10) // 16)
     notes["device.kernels"] = (
-        f"each reference kernel (sim/validate/kernels.py; matmul: a linear 1 x 8 x 8): dispatch = its fastest "
-        f"call on 64 elements right after a cold GEMV over a quarter of the last cache (the framework's state "
-        f"evicted, as in a pass); vector = graph FLOPs / (time - time on 64 elements, both in a loop) on {n} "
-        f"elements (L2-resident); {best}")
+        f"each reference kernel (sim/validate/kernels.py; matmul: a linear 1 x 8 x 8): dispatch = its call on "
+        f"64 elements right after a cold GEMV over a quarter of the last cache (the framework's state evicted, as "
+        f"in a pass), mean of a batch of 20, best of 3; vector = graph FLOPs / (time - time on 64 elements, "
+        f"both in a loop) on {n} elements (L2-resident); {best}")
     notes["device.compute.vector"] = f"median of the kernels' vector rates (for ops without their own); {best}"
     notes["device.dispatch_overhead"] = f"median of the kernels' dispatch (for ops without their own); {best}"
     mhz = _clock_mhz()
