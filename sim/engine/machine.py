@@ -86,10 +86,7 @@ class Machine:
         last bytes land or a write is acknowledged, the level). Granted when the queue ahead has drained."""
         spec = self.levels[level]
         bandwidth = self._flat_bandwidth[level] or spec.bandwidth_for(nbytes if op_bytes is None else op_bytes, run)
-        key = (device, level)
-        now, free = self.env.now, self.free_at[key]
-        start = free if free > now else now
-        end = self.free_at[key] = start + nbytes / bandwidth
+        start, end = self._enqueue(self.free_at, (device, level), nbytes / bandwidth)
         use.bytes += nbytes
         use.busy_s += end - start
         if start < use.first_s:
@@ -99,8 +96,12 @@ class Machine:
 
     def compute(self, device: int, unit: str, seconds: float) -> tuple[float, float]:
         """Queue `seconds` of work on a compute unit now; return (start, end)."""
-        key = (device, unit)
-        now, free = self.env.now, self.compute_free[key]
+        return self._enqueue(self.compute_free, (device, unit), seconds)
+
+    def _enqueue(self, free_at: dict, key: tuple, seconds: float) -> tuple[float, float]:
+        """A FIFO server's (start, end) for `seconds` of service requested now: it starts when the
+        server's queue has drained."""
+        now, free = self.env.now, free_at[key]
         start = free if free > now else now
-        end = self.compute_free[key] = start + seconds
+        end = free_at[key] = start + seconds
         return start, end

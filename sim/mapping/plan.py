@@ -149,7 +149,7 @@ class Planner:
         self._latency = {n: lvl.latency for n, lvl in self.levels.items()}
         self._flat_bandwidth = flat_bandwidths(self.levels)
         self._overhead = dev.dispatch_overhead
-        self._dispatch_for = dev.dispatch_for if dev.kernels else lambda _kernel: dev.dispatch_overhead
+        self._dispatch_for = dev.dispatch_for
         self._launch = dev.launch_overhead
         self._fixed_for = dev.fixed_for
         # block tiles' operands come from the innermost shared level (a GPU's L2)

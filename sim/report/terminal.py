@@ -100,7 +100,7 @@ def render(result, console: Console | None = None, top: int = 10) -> None:
     out.print(
         f"  hardware: {fmt_si(hw['peak_flops'], 'FLOP/s')} {hw['peak_dtype']} matrix, "
         f"{fmt_si(hw['vector_flops'], 'FLOP/s')} vector, dispatch {fmt_time(hw['dispatch_overhead_s'])}/op"
-        f"{f' ({len(own)} kernels their own)' if (own := hw.get('dispatch_by_kernel_s')) else ''}{fixed}"
+        f"{f' ({len(own)} kernels with their own)' if (own := hw.get('dispatch_by_kernel_s')) else ''}{fixed}"
     )
     out.print(f"  memory: {levels}")
     balance = hw["balance_point_flop_per_byte"]

@@ -124,11 +124,17 @@ def matrix_rates() -> dict[int, float]:
     return out
 
 
+def _weight_shape(nbytes: int, columns: int | None) -> tuple[int, int]:
+    """K x N of an fp32 weight of about `nbytes` with `columns` columns (square if None)."""
+    n = columns or int((nbytes / 4) ** 0.5)
+    return max(1, nbytes // (4 * n)), n
+
+
 def gemv_bandwidth(nbytes: int, columns: int | None = None) -> float:
     """Bytes per second of a BLAS GEMV re-reading one fp32 weight of `nbytes` (warm: where it fits, the
     cache holding it serves it), K x `columns` (square if None)."""
-    n = columns or int((nbytes / 4) ** 0.5)
-    w, x = np.ones((max(1, nbytes // (4 * n)), n), np.float32), np.ones((1, max(1, nbytes // (4 * n))), np.float32)
+    k, n = _weight_shape(nbytes, columns)
+    w, x = np.ones((k, n), np.float32), np.ones((1, k), np.float32)
     return w.nbytes / best_time(lambda: x @ w, repeats=3)
 
 
@@ -179,8 +185,7 @@ def cold_gemv_rate(nbytes: int, overhead: float = 0.0, repeats: int = 7, columns
     """Bytes per second of one BLAS GEMV x @ W over an fp32 weight W of `nbytes` streamed from DRAM (a
     weight from the cold pool each call), less the per-call framework cost `overhead`: how fast one op
     moves that many bytes. W is K x `columns` (square if None): each of its rows is one contiguous run."""
-    n = columns or int((nbytes / 4) ** 0.5)
-    k = max(1, nbytes // (4 * n))
+    k, n = _weight_shape(nbytes, columns)
     pool, x = cold_pool(), np.ones((1, k), np.float32)
     best = best_time(lambda: x @ pool.take(k, n), repeats=repeats)
     return 4 * k * n / max(best - overhead, best / 10)
@@ -221,12 +226,16 @@ def _kernel_cases(n: int) -> dict[str, tuple[Callable[[], object], float]]:
     }
 
 
-def kernel_rates(l2_bytes: int, dispatch: dict[str, float]) -> dict[str, float]:
-    """Per kernel, graph FLOPs per second of its time beyond dispatch, on data that stays in L2 (the
-    model adds the dispatch to every op; so does the measurement). Not larger: a kernel timed alone on
+def vector_elements(caches: list[dict]) -> int:
+    """Elements the kernels' rates are measured on: a few arrays of them stay in L2."""
+    return max(4096, next((c["bytes"] for c in caches if c["level"] == 2), 256 << 10) // 16)
+
+
+def kernel_rates(n: int, dispatch: dict[str, float]) -> dict[str, float]:
+    """Per kernel, graph FLOPs per second of its time beyond dispatch on `n` elements (the model adds
+    the dispatch to every op; so does the measurement). Not larger than L2: a kernel timed alone on
     arrays over glibc's mmap threshold (128 KiB) faults its temporaries in afresh on every call, which
     inside a forward pass, with the heap grown, it does not."""
-    n = max(4096, l2_bytes // 16)  # a few arrays of n floats stay in L2
     return {name: flops / max(best_time(fn) - dispatch[name], 1e-9)
             for name, (fn, flops) in _kernel_cases(n).items()}
 
@@ -249,8 +258,7 @@ def kernel_dispatch(stream_bytes: int, calls: int = 20, batches: int = 3) -> dic
     median). On this project's VM a call costs 2-11 us more after the stream than in a tight loop (the
     fastest: a layer norm 27 -> 38 us, an add 1 -> 3 us, the same in three repetitions), and a GPT-2
     decode step's layer norms took ~50 us each inside the pass."""
-    columns = 1024
-    rows = max(1, stream_bytes // (4 * columns))
+    rows, columns = _weight_shape(stream_bytes, 1024)
     pool, x = cold_pool(), np.ones((1, rows), np.float32)
     out = {}
     for name, fn in tiny_kernels().items():
@@ -296,9 +304,8 @@ def _measure_once(caches: list[dict], cores: int, compiled: bool, dram_bytes: in
     progress("each kernel's dispatch and vector rate")
     dispatch = kernel_dispatch(max(c["bytes"] for c in caches) // 4)
     out.update({f"dispatch.{name}": t for name, t in dispatch.items()})
-    l2 = next((c["bytes"] for c in caches if c["level"] == 2), 256 << 10)
     hot = {name: best_time(fn) for name, fn in tiny_kernels().items()}  # the rates' loops run hot
-    out.update({f"vector.{name}": r for name, r in kernel_rates(l2, hot).items()})
+    out.update({f"vector.{name}": r for name, r in kernel_rates(vector_elements(caches), hot).items()})
     progress("DRAM bandwidth by transfer size (cold GEMVs)")
     gemv = dispatch["matmul"]  # a GEMV op pays the matmul's dispatch in the model
     out.update({f"cold.{size}": cold_gemv_rate(size, gemv, columns=LONG_ROW) for size in COLD_SIZES})
@@ -391,7 +398,7 @@ def calibrate(progress: Callable[[str], None] = lambda _msg: None, rounds: int =
     kernels = sorted(name.split(".", 1)[1] for name in fig if name.startswith("dispatch."))
     dispatch = {name: fig[f"dispatch.{name}"] for name in kernels}
     rates = {name: fig[f"vector.{name}"] for name in kernels if f"vector.{name}" in fig}
-    n = max(4096, next((c["bytes"] for c in caches if c["level"] == 2), 256 << 10) // 16)
+    n = vector_elements(caches)
     notes["device.kernels"] = (
         f"each reference kernel (sim/validate/kernels.py; matmul: a linear 1 x 8 x 8): dispatch = its call on "
         f"64 elements right after a cold GEMV over a quarter of the last cache (the framework's state evicted, as "
