@@ -26,8 +26,11 @@ Each model row records the CUDA kernels one pass launches (PyTorch profiler).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gzip
 import json
 import math
+import os
 import platform
 import statistics
 import time
@@ -94,6 +97,25 @@ def microbenchmarks(dev: str, smoke: bool) -> dict:
     a = torch.randn(size, size, dtype=DT, device=dev)
     b = torch.randn(size, size, dtype=DT, device=dev)
     mm_s = timed(lambda: a @ b, 3 if smoke else 20)
+    sizes = [1 << p for p in range(18, 22 if smoke else 31, 2)]  # 256 KiB .. 1 GiB
+    gemv_sides = [256, 512] if smoke else [724, 1448, 2896, 5793, 11585, 23170]  # 1 MiB .. 1 GiB of bf16
+    return {
+        "gemv_s_by_weight_bytes": {n * n * 2: matmul_seconds(1, n, n, dev, smoke) for n in gemv_sides},
+        "read_bytes_per_s_by_programs": read_by_programs(dev, smoke),
+        "load_latency_s_by_bytes": latency_by_bytes(dev),
+        **launch_seconds(dev, smoke),  # just before the ops it is subtracted from, as `--only tiny` does
+        **tiny_op_seconds(dev, smoke),
+        "copy_s_by_bytes": {n: rotating(n, lambda a, b: b.copy_(a), dev, smoke) for n in sizes},
+        "read_s_by_bytes": {n: rotating(n, lambda a, b: torch.sum(a.view(-1, 1024), dim=1, out=b[:a.numel() // 1024]),
+                                        dev, smoke) for n in sizes},
+        "copy_read_plus_write_bytes_per_s": 2 * src.numel() * src.element_size() / copy_s,
+        "copy_bytes": 2 * src.numel() * src.element_size(),
+        f"matmul_{size}_bf16_flop_per_s": 2 * size**3 / mm_s,
+    }
+
+
+def launch_seconds(dev: str, smoke: bool) -> dict[str, float]:
+    """A 1-element kernel, 200 times, replayed from a graph and launched eagerly: the launch alone."""
     x = torch.zeros(1, device=dev)
     kernels = 200
 
@@ -101,52 +123,73 @@ def microbenchmarks(dev: str, smoke: bool) -> dict:
         for _ in range(kernels):
             x.add_(1.0)
 
-    graph_s = timed(graphed(tiny), 5 if smoke else 20) / kernels
-    eager_s = timed(tiny, 5 if smoke else 20) / kernels
-    sizes = [1 << p for p in range(18, 22 if smoke else 31, 2)]  # 256 KiB .. 1 GiB
-    tiny_ops = tiny_op_seconds(dev, smoke)
-    gemv_sides = [256, 512] if smoke else [724, 1448, 2896, 5793, 11585, 23170]  # 1 MiB .. 1 GiB of bf16
+    # one graph's replays agree to a few ns, but graphs captured afresh differ by up to 40% (1.07 - 1.53 us
+    # seen on one H200 within a minute): the median over several graphs
+    graphs = 2 if smoke else 7
+    return {"tiny_kernel_in_graph_s": statistics.median(timed(graphed(tiny), 5 if smoke else 20) / kernels
+                                                        for _ in range(graphs)),
+            "tiny_kernel_eager_s": timed(tiny, 5 if smoke else 20) / kernels}
+
+
+def framework_ops(dev: str, hidden: int, heads: int, ffn: int, keys: int) -> dict:
+    """One decode token's ops as `Model.forward` runs them (every kernel the framework launches for
+    each), on a model of `hidden` / `heads` / `ffn` with `keys` cached keys; `linear` is one matmul."""
+    d = hidden // heads
+    model = Model.__new__(Model)  # its norm and rope alone: no weights
+    inv = 1.0 / (10000 ** (torch.arange(0, d, 2, device=dev, dtype=torch.float32) / d))
+    ang = torch.outer(torch.arange(keys + 1, device=dev, dtype=torch.float32), inv)
+    model.cos, model.sin = ang.cos().to(DT), ang.sin().to(DT)
+    x, y = (torch.randn(1, 1, hidden, dtype=DT, device=dev) for _ in range(2))
+    w, wb = (torch.randn(hidden, dtype=DT, device=dev) for _ in range(2))
+    g, u = (torch.randn(1, 1, ffn, dtype=DT, device=dev) for _ in range(2))
+    m = torch.randn(hidden, hidden, dtype=DT, device=dev)
+    q, k, v = (torch.randn(1, 1, heads, d, dtype=DT, device=dev) for _ in range(3))
+    kc, vc = (torch.zeros(1, heads, keys + 1, d, dtype=DT, device=dev) for _ in range(2))
+
+    def attention():  # the cache write and the fused attention, as `Model.forward` does them
+        kc[:, :, keys:keys + 1] = k.transpose(1, 2)
+        vc[:, :, keys:keys + 1] = v.transpose(1, 2)
+        return F.scaled_dot_product_attention(q.transpose(1, 2), kc, vc)
+
     return {
-        "gemv_s_by_weight_bytes": {n * n * 2: matmul_seconds(1, n, n, dev, smoke) for n in gemv_sides},
-        "read_bytes_per_s_by_programs": read_by_programs(dev, smoke),
-        "load_latency_s_by_bytes": latency_by_bytes(dev),
-        "tiny_op_in_graph_s": tiny_ops,
-        "tiny_op_in_graph_median_s": statistics.median(tiny_ops.values()),
-        "copy_s_by_bytes": {n: rotating(n, lambda a, b: b.copy_(a), dev, smoke) for n in sizes},
-        "read_s_by_bytes": {n: rotating(n, lambda a, b: torch.sum(a.view(-1, 1024), dim=1, out=b[:a.numel() // 1024]),
-                                        dev, smoke) for n in sizes},
-        "copy_read_plus_write_bytes_per_s": 2 * src.numel() * src.element_size() / copy_s,
-        "copy_bytes": 2 * src.numel() * src.element_size(),
-        f"matmul_{size}_bf16_flop_per_s": 2 * size**3 / mm_s,
-        "tiny_kernel_in_graph_s": graph_s,
-        "tiny_kernel_eager_s": eager_s,
-    }
-
-
-def tiny_op_seconds(dev: str, smoke: bool) -> dict[str, float]:
-    """Per op, one call on a 1 x 64 input replayed 100 times from a graph: what remains of a kernel
-    when it has nothing to do (launch, ramp-up, its chain of dependent memory accesses)."""
-    x, y = (torch.randn(1, 64, dtype=DT, device=dev) for _ in range(2))
-    w, wb, m = torch.randn(64, dtype=DT, device=dev), torch.randn(64, dtype=DT, device=dev), \
-        torch.randn(64, 64, dtype=DT, device=dev)
-    q, kv = torch.randn(1, 1, 1, 64, dtype=DT, device=dev), torch.randn(1, 1, 16, 64, dtype=DT, device=dev)
-    ops = {
         "add": lambda: x + y,
-        "gelu": lambda: F.gelu(x, approximate="tanh"),
-        "silu": lambda: F.silu(x),
-        "layer_norm": lambda: F.layer_norm(x, (64,), w, wb),
-        "rms_norm": lambda: F.rms_norm(x, (64,), w),
+        "gelu": lambda: F.gelu(g, approximate="tanh"),
+        "silu": lambda: F.silu(g) * u,  # SwiGLU: the activation and the gate's product
+        "layer_norm": lambda: F.layer_norm(x, (hidden,), w, wb),
+        "rms_norm": lambda: F.rms_norm(x, (hidden,), w),
         "softmax": lambda: torch.softmax(x, -1),
+        "rope": lambda: (Model.rope(model, q, keys), Model.rope(model, k, keys)),
         "linear": lambda: F.linear(x, m),
-        "sdpa": lambda: F.scaled_dot_product_attention(q, kv, kv),
+        "sdpa": attention,
     }
-    out = {}
+
+
+def framework_op_seconds(ops: dict, dev: str, smoke: bool) -> tuple[dict[str, float], dict[str, int]]:
+    """Each op replayed 100 times from a graph: seconds per call, and the CUDA kernels one call launches."""
+    seconds, kernels = {}, {}
     for name, op in ops.items():
         def body(op=op) -> None:
             for _ in range(100):
                 op()
-        out[name] = timed(graphed(body), 3 if smoke else 10) / 100
-    return out
+        seconds[name] = statistics.median(timed(graphed(body), 3 if smoke else 10) / 100  # over graphs, as
+                                          for _ in range(2 if smoke else 5))            # `launch_seconds`
+        kernels[name] = kernels_per_pass(lambda _t, _p, op=op: op(), None, 0)
+    return seconds, kernels
+
+
+def tiny_op_seconds(dev: str, smoke: bool) -> dict:
+    """Per op, as the forward pass runs it, on a tiny model (hidden 64, one head, 64-wide FFN, 16 cached
+    keys): what remains of its kernels when they have nothing to do (launch, ramp-up, chains of
+    dependent memory accesses); and the same ops on one token of GPT-2 and Llama-2 7B, for comparison."""
+    tiny, tiny_kernels = framework_op_seconds(framework_ops(dev, 64, 1, 64, 16), dev, smoke)
+    at_width = {}
+    for name, (hidden, heads, ffn) in {"gpt2": (768, 12, 3072), "llama2-7b": (4096, 32, 11008)}.items():
+        if smoke:
+            hidden, heads, ffn = hidden // 16, heads // 4, ffn // 16
+        at_width[name] = framework_op_seconds(framework_ops(dev, hidden, heads, ffn, 1024), dev, smoke)[0]
+    return {"tiny_op_in_graph_s": tiny, "tiny_op_kernels": tiny_kernels,
+            "tiny_op_in_graph_median_s": statistics.median(tiny.values()),
+            "one_token_op_in_graph_s": at_width}
 
 
 try:  # Triton, where the GPU machine has it: one streaming-read kernel with a chosen number of blocks
@@ -305,6 +348,7 @@ class Model:
 
     def __init__(self, s: Shape, batch: int, max_len: int, dev: str):
         self.s, self.batch, self.dev = s, batch, dev
+        self.tracing = False
         h, f, d = s.hidden, s.ffn, s.hidden // s.heads
         gpt = s.family == "gpt"
 
@@ -342,34 +386,61 @@ class Model:
         rot = torch.cat((-t[..., half:], t[..., :half]), dim=-1)
         return t * cos + rot * sin
 
+    def mark(self, name: str):
+        """A profiler range named as memwall's graph names the op, when tracing (see `trace_passes`)."""
+        return torch.profiler.record_function(name) if self.tracing else contextlib.nullcontext()
+
     def forward(self, tokens, pos: int):
         """`tokens` (B, T) at positions pos..pos+T-1; returns the last position's logits."""
-        s, (B, T) = self.s, tokens.shape
+        s, (B, T), mark = self.s, tokens.shape, self.mark
         h, d = s.hidden, s.hidden // s.heads
         gpt = s.family == "gpt"
-        x = F.embedding(tokens, self.wte)
-        if gpt:
-            x = x + self.wpe[pos:pos + T]
-        for lay in self.layers:
-            a = self.norm(x, lay["ln1"], lay.get("ln1b"))
-            qkv = F.linear(a, lay["wqkv"], lay.get("bqkv")).view(B, T, 3, s.heads, d)
-            q, k, v = qkv.unbind(2)
-            if not gpt:
-                q, k = self.rope(q, pos), self.rope(k, pos)
-            lay["k"][:, :, pos:pos + T] = k.transpose(1, 2)
-            lay["v"][:, :, pos:pos + T] = v.transpose(1, 2)
-            ctx = pos + T
-            o = F.scaled_dot_product_attention(q.transpose(1, 2), lay["k"][:, :, :ctx], lay["v"][:, :, :ctx],
-                                               is_causal=T > 1)
-            x = x + F.linear(o.transpose(1, 2).reshape(B, T, h), lay["wo"], lay.get("bo"))
-            a = self.norm(x, lay["ln2"], lay.get("ln2b"))
+        with mark("embed"):
+            x = F.embedding(tokens, self.wte)
             if gpt:
-                u = F.gelu(F.linear(a, lay["up"], lay["bup"]), approximate="tanh")
+                x = x + self.wpe[pos:pos + T]
+        for lay in self.layers:
+            with mark("attn_norm"):
+                a = self.norm(x, lay["ln1"], lay.get("ln1b"))
+            with mark("qkv"):
+                qkv = F.linear(a, lay["wqkv"], lay.get("bqkv")).view(B, T, 3, s.heads, d)
+                q, k, v = qkv.unbind(2)
+            if not gpt:
+                with mark("rope"):
+                    q, k = self.rope(q, pos), self.rope(k, pos)
+            with mark("kv_write"):
+                lay["k"][:, :, pos:pos + T] = k.transpose(1, 2)
+                lay["v"][:, :, pos:pos + T] = v.transpose(1, 2)
+            ctx = pos + T
+            with mark("attention"):
+                o = F.scaled_dot_product_attention(q.transpose(1, 2), lay["k"][:, :, :ctx], lay["v"][:, :, :ctx],
+                                                   is_causal=T > 1)
+            with mark("attn_out"):
+                o = F.linear(o.transpose(1, 2).reshape(B, T, h), lay["wo"], lay.get("bo"))
+            with mark("residual"):
+                x = x + o
+            with mark("ffn_norm"):
+                a = self.norm(x, lay["ln2"], lay.get("ln2b"))
+            if gpt:
+                with mark("ffn_up"):
+                    u = F.linear(a, lay["up"], lay["bup"])
+                with mark("act"):
+                    u = F.gelu(u, approximate="tanh")
             else:
-                u = F.silu(F.linear(a, lay["gate"])) * F.linear(a, lay["up"])
-            x = x + F.linear(u, lay["down"], lay.get("bdown"))
-        x = self.norm(x[:, -1], self.lnf, self.lnfb)
-        return F.linear(x, self.head)
+                with mark("ffn_gate"):
+                    g = F.linear(a, lay["gate"])
+                with mark("ffn_up"):
+                    u = F.linear(a, lay["up"])
+                with mark("act"):
+                    u = F.silu(g) * u
+            with mark("ffn_down"):
+                o = F.linear(u, lay["down"], lay.get("bdown"))
+            with mark("residual2"):
+                x = x + o
+        with mark("final_norm"):
+            x = self.norm(x[:, -1], self.lnf, self.lnfb)
+        with mark("lm_head"):
+            return F.linear(x, self.head)
 
 
 def kernels_per_pass(forward, tokens, pos: int, show: bool = False) -> int:
@@ -470,6 +541,43 @@ def compiled_rows(dev: str, smoke: bool, rows: list[dict], save) -> None:
         save()
 
 
+def trace_passes(dev: str, smoke: bool, out: str) -> None:
+    """Profiles eager forward passes with each op in a range named as memwall's graph names it, and
+    writes their Chrome traces (gzipped) under `out`: which CUDA kernels, how many and how long, each
+    memwall op becomes (bench/trace_ops.py reads them). Three passes per trace, after a warm-up."""
+    from torch.profiler import ProfilerActivity, profile
+    os.makedirs(out, exist_ok=True)
+    shrink = (lambda s: Shape(s.family, 2, s.hidden // 16, s.heads // 4, s.ffn // 16, 1000)) if smoke else (lambda s: s)
+    plans = [("gpt2", GPT2, 1, [("decode", 512), ("prefill", 512)]), ("gpt2", GPT2, 32, [("prefill", 512)]),
+             ("llama2-7b", LLAMA7, 1, [("decode", 1024), ("prefill", 1024)]),
+             ("llama2-7b", LLAMA7, 16, [("prefill", 512)]), ("llama2-7b", LLAMA7, 64, [("decode", 512)])]
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    for workload, shape, batch, passes in plans:
+        model = Model(shrink(shape), batch, max(prompt + 1 for _, prompt in passes), dev)
+        for phase, prompt in passes:
+            n, pos = (1, prompt) if phase == "decode" else (prompt, 0)
+            tokens = torch.zeros(batch, n, dtype=torch.long, device=dev)
+            model.forward(tokens, pos)
+            sync()
+            model.tracing = True
+            with profile(activities=activities) as prof:
+                for _ in range(3):
+                    with torch.profiler.record_function("pass"):
+                        model.forward(tokens, pos)
+                    sync()
+            model.tracing = False
+            name = f"{workload}-b{batch}-{phase}-{prompt}"
+            prof.export_chrome_trace(os.path.join(out, name + ".json"))
+            with open(os.path.join(out, name + ".json"), "rb") as src, gzip.open(
+                    os.path.join(out, name + ".json.gz"), "wb") as dst:
+                dst.write(src.read())
+            os.remove(os.path.join(out, name + ".json"))
+            print(f"traced {name}", flush=True)
+        del model
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
 def bf16_set(workload: str) -> dict:
     return {f"scenario.precision.{k}": "bf16" for k in ("weights", "activations", "kv_cache")}
 
@@ -504,18 +612,32 @@ def main() -> None:
     p.add_argument("--hardware", default="h200-sxm", help="memwall hardware model the rows are predicted with")
     p.add_argument("--out", required=True)
     p.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU: checks the script only")
-    p.add_argument("--only", choices=["micro", "matmul", "model", "compiled"], action="append")
+    p.add_argument("--only", choices=["micro", "tiny", "matmul", "model", "compiled", "trace"], action="append")
+    p.add_argument("--update", action="store_true",
+                   help="keep what --out already holds except the parts measured now")
+    p.add_argument("--trace-dir", default="out/traces", help="where `--only trace` writes its traces")
     args = p.parse_args()
     dev = "cpu" if args.smoke or not torch.cuda.is_available() else "cuda"
     torch.manual_seed(0)
     torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = True
-    only = set(args.only or ["micro", "matmul", "model", "compiled"])
+    only = set(args.only or ["micro", "matmul", "model", "compiled"])  # `trace` only when asked for
     t0 = time.time()
     env = {"torch": str(torch.__version__), "python": platform.python_version(),
            "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu",
            "cuda": str(torch.version.cuda), "date": time.strftime("%Y-%m-%d")}
     micro: dict = {}
     rows: list[dict] = []
+    if args.update and os.path.exists(args.out):
+        with open(args.out) as fh:
+            old = yaml.safe_load(fh)
+        micro = old["microbenchmarks"]
+        mine = {"matmul": ("gemv", "gemm-m", "gemm-square", "gemm-prefill"), "model": ("forward",),
+                "compiled": ("forward-compiled",)}
+        remeasured = {series for part in only for series in mine.get(part, ())}
+        for case in old["cases"]:
+            series = case["series"].removeprefix(f"{args.hardware}-")
+            if series not in remeasured:
+                rows.append({**case, "series": series})
 
     def save() -> None:  # after each part: a run stopped at its time limit keeps what it measured
         with open(args.out, "w") as fh:
@@ -524,6 +646,11 @@ def main() -> None:
 
     if "micro" in only:
         micro.update(microbenchmarks(dev, args.smoke))
+        print(json.dumps(micro, indent=1), flush=True)
+        save()
+    if "tiny" in only and "micro" not in only:  # the launch and the framework's ops alone
+        micro.update(launch_seconds(dev, args.smoke))
+        micro.update(tiny_op_seconds(dev, args.smoke))
         print(json.dumps(micro, indent=1), flush=True)
         save()
     if "matmul" in only:
@@ -536,6 +663,9 @@ def main() -> None:
     if "compiled" in only:  # last: compiling takes the longest, and a time limit keeps what came before
         compiled_rows(dev, args.smoke, rows, save)
         print(f"compiled models done at {time.time() - t0:.0f} s", flush=True)
+    if "trace" in only:
+        trace_passes(dev, args.smoke, args.trace_dir)
+        print(f"traces done at {time.time() - t0:.0f} s", flush=True)
     for r in rows:
         print(f"{r['series']:14s} {r['name']:48s} {r['measured_s'] * 1e6:12.2f} us  {r.get('kernels', '')}")
 

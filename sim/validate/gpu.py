@@ -8,16 +8,19 @@ from __future__ import annotations
 #: the largest copy taken: the 1 GiB copy replayed from a graph ran at 2.7 TB/s where the same copy
 #: outside a graph reached 4.2 TB/s (a graph's memcpy node, not the memory), so it is left out
 LARGEST_COPY = 256 << 20
-#: the tiny ops `bench/gpu_measure.py` times, by the graph kernel each stands for (its linear is the matmul)
+#: the tiny ops `bench/gpu_measure.py` times as its forward pass runs them (every kernel the framework
+#: launches for one: SwiGLU's activation and product, RoPE on q and k in 14 kernels, the KV-cache writes
+#: and fused attention), by the graph kernel each stands for (its linear is the matmul)
 TINY_KERNELS = {"add": "add", "gelu": "gelu", "silu": "silu", "layer_norm": "layernorm", "rms_norm": "rmsnorm",
-                "softmax": "softmax", "sdpa": "attention"}
+                "softmax": "softmax", "rope": "rope", "sdpa": "attention"}
 
 
 def gpu_figures(micro: dict, dram_bandwidth: float) -> dict:
     """- `launch_overhead`: a 1-element kernel replayed from a CUDA graph (nothing left but the launch);
     - `matmul_overhead`: a 1 x 64 x 64 linear replayed from a graph, less the launch; `kernel_fixed`, the
-      same for each other kernel timed on a tiny input (add, GELU, SiLU, the norms, softmax, and fused
-      attention over 16 keys): what remains of a kernel with nothing to do beyond its launch;
+      same for each other op timed on a tiny input as the framework runs it (add, GELU, SwiGLU, the norms,
+      softmax, RoPE, and the KV-cache write with fused attention over 16 keys): what remains of an op with
+      nothing to do beyond one launch (an op of several kernels keeps the others' launches);
     - `l2_latency`, `dram_latency`: a pointer chase over a buffer the L2 holds, and over the largest;
     - `efficiency_by_size`: cold copies moving S bytes each way take launch + DRAM latency +
       2 S / (bandwidth x efficiency), as the engine times them: solved for the efficiency.
