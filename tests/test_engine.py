@@ -1,6 +1,8 @@
 """Engine invariants on the toy machine: roofline agreement, time conservation, monotonicity,
 contention, bounded events, determinism."""
 
+import dataclasses
+
 import pytest
 
 from conftest import DATA, load
@@ -82,6 +84,9 @@ def test_a_matmul_reading_short_weight_rows_runs_at_its_run_efficiency():
                                                          / rate, rel=1e-9)
         assert rec.duration_s == pytest.approx(roofline_s(p, hw), rel=1e-9)
     assert plan_op(single_op(1.0, 1024, 8, 8), hw, placement()).run_bytes == 0.0
+    # the same 2048 x 256 weight stored 256 x 2048 (an embedding table read as the LM head): 4 KiB rows
+    nk = dataclasses.replace(matmul_op("gemv", 1, 256, 2048, "fp16"), weight_layout="nk")
+    assert plan_op(nk, hw, placement(activation="dram")).run_bytes == 2 * 2048
 
 
 def test_compute_bound_op_timeline_by_hand(hw):

@@ -72,6 +72,9 @@ def test_lm_head_runs_on_last_token_and_is_tied_in_gpt(toy):
     head = op(g, "prefill.head.lm_head")
     assert head.shape == (1, 2, 128, 64)
     assert head.reads[1].tensor.name == "wte"
+    # the embedding table lies vocab x hidden: the head streams rows of K; every other weight rows of N
+    assert head.weight_layout == "nk"
+    assert {o.weight_layout for o in g.ops if o.op_class in ("gemm", "gemv") and o.kind != "lm_head"} == {"kn"}
 
 
 def test_llama_has_gate_rope_and_no_bias():

@@ -92,6 +92,9 @@ class Op:
     #: what it computes, as a framework would call it ("matmul", "layernorm", "gelu", "add", ...): the
     #: hardware's per-kernel costs key on it
     kernel: str = ""
+    #: how a matmul's K x N operand lies in memory: K rows of N ("kn", y = x @ W) or N rows of K ("nk":
+    #: an embedding table, vocab x hidden, read as the LM head): the contiguous runs a GEMV streams
+    weight_layout: Literal["kn", "nk"] = "kn"
 
     @property
     def bytes(self) -> float:

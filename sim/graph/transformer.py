@@ -129,13 +129,14 @@ class _Builder:
     def act(self, name: str, elements: int) -> Access:
         return Access(Tensor(name, "activation", elements * self.ab, elements, "pass"), elements * self.ab)
 
-    def op(self, kind: str, op_class: str, flops: float, reads, writes, shape=(), kernel: str = "") -> Op:
+    def op(self, kind: str, op_class: str, flops: float, reads, writes, shape=(), kernel: str = "",
+           layout: str = "kn") -> Op:
         matrix = op_class in ("gemm", "gemv", "attention")
         op = Op(
             name=kind, kind=kind, op_class=op_class, engine="matrix" if matrix else "vector",
             phase=self.phase, step=0, layer=0, dtype=self.dtype, flops=float(flops),
             reads=tuple(reads), writes=tuple(writes), shape=tuple(shape), stage=self.stage,
-            kernel=kernel or ("matmul" if matrix else kind),
+            kernel=kernel or ("matmul" if matrix else kind), weight_layout=layout,
         )
         op = self._interned_ops.setdefault(op, op)
         self._ops.append(op)
@@ -160,7 +161,7 @@ class _Builder:
 
     # -- op constructors -----------------------------------------------------------------------
     def linear(self, kind: str, x: Access, n: int, w_name: str, m_rows: int, out_kv: list[Access] | None = None,
-               bias: bool | None = None, per_layer: bool = True) -> Op:
+               bias: bool | None = None, per_layer: bool = True, layout: str = "kn") -> Op:
         """y = x @ W (+ b). A decode-step projection (one token per sequence) is a GEMV."""
         k = round(x.bytes / self.ab / m_rows)
         bias = self.m.has_bias if bias is None else bias
@@ -168,7 +169,7 @@ class _Builder:
         flops = 2 * m_rows * n * k + (m_rows * n if bias else 0)
         op_class = "gemv" if self.phase == "decode" else "gemm"
         writes = out_kv if out_kv is not None else [self.act(kind, m_rows * n)]
-        return self.op(kind, op_class, flops, [x, Access(w, w.bytes)], writes, (1, m_rows, n, k))
+        return self.op(kind, op_class, flops, [x, Access(w, w.bytes)], writes, (1, m_rows, n, k), layout=layout)
 
     def vector(self, kind: str, kernel: str, inputs: list[Access], out_elements: int, flops_per: float,
                weights: list[Tensor] = (), op_class: str = "elementwise", out_name: str | None = None) -> Op:
@@ -327,7 +328,8 @@ def _head(b: _Builder, x: Access, rows: int) -> None:
         return
     ln = out(b.norm("final_norm", x, "ln_f", per_layer=False))
     last = Access(ln.tensor, b.batch * h * b.ab)  # the next token comes from the last position
-    w = "wte" if m.family == "gpt" else "lm_head"  # GPT-2 ties the LM head to the token embedding
-    b.linear("lm_head", last, b.vocab, w, b.batch, bias=False, per_layer=False)
+    tied = m.family == "gpt"  # GPT-2 ties the LM head to the token embedding, a vocab x hidden table
+    b.linear("lm_head", last, b.vocab, "wte" if tied else "lm_head", b.batch, bias=False, per_layer=False,
+             layout="nk" if tied else "kn")
     if b.tp > 1:  # each rank holds a slice of the logits
         b.collective("allgather", b.act("logits", b.batch * b.vocab * b.tp), name="logits_allgather")

@@ -92,11 +92,12 @@ def transfer_s(levels: dict[str, MemoryLevel], moves: tuple[tuple[str, float], .
 
 
 def run_bytes(op: Op) -> float:
-    """The contiguous run a matmul reads its weight in: one row of the K x N weight, N x element bytes
-    (0 for other ops: their runs are long or unknown)."""
+    """The contiguous run a matmul reads its weight in: one row of the weight as it lies in memory, N x
+    element bytes for a K x N weight, K x element bytes for one stored N x K (`Op.weight_layout`; 0 for
+    other ops: their runs are long or unknown)."""
     if op.op_class not in ("gemm", "gemv") or len(op.shape) != 4 or len(op.reads) < 2:
         return 0.0
-    return op.shape[2] * _element_bytes(op)[1]
+    return op.shape[2 if op.weight_layout == "kn" else 3] * _element_bytes(op)[1]
 
 
 def chunk_schedule(compute_s: float, memory_s: float, latency_s: float) -> tuple[float, ...]:
