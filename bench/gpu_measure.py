@@ -187,9 +187,28 @@ def tiny_op_seconds(dev: str, smoke: bool) -> dict:
         if smoke:
             hidden, heads, ffn = hidden // 16, heads // 4, ffn // 16
         at_width[name] = framework_op_seconds(framework_ops(dev, hidden, heads, ffn, 1024), dev, smoke)[0]
+    compiled, compiled_kernels = compiled_op_seconds(dev, smoke)
     return {"tiny_op_in_graph_s": tiny, "tiny_op_kernels": tiny_kernels,
             "tiny_op_in_graph_median_s": statistics.median(tiny.values()),
-            "one_token_op_in_graph_s": at_width}
+            "one_token_op_in_graph_s": at_width,
+            "compiled_tiny_op_in_graph_s": compiled, "compiled_tiny_op_kernels": compiled_kernels}
+
+
+def compiled_op_seconds(dev: str, smoke: bool) -> tuple[dict[str, float], dict[str, int]]:
+    """The tiny ops again, each through torch.compile (Inductor fuses an op's elementwise kernels into
+    one, as it does in the compiled forward pass); the linear stays cuBLAS there, so it is left out.
+    An op Inductor fails on is left out too."""
+    ops = {name: op for name, op in framework_ops(dev, 64, 1, 64, 16).items() if name != "linear"}
+    compiled = {}
+    for name, op in ops.items():
+        fn = torch.compile(op, dynamic=False)
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - report and go on: one op must not stop the run
+            print(f"torch.compile failed on {name}: {type(exc).__name__}: {exc}"[:300], flush=True)
+            continue
+        compiled[name] = fn
+    return framework_op_seconds(compiled, dev, smoke)
 
 
 try:  # Triton, where the GPU machine has it: one streaming-read kernel with a chosen number of blocks
@@ -603,6 +622,8 @@ def as_validation(hardware: str, env: dict, micro: dict, rows: list[dict]) -> di
     series = {f"{hardware}-{key}": {"group": f"{chip} {group} (memwall)", **extra, "hardware": hardware,
                                      "set": graph, "source": source}
               for key, (group, extra) in SERIES.items() if any(r["series"] == key for r in rows)}
+    if f"{hardware}-forward-compiled" in series:  # predicted with the compiled ops' fixed times (sim/validate/gpu.py)
+        series[f"{hardware}-forward-compiled"]["framework"] = "compiled"
     cases = [{**r, "series": f"{hardware}-{r['series']}"} for r in rows]
     return {"environment": env, "microbenchmarks": micro, "series": series, "cases": cases}
 

@@ -293,3 +293,17 @@ def test_gpu_figures_invert_the_engines_copy_time():
     assert fig["matmul_overhead"] == pytest.approx(1.5e-6) and fig["dram_latency"] == pytest.approx(4e-7)
     assert fig["kernel_fixed"] == {"add": pytest.approx(5e-7)}  # what remains beyond the launch
     assert fig["l2_latency"] == pytest.approx(1e-7) and fig["launch_overhead"] == pytest.approx(1e-6)
+
+
+def test_compiled_passes_take_the_compiled_ops_fixed_times():
+    """The measured file's torch.compile series is predicted with each kernel's fixed time from the same
+    tiny ops through torch.compile (one fused kernel where eager PyTorch runs several), less one launch."""
+    from sim.validate.gpu import compiled_overrides
+    from sim.validate.published import published_rows
+
+    micro = {"tiny_kernel_in_graph_s": 1e-6, "compiled_tiny_op_in_graph_s": {"rope": 1.6e-6, "sdpa": 5.5e-6}}
+    assert compiled_overrides(micro) == [("device.kernels.rope.fixed", "0.6 us"),
+                                         ("device.kernels.attention.fixed", "4.5 us")]
+    assert compiled_overrides({"tiny_kernel_in_graph_s": 1e-6}) == []
+    rows = published_rows(VALIDATION_DATA / "measured-h200.yaml")
+    assert {r["series"] for r in rows if r.get("framework") == "compiled"} == {"h200-sxm-forward-compiled"}

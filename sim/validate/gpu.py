@@ -37,9 +37,21 @@ def gpu_figures(micro: dict, dram_bandwidth: float) -> dict:
     return {
         "launch_overhead": launch,
         "matmul_overhead": round(tiny["linear"] - launch, 7),
-        "kernel_fixed": {kernel: round(max(0.0, tiny[name] - launch), 7) for name, kernel in TINY_KERNELS.items()
-                         if name in tiny},
+        "kernel_fixed": kernel_fixed(tiny, launch),
         "l2_latency": round(chase[min(chase)], 8),
         "dram_latency": dram_latency,
         "efficiency_by_size": efficiency,
     }
+
+
+def kernel_fixed(tiny: dict[str, float], launch: float) -> dict[str, float]:
+    """Each graph kernel's fixed time: its tiny op's time in a graph less one launch."""
+    return {kernel: round(max(0.0, tiny[name] - launch), 7) for name, kernel in TINY_KERNELS.items() if name in tiny}
+
+
+def compiled_overrides(micro: dict) -> list[tuple[str, str]]:
+    """Hardware overrides for a compiled framework's passes: each kernel's fixed time from the same tiny
+    ops through torch.compile (`compiled_tiny_op_in_graph_s`), where the file has them."""
+    launch = round(micro["tiny_kernel_in_graph_s"], 7)
+    fixed = kernel_fixed(micro.get("compiled_tiny_op_in_graph_s", {}), launch)
+    return [(f"device.kernels.{kernel}.fixed", f"{t * 1e6:.1f} us") for kernel, t in fixed.items()]
