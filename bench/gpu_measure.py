@@ -622,8 +622,9 @@ def as_validation(hardware: str, env: dict, micro: dict, rows: list[dict]) -> di
     series = {f"{hardware}-{key}": {"group": f"{chip} {group} (memwall)", **extra, "hardware": hardware,
                                      "set": graph, "source": source}
               for key, (group, extra) in SERIES.items() if any(r["series"] == key for r in rows)}
-    if f"{hardware}-forward-compiled" in series:  # predicted with the compiled ops' fixed times (sim/validate/gpu.py)
-        series[f"{hardware}-forward-compiled"]["framework"] = "compiled"
+    for key, framework in (("forward", "eager"), ("forward-compiled", "compiled")):  # whose kernels' fixed
+        if f"{hardware}-{key}" in series:                                              # times (sim/validate/gpu.py)
+            series[f"{hardware}-{key}"]["framework"] = framework
     cases = [{**r, "series": f"{hardware}-{r['series']}"} for r in rows]
     return {"environment": env, "microbenchmarks": micro, "series": series, "cases": cases}
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 #: the largest copy taken: the 1 GiB copy replayed from a graph ran at 2.7 TB/s where the same copy
 #: outside a graph reached 4.2 TB/s (a graph's memcpy node, not the memory), so it is left out
 LARGEST_COPY = 256 << 20
-#: the tiny ops `bench/gpu_measure.py` times as its forward pass runs them (every kernel the framework
-#: launches for one: SwiGLU's activation and product, RoPE on q and k in 14 kernels, the KV-cache writes
-#: and fused attention), by the graph kernel each stands for (its linear is the matmul)
+#: the tiny ops `bench/gpu_measure.py` times as its forward pass runs them, by the graph kernel each stands
+#: for (its linear is the matmul). Eager PyTorch launches every kernel of an op (SwiGLU's activation and
+#: product, RoPE on q and k in 14 kernels, the KV-cache writes and fused attention); torch.compile fuses
+#: each op's elementwise kernels into one, as a serving runtime does
+#: (`compiled_tiny_op_in_graph_s`)
 TINY_KERNELS = {"add": "add", "gelu": "gelu", "silu": "silu", "layer_norm": "layernorm", "rms_norm": "rmsnorm",
                 "softmax": "softmax", "rope": "rope", "sdpa": "attention"}
 
@@ -18,14 +20,15 @@ TINY_KERNELS = {"add": "add", "gelu": "gelu", "silu": "silu", "layer_norm": "lay
 def gpu_figures(micro: dict, dram_bandwidth: float) -> dict:
     """- `launch_overhead`: a 1-element kernel replayed from a CUDA graph (nothing left but the launch);
     - `matmul_overhead`: a 1 x 64 x 64 linear replayed from a graph, less the launch; `kernel_fixed`, the
-      same for each other op timed on a tiny input as the framework runs it (add, GELU, SwiGLU, the norms,
-      softmax, RoPE, and the KV-cache write with fused attention over 16 keys): what remains of an op with
-      nothing to do beyond one launch (an op of several kernels keeps the others' launches);
+      same for each other op timed on a tiny input as a fused runtime runs it (torch.compile: add, GELU,
+      SwiGLU, the norms, softmax, RoPE, and the KV-cache write with fused attention over 16 keys): what
+      remains of an op with nothing to do beyond one launch (an op of several kernels keeps the others'
+      launches); `framework_overrides` gives eager PyTorch's instead;
     - `l2_latency`, `dram_latency`: a pointer chase over a buffer the L2 holds, and over the largest;
     - `efficiency_by_size`: cold copies moving S bytes each way take launch + DRAM latency +
       2 S / (bandwidth x efficiency), as the engine times them: solved for the efficiency.
     Rounded as a hardware file writes them (0.1 us, 10 ns, two decimals)."""
-    tiny = micro["tiny_op_in_graph_s"]
+    tiny = micro["tiny_op_in_graph_s"]  # eager: the linear is a cuBLAS call either way
     chase = {int(size): t for size, t in micro["load_latency_s_by_bytes"].items()}
     launch = round(micro["tiny_kernel_in_graph_s"], 7)
     dram_latency = round(chase[max(chase)], 8)
@@ -37,7 +40,7 @@ def gpu_figures(micro: dict, dram_bandwidth: float) -> dict:
     return {
         "launch_overhead": launch,
         "matmul_overhead": round(tiny["linear"] - launch, 7),
-        "kernel_fixed": kernel_fixed(tiny, launch),
+        "kernel_fixed": kernel_fixed(micro["compiled_tiny_op_in_graph_s"], launch),
         "l2_latency": round(chase[min(chase)], 8),
         "dram_latency": dram_latency,
         "efficiency_by_size": efficiency,
@@ -49,9 +52,11 @@ def kernel_fixed(tiny: dict[str, float], launch: float) -> dict[str, float]:
     return {kernel: round(max(0.0, tiny[name] - launch), 7) for name, kernel in TINY_KERNELS.items() if name in tiny}
 
 
-def compiled_overrides(micro: dict) -> list[tuple[str, str]]:
-    """Hardware overrides for a compiled framework's passes: each kernel's fixed time from the same tiny
-    ops through torch.compile (`compiled_tiny_op_in_graph_s`), where the file has them."""
-    launch = round(micro["tiny_kernel_in_graph_s"], 7)
-    fixed = kernel_fixed(micro.get("compiled_tiny_op_in_graph_s", {}), launch)
+def framework_overrides(micro: dict, framework: str) -> list[tuple[str, str]]:
+    """Hardware overrides for passes run by `framework`: the shipped model's kernel fixed times are a
+    fused runtime's (torch.compile's); eager PyTorch's are the same tiny ops launched kernel by kernel
+    (`tiny_op_in_graph_s`)."""
+    if framework != "eager":
+        return []
+    fixed = kernel_fixed(micro["tiny_op_in_graph_s"], round(micro["tiny_kernel_in_graph_s"], 7))
     return [(f"device.kernels.{kernel}.fixed", f"{t * 1e6:.1f} us") for kernel, t in fixed.items()]

@@ -21,7 +21,7 @@ from sim.mapping.plan import Planner
 from sim.pipeline import run
 from sim.report import summarize
 from sim.validate.cases import ROOT, Case, predict_matmul
-from sim.validate.gpu import compiled_overrides
+from sim.validate.gpu import framework_overrides
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 PUBLISHED = DATA / "published.yaml"
@@ -98,7 +98,7 @@ def published_cases(path: Path = PUBLISHED) -> tuple[list[Case], list[str]]:
     rows = published_rows(path)
     fitted = calibrations(rows)
     micro = yaml.safe_load(path.read_text()).get("microbenchmarks") or {}
-    compiled = compiled_overrides(micro) if any(r.get("framework") == "compiled" for r in rows) else []
+    frameworks = {f: framework_overrides(micro, f) for f in {r["framework"] for r in rows if "framework" in r}}
     cases = []
     for row in rows:
         if row.get("role") == "calibration":
@@ -106,7 +106,7 @@ def published_cases(path: Path = PUBLISHED) -> tuple[list[Case], list[str]]:
         # its own series' calibrated cost, or the one it borrows from a microbenchmark series
         key, value, _ = fitted.get(row["series"], fitted.get(row.get("borrows"), (None, 0.0, 0)))
         extra = [(key, f"{value * 1e6:.6f} us")] if key else []
-        extra += compiled if row.get("framework") == "compiled" else []  # a fused runtime's kernels
+        extra += frameworks.get(row.get("framework"), [])  # eager PyTorch's kernels, not a fused runtime's
         _, predicted = predict_row(row, extra)
         cases.append(Case(row["group"], row["name"], predicted, measured_seconds(row), row["source"]))
     notes = [f"{key} = {fmt_time(value)} for {next(r['group'] for r in rows if r['series'] == s)!r}: the median of "
