@@ -105,6 +105,8 @@ BAD_HARDWARE = [
      "device.kernels.gelu.dispatch"),
     ("dispatch_overhead: 1 us", "dispatch_overhead: 1 us\n  kernels: {gelu: {vector: 3 GB/s}}",
      "device.kernels.gelu.vector"),
+    ("    vector: 0.1 TFLOP/s\n", "    vector: 0.1 TFLOP/s\n    matrix_efficiency_by_depth: {64: 1.5}\n",
+     "device.compute.matrix_efficiency_by_depth: efficiencies are fractions in (0, 1]"),
 ]
 
 

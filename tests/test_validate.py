@@ -208,6 +208,7 @@ def test_calibration_assembles_a_loadable_model_from_its_figures(tmp_path: Path,
                "dram.copy": 10e9, "dram.gemv": 20e9 * f, "fp32": 1e11 * f,
                "fp16": 1e9, "dispatch.add": 2e-6 / f, "dispatch.gelu": 6e-6 / f, "dispatch.matmul": 5e-6 / f,
                "vector.add": 4e9, "vector.gelu": 1e9 * f, **{f"rows.{m}": 5e10 for m in cal.ROWS},
+               **{f"depth.{k}": 1e9 * k ** 0.5 * f for k in cal.DEPTHS + (cal.MATRIX_SIZE,)},
                **{f"cold.{s}": 10e9 for s in cal.COLD_SIZES}, **{f"dram.run.{n}": 5e9 for n in cal.RUN_COLUMNS}}
         if compiled:
             out.update({"l1.lat": 2e-9 * f, "l3.lat": 20e-9 * f, "dram.lat": 100e-9 * f})
@@ -233,6 +234,8 @@ def test_calibration_assembles_a_loadable_model_from_its_figures(tmp_path: Path,
     assert dram.bandwidth_for(64 << 20, run=4 * 256) == pytest.approx(0.5 * dram.bandwidth_for(64 << 20))
     assert dram.efficiency_by_run[1024] == 0.5 and 1 << 16 not in hw.levels["l1"].efficiency_by_run
     assert hw.levels["l3"].efficiency_by_run == {1024: 0.25, 4096: 0.4, 16384: 1.0}  # over the best l3.bw, 100e9
+    depth = hw.device.compute.matrix_efficiency_by_depth  # each K's rate over K = MATRIX_SIZE's, same round
+    assert depth == {k: round((k / cal.MATRIX_SIZE) ** 0.5, 3) for k in cal.DEPTHS} | {cal.MATRIX_SIZE: 1.0}
     assert hw.levels["l1"].latency == pytest.approx(2e-9 if compiled else 1.5e-9)
     assert ("no C compiler" in data["calibration"]["device.memory.l1"]) is not compiled
 
@@ -310,3 +313,19 @@ def test_eager_passes_take_the_eager_ops_fixed_times():
     frameworks = {r["series"]: r.get("framework") for r in published_rows(VALIDATION_DATA / "measured-h200.yaml")
                   if r["kind"] == "generate"}
     assert frameworks == {"h200-sxm-forward": "eager", "h200-sxm-forward-compiled": "compiled"}
+
+
+def test_a_short_reduction_depth_lowers_the_matrix_efficiency():
+    """With half the efficiency at K = 64 and all of it from K = 1024, a K = 64 GEMM computes 2x as long
+    as without the table, a K = 256 one 1 / (0.5 + 0.5 x 2/4) x as long (log interpolation), and a
+    K = 2048 one as before; a GEMM's rows table still multiplies in."""
+    from sim.mapping.plan import Planner
+
+    base = load(DATA / "toy-gpt.yaml", device__compute__matrix_efficiency={1: 0.8})[1]
+    deep = load(DATA / "toy-gpt.yaml", device__compute__matrix_efficiency={1: 0.8},
+                device__compute__matrix_efficiency_by_depth={64: 0.5, 1024: 1.0})[1]
+    assert deep.device.compute.efficiency(64, "fp32", 256) == pytest.approx(0.8 * 0.75)
+    for k, factor in ((64, 2.0), (256, 1 / 0.75), (2048, 1.0)):
+        op = matmul_op("g", 256, 256, k, "fp32")
+        times = [Planner(hw, place([op], hw)).plan(op).compute_s for hw in (base, deep)]
+        assert times[1] == pytest.approx(factor * times[0]), k

@@ -50,11 +50,13 @@ class ComputeUnit(Spec):
     peak: dict[Dtype, FlopRate] = Field(min_length=1, description="matrix-engine peak per dtype")
     vector: FlopRate = Field(description="peak of the vector units that run non-matmul ops")
 
-    def efficiency(self, rows: int, dtype: str | None = None) -> float:
-        """The matrix efficiency table of `dtype` (or the general one) at `rows`, interpolated linearly
-        in log2(rows), clamped at the ends."""
+    def efficiency(self, rows: int, dtype: str | None = None, depth: int = 0) -> float:
+        """The matrix efficiency table of `dtype` (or the general one) at `rows`, times the depth table at
+        the reduction depth K (`depth`; 0: unknown, none), each interpolated linearly in log2 and clamped
+        at the ends."""
         table = self.matrix_efficiency_by_dtype.get(dtype, self.matrix_efficiency) if dtype else self.matrix_efficiency
-        return log_interpolate(table, rows, 1.0)
+        by_depth = log_interpolate(self.matrix_efficiency_by_depth, depth, 1.0) if depth else 1.0
+        return log_interpolate(table, rows, 1.0) * by_depth
 
     emulate: dict[Dtype, Dtype] = Field(
         default_factory=dict, description="dtypes without native support and the dtype they run as"
@@ -63,6 +65,12 @@ class ComputeUnit(Spec):
         default_factory=dict,
         description="achieved fraction of the matrix peak by rows M of a GEMM (interpolated in log M; "
         "e.g. a BLAS's packing and threading costs at small M). Absent: 1",
+    )
+    matrix_efficiency_by_depth: dict[Count, float] = Field(
+        default_factory=dict,
+        description="achieved fraction (multiplying `matrix_efficiency`) by a GEMM's reduction depth K "
+        "(interpolated in log K, clamped at the ends): a short K spends a BLAS's packing and each tile's "
+        "loads on few multiply-adds (attention's per-head GEMMs, K = head_dim). Absent: 1",
     )
     matrix_efficiency_by_dtype: dict[Dtype, dict[Count, float]] = Field(
         default_factory=dict,
@@ -84,6 +92,17 @@ class ComputeUnit(Spec):
         default=0.0, description="fixed time of every matmul-like op (GEMM, GEMV, attention) beyond an "
         "elementwise op's: a GEMM kernel's pipeline fill and epilogue, serial with its data and compute",
     )
+
+    @model_validator(mode="after")
+    def _fractions(self) -> ComputeUnit:
+        tables = {"matrix_efficiency": self.matrix_efficiency, "matrix_efficiency_by_depth":
+                  self.matrix_efficiency_by_depth} | {f"matrix_efficiency_by_dtype.{d}": t
+                                                      for d, t in self.matrix_efficiency_by_dtype.items()}
+        for key, table in tables.items():
+            for at, value in table.items():
+                if not 0 < value <= 1:
+                    raise KeyedError(key, f"efficiencies are fractions in (0, 1], got {value} at {at}")
+        return self
 
 
 class MemoryLevel(Spec):

@@ -387,7 +387,8 @@ class Planner:
         compute = self.hw.device.compute
         peak = matrix_peak(self.hw, op.dtype, self.hw_file)
         gemm = len(op.shape) == 4
-        efficiency = compute.efficiency(op.shape[1], compute.emulate.get(op.dtype, op.dtype)) if gemm else 1.0
+        efficiency = compute.efficiency(op.shape[1], compute.emulate.get(op.dtype, op.dtype), op.shape[3]) \
+            if gemm else 1.0
         if compute.block_tiles and gemm and len(op.reads) >= 2:
             k_step = compute.tile[2] if compute.tile else 1
             matrix_s, _, _ = block_tiled(op.shape, op.flops, compute.block_tiles, k_step, compute.units,

@@ -124,6 +124,23 @@ def matrix_rates() -> dict[int, float]:
     return out
 
 
+#: Reduction depths K `matrix_efficiency_by_depth` is measured at, on DEPTH_SIDE x DEPTH_SIDE outputs
+#: (a per-head attention GEMM's size: K is its head_dim or context), against the same output at
+#: K = MATRIX_SIZE: 256 x 256 outputs ran at 67, 91 and 139 GFLOP/s with K = 64, 128 and 256, 139 at
+#: 2048, on this project's VM (best of three rounds).
+DEPTHS = (64, 128, 256)
+DEPTH_SIDE = 256
+
+
+def depth_rates() -> dict[int, float]:
+    """GEMM FLOP/s of DEPTH_SIDE x K @ K x DEPTH_SIDE by reduction depth K (DEPTHS and MATRIX_SIZE)."""
+    out = {}
+    for depth in DEPTHS + (MATRIX_SIZE,):
+        x, w = np.ones((DEPTH_SIDE, depth), np.float32), np.ones((depth, DEPTH_SIDE), np.float32)
+        out[depth] = 2 * DEPTH_SIDE * DEPTH_SIDE * depth / best_time(lambda x=x, w=w: x @ w, repeats=5)
+    return out
+
+
 def _weight_shape(nbytes: int, columns: int | None) -> tuple[int, int]:
     """K x N of an fp32 weight of about `nbytes` with `columns` columns (square if None)."""
     n = columns or int((nbytes / 4) ** 0.5)
@@ -301,6 +318,7 @@ def _measure_once(caches: list[dict], cores: int, compiled: bool, dram_bytes: in
     progress("GEMM peak (fp32, fp16) and rate by rows")
     out["fp32"], out["fp16"] = gemm_rate(np.float32, MATRIX_SIZE), gemm_rate(np.float16, 256)
     out.update({f"rows.{m}": r for m, r in matrix_rates().items()})
+    out.update({f"depth.{depth}": r for depth, r in depth_rates().items()})
     progress("each kernel's dispatch and vector rate")
     dispatch = kernel_dispatch(max(c["bytes"] for c in caches) // 4)
     out.update({f"dispatch.{name}": t for name, t in dispatch.items()})
@@ -393,6 +411,10 @@ def calibrate(progress: Callable[[str], None] = lambda _msg: None, rounds: int =
     notes["device.compute.matrix_efficiency"] = (
         f"numpy matmul M x {MATRIX_SIZE} x {MATRIX_SIZE} fp32 (the peak's weight, in the last cache), rate / fp32 "
         f"peak; {best}")
+    by_depth = {d: round(min(1.0, fig[f"depth.{d}"] / fig[f"depth.{MATRIX_SIZE}"]), 3) for d in DEPTHS} | {
+        MATRIX_SIZE: 1.0}
+    notes["device.compute.matrix_efficiency_by_depth"] = (
+        f"numpy matmul {DEPTH_SIDE} x K x {DEPTH_SIDE} fp32 by K, rate / the same at K = {MATRIX_SIZE}; {best}")
     notes["device.compute.peak"] = (
         f"numpy matmul: fp32 {MATRIX_SIZE}^3, fp16 256^3 (numpy has no fp16 BLAS); {best}")
     kernels = sorted(name.split(".", 1)[1] for name in fig if name.startswith("dispatch."))
@@ -418,6 +440,7 @@ def calibrate(progress: Callable[[str], None] = lambda _msg: None, rounds: int =
                 "emulate": {"tf32": "fp32", "bf16": "fp32", "fp8": "fp32"},
                 "vector": f"{float(np.median(list(rates.values()))) / 1e9:.3f} GFLOP/s",
                 "matrix_efficiency": efficiency,
+                "matrix_efficiency_by_depth": by_depth,
             },
             "memory": memory,
             "dispatch_overhead": f"{float(np.median(list(dispatch.values()))) * 1e6:.3f} us",
