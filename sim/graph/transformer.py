@@ -8,6 +8,7 @@ relu 1, SiLU-gate 5, residual add 1, RoPE 3. Matmuls count 2*M*N*K (+ M*N for a 
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import networkx as nx
 
@@ -130,7 +131,7 @@ class _Builder:
         return Access(Tensor(name, "activation", elements * self.ab, elements, "pass"), elements * self.ab)
 
     def op(self, kind: str, op_class: str, flops: float, reads, writes, shape=(), kernel: str = "",
-           layout: str = "kn") -> Op:
+           layout: Literal["kn", "nk"] = "kn") -> Op:
         matrix = op_class in ("gemm", "gemv", "attention")
         op = Op(
             name=kind, kind=kind, op_class=op_class, engine="matrix" if matrix else "vector",
@@ -161,7 +162,7 @@ class _Builder:
 
     # -- op constructors -----------------------------------------------------------------------
     def linear(self, kind: str, x: Access, n: int, w_name: str, m_rows: int, out_kv: list[Access] | None = None,
-               bias: bool | None = None, per_layer: bool = True, layout: str = "kn") -> Op:
+               bias: bool | None = None, per_layer: bool = True, layout: Literal["kn", "nk"] = "kn") -> Op:
         """y = x @ W (+ b). A decode-step projection (one token per sequence) is a GEMV."""
         k = round(x.bytes / self.ab / m_rows)
         bias = self.m.has_bias if bias is None else bias
