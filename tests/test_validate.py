@@ -329,3 +329,29 @@ def test_a_short_reduction_depth_lowers_the_matrix_efficiency():
         op = matmul_op("g", 256, 256, k, "fp32")
         times = [Planner(hw, place([op], hw)).plan(op).compute_s for hw in (base, deep)]
         assert times[1] == pytest.approx(factor * times[0]), k
+
+
+def test_trace_ops_gives_each_kernel_to_the_innermost_op_open_at_its_launch(tmp_path: Path):
+    """bench/trace_ops.py on a hand-made profiler trace: a kernel belongs to the innermost named range
+    that was open when the host launched it (matched by correlation id), never to `pass`; a kernel
+    launched outside every op is counted apart."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("trace_ops", ROOT / "bench/trace_ops.py")
+    trace_ops = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(trace_ops)
+    ranges = [("pass", 0, 100), ("attention", 10, 40), ("kv_write", 12, 20), ("lm_head", 60, 70)]
+    launches = {1: 15, 2: 30, 3: 65, 4: 200}  # correlation -> host launch time (us)
+    events = ([{"ph": "X", "cat": "user_annotation", "name": n, "ts": a, "dur": b - a} for n, a, b in ranges]
+              + [{"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "ts": t, "dur": 1,
+                  "args": {"correlation": c}} for c, t in launches.items()]
+              + [{"ph": "X", "cat": "kernel", "name": f"void k{c}<float>(int)", "ts": 1000 + c, "dur": 2.0 * c,
+                  "args": {"correlation": c}} for c in launches])
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps({"traceEvents": events}))
+    passes, ops = trace_ops.attribute(str(path))
+    assert passes == 1
+    assert ops == {"kv_write": [("void k1<float>(int)", 2e-6)], "attention": [("void k2<float>(int)", 4e-6)],
+                   "lm_head": [("void k3<float>(int)", 6e-6)], "(outside any op)": [("void k4<float>(int)", 8e-6)]}
+    assert trace_ops.short("void at::native::vectorized_kernel<float, 4>(int, float*)") == "vectorized_kernel"
