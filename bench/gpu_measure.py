@@ -105,6 +105,7 @@ def microbenchmarks(dev: str, smoke: bool) -> dict:
         "load_latency_s_by_bytes": latency_by_bytes(dev),
         **launch_seconds(dev, smoke),  # just before the ops it is subtracted from, as `--only tiny` does
         **tiny_op_seconds(dev, smoke),
+        **row_op_seconds(dev, smoke),
         "copy_s_by_bytes": {n: rotating(n, lambda a, b: b.copy_(a), dev, smoke) for n in sizes},
         "read_s_by_bytes": {n: rotating(n, lambda a, b: torch.sum(a.view(-1, 1024), dim=1, out=b[:a.numel() // 1024]),
                                         dev, smoke) for n in sizes},
@@ -192,6 +193,29 @@ def tiny_op_seconds(dev: str, smoke: bool) -> dict:
             "tiny_op_in_graph_median_s": statistics.median(tiny.values()),
             "one_token_op_in_graph_s": at_width,
             "compiled_tiny_op_in_graph_s": compiled, "compiled_tiny_op_kernels": compiled_kernels}
+
+
+#: row widths the row-wise reductions are timed at (one row: a decode token's norm, or one score row)
+ROW_WIDTHS = (64, 512, 1024, 2048, 4096, 8192)
+
+
+def row_op_seconds(dev: str, smoke: bool) -> dict:
+    """Layer norm, RMSNorm and softmax on one row of each of ROW_WIDTHS elements, eager and through
+    torch.compile, replayed from a graph: one thread block reduces the row, so the time grows with the
+    width even where the bytes are nothing (sim/validate/gpu.py takes the slope as each kernel's
+    `row_element`)."""
+    out: dict[str, dict[str, dict[int, float]]] = {"eager": {}, "compiled": {}}
+    for width in ROW_WIDTHS[:3] if smoke else ROW_WIDTHS:
+        x = torch.randn(1, width, dtype=DT, device=dev)
+        w, b = (torch.randn(width, dtype=DT, device=dev) for _ in range(2))
+        ops = {"layer_norm": lambda x=x, w=w, b=b: F.layer_norm(x, (x.shape[-1],), w, b),
+               "rms_norm": lambda x=x, w=w: F.rms_norm(x, (x.shape[-1],), w),
+               "softmax": lambda x=x: torch.softmax(x, -1)}
+        for framework in ("eager", "compiled"):
+            fns = ops if framework == "eager" else {n: torch.compile(f, dynamic=False) for n, f in ops.items()}
+            for name, t in framework_op_seconds(fns, dev, smoke)[0].items():
+                out[framework].setdefault(name, {})[width] = t
+    return {"row_op_in_graph_s": out}
 
 
 def compiled_op_seconds(dev: str, smoke: bool) -> tuple[dict[str, float], dict[str, int]]:
@@ -634,7 +658,7 @@ def main() -> None:
     p.add_argument("--hardware", default="h200-sxm", help="memwall hardware model the rows are predicted with")
     p.add_argument("--out", required=True)
     p.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU: checks the script only")
-    p.add_argument("--only", choices=["micro", "tiny", "matmul", "model", "compiled", "trace"], action="append")
+    p.add_argument("--only", choices=["micro", "tiny", "rows", "matmul", "model", "compiled", "trace"], action="append")
     p.add_argument("--update", action="store_true",
                    help="keep what --out already holds except the parts measured now")
     p.add_argument("--trace-dir", default="out/traces", help="where `--only trace` writes its traces")
@@ -674,6 +698,9 @@ def main() -> None:
         micro.update(launch_seconds(dev, args.smoke))
         micro.update(tiny_op_seconds(dev, args.smoke))
         print(json.dumps(micro, indent=1), flush=True)
+        save()
+    if "rows" in only and "micro" not in only:  # the row-wise reductions by width alone
+        micro.update(row_op_seconds(dev, args.smoke))
         save()
     if "matmul" in only:
         rows += matmul_rows(dev, args.smoke)

@@ -277,6 +277,8 @@ def test_the_shipped_h200_model_takes_its_figures_from_the_shipped_microbenchmar
     assert hw.device.compute.matmul_overhead == pytest.approx(fig["matmul_overhead"])
     fixed = {k: c.fixed for k, c in hw.device.kernels.items()}
     assert fixed == pytest.approx(fig["kernel_fixed"]) and len(fixed) == 8
+    rows = {k: c.row_element for k, c in hw.device.kernels.items() if c.row_element}
+    assert rows == pytest.approx(fig["row_element"]) and set(rows) == {"layernorm", "rmsnorm"}
     h100 = load_hardware(ROOT / "hardware_models/h100-sxm.yaml").device
     assert h100.kernels == hw.device.kernels and h100.launch_overhead == hw.device.launch_overhead
     assert h100.compute.matmul_overhead == hw.device.compute.matmul_overhead
@@ -306,9 +308,12 @@ def test_eager_passes_take_the_eager_ops_fixed_times():
     from sim.validate.gpu import framework_overrides
     from sim.validate.published import published_rows
 
-    micro = {"tiny_kernel_in_graph_s": 1e-6, "tiny_op_in_graph_s": {"rope": 2.1e-5, "sdpa": 5e-6, "linear": 3e-6}}
+    micro = {"tiny_kernel_in_graph_s": 1e-6, "tiny_op_in_graph_s": {"rope": 2.1e-5, "sdpa": 5e-6, "linear": 3e-6},
+             "row_op_in_graph_s": {"eager": {"rms_norm": {64: 2e-6 + 64e-9, 4096: 2e-6 + 4096e-9},
+                                             "softmax": {64: 2e-6, 4096: 3e-6}}}}
     assert framework_overrides(micro, "eager") == [("device.kernels.rope.fixed", "20.0 us"),
-                                                   ("device.kernels.attention.fixed", "4.0 us")]
+                                                   ("device.kernels.attention.fixed", "4.0 us"),
+                                                   ("device.kernels.rmsnorm.row_element", "1.00 ns")]
     assert framework_overrides(micro, "compiled") == []
     frameworks = {r["series"]: r.get("framework") for r in published_rows(VALIDATION_DATA / "measured-h200.yaml")
                   if r["kind"] == "generate"}
@@ -355,3 +360,23 @@ def test_trace_ops_gives_each_kernel_to_the_innermost_op_open_at_its_launch(tmp_
     assert ops == {"kv_write": [("void k1<float>(int)", 2e-6)], "attention": [("void k2<float>(int)", 4e-6)],
                    "lm_head": [("void k3<float>(int)", 6e-6)], "(outside any op)": [("void k4<float>(int)", 8e-6)]}
     assert trace_ops.short("void at::native::vectorized_kernel<float, 4>(int, float*)") == "vectorized_kernel"
+
+
+def test_a_row_wise_reduction_computes_for_at_least_its_rows_serial_time():
+    """A norm over 4096 elements at 1 ns per row element computes for 4.1 us however few its FLOPs
+    (one thread block reduces the row); without the figure, or for an elementwise op, nothing changes."""
+    from sim.mapping.plan import Planner
+
+    wl = load(ROOT / "workloads/llama2-7b.yaml", model__layers=1, scenario__phase="decode",
+              scenario__prompt_tokens=8, scenario__new_tokens=1)[0]
+    h200 = ROOT / "hardware_models/h200-sxm.yaml"
+    base, slow = load_hardware(h200), load_hardware(h200, [("device.kernels.rmsnorm.row_element", "1 ns")])
+    ops = build_graph(wl).ops
+    norm = next(o for o in ops if o.kind == "attn_norm")
+    add = next(o for o in ops if o.kind == "residual")
+    assert norm.row == 4096 and add.row == 0
+    plans = {hw is slow: {o.kind: Planner(hw, place(ops, hw)).plan(o).compute_s for o in (norm, add)}
+             for hw in (base, slow)}
+    assert plans[True]["attn_norm"] == pytest.approx(4096e-9)
+    assert plans[False]["attn_norm"] == pytest.approx(max(norm.flops / base.device.compute.vector, 4096 * 0.12e-9))
+    assert plans[True]["residual"] == plans[False]["residual"]

@@ -178,6 +178,10 @@ class KernelCost(Spec):
         default=None, description="device time of one such op beyond `launch_overhead` (the kernel's own "
         "ramp-up, grid-wide reductions, epilogue), in place of `compute.matmul_overhead` for matmul-like ops "
         "and of nothing for others")
+    row_element: Latency = Field(
+        default=0.0, description="time per element of one row of a row-wise reduction (a norm over the "
+        "hidden size) that one thread block reduces serially: the op computes for at least the row's width "
+        "times this, however few its bytes (a batch-1 norm over 4096 elements)")
 
 
 class Device(Spec):
@@ -213,6 +217,11 @@ class Device(Spec):
         if cost is None or cost.fixed is None:
             return self.compute.matmul_overhead if matrix else 0.0
         return cost.fixed
+
+    def row_element_for(self, kernel: str) -> float:
+        """Serial time per row element of an op computing `kernel` (0: no floor)."""
+        cost = self.kernels.get(kernel)
+        return 0.0 if cost is None else cost.row_element
 
     def vector_for(self, kernel: str) -> float:
         """Vector rate, in graph FLOPs per second, of an op computing `kernel`."""

@@ -95,6 +95,9 @@ class Op:
     #: how a matmul's K x N operand lies in memory: K rows of N ("kn", y = x @ W) or N rows of K ("nk":
     #: an embedding table, vocab x hidden, read as the LM head): the contiguous runs a GEMV streams
     weight_layout: Literal["kn", "nk"] = "kn"
+    #: elements per row of a row-wise reduction (a norm: the hidden size), which one thread block of a
+    #: GPU kernel reduces serially; 0 for other ops
+    row: int = 0
 
     @property
     def bytes(self) -> float:

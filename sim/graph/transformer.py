@@ -131,13 +131,13 @@ class _Builder:
         return Access(Tensor(name, "activation", elements * self.ab, elements, "pass"), elements * self.ab)
 
     def op(self, kind: str, op_class: str, flops: float, reads, writes, shape=(), kernel: str = "",
-           layout: Literal["kn", "nk"] = "kn") -> Op:
+           layout: Literal["kn", "nk"] = "kn", row: int = 0) -> Op:
         matrix = op_class in ("gemm", "gemv", "attention")
         op = Op(
             name=kind, kind=kind, op_class=op_class, engine="matrix" if matrix else "vector",
             phase=self.phase, step=0, layer=0, dtype=self.dtype, flops=float(flops),
             reads=tuple(reads), writes=tuple(writes), shape=tuple(shape), stage=self.stage,
-            kernel=kernel or ("matmul" if matrix else kind), weight_layout=layout,
+            kernel=kernel or ("matmul" if matrix else kind), weight_layout=layout, row=row,
         )
         op = self._interned_ops.setdefault(op, op)
         self._ops.append(op)
@@ -173,16 +173,18 @@ class _Builder:
         return self.op(kind, op_class, flops, [x, Access(w, w.bytes)], writes, (1, m_rows, n, k), layout=layout)
 
     def vector(self, kind: str, kernel: str, inputs: list[Access], out_elements: int, flops_per: float,
-               weights: list[Tensor] = (), op_class: str = "elementwise", out_name: str | None = None) -> Op:
+               weights: list[Tensor] = (), op_class: str = "elementwise", out_name: str | None = None,
+               row: int = 0) -> Op:
         out = self.act(out_name or kind, out_elements)
         reads = list(inputs) + [Access(w, w.bytes) for w in weights]
-        return self.op(kind, op_class, flops_per * out_elements, reads, [out], kernel=kernel)
+        return self.op(kind, op_class, flops_per * out_elements, reads, [out], kernel=kernel, row=row)
 
     def norm(self, kind: str, x: Access, w_name: str, per_layer: bool = True, out_name: str | None = None) -> Op:
         h = self.m.hidden
         n_params = h * (2 if self.m.norm == "layernorm" else 1)
         w = self.weight(w_name, n_params, per_layer)
-        return self.vector(kind, self.m.norm, [x], x.tensor.elements, NORM_FLOPS[self.m.norm], [w], "norm", out_name)
+        return self.vector(kind, self.m.norm, [x], x.tensor.elements, NORM_FLOPS[self.m.norm], [w], "norm", out_name,
+                           row=h)
 
 
 def out(op: Op) -> Access:

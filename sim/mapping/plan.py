@@ -158,6 +158,7 @@ class Planner:
         self._feed_bandwidth = feed.effective_bandwidth if feed is not None and any(
             lvl.scope == "per_unit" for lvl in self.levels.values()) else 0.0
         self._vector_for = dev.vector_for
+        self._row_element_for = dev.row_element_for
         self._home = dict(placement.home)
         self._compute_of: dict[tuple, tuple] = {}
         self._factors_of: dict[tuple, list] = {}
@@ -382,8 +383,8 @@ class Planner:
         """Matmul-like ops run on the matrix engine or the vector units, whichever is faster (a GEMV
         wastes most of an MMA tile); everything else runs on the vector units."""
         vector_s = op.flops / self._vector_for(op.kernel)
-        if op.engine != "matrix":
-            return "vector", vector_s, 1.0
+        if op.engine != "matrix":  # a row-wise reduction computes for at least one row's serial time
+            return "vector", max(vector_s, op.row * self._row_element_for(op.kernel)), 1.0
         compute = self.hw.device.compute
         peak = matrix_peak(self.hw, op.dtype, self.hw_file)
         gemm = len(op.shape) == 4

@@ -23,7 +23,9 @@ def gpu_figures(micro: dict, dram_bandwidth: float) -> dict:
       same for each other op timed on a tiny input as a fused runtime runs it (torch.compile: add, GELU,
       SwiGLU, the norms, softmax, RoPE, and the KV-cache write with fused attention over 16 keys): what
       remains of an op with nothing to do beyond one launch (an op of several kernels keeps the others'
-      launches); `framework_overrides` gives eager PyTorch's instead;
+      launches); `row_element`, the least-squares slope of a norm's time on one row over the row's
+      width (64 - 8192 elements), through torch.compile; `framework_overrides` gives eager PyTorch's
+      instead;
     - `l2_latency`, `dram_latency`: a pointer chase over a buffer the L2 holds, and over the largest;
     - `efficiency_by_size`: cold copies moving S bytes each way take launch + DRAM latency +
       2 S / (bandwidth x efficiency), as the engine times them: solved for the efficiency.
@@ -41,6 +43,7 @@ def gpu_figures(micro: dict, dram_bandwidth: float) -> dict:
         "launch_overhead": launch,
         "matmul_overhead": round(tiny["linear"] - launch, 7),
         "kernel_fixed": kernel_fixed(micro["compiled_tiny_op_in_graph_s"], launch),
+        "row_element": row_element(micro, "compiled"),
         "l2_latency": round(chase[min(chase)], 8),
         "dram_latency": dram_latency,
         "efficiency_by_size": efficiency,
@@ -52,6 +55,27 @@ def kernel_fixed(tiny: dict[str, float], launch: float) -> dict[str, float]:
     return {kernel: round(max(0.0, tiny[name] - launch), 7) for name, kernel in TINY_KERNELS.items() if name in tiny}
 
 
+#: the row-wise reductions `bench/gpu_measure.py` times by width, by graph kernel. Not softmax: eager
+#: PyTorch's ran a 4096-wide row faster than a 2048-wide one (another kernel above some width), no line
+ROW_KERNELS = {"layer_norm": "layernorm", "rms_norm": "rmsnorm"}
+
+
+def row_element(micro: dict, framework: str) -> dict[str, float]:
+    """Per row-wise kernel, seconds per element of one row (`row_op_in_graph_s`: the slope of a least-
+    squares line through its times by width), rounded to 0.01 ns as a hardware file writes it."""
+    rows = (micro.get("row_op_in_graph_s") or {}).get(framework, {})
+    out = {}
+    for name, kernel in ROW_KERNELS.items():
+        if name in rows:
+            points = [(float(w), t) for w, t in rows[name].items()]
+            mean_w = sum(w for w, _ in points) / len(points)
+            mean_t = sum(t for _, t in points) / len(points)
+            slope = (sum((w - mean_w) * (t - mean_t) for w, t in points)
+                     / sum((w - mean_w) ** 2 for w, _ in points))
+            out[kernel] = round(max(0.0, slope), 11)
+    return out
+
+
 def framework_overrides(micro: dict, framework: str) -> list[tuple[str, str]]:
     """Hardware overrides for passes run by `framework`: the shipped model's kernel fixed times are a
     fused runtime's (torch.compile's); eager PyTorch's are the same tiny ops launched kernel by kernel
@@ -59,4 +83,6 @@ def framework_overrides(micro: dict, framework: str) -> list[tuple[str, str]]:
     if framework != "eager":
         return []
     fixed = kernel_fixed(micro["tiny_op_in_graph_s"], round(micro["tiny_kernel_in_graph_s"], 7))
-    return [(f"device.kernels.{kernel}.fixed", f"{t * 1e6:.1f} us") for kernel, t in fixed.items()]
+    return ([(f"device.kernels.{kernel}.fixed", f"{t * 1e6:.1f} us") for kernel, t in fixed.items()]
+            + [(f"device.kernels.{kernel}.row_element", f"{t * 1e9:.2f} ns")
+               for kernel, t in row_element(micro, "eager").items()])
