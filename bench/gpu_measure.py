@@ -8,9 +8,11 @@ device events, after warm-up, as the median over repeated replays:
     1 MiB - 1 GiB of weights (the HBM's efficiency by size, as `calibrate` measures it on a CPU), copies
     (4 GiB, and 256 KiB - 1 GiB from cold buffers in a graph), row sums (reads) by size, a Triton
     streaming read of 256 MiB by 1 .. 4 x SMs thread blocks, a pointer chase (latency) over 4 MiB - 1 GiB,
-    an 8192^3
-    matmul, a 1-element kernel replayed from a graph and launched eagerly, and single ops (add, GELU,
-    SiLU, norms, softmax, a 64 x 64 linear, attention over 16 keys) on tiny inputs replayed from a graph;
+    an 8192^3 matmul, a 1-element kernel replayed from a graph and launched eagerly (`--only tiny`
+    with the next), each op of the forward pass on a tiny model as eager PyTorch runs it and through
+    torch.compile (add, GELU, SwiGLU, norms, softmax, RoPE, a 64 x 64 linear, the KV-cache write and
+    attention over 16 keys; with the kernels each launches) and on one token of GPT-2 and Llama-2 7B,
+    and (`--only rows`) the norms and softmax on one row of 64 - 8192 elements;
   * matmuls `y = x W^T` (PyTorch's F.linear layout, cuBLAS) at the shapes of GPT-2 and Llama layers and
     a sweep over M, captured in a CUDA graph over enough copies of the operands that each one comes
     from DRAM (cold caches, as in a decode step);
@@ -19,7 +21,9 @@ device events, after warm-up, as the median over repeated replays:
     CUDA graph and replayed: single decode steps at a given context and batch, prefills, and the
     headline GPT-2 generate (512-token prompt + 64 tokens) as one graph per forward pass replayed in order;
   * the batch-1 decode steps of GPT-2 and Llama-2 7B again through torch.compile (fused elementwise ops).
-Each model row records the CUDA kernels one pass launches (PyTorch profiler).
+Each model row records the CUDA kernels one pass launches (PyTorch profiler). `--only trace` (never
+by default) writes profiler traces of eager passes, each op in a range named as memwall's graph names
+it, for bench/trace_ops.py. `--update` keeps what --out holds except the parts measured now.
 `--smoke` runs tiny shapes on the CPU to check the script itself.
 """
 
