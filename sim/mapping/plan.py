@@ -364,7 +364,7 @@ class Planner:
         if op.collective is not None:
             return OpPlan(op=op, unit="link", compute_s=0.0, utilization=1.0, loads=(), stores=(),
                           hits=(), chunks=(1.0,), overhead_s=self._overhead)
-        sig = (op.engine, op.kernel, op.dtype, op.flops, op.shape, op.reads[0].bytes if op.reads else 0.0,
+        sig = (op.engine, op.kernel, op.row, op.dtype, op.flops, op.shape, op.reads[0].bytes if op.reads else 0.0,
                op.reads[1].bytes if len(op.reads) > 1 else 0.0)
         known = self._compute_of.get(sig)
         if known is None:

@@ -5,6 +5,8 @@ none of them comes from the cases `validate` then predicts."""
 
 from __future__ import annotations
 
+import statistics
+
 #: the largest copy taken: the 1 GiB copy replayed from a graph ran at 2.7 TB/s where the same copy
 #: outside a graph reached 4.2 TB/s (a graph's memcpy node, not the memory), so it is left out
 LARGEST_COPY = 256 << 20
@@ -67,12 +69,8 @@ def row_element(micro: dict, framework: str) -> dict[str, float]:
     out = {}
     for name, kernel in ROW_KERNELS.items():
         if name in rows:
-            points = [(float(w), t) for w, t in rows[name].items()]
-            mean_w = sum(w for w, _ in points) / len(points)
-            mean_t = sum(t for _, t in points) / len(points)
-            slope = (sum((w - mean_w) * (t - mean_t) for w, t in points)
-                     / sum((w - mean_w) ** 2 for w, _ in points))
-            out[kernel] = round(max(0.0, slope), 11)
+            widths, times = zip(*((float(w), t) for w, t in rows[name].items()))
+            out[kernel] = round(max(0.0, statistics.linear_regression(widths, times).slope), 11)
     return out
 
 
