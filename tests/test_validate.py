@@ -13,7 +13,7 @@ from sim.mapping import place
 from sim.validate import calibrate as cal
 from sim.validate import cases as live
 from sim.validate import native
-from sim.validate.calibrate import best_time, os_caches, write_hardware
+from sim.validate.calibrate import os_caches, typical_time, write_hardware
 from sim.validate.cases import Case, Timed, live_cases, machine_drift, matmul_op, predict_matmul
 from sim.validate.gpu import gpu_figures
 from sim.validate.published import (
@@ -29,7 +29,7 @@ from sim.validate.published import (
     published_rows,
 )
 from sim.validate.reference import Reference
-from sim.validate.report import drift_line
+from sim.validate.report import drift_line, to_markdown
 
 
 def test_efficiency_table_interpolates_in_log_rows():
@@ -145,10 +145,10 @@ def test_cold_pool_hands_out_the_least_recently_used_window():
         pool.take(100, 100)
 
 
-def test_live_cases_predict_with_the_model_against_each_cases_best_round():
+def test_live_cases_predict_with_the_model_against_each_cases_median_round():
     timed = [Timed("g", "a", lambda hw: 2.0 * hw, lambda: None), Timed("g", "b", lambda hw: hw, lambda: None)]
     cases = live_cases(3.0, timed, [[5.0, 4.0, 6.0], [1.0, 2.0, 3.0]])
-    assert [(c.predicted_s, c.measured_s) for c in cases] == [(6.0, 4.0), (3.0, 1.0)]
+    assert [(c.predicted_s, c.measured_s, c.spread) for c in cases] == [(6.0, 5.0, 0.4), (3.0, 2.0, 1.0)]
     times = [[], []]
     live.time_round(timed, times)
     assert all(len(t) == 1 and t[0] >= 0 for t in times)
@@ -166,7 +166,7 @@ def test_gemv_cases_are_cold_and_warm_only_where_the_weight_fits_half_the_last_c
 
 
 def test_calibration_helpers(tmp_path: Path):
-    assert best_time(lambda: sum(range(100)), min_time=0.001, repeats=2) > 0
+    assert typical_time(lambda: sum(range(100)), min_time=0.001, repeats=2) > 0
     assert all(c["bytes"] > 0 for c in os_caches())
     data = yaml.safe_load((DATA / "toy-hw.yaml").read_text())
     write_hardware(data, tmp_path / "hw.yaml")
@@ -195,12 +195,12 @@ def test_machine_drift_compares_the_machine_with_its_model():
 
 @pytest.mark.parametrize("compiled", [True, False])
 def test_calibration_assembles_a_loadable_model_from_its_figures(tmp_path: Path, monkeypatch, compiled):
-    """The YAML `calibrate` writes, from given figures: the best round of each (highest rate, lowest
-    latency or dispatch), DRAM's efficiency by size relative to its bandwidth, each kernel's own costs
+    """The YAML `calibrate` writes, from given figures: the median round of each (here the second of
+    three rounds, whatever their order), DRAM's efficiency by size relative to its bandwidth, each kernel's own costs
     with their medians as the device-wide ones, and what was measured how; without a C compiler the
     latencies are the assumed ones and the notes say so."""
     caches = [{"level": 1, "bytes": 32 << 10, "private": True}, {"level": 3, "bytes": 8 << 20, "private": False}]
-    rounds = iter([1.0, 2.0])
+    rounds = iter([3.0, 1.0, 2.0])
 
     def figures(caches, cores, compiled, dram_bytes, progress):
         f = next(rounds)
@@ -217,7 +217,7 @@ def test_calibration_assembles_a_loadable_model_from_its_figures(tmp_path: Path,
     monkeypatch.setattr(cal, "os_caches", lambda: caches)
     monkeypatch.setattr(cal, "_measure_once", figures)
     monkeypatch.setattr(cal.native, "available", lambda: compiled)
-    data = cal.calibrate(rounds=2)
+    data = cal.calibrate(rounds=3)
     cal.write_hardware(data, tmp_path / "host.yaml")
     hw = load_hardware(tmp_path / "host.yaml")
     dram = hw.levels["dram"]
@@ -233,10 +233,10 @@ def test_calibration_assembles_a_loadable_model_from_its_figures(tmp_path: Path,
     assert dram.effective_bandwidth == pytest.approx(40e9)
     assert dram.bandwidth_for(64 << 20, run=4 * 256) == pytest.approx(0.5 * dram.bandwidth_for(64 << 20))
     assert dram.efficiency_by_run[1024] == 0.5 and 1 << 16 not in hw.levels["l1"].efficiency_by_run
-    assert hw.levels["l3"].efficiency_by_run == {1024: 0.25, 4096: 0.4, 16384: 1.0}  # over the best l3.bw, 100e9
+    assert hw.levels["l3"].efficiency_by_run == {1024: 0.25, 4096: 0.4, 16384: 1.0}  # over the median l3.bw, 100e9
     depth = hw.device.compute.matrix_efficiency_by_depth  # each K's rate over K = MATRIX_SIZE's, same round
     assert depth == {k: round((k / cal.MATRIX_SIZE) ** 0.5, 3) for k in cal.DEPTHS} | {cal.MATRIX_SIZE: 1.0}
-    assert hw.levels["l1"].latency == pytest.approx(2e-9 if compiled else 1.5e-9)
+    assert hw.levels["l1"].latency == pytest.approx(4e-9 if compiled else 1.5e-9)  # the median round too
     assert ("no C compiler" in data["calibration"]["device.memory.l1"]) is not compiled
 
 
@@ -380,3 +380,14 @@ def test_a_row_wise_reduction_computes_for_at_least_its_rows_serial_time():
     assert plans[True]["attn_norm"] == pytest.approx(4096e-9)
     assert plans[False]["attn_norm"] == pytest.approx(max(norm.flops / base.device.compute.vector, 4096 * 0.12e-9))
     assert plans[True]["residual"] == plans[False]["residual"]
+
+
+def test_markdown_tables_give_live_cases_their_spread_and_published_ones_their_source():
+    live = [Case("g", "a", 1.1, 1.0, spread=0.2), Case("g", "b", 0.5, 1.0, spread=0.1)]
+    published = [Case("p", "c", 2.0, 1.0, source="a paper")]
+    text = to_markdown(live, published, "hw.yaml")
+    assert "| g | a | 1.100 s | 1.000 s | +10.0% | 20% |" in text
+    assert "Median |error| 30.0%, worst 50.0% over 2 cases; the rounds of a case spread by 15% (median), " \
+           "20% (most)." in text
+    assert "| p | c | 2.000 s | 1.000 s | +100.0% | a paper |" in text
+    assert "Median |error| 100.0%, worst 100.0% over 1 cases." in text

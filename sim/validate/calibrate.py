@@ -17,8 +17,9 @@ What is measured, and how (each figure's method is written into the YAML's `cali
   its weight, as in a pass) and its vector rate (on
   L2-resident data, in FLOPs by the graph's conventions per second, beyond the dispatch): an eager
   layernorm is nine numpy calls, a GELU's tanh costs ten adds; the medians are the device-wide figures.
-Every figure is measured in `ROUNDS` rounds and the best round kept. Nothing here looks at an end-to-end
-run: calibration never fits what validation then predicts.
+Every figure is measured in `ROUNDS` rounds and the median round kept (each round's figure is itself
+a median of batches: `timing.typical_time`). Nothing here looks at an end-to-end run: calibration never
+fits what validation then predicts.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import statistics
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -37,7 +39,7 @@ import yaml
 from sim.graph.transformer import ACT_FLOPS, NORM_FLOPS, ROPE_FLOPS, SOFTMAX_FLOPS
 from sim.validate import kernels as k
 from sim.validate import native
-from sim.validate.timing import best_time
+from sim.validate.timing import typical_time
 
 LATENCY_ASSUMED = {1: "1.5 ns", 2: "5 ns", 3: "20 ns"}  # without a C compiler; typical orders
 
@@ -73,7 +75,7 @@ def copy_bandwidth(nbytes: int, threads: int = 1) -> float:
     pairs = [(np.ones(n, np.float32), np.empty(n, np.float32)) for _ in range(threads)]
     if threads == 1:
         src, dst = pairs[0]
-        return 2 * src.nbytes / best_time(lambda: np.copyto(dst, src))
+        return 2 * src.nbytes / typical_time(lambda: np.copyto(dst, src))
     pool = ThreadPoolExecutor(threads)
     reps = max(8, int(4e7 // (n * 4)))  # each task copies ~40 MB so thread start-up does not count
 
@@ -81,7 +83,7 @@ def copy_bandwidth(nbytes: int, threads: int = 1) -> float:
         list(pool.map(lambda p: [np.copyto(p[1], p[0]) for _ in range(reps)], pairs))
 
     try:
-        return 2 * n * 4 * threads * reps / best_time(all_copy, repeats=3)
+        return 2 * n * 4 * threads * reps / typical_time(all_copy, repeats=3)
     finally:
         pool.shutdown()
 
@@ -93,34 +95,42 @@ def read_bandwidth(nbytes: int) -> float:
     a, out = np.ones(n, np.float32), np.empty(n, np.float32)
     reps = max(16, int(1e8 // a.nbytes))
     view = np.broadcast_to(a, (reps, n))
-    return reps * a.nbytes / best_time(lambda: np.sum(view, axis=0, out=out), repeats=3)
+    return reps * a.nbytes / typical_time(lambda: np.sum(view, axis=0, out=out), repeats=3)
 
 
 def gemm_rate(dtype, n: int) -> float:
     a = np.ones((n, n), dtype)
     b = np.ones((n, n), dtype)
-    return 2 * n**3 / best_time(lambda: a @ b, repeats=3)
+    return 2 * n**3 / typical_time(lambda: a @ b, repeats=3)
 
 
 ROWS = (16, 64, 256, 1024)
 
 
-#: K = N of the weight `matrix_efficiency` is measured on: the peak's own (MATRIX_SIZE^3), so that 1.0
-#: is the peak's GEMM. A 512 x 512 weight, used before, ran 16-64 rows 25-40% slower than every weight of
-#: 768 to 3072 a side in a calm minute (16 rows: 72 against 94-119 GFLOP/s), which all agreed within
-#: ~10%; the 16-row GEMM sweep case came out +11...+37% in most runs.
+#: The size of the square GEMM the fp32 peak is measured on.
 MATRIX_SIZE = 2048
 
 
-def matrix_rates() -> dict[int, float]:
-    """GEMM FLOP/s by rows M on the peak's MATRIX_SIZE x MATRIX_SIZE fp32 weight (it stays in the last
-    cache), so the rate is the BLAS's (packing, threading), not memory's."""
-    k = n = MATRIX_SIZE
+def rows_side(caches: list[dict]) -> int:
+    """K = N of the square fp32 weight `matrix_efficiency` is measured on: the largest multiple of 256
+    (at most MATRIX_SIZE) whose weight fits in a quarter of the last cache, as the shared cache's
+    bandwidth is measured, so that the rate is the BLAS's (packing, threading), not memory's. Medians of
+    five interleaved rounds on this project's VM (32 MiB L3), 16 rows: 76, 87 and 83 GFLOP/s on weights
+    of 768, 1024 and 1536 a side (2.3-9 MiB), 64 and 66 on 2048 and 3072 (16-36 MiB); at 64 and 256
+    rows all within 10%. A 512 x 512 weight ran 16-64 rows 25-40% slower than every larger one."""
+    last = max((c["bytes"] for c in caches), default=32 << 20)
+    side = int((last / 4 / 4) ** 0.5) // 256 * 256
+    return min(MATRIX_SIZE, max(768, side))
+
+
+def matrix_rates(side: int) -> dict[int, float]:
+    """GEMM FLOP/s by rows M on a `side` x `side` fp32 weight (`rows_side`)."""
+    k = n = side
     w = np.ones((k, n), np.float32)
     out = {}
     for m in ROWS:
         x = np.ones((m, k), np.float32)
-        out[m] = 2 * m * n * k / best_time(lambda x=x: x @ w, repeats=5)
+        out[m] = 2 * m * n * k / typical_time(lambda x=x: x @ w, repeats=5)
     return out
 
 
@@ -137,7 +147,7 @@ def depth_rates() -> dict[int, float]:
     out = {}
     for depth in DEPTHS + (MATRIX_SIZE,):
         x, w = np.ones((DEPTH_SIDE, depth), np.float32), np.ones((depth, DEPTH_SIDE), np.float32)
-        out[depth] = 2 * DEPTH_SIDE * DEPTH_SIDE * depth / best_time(lambda x=x, w=w: x @ w, repeats=5)
+        out[depth] = 2 * DEPTH_SIDE * DEPTH_SIDE * depth / typical_time(lambda x=x, w=w: x @ w, repeats=5)
     return out
 
 
@@ -152,7 +162,7 @@ def gemv_bandwidth(nbytes: int, columns: int | None = None) -> float:
     cache holding it serves it), K x `columns` (square if None)."""
     k, n = _weight_shape(nbytes, columns)
     w, x = np.ones((k, n), np.float32), np.ones((1, k), np.float32)
-    return w.nbytes / best_time(lambda: x @ w, repeats=3)
+    return w.nbytes / typical_time(lambda: x @ w, repeats=3)
 
 
 #: A shared cache's bandwidth is measured on weights with CACHE_ROW columns (16 KiB rows) and its
@@ -204,7 +214,7 @@ def cold_gemv_rate(nbytes: int, overhead: float = 0.0, repeats: int = 7, columns
     moves that many bytes. W is K x `columns` (square if None): each of its rows is one contiguous run."""
     k, n = _weight_shape(nbytes, columns)
     pool, x = cold_pool(), np.ones((1, k), np.float32)
-    best = best_time(lambda: x @ pool.take(k, n), repeats=repeats)
+    best = typical_time(lambda: x @ pool.take(k, n), repeats=repeats)
     return 4 * k * n / max(best - overhead, best / 10)
 
 
@@ -253,7 +263,7 @@ def kernel_rates(n: int, dispatch: dict[str, float]) -> dict[str, float]:
     the dispatch to every op; so does the measurement). Not larger than L2: a kernel timed alone on
     arrays over glibc's mmap threshold (128 KiB) faults its temporaries in afresh on every call, which
     inside a forward pass, with the heap grown, it does not."""
-    return {name: flops / max(best_time(fn) - dispatch[name], 1e-9)
+    return {name: flops / max(typical_time(fn) - dispatch[name], 1e-9)
             for name, (fn, flops) in _kernel_cases(n).items()}
 
 
@@ -269,8 +279,8 @@ def tiny_kernels() -> dict[str, Callable[[], object]]:
 def kernel_dispatch(stream_bytes: int, calls: int = 20, batches: int = 3) -> dict[str, float]:
     """Per kernel, its tiny call's time right after a cold GEMV over `stream_bytes`: as ops run in a
     pass, after another op has streamed its weight through the caches and evicted the framework's own
-    state. The mean over a batch of `calls` such calls, best batch — as `best_time` keeps the best mean
-    of a batch, not the fastest call: a pass adds its ops' typical times, and a tiny call's fastest is
+    state. The mean over a batch of `calls` such calls, median batch — as `typical_time` keeps a batch's
+    mean, not the fastest call: a pass adds its ops' typical times, and a tiny call's fastest is
     far below its typical one (a layer norm on 768 floats after a cold GEMV: 37 us fastest, 58 us
     median). On this project's VM a call costs 2-11 us more after the stream than in a tight loop (the
     fastest: a layer norm 27 -> 38 us, an add 1 -> 3 us, the same in three repetitions), and a GPT-2
@@ -279,7 +289,7 @@ def kernel_dispatch(stream_bytes: int, calls: int = 20, batches: int = 3) -> dic
     pool, x = cold_pool(), np.ones((1, rows), np.float32)
     out = {}
     for name, fn in tiny_kernels().items():
-        best = float("inf")
+        means = []
         for _ in range(batches):
             spent = 0.0
             for _ in range(calls):
@@ -287,8 +297,8 @@ def kernel_dispatch(stream_bytes: int, calls: int = 20, batches: int = 3) -> dic
                 t0 = time.perf_counter()
                 fn()
                 spent += time.perf_counter() - t0
-            best = min(best, spent / calls)
-        out[name] = best
+            means.append(spent / calls)
+        out[name] = statistics.median(means)
     return out
 
 
@@ -317,12 +327,12 @@ def _measure_once(caches: list[dict], cores: int, compiled: bool, dram_bytes: in
         out["dram.lat"] = native.load_latency(dram_bytes)
     progress("GEMM peak (fp32, fp16) and rate by rows")
     out["fp32"], out["fp16"] = gemm_rate(np.float32, MATRIX_SIZE), gemm_rate(np.float16, 256)
-    out.update({f"rows.{m}": r for m, r in matrix_rates().items()})
+    out.update({f"rows.{m}": r for m, r in matrix_rates(rows_side(caches)).items()})
     out.update({f"depth.{depth}": r for depth, r in depth_rates().items()})
     progress("each kernel's dispatch and vector rate")
     dispatch = kernel_dispatch(max(c["bytes"] for c in caches) // 4)
     out.update({f"dispatch.{name}": t for name, t in dispatch.items()})
-    hot = {name: best_time(fn) for name, fn in tiny_kernels().items()}  # the rates' loops run hot
+    hot = {name: typical_time(fn) for name, fn in tiny_kernels().items()}  # the rates' loops run hot
     out.update({f"vector.{name}": r for name, r in kernel_rates(vector_elements(caches), hot).items()})
     progress("DRAM bandwidth by transfer size (cold GEMVs)")
     gemv = dispatch["matmul"]  # a GEMV op pays the matmul's dispatch in the model
@@ -331,14 +341,11 @@ def _measure_once(caches: list[dict], cores: int, compiled: bool, dram_bytes: in
     return out
 
 
-def _best_of_rounds(rounds: list[dict[str, float]]) -> dict[str, float]:
-    """Per figure, the best round: the highest rate, the lowest latency or overhead. On a shared machine
-    a round can fall into a burst of someone else's load; calibration wants the machine itself (the
-    median over rounds was tried: it let one disturbed round set the GEMM peak 20% low)."""
-    def lowest(key: str) -> bool:
-        return key.endswith(".lat") or key.startswith("dispatch.")
-
-    return {key: (min if lowest(key) else max)(r[key] for r in rounds) for key in rounds[0]}
+def _median_of_rounds(rounds: list[dict[str, float]]) -> dict[str, float]:
+    """Per figure, its median round: the machine as it typically runs in these minutes, as validation's
+    cases are measured. The best round would describe the machine's calmest moments, which a longer run
+    cannot stay inside (see `timing`); a round that fell into a burst of load moves the median little."""
+    return {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
 
 
 def calibrate(progress: Callable[[str], None] = lambda _msg: None, rounds: int = ROUNDS,
@@ -355,8 +362,8 @@ def calibrate(progress: Callable[[str], None] = lambda _msg: None, rounds: int =
                                       lambda msg, r=r: progress(f"round {r + 1} of {rounds}: {msg}")))
         if between is not None:
             between(r)
-    fig = _best_of_rounds(measured)
-    best = f"best of {rounds} rounds"
+    fig = _median_of_rounds(measured)
+    best = f"median of {rounds} rounds"
     notes: dict[str, str] = {}
     memory: dict[str, dict] = {}
     for c in caches:
@@ -408,8 +415,9 @@ def calibrate(progress: Callable[[str], None] = lambda _msg: None, rounds: int =
         f"by its row length (4 bytes x columns), over the {LONG_ROW}-column one; {best}")
     fp32 = fig["fp32"]
     efficiency = {m: round(min(1.0, fig[f"rows.{m}"] / fp32), 3) for m in ROWS}
+    side = rows_side(caches)
     notes["device.compute.matrix_efficiency"] = (
-        f"numpy matmul M x {MATRIX_SIZE} x {MATRIX_SIZE} fp32 (the peak's weight, in the last cache), rate / fp32 "
+        f"numpy matmul M x {side} x {side} fp32 (a weight in a quarter of the last cache), rate / fp32 "
         f"peak; {best}")
     by_depth = {d: round(min(1.0, fig[f"depth.{d}"] / fig[f"depth.{MATRIX_SIZE}"]), 3) for d in DEPTHS} | {
         MATRIX_SIZE: 1.0}
@@ -424,7 +432,7 @@ def calibrate(progress: Callable[[str], None] = lambda _msg: None, rounds: int =
     notes["device.kernels"] = (
         f"each reference kernel (sim/validate/kernels.py; matmul: a linear 1 x 8 x 8): dispatch = its call on "
         f"64 elements right after a cold GEMV over a quarter of the last cache (the framework's state evicted, as "
-        f"in a pass), mean of a batch of 20, best of 3; vector = graph FLOPs / (time - time on 64 elements, "
+        f"in a pass), mean of a batch of 20, median of 3; vector = graph FLOPs / (time - time on 64 elements, "
         f"both in a loop) on {n} elements (L2-resident); {best}")
     notes["device.compute.vector"] = f"median of the kernels' vector rates (for ops without their own); {best}"
     notes["device.dispatch_overhead"] = f"median of the kernels' dispatch (for ops without their own); {best}"

@@ -1,6 +1,6 @@
 """`python -m sim validate`, live: predicted vs measured on this machine, case by case.
 
-Live cases are timed here, now, with numpy (the best of repeated runs over several rounds; warm caches,
+Live cases are timed here, now, with numpy (the median of repeated runs over several rounds; warm caches,
 as the simulation of the same sequence run twice sees them, or a cold weight where the case says so)
 and predicted with the calibrated host model. Published cases (measurements on real accelerators) are
 in `published`.
@@ -8,6 +8,7 @@ in `published`.
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from sim.pipeline import run
 from sim.report import summarize
 from sim.validate import calibrate as cal
 from sim.validate.reference import Reference
-from sim.validate.timing import best_time
+from sim.validate.timing import typical_time
 
 ROOT = Path(__file__).resolve().parents[2]
 PUBLISHED = Path(__file__).resolve().parents[1] / "data" / "published.yaml"
@@ -38,6 +39,7 @@ class Case:
     predicted_s: float
     measured_s: float
     source: str = "measured here"
+    spread: float | None = None  # live cases: (slowest - fastest round) / the median round
 
     @property
     def error(self) -> float:
@@ -167,9 +169,8 @@ def machine_drift(hw: Hardware) -> dict[str, float]:
 
 
 #: Rounds of live timing (and, with `validate --calibrate`, of calibration between them): on a shared
-#: machine each figure is the best of its rounds, and more rounds give both more chances to see the
-#: machine undisturbed (8 rather than 5: a calibration figure that fell in a disturbed minute in all
-#: five rounds set a whole group of cases 15-45% off in several runs).
+#: machine each figure is the median of its rounds, and more rounds put the medians of calibration and
+#: cases closer to the same machine (the machine's speed moves in phases of seconds to minutes).
 ROUNDS = 8
 
 
@@ -179,16 +180,17 @@ def live_timed(quick: bool = False) -> list[Timed]:
 
 
 def time_round(timed: list[Timed], times: list[list[float]]) -> None:
-    """One round: every case timed once (`best_time`, as calibration times its microbenchmarks: the best
-    of three batches of calls), appended to its list.
+    """One round: every case timed once (`typical_time`, as calibration times its microbenchmarks: the
+    median of three batches of calls), appended to its list.
     Cases are timed round-robin, so that a burst of someone else's load on a shared machine spreads
     over all cases instead of ruining one."""
     for t, case in zip(times, timed):
-        t.append(best_time(case.fn, repeats=3))
+        t.append(typical_time(case.fn, repeats=3))
 
 
 def live_cases(hw: Hardware, timed: list[Timed], times: list[list[float]]) -> list[Case]:
-    """Each case predicted with `hw` against its best round: other load on a shared machine only ever
-    adds time, and calibration keeps each microbenchmark's best round too, so both describe the
-    machine undisturbed."""
-    return [Case(c.group, c.name, c.predict(hw), min(t)) for c, t in zip(timed, times)]
+    """Each case predicted with `hw` against its median round, as calibration keeps each
+    microbenchmark's median round: both describe the machine as it ran in the same minutes. Each case
+    also carries the spread of its rounds, the noise its error is measured against."""
+    return [Case(c.group, c.name, c.predict(hw), statistics.median(t),
+                 spread=(max(t) - min(t)) / statistics.median(t)) for c, t in zip(timed, times)]

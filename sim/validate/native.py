@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sim.validate.timing import best_time
+from sim.validate.timing import typical_time
 
 SOURCE = r"""
 typedef float v8 __attribute__((vector_size(32), aligned(4)));
@@ -89,7 +89,7 @@ def read_bandwidth(nbytes: int, threads: int = 1, seconds: float = 0.05, repeats
         list(pool.map(lambda a: lib.read_sum(a.ctypes.data, n, reps), arrays))
 
     try:
-        return threads * reps * n * 4 / best_time(all_read, min_time=0, repeats=repeats)
+        return threads * reps * n * 4 / typical_time(all_read, min_time=0, repeats=repeats)
     finally:
         pool.shutdown()
 
@@ -101,4 +101,4 @@ def load_latency(nbytes: int, steps: int = 2_000_000, repeats: int = 3) -> float
     order = np.random.default_rng(0).permutation(lines)
     nxt = np.zeros(lines * stride, np.int64)
     nxt[order * stride] = np.roll(order, -1) * stride
-    return best_time(lambda: lib.chase(nxt.ctypes.data, steps), min_time=0, repeats=repeats) / steps
+    return typical_time(lambda: lib.chase(nxt.ctypes.data, steps), min_time=0, repeats=repeats) / steps

@@ -16,25 +16,41 @@ def stats(cases: list[Case]) -> tuple[float, float]:
     return (statistics.median(errors), max(errors)) if errors else (0.0, 0.0)
 
 
+def _has_spread(cases: list[Case]) -> bool:
+    return bool(cases) and all(c.spread is not None for c in cases)
+
+
+def _summary(cases: list[Case]) -> str:
+    median, worst = stats(cases)
+    line = f"median |error| {100 * median:.1f}%, worst {100 * worst:.1f}% over {len(cases)} cases"
+    if _has_spread(cases):
+        line += (f"; the rounds of a case spread by {100 * statistics.median(c.spread for c in cases):.0f}% "
+                 f"(median), {100 * max(c.spread for c in cases):.0f}% (most)")
+    return line
+
+
 def render(console: Console, title: str, cases: list[Case]) -> None:
     table = Table(title=title, title_justify="left")
-    for col in ("group", "case", "predicted", "measured", "error"):
-        table.add_column(col, justify="right" if col in ("predicted", "measured", "error") else "left")
+    spread = _has_spread(cases)
+    for col in ("group", "case", "predicted", "measured", "error", *(["spread"] if spread else [])):
+        table.add_column(col, justify="left" if col in ("group", "case") else "right")
     for c in cases:
-        table.add_row(c.group, c.name, fmt_time(c.predicted_s), fmt_time(c.measured_s), f"{100 * c.error:+.1f}%")
+        table.add_row(c.group, c.name, fmt_time(c.predicted_s), fmt_time(c.measured_s), f"{100 * c.error:+.1f}%",
+                      *([f"{100 * c.spread:.0f}%"] if spread else []))
     console.print(table)
-    median, worst = stats(cases)
-    console.print(f"  median |error| {100 * median:.1f}%, worst {100 * worst:.1f}% over {len(cases)} cases\n")
+    console.print(f"  {_summary(cases)}\n")
 
 
 def _md_table(cases: list[Case], with_source: bool) -> str:
-    head = "| group | case | predicted | measured | error |" + (" source |" if with_source else "")
-    rule = "|---|---|---:|---:|---:|" + ("---|" if with_source else "")
+    spread = _has_spread(cases)
+    head = "| group | case | predicted | measured | error |" + (" spread |" if spread else "") + (
+        " source |" if with_source else "")
+    rule = "|---|---|---:|---:|---:|" + ("---:|" if spread else "") + ("---|" if with_source else "")
     rows = [f"| {c.group} | {c.name} | {fmt_time(c.predicted_s)} | {fmt_time(c.measured_s)} | {100 * c.error:+.1f}% |"
-            + (f" {c.source} |" if with_source else "") for c in cases]
-    median, worst = stats(cases)
-    return "\n".join([head, rule, *rows, "", f"Median |error| {100 * median:.1f}%, worst {100 * worst:.1f}% "
-                      f"over {len(cases)} cases."])
+            + (f" {100 * c.spread:.0f}% |" if spread else "") + (f" {c.source} |" if with_source else "")
+            for c in cases]
+    summary = _summary(cases)
+    return "\n".join([head, rule, *rows, "", summary[:1].upper() + summary[1:] + "."])
 
 
 def drift_line(before: dict[str, float] | None, after: dict[str, float]) -> str:
