@@ -109,9 +109,9 @@ def validate(hardware: Path, quick: bool, no_live: bool, no_published: bool, no_
             timed = live_timed(quick)
             times: list[list[float]] = [[] for _ in timed]
 
-            def case_round(r: int) -> None:
+            def case_round(r: int, stage: str | None = None) -> None:
                 status.update(f"live cases: timing, round {r + 1} of {ROUNDS}")
-                time_round(timed, times)
+                time_round(timed, times, stage)
 
             before = None
             if recalibrate or not hardware.exists():

@@ -152,6 +152,10 @@ def test_live_cases_predict_with_the_model_against_each_cases_median_round():
     times = [[], []]
     live.time_round(timed, times)
     assert all(len(t) == 1 and t[0] >= 0 for t in times)
+    timed.append(Timed("g", "c", lambda hw: hw, lambda: None, stage="dram"))
+    times.append([])
+    live.time_round(timed, times, "dram")  # only that stage's cases
+    assert [len(t) for t in times] == [1, 1, 1]
 
 
 def test_gemv_cases_are_cold_and_warm_only_where_the_weight_fits_half_the_last_cache(monkeypatch):
@@ -163,6 +167,9 @@ def test_gemv_cases_are_cold_and_warm_only_where_the_weight_fits_half_the_last_c
     warm = [c.name for c in gemvs if "warm" in c.group]
     cold = [c.name for c in gemvs if "cold" in c.group]
     assert warm == ["GPT-2 qkv 768x2304"] and len(cold) == 5
+    # each timed right after the calibration stage that measures its memory level
+    assert {c.stage for c in gemvs if "warm" in c.group} == {"caches"}
+    assert {c.stage for c in gemvs if "cold" in c.group} == {"dram"}
 
 
 def test_calibration_helpers(tmp_path: Path):
@@ -202,8 +209,10 @@ def test_calibration_assembles_a_loadable_model_from_its_figures(tmp_path: Path,
     caches = [{"level": 1, "bytes": 32 << 10, "private": True}, {"level": 3, "bytes": 8 << 20, "private": False}]
     rounds = iter([3.0, 1.0, 2.0])
 
-    def figures(caches, cores, compiled, dram_bytes, progress):
+    def figures(caches, cores, compiled, dram_bytes, progress, after):
         f = next(rounds)
+        for stage in cal.STAGES:
+            after(stage)
         out = {"l1.bw": 100e9 * f, "l3.bw": 50e9 * f, "l3.run.256": 25e9, "l3.run.1024": 40e9,
                "dram.copy": 10e9, "dram.gemv": 20e9 * f, "fp32": 1e11 * f,
                "fp16": 1e9, "dispatch.add": 2e-6 / f, "dispatch.gelu": 6e-6 / f, "dispatch.matmul": 5e-6 / f,
@@ -217,7 +226,9 @@ def test_calibration_assembles_a_loadable_model_from_its_figures(tmp_path: Path,
     monkeypatch.setattr(cal, "os_caches", lambda: caches)
     monkeypatch.setattr(cal, "_measure_once", figures)
     monkeypatch.setattr(cal.native, "available", lambda: compiled)
-    data = cal.calibrate(rounds=3)
+    stages = []
+    data = cal.calibrate(rounds=3, between=lambda r, stage: stages.append((r, stage)))
+    assert stages == [(r, stage) for r in range(3) for stage in cal.STAGES]
     cal.write_hardware(data, tmp_path / "host.yaml")
     hw = load_hardware(tmp_path / "host.yaml")
     dram = hw.levels["dram"]

@@ -68,11 +68,18 @@ def os_caches() -> list[dict]:
     return caches
 
 
+@functools.cache
+def _copy_pairs(n: int, threads: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Source and destination arrays of `n` floats per thread, made (and faulted in) once: see
+    `native._cycle` for what allocating them every round did to the next measurement."""
+    return [(np.ones(n, np.float32), np.ones(n, np.float32)) for _ in range(threads)]
+
+
 def copy_bandwidth(nbytes: int, threads: int = 1) -> float:
     """Read + write bytes per second of numpy copies of `nbytes` per thread, `threads` at once
     (numpy releases the GIL while copying, so threads run on separate cores)."""
     n = max(1024, nbytes // 8)
-    pairs = [(np.ones(n, np.float32), np.empty(n, np.float32)) for _ in range(threads)]
+    pairs = _copy_pairs(n, threads)
     if threads == 1:
         src, dst = pairs[0]
         return 2 * src.nbytes / typical_time(lambda: np.copyto(dst, src))
@@ -113,7 +120,7 @@ MATRIX_SIZE = 2048
 
 def rows_side(caches: list[dict]) -> int:
     """K = N of the square fp32 weight `matrix_efficiency` is measured on: the largest multiple of 256
-    (at most MATRIX_SIZE) whose weight fits in a quarter of the last cache, as the shared cache's
+    (768 to MATRIX_SIZE) whose weight fits in a quarter of the last cache, as the shared cache's
     bandwidth is measured, so that the rate is the BLAS's (packing, threading), not memory's. Medians of
     five interleaved rounds on this project's VM (32 MiB L3), 16 rows: 76, 87 and 83 GFLOP/s on weights
     of 768, 1024 and 1536 a side (2.3-9 MiB), 64 and 66 on 2048 and 3072 (16-36 MiB); at 64 and 256
@@ -214,8 +221,8 @@ def cold_gemv_rate(nbytes: int, overhead: float = 0.0, repeats: int = 7, columns
     moves that many bytes. W is K x `columns` (square if None): each of its rows is one contiguous run."""
     k, n = _weight_shape(nbytes, columns)
     pool, x = cold_pool(), np.ones((1, k), np.float32)
-    best = typical_time(lambda: x @ pool.take(k, n), repeats=repeats)
-    return 4 * k * n / max(best - overhead, best / 10)
+    per_call = typical_time(lambda: x @ pool.take(k, n), repeats=repeats)
+    return 4 * k * n / max(per_call - overhead, per_call / 10)
 
 
 #: Transfer sizes DRAM's `efficiency_by_size` is measured at, on weights with LONG_ROW columns (prefetchers
@@ -305,9 +312,15 @@ def kernel_dispatch(stream_bytes: int, calls: int = 20, batches: int = 3) -> dic
 ROUNDS = 3  # every figure is measured once per round, the rounds one after another
 
 
+#: The stages of a round, in order; after each, `calibrate`'s `between` hook runs (validation times the
+#: cases that depend most on that stage's figures there, seconds after them).
+STAGES = ("caches", "gemm", "kernels", "dram")
+
+
 def _measure_once(caches: list[dict], cores: int, compiled: bool, dram_bytes: int,
-                  progress: Callable[[str], None]) -> dict[str, float]:
-    """One round of every raw figure: rates in bytes or FLOPs per second, latencies in seconds."""
+                  progress: Callable[[str], None], after: Callable[[str], None]) -> dict[str, float]:
+    """One round of every raw figure: rates in bytes or FLOPs per second, latencies in seconds;
+    `after(stage)` runs after each of STAGES."""
     out: dict[str, float] = {}
     for c in caches:
         name = f"l{c['level']}"
@@ -320,24 +333,27 @@ def _measure_once(caches: list[dict], cores: int, compiled: bool, dram_bytes: in
             out.update({f"{name}.run.{n}": gemv_bandwidth(c["bytes"] // 4, n) for n in CACHE_RUN_COLUMNS})
         if compiled:
             out[f"{name}.lat"] = native.load_latency(c["bytes"] // (2 if c["private"] else 8))
-    progress("bandwidth and latency of DRAM (copy, GEMV, pointer chase)")
-    out["dram.copy"] = copy_bandwidth(dram_bytes // cores, cores)
-    out["dram.gemv"] = cold_gemv_rate(dram_bytes, columns=LONG_ROW)
-    if compiled:
-        out["dram.lat"] = native.load_latency(dram_bytes)
+    after("caches")
     progress("GEMM peak (fp32, fp16) and rate by rows")
     out["fp32"], out["fp16"] = gemm_rate(np.float32, MATRIX_SIZE), gemm_rate(np.float16, 256)
     out.update({f"rows.{m}": r for m, r in matrix_rates(rows_side(caches)).items()})
     out.update({f"depth.{depth}": r for depth, r in depth_rates().items()})
+    after("gemm")
     progress("each kernel's dispatch and vector rate")
     dispatch = kernel_dispatch(max(c["bytes"] for c in caches) // 4)
     out.update({f"dispatch.{name}": t for name, t in dispatch.items()})
     hot = {name: typical_time(fn) for name, fn in tiny_kernels().items()}  # the rates' loops run hot
     out.update({f"vector.{name}": r for name, r in kernel_rates(vector_elements(caches), hot).items()})
-    progress("DRAM bandwidth by transfer size (cold GEMVs)")
+    after("kernels")
+    progress("bandwidth and latency of DRAM (copy, GEMV, pointer chase), by transfer size and row length")
+    out["dram.copy"] = copy_bandwidth(dram_bytes // cores, cores)
+    out["dram.gemv"] = cold_gemv_rate(dram_bytes, columns=LONG_ROW)
+    if compiled:
+        out["dram.lat"] = native.load_latency(dram_bytes)
     gemv = dispatch["matmul"]  # a GEMV op pays the matmul's dispatch in the model
     out.update({f"cold.{size}": cold_gemv_rate(size, gemv, columns=LONG_ROW) for size in COLD_SIZES})
     out.update({f"dram.run.{n}": cold_gemv_rate(RUN_SIZE, gemv, columns=n) for n in RUN_COLUMNS})
+    after("dram")
     return out
 
 
@@ -349,9 +365,10 @@ def _median_of_rounds(rounds: list[dict[str, float]]) -> dict[str, float]:
 
 
 def calibrate(progress: Callable[[str], None] = lambda _msg: None, rounds: int = ROUNDS,
-              between: Callable[[int], None] | None = None) -> dict:
-    """Measure, and return the hardware YAML as a dict. `between(r)` runs after round r (validation
-    times its cases there, so that calibration and cases see the machine in the same minutes)."""
+              between: Callable[[int, str], None] | None = None) -> dict:
+    """Measure, and return the hardware YAML as a dict. `between(r, stage)` runs after each stage of
+    round r (validation times its cases there, each group right after the figures it depends on most,
+    so that calibration and cases see the machine in the same seconds)."""
     cores = cpu_count()
     caches = os_caches() or [{"level": 2, "bytes": 1 << 20, "private": True}]
     compiled = native.available()
@@ -359,9 +376,8 @@ def calibrate(progress: Callable[[str], None] = lambda _msg: None, rounds: int =
     measured = []
     for r in range(rounds):
         measured.append(_measure_once(caches, cores, compiled, dram_bytes,
-                                      lambda msg, r=r: progress(f"round {r + 1} of {rounds}: {msg}")))
-        if between is not None:
-            between(r)
+                                      lambda msg, r=r: progress(f"round {r + 1} of {rounds}: {msg}"),
+                                      lambda stage, r=r: between(r, stage) if between is not None else None))
     fig = _median_of_rounds(measured)
     best = f"median of {rounds} rounds"
     notes: dict[str, str] = {}

@@ -80,6 +80,7 @@ class Timed:
     name: str
     predict: Callable[[Hardware], float]
     fn: Callable[[], object]
+    stage: str = "kernels"  # the calibration stage (`calibrate.STAGES`) whose figures it depends on most
 
 
 def _cold(x: np.ndarray, k: int, n: int) -> Callable[[], object]:
@@ -101,7 +102,8 @@ def matmul_cases(quick: bool) -> list[Timed]:
     for m in (1, 16, 64, 256, 1024) if quick else (1, 16, 64, 256, 1024, 4096):
         x, w = np.ones((m, k_n), np.float32), np.ones((k_n, k_n), np.float32)
         cases.append(Timed("GEMM sweep (K = N = 1024, fp32)", f"M = {m}",
-                           lambda hw, m=m: predict_matmul(hw, m, k_n, k_n), lambda x=x, w=w: x @ w))
+                           lambda hw, m=m: predict_matmul(hw, m, k_n, k_n), lambda x=x, w=w: x @ w,
+                           "caches" if m == 1 else "gemm"))
     shapes = [("GPT-2 qkv 768x2304", 768, 2304), ("GPT-2 ffn up 768x3072", 768, 3072),
               ("GPT-2 ffn down 3072x768", 3072, 768), ("GPT-2 LM head 768x50257", 768, 50257),
               ("Llama-7B attn out 4096x4096", 4096, 4096), ("Llama-7B ffn up 4096x11008", 4096, 11008),
@@ -111,10 +113,11 @@ def matmul_cases(quick: bool) -> list[Timed]:
         if 4 * k * n <= last_cache // 2:
             w = np.ones((k, n), np.float32)
             cases.append(Timed("GEMV (fp32), weight warm in cache", name,
-                               lambda hw, k=k, n=n: predict_matmul(hw, 1, n, k), lambda x=x, w=w: x @ w))
+                               lambda hw, k=k, n=n: predict_matmul(hw, 1, n, k), lambda x=x, w=w: x @ w,
+                               "caches"))
         cases.append(Timed("GEMV (fp32), weight cold (from DRAM)", name,
                            lambda hw, k=k, n=n: predict_matmul(hw, 1, n, k, cold=True),
-                           _cold(x, k, n)))
+                           _cold(x, k, n), "dram"))
     return cases
 
 
@@ -179,13 +182,14 @@ def live_timed(quick: bool = False) -> list[Timed]:
     return matmul_cases(quick) + forward_cases(quick)
 
 
-def time_round(timed: list[Timed], times: list[list[float]]) -> None:
-    """One round: every case timed once (`typical_time`, as calibration times its microbenchmarks: the
-    median of three batches of calls), appended to its list.
+def time_round(timed: list[Timed], times: list[list[float]], stage: str | None = None) -> None:
+    """One round: every case (of calibration stage `stage`, if given) timed once (`typical_time`, as
+    calibration times its microbenchmarks: the median of three batches of calls), appended to its list.
     Cases are timed round-robin, so that a burst of someone else's load on a shared machine spreads
     over all cases instead of ruining one."""
     for t, case in zip(times, timed):
-        t.append(typical_time(case.fn, repeats=3))
+        if stage is None or case.stage == stage:
+            t.append(typical_time(case.fn, repeats=3))
 
 
 def live_cases(hw: Hardware, timed: list[Timed], times: list[list[float]]) -> list[Case]:
