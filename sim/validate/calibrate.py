@@ -68,6 +68,11 @@ def os_caches() -> list[dict]:
     return caches
 
 
+def last_cache_bytes(caches: list[dict]) -> int:
+    """Size of the largest (last-level) cache in `caches` (32 MiB if none is known)."""
+    return max((c["bytes"] for c in caches), default=32 << 20)
+
+
 @functools.cache
 def _copy_pairs(n: int, threads: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Source and destination arrays of `n` floats per thread, made (and faulted in) once: see
@@ -125,8 +130,7 @@ def rows_side(caches: list[dict]) -> int:
     five interleaved rounds on this project's VM (32 MiB L3), 16 rows: 76, 87 and 83 GFLOP/s on weights
     of 768, 1024 and 1536 a side (2.3-9 MiB), 64 and 66 on 2048 and 3072 (16-36 MiB); at 64 and 256
     rows all within 10%. A 512 x 512 weight ran 16-64 rows 25-40% slower than every larger one."""
-    last = max((c["bytes"] for c in caches), default=32 << 20)
-    side = int((last / 4 / 4) ** 0.5) // 256 * 256
+    side = int((last_cache_bytes(caches) / 4 / 4) ** 0.5) // 256 * 256
     return min(MATRIX_SIZE, max(768, side))
 
 
@@ -211,8 +215,7 @@ class ColdPool:
 def cold_pool() -> ColdPool:
     """The pool, made once: `POOL_FACTOR` x the largest cache, and at least as large as any weight taken
     from it (256 MiB; calibration's largest is `POOL_FACTOR` x the largest cache)."""
-    last = max((c["bytes"] for c in os_caches()), default=32 << 20)
-    return ColdPool(max(POOL_FACTOR * last, 256 << 20))
+    return ColdPool(max(POOL_FACTOR * last_cache_bytes(os_caches()), 256 << 20))
 
 
 def cold_gemv_rate(nbytes: int, overhead: float = 0.0, repeats: int = 7, columns: int | None = None) -> float:
@@ -340,7 +343,7 @@ def _measure_once(caches: list[dict], cores: int, compiled: bool, dram_bytes: in
     out.update({f"depth.{depth}": r for depth, r in depth_rates().items()})
     after("gemm")
     progress("each kernel's dispatch and vector rate")
-    dispatch = kernel_dispatch(max(c["bytes"] for c in caches) // 4)
+    dispatch = kernel_dispatch(last_cache_bytes(caches) // 4)
     out.update({f"dispatch.{name}": t for name, t in dispatch.items()})
     hot = {name: typical_time(fn) for name, fn in tiny_kernels().items()}  # the rates' loops run hot
     out.update({f"vector.{name}": r for name, r in kernel_rates(vector_elements(caches), hot).items()})
@@ -372,14 +375,14 @@ def calibrate(progress: Callable[[str], None] = lambda _msg: None, rounds: int =
     cores = cpu_count()
     caches = os_caches() or [{"level": 2, "bytes": 1 << 20, "private": True}]
     compiled = native.available()
-    dram_bytes = max(256 << 20, 16 * max(c["bytes"] for c in caches))
+    dram_bytes = max(256 << 20, 16 * last_cache_bytes(caches))
     measured = []
     for r in range(rounds):
         measured.append(_measure_once(caches, cores, compiled, dram_bytes,
                                       lambda msg, r=r: progress(f"round {r + 1} of {rounds}: {msg}"),
                                       lambda stage, r=r: between(r, stage) if between is not None else None))
     fig = _median_of_rounds(measured)
-    best = f"median of {rounds} rounds"
+    kept = f"median of {rounds} rounds"
     notes: dict[str, str] = {}
     memory: dict[str, dict] = {}
     for c in caches:
@@ -408,7 +411,7 @@ def calibrate(progress: Callable[[str], None] = lambda _msg: None, rounds: int =
         notes[f"device.memory.{name}"] = (
             f"capacity from /sys (cpu0, {'private' if private else 'shared'}); bandwidth = {method}; latency = "
             + (f"C pointer chase over a random cycle of lines in {chased // 1024} KiB" if compiled
-               else "assumed (no C compiler)") + f"; {best}")
+               else "assumed (no C compiler)") + f"; {kept}")
     dram_bw = max(fig["dram.copy"], fig["dram.gemv"])
     by_size = {size: fig[f"cold.{size}"] for size in COLD_SIZES} | {dram_bytes: fig["dram.gemv"]}
     memory["dram"] = {
@@ -428,19 +431,19 @@ def calibrate(progress: Callable[[str], None] = lambda _msg: None, rounds: int =
         + f"; efficiency_by_size = BLAS GEMV of an fp32 weight of that size with {LONG_ROW} columns, each call's "
         f"weight the least recently used of a pool {POOL_FACTOR}x the largest cache (cold), less the matmul "
         f"dispatch overhead, over the bandwidth; efficiency_by_run = the same on a {RUN_SIZE >> 20} MiB weight "
-        f"by its row length (4 bytes x columns), over the {LONG_ROW}-column one; {best}")
+        f"by its row length (4 bytes x columns), over the {LONG_ROW}-column one; {kept}")
     fp32 = fig["fp32"]
     efficiency = {m: round(min(1.0, fig[f"rows.{m}"] / fp32), 3) for m in ROWS}
     side = rows_side(caches)
     notes["device.compute.matrix_efficiency"] = (
         f"numpy matmul M x {side} x {side} fp32 (a weight in a quarter of the last cache), rate / fp32 "
-        f"peak; {best}")
+        f"peak; {kept}")
     by_depth = {d: round(min(1.0, fig[f"depth.{d}"] / fig[f"depth.{MATRIX_SIZE}"]), 3) for d in DEPTHS} | {
         MATRIX_SIZE: 1.0}
     notes["device.compute.matrix_efficiency_by_depth"] = (
-        f"numpy matmul {DEPTH_SIDE} x K x {DEPTH_SIDE} fp32 by K, rate / the same at K = {MATRIX_SIZE}; {best}")
+        f"numpy matmul {DEPTH_SIDE} x K x {DEPTH_SIDE} fp32 by K, rate / the same at K = {MATRIX_SIZE}; {kept}")
     notes["device.compute.peak"] = (
-        f"numpy matmul: fp32 {MATRIX_SIZE}^3, fp16 256^3 (numpy has no fp16 BLAS); {best}")
+        f"numpy matmul: fp32 {MATRIX_SIZE}^3, fp16 256^3 (numpy has no fp16 BLAS); {kept}")
     kernels = sorted(name.split(".", 1)[1] for name in fig if name.startswith("dispatch."))
     dispatch = {name: fig[f"dispatch.{name}"] for name in kernels}
     rates = {name: fig[f"vector.{name}"] for name in kernels if f"vector.{name}" in fig}
@@ -449,9 +452,9 @@ def calibrate(progress: Callable[[str], None] = lambda _msg: None, rounds: int =
         f"each reference kernel (sim/validate/kernels.py; matmul: a linear 1 x 8 x 8): dispatch = its call on "
         f"64 elements right after a cold GEMV over a quarter of the last cache (the framework's state evicted, as "
         f"in a pass), mean of a batch of 20, median of 3; vector = graph FLOPs / (time - time on 64 elements, "
-        f"both in a loop) on {n} elements (L2-resident); {best}")
-    notes["device.compute.vector"] = f"median of the kernels' vector rates (for ops without their own); {best}"
-    notes["device.dispatch_overhead"] = f"median of the kernels' dispatch (for ops without their own); {best}"
+        f"both in a loop) on {n} elements (L2-resident); {kept}")
+    notes["device.compute.vector"] = f"median of the kernels' vector rates (for ops without their own); {kept}"
+    notes["device.dispatch_overhead"] = f"median of the kernels' dispatch (for ops without their own); {kept}"
     mhz = _clock_mhz()
     return {
         "name": f"this machine ({platform.processor() or platform.machine()}, {cores} cores, numpy)",

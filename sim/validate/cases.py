@@ -96,7 +96,7 @@ def matmul_cases(quick: bool) -> list[Timed]:
     in half the last-level cache, warm too. A warm GEMV of a weight larger than the cache would time the
     cache's replacement policy for a stream re-read (part of it survives on this machine's L3), which
     memwall does not model (see docs/model.md)."""
-    last_cache = max((c["bytes"] for c in cal.os_caches()), default=32 << 20)
+    last_cache = cal.last_cache_bytes(cal.os_caches())
     cases = []
     k_n = 1024
     for m in (1, 16, 64, 256, 1024) if quick else (1, 16, 64, 256, 1024, 4096):
