@@ -89,8 +89,11 @@ def calibrate(out: Path) -> None:
 @click.option("--calibrate", "recalibrate", is_flag=True,
               help="Calibrate this machine again (writing --hardware), in rounds taken between the live cases' "
                    "rounds, so that both see the machine in the same minutes.")
+@click.option("--rounds", type=click.IntRange(min=1), default=None,
+              help="Rounds of live timing (and of calibration with --calibrate); each figure is its median "
+                   "round. [default: 16; fewer run faster and scatter more on a busy machine]")
 def validate(hardware: Path, quick: bool, no_live: bool, no_published: bool, no_measured: bool,
-             markdown: Path | None, recalibrate: bool) -> None:
+             markdown: Path | None, recalibrate: bool, rounds: int | None) -> None:
     """Predict, then measure: live cases on this machine, published cases on real accelerators, and
     GPU cases memwall measured with bench/gpu_measure.py."""
     from rich.console import Console
@@ -103,6 +106,7 @@ def validate(hardware: Path, quick: bool, no_live: bool, no_published: bool, no_
     from sim.validate.report import drift_line, render, to_markdown
 
     console = Console(highlight=False, width=160)
+    rounds = rounds or ROUNDS
     live, drift = [], ""
     if not no_live:
         with console.status("live cases") as status:
@@ -110,12 +114,12 @@ def validate(hardware: Path, quick: bool, no_live: bool, no_published: bool, no_
             times: list[list[float]] = [[] for _ in timed]
 
             def case_round(r: int, stage: str | None = None) -> None:
-                status.update(f"live cases: timing, round {r + 1} of {ROUNDS}")
+                status.update(f"live cases: timing, round {r + 1} of {rounds}")
                 time_round(timed, times, stage)
 
             before = None
             if recalibrate or not hardware.exists():
-                data = measure(lambda msg: status.update(f"calibrating, {msg}"), rounds=ROUNDS, between=case_round)
+                data = measure(lambda msg: status.update(f"calibrating, {msg}"), rounds=rounds, between=case_round)
                 write_hardware(data, hardware)
                 hw = load_hardware(hardware)  # what we wrote must load
                 console.print(f"wrote {hardware} (calibrated between the live cases' rounds)")
@@ -123,7 +127,7 @@ def validate(hardware: Path, quick: bool, no_live: bool, no_published: bool, no_
                 hw = load_hardware(hardware)
                 status.update("the machine against its calibration, before")
                 before = machine_drift(hw)
-                for r in range(ROUNDS):
+                for r in range(rounds):
                     case_round(r)
             status.update("live cases: predicting")
             live = live_cases(hw, timed, times)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import DATA, ROOT, load
+from conftest import DATA, ROOT, cli, load
 from sim.config import load_hardware
 from sim.graph import build_graph
 from sim.mapping import place
@@ -172,6 +172,15 @@ def test_gemv_cases_are_cold_and_warm_only_where_the_weight_fits_half_the_last_c
     assert {c.stage for c in gemvs if "cold" in c.group} == {"dram"}
 
 
+def test_gemv_rates_are_net_of_the_dispatch_the_model_adds_back():
+    """A GEMV's bytes over its time less the framework's per-call cost (the model charges that as the
+    op's dispatch, so a prediction of the calibrated shape is its measurement); never below a tenth of
+    the call, whatever the overhead."""
+    assert cal._net_rate(100, 2.0, 1.0) == pytest.approx(100.0)
+    assert cal._net_rate(100, 2.0, 0.0) == pytest.approx(50.0)
+    assert cal._net_rate(100, 1.0, 5.0) == pytest.approx(1000.0)
+
+
 def test_calibration_helpers(tmp_path: Path):
     assert typical_time(lambda: sum(range(100)), min_time=0.001, repeats=2) > 0
     assert all(c["bytes"] > 0 for c in os_caches())
@@ -187,6 +196,14 @@ def test_native_microbenchmarks_see_the_hierarchy():
     near, far = native.load_latency(16 << 10, steps=200_000), native.load_latency(64 << 20, steps=200_000)
     assert 0 < near < far
     assert 1e9 < native.read_bandwidth(16 << 10, seconds=0.005) < 1e13
+
+
+def test_validate_rounds_option_states_its_default_and_refuses_zero():
+    """`--help` gives the rounds a run takes without the option; no rounds is a usage error (exit 2, one
+    line naming the option), before anything is measured or written."""
+    assert f"[default: {live.ROUNDS};" in " ".join(cli("validate", "--help").stdout.split())
+    bad = cli("validate", "--rounds", "0", "--no-published", "--no-measured")
+    assert bad.returncode == 2 and "--rounds" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_machine_drift_compares_the_machine_with_its_model():

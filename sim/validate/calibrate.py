@@ -4,7 +4,8 @@ What is measured, and how (each figure's method is written into the YAML's `cali
 - cache sizes and which cores share them: from the OS (/sys/devices/system/cpu/cpu0/cache);
 - bandwidth of each cache level and of DRAM: private levels by a C read loop on every core (see
   `native`; numpy's per-call cost is longer than reading a whole L1/L2), shared ones by a BLAS GEMV
-  over a weight resident in them; DRAM by numpy copies and a cold BLAS GEMV over a matrix far larger
+  over a weight resident in them (less the matmul's dispatch, which the model adds to every GEMV op,
+  as for DRAM's cold GEMVs); DRAM by numpy copies and a cold BLAS GEMV over a matrix far larger
   than the last cache (the higher of the two, as GEMVs use every core), and by transfer size from cold
   GEMVs of 1-64 MiB (`efficiency_by_size`); cold: each weight cut from a pool 16x the largest cache.
   DRAM's GEMV weights have long rows (LONG_ROW columns), and DRAM is also measured by the length of
@@ -168,12 +169,24 @@ def _weight_shape(nbytes: int, columns: int | None) -> tuple[int, int]:
     return max(1, nbytes // (4 * n)), n
 
 
-def gemv_bandwidth(nbytes: int, columns: int | None = None) -> float:
-    """Bytes per second of a BLAS GEMV re-reading one fp32 weight of `nbytes` (warm: where it fits, the
-    cache holding it serves it), K x `columns` (square if None)."""
+def gemv_time(nbytes: int, columns: int | None = None) -> float:
+    """Seconds per call of a BLAS GEMV re-reading one fp32 weight of about `nbytes` (warm: where it
+    fits, the cache holding it serves it), K x `columns` (square if None)."""
     k, n = _weight_shape(nbytes, columns)
     w, x = np.ones((k, n), np.float32), np.ones((1, k), np.float32)
-    return w.nbytes / typical_time(lambda: x @ w, repeats=3)
+    return typical_time(lambda: x @ w, repeats=3)
+
+
+def gemv_bandwidth(nbytes: int, columns: int | None = None, overhead: float = 0.0) -> float:
+    """Bytes per second of `gemv_time`'s GEMV, less the per-call framework cost `overhead`."""
+    k, n = _weight_shape(nbytes, columns)
+    return _net_rate(4 * k * n, gemv_time(nbytes, columns), overhead)
+
+
+def _net_rate(nbytes: int, per_call: float, overhead: float) -> float:
+    """Bytes per second of a call moving `nbytes` in `per_call` seconds, `overhead` of which is the
+    framework's (the model adds that back as the op's dispatch; not below a tenth of the call)."""
+    return nbytes / max(per_call - overhead, per_call / 10)
 
 
 #: A shared cache's bandwidth is measured on weights with CACHE_ROW columns (16 KiB rows) and its
@@ -224,8 +237,7 @@ def cold_gemv_rate(nbytes: int, overhead: float = 0.0, repeats: int = 7, columns
     moves that many bytes. W is K x `columns` (square if None): each of its rows is one contiguous run."""
     k, n = _weight_shape(nbytes, columns)
     pool, x = cold_pool(), np.ones((1, k), np.float32)
-    per_call = typical_time(lambda: x @ pool.take(k, n), repeats=repeats)
-    return 4 * k * n / max(per_call - overhead, per_call / 10)
+    return _net_rate(4 * k * n, typical_time(lambda: x @ pool.take(k, n), repeats=repeats), overhead)
 
 
 #: Transfer sizes DRAM's `efficiency_by_size` is measured at, on weights with LONG_ROW columns (prefetchers
@@ -325,15 +337,17 @@ def _measure_once(caches: list[dict], cores: int, compiled: bool, dram_bytes: in
     """One round of every raw figure: rates in bytes or FLOPs per second, latencies in seconds;
     `after(stage)` runs after each of STAGES."""
     out: dict[str, float] = {}
+    warm: dict[str, tuple[int, int]] = {}  # a shared cache's GEMVs: figure -> (bytes, columns)
     for c in caches:
         name = f"l{c['level']}"
         progress(f"bandwidth and latency of {name} ({c['bytes'] // 1024} KiB)")
         if c["private"]:
             out[f"{name}.bw"] = native.read_bandwidth(c["bytes"] // 2, cores) if compiled \
                 else cores * read_bandwidth(c["bytes"] // 2)
-        else:
-            out[f"{name}.bw"] = gemv_bandwidth(c["bytes"] // 4, CACHE_ROW)
-            out.update({f"{name}.run.{n}": gemv_bandwidth(c["bytes"] // 4, n) for n in CACHE_RUN_COLUMNS})
+        else:  # per-call times here, rates once the matmul's dispatch is known (below)
+            warm[f"{name}.bw"] = (c["bytes"] // 4, CACHE_ROW)
+            warm.update({f"{name}.run.{n}": (c["bytes"] // 4, n) for n in CACHE_RUN_COLUMNS})
+            out.update({key: gemv_time(*shape) for key, shape in warm.items() if key.startswith(name)})
         if compiled:
             out[f"{name}.lat"] = native.load_latency(c["bytes"] // (2 if c["private"] else 8))
     after("caches")
@@ -347,6 +361,9 @@ def _measure_once(caches: list[dict], cores: int, compiled: bool, dram_bytes: in
     out.update({f"dispatch.{name}": t for name, t in dispatch.items()})
     hot = {name: typical_time(fn) for name, fn in tiny_kernels().items()}  # the rates' loops run hot
     out.update({f"vector.{name}": r for name, r in kernel_rates(vector_elements(caches), hot).items()})
+    for key, (nbytes, columns) in warm.items():  # net of dispatch, as DRAM's GEMVs are: the model adds it
+        k, n = _weight_shape(nbytes, columns)
+        out[key] = _net_rate(4 * k * n, out[key], dispatch["matmul"])
     after("kernels")
     progress("bandwidth and latency of DRAM (copy, GEMV, pointer chase), by transfer size and row length")
     out["dram.copy"] = copy_bandwidth(dram_bytes // cores, cores)
@@ -397,8 +414,8 @@ def calibrate(progress: Callable[[str], None] = lambda _msg: None, rounds: int =
             method = f"{cores} cores x one core's numpy read of {c['bytes'] // 2048} KiB (no C compiler)"
         else:
             method = (f"BLAS GEMV (all its threads) of an fp32 weight of {c['bytes'] // 4096} KiB with {CACHE_ROW} "
-                      f"columns that stays in the level; efficiency_by_run = the same with "
-                      f"{' and '.join(map(str, CACHE_RUN_COLUMNS))} columns, over it")
+                      f"columns that stays in the level, less the matmul dispatch overhead; efficiency_by_run = "
+                      f"the same with {' and '.join(map(str, CACHE_RUN_COLUMNS))} columns, over it")
         chased = c["bytes"] // (2 if private else 8)  # well inside the level (a shared one's far end misses the TLB)
         memory[name] = {
             "capacity": f"{c['bytes'] // 1024} KiB", "bandwidth": f"{fig[name + '.bw'] / 1e9:.3f} GB/s",

@@ -162,9 +162,10 @@ def machine_drift(hw: Hardware) -> dict[str, float]:
     peak, the shared cache's and DRAM's bandwidth), each as now / calibrated. On a shared machine they
     move by tens of percent within minutes; a case's error cannot be smaller than that."""
     out = {"GEMM peak": cal.gemm_rate(np.float32, cal.MATRIX_SIZE) / hw.device.compute.peak["fp32"]}
+    gemv = hw.device.dispatch_for("matmul")  # calibration's shared-cache GEMVs are net of it
     shared = [(n, lvl) for n, lvl in hw.levels.items() if lvl.kind == "cache" and lvl.scope == "shared"]
     for name, lvl in shared:
-        out[f"{name} bandwidth"] = cal.gemv_bandwidth(int(lvl.capacity) // 4, cal.CACHE_ROW) / lvl.bandwidth
+        out[f"{name} bandwidth"] = cal.gemv_bandwidth(int(lvl.capacity) // 4, cal.CACHE_ROW, gemv) / lvl.bandwidth
     dram = next((lvl for lvl in hw.levels.values() if lvl.kind == "dram"), None)
     if dram is not None:
         out["DRAM bandwidth"] = cal.cold_gemv_rate(256 << 20, columns=cal.LONG_ROW) / dram.bandwidth
@@ -173,8 +174,11 @@ def machine_drift(hw: Hardware) -> dict[str, float]:
 
 #: Rounds of live timing (and, with `validate --calibrate`, of calibration between them): on a shared
 #: machine each figure is the median of its rounds, and more rounds put the medians of calibration and
-#: cases closer to the same machine (the machine's speed moves in phases of seconds to minutes).
-ROUNDS = 8
+#: cases closer to the same machine. Single rounds of a case scatter by 30-60% on this project's VM and
+#: independently of calibration's round beside them (a round-by-round comparison scattered more than the
+#: medians: 13.6% / 26.8% against 7.8% / 38.7%, one run), so only more rounds narrow it: of one run of
+#: 16, its first 4, 8, 12 and 16 rounds put every case but one within 20, 15, 19 and 17%.
+ROUNDS = 16
 
 
 def live_timed(quick: bool = False) -> list[Timed]:
