@@ -148,7 +148,10 @@ def test_cold_pool_hands_out_the_least_recently_used_window():
 def test_live_cases_predict_with_the_model_against_each_cases_median_round():
     timed = [Timed("g", "a", lambda hw: 2.0 * hw, lambda: None), Timed("g", "b", lambda hw: hw, lambda: None)]
     cases = live_cases(3.0, timed, [[5.0, 4.0, 6.0], [1.0, 2.0, 3.0]])
-    assert [(c.predicted_s, c.measured_s, c.spread) for c in cases] == [(6.0, 5.0, 0.4), (3.0, 2.0, 1.0)]
+    assert [(c.predicted_s, c.measured_s, c.spread) for c in cases] == [(6.0, 5.0, 0.2), (3.0, 2.0, 0.5)]
+    assert live.spread([1.0, 1.0, 1.0, 100.0]) == pytest.approx(24.75)  # q1 1, q3 25.75 over the median 1
+    assert live.spread([1.0] * 15 + [100.0]) == 0.0  # one round in a burst of load moves it not at all
+    assert live.spread([3.0]) == 0.0
     times = [[], []]
     live.time_round(timed, times)
     assert all(len(t) == 1 and t[0] >= 0 for t in times)
@@ -415,7 +418,7 @@ def test_markdown_tables_give_live_cases_their_spread_and_published_ones_their_s
     published = [Case("p", "c", 2.0, 1.0, source="a paper")]
     text = to_markdown(live, published, "hw.yaml")
     assert "| g | a | 1.100 s | 1.000 s | +10.0% | 20% |" in text
-    assert "Median |error| 30.0%, worst 50.0% over 2 cases; the rounds of a case spread by 15% (median), " \
-           "20% (most)." in text
+    assert "Median |error| 30.0%, worst 50.0% over 2 cases; the middle half of a case's rounds spans 15% of its " \
+           "median (median over cases), 20% (most)." in text
     assert "| p | c | 2.000 s | 1.000 s | +100.0% | a paper |" in text
     assert "Median |error| 100.0%, worst 100.0% over 1 cases." in text

@@ -75,6 +75,18 @@ def last_cache_bytes(caches: list[dict]) -> int:
 
 
 @functools.cache
+def operand(shape: tuple[int, ...], dtype: type = np.float32, which: int = 0) -> np.ndarray:
+    """A read-only array of ones, made once per process, shape and `which` (distinct arrays of one
+    shape): a GEMM's or GEMV's operands live as
+    long as a model's weights do. Made afresh each round, calibration's L3-resident GEMV (8 MiB, 1024
+    columns) took 148 us (median of eight rounds inside `validate`) where the same shape with a weight
+    made once took 124 us seconds later, and the 1 x 1024 x 1024 case came out +31...+39% in three runs."""
+    a = np.ones(shape, dtype)
+    a.flags.writeable = False
+    return a
+
+
+@functools.cache
 def _copy_pairs(n: int, threads: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Source and destination arrays of `n` floats per thread, made (and faulted in) once: see
     `native._cycle` for what allocating them every round did to the next measurement."""
@@ -112,8 +124,7 @@ def read_bandwidth(nbytes: int) -> float:
 
 
 def gemm_rate(dtype, n: int) -> float:
-    a = np.ones((n, n), dtype)
-    b = np.ones((n, n), dtype)
+    a, b = operand((n, n), dtype), operand((n, n), dtype, which=1)
     return 2 * n**3 / typical_time(lambda: a @ b, repeats=3)
 
 
@@ -138,10 +149,10 @@ def rows_side(caches: list[dict]) -> int:
 def matrix_rates(side: int) -> dict[int, float]:
     """GEMM FLOP/s by rows M on a `side` x `side` fp32 weight (`rows_side`)."""
     k = n = side
-    w = np.ones((k, n), np.float32)
+    w = operand((k, n), which=1)
     out = {}
     for m in ROWS:
-        x = np.ones((m, k), np.float32)
+        x = operand((m, k))
         out[m] = 2 * m * n * k / typical_time(lambda x=x: x @ w, repeats=5)
     return out
 
@@ -158,7 +169,7 @@ def depth_rates() -> dict[int, float]:
     """GEMM FLOP/s of DEPTH_SIDE x K @ K x DEPTH_SIDE by reduction depth K (DEPTHS and MATRIX_SIZE)."""
     out = {}
     for depth in DEPTHS + (MATRIX_SIZE,):
-        x, w = np.ones((DEPTH_SIDE, depth), np.float32), np.ones((depth, DEPTH_SIDE), np.float32)
+        x, w = operand((DEPTH_SIDE, depth)), operand((depth, DEPTH_SIDE), which=1)
         out[depth] = 2 * DEPTH_SIDE * DEPTH_SIDE * depth / typical_time(lambda x=x, w=w: x @ w, repeats=5)
     return out
 
@@ -173,7 +184,7 @@ def gemv_time(nbytes: int, columns: int | None = None) -> float:
     """Seconds per call of a BLAS GEMV re-reading one fp32 weight of about `nbytes` (warm: where it
     fits, the cache holding it serves it), K x `columns` (square if None)."""
     k, n = _weight_shape(nbytes, columns)
-    w, x = np.ones((k, n), np.float32), np.ones((1, k), np.float32)
+    w, x = operand((k, n), which=1), operand((1, k))
     return typical_time(lambda: x @ w, repeats=3)
 
 
@@ -236,7 +247,7 @@ def cold_gemv_rate(nbytes: int, overhead: float = 0.0, repeats: int = 7, columns
     weight from the cold pool each call), less the per-call framework cost `overhead`: how fast one op
     moves that many bytes. W is K x `columns` (square if None): each of its rows is one contiguous run."""
     k, n = _weight_shape(nbytes, columns)
-    pool, x = cold_pool(), np.ones((1, k), np.float32)
+    pool, x = cold_pool(), operand((1, k))
     return _net_rate(4 * k * n, typical_time(lambda: x @ pool.take(k, n), repeats=repeats), overhead)
 
 
@@ -308,7 +319,7 @@ def kernel_dispatch(stream_bytes: int, calls: int = 20, batches: int = 3) -> dic
     fastest: a layer norm 27 -> 38 us, an add 1 -> 3 us, the same in three repetitions), and a GPT-2
     decode step's layer norms took ~50 us each inside the pass."""
     rows, columns = _weight_shape(stream_bytes, 1024)
-    pool, x = cold_pool(), np.ones((1, rows), np.float32)
+    pool, x = cold_pool(), operand((1, rows))
     out = {}
     for name, fn in tiny_kernels().items():
         means = []

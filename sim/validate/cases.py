@@ -39,7 +39,7 @@ class Case:
     predicted_s: float
     measured_s: float
     source: str = "measured here"
-    spread: float | None = None  # live cases: (slowest - fastest round) / the median round
+    spread: float | None = None  # live cases: the interquartile range of its rounds / the median round
 
     @property
     def error(self) -> float:
@@ -200,5 +200,14 @@ def live_cases(hw: Hardware, timed: list[Timed], times: list[list[float]]) -> li
     """Each case predicted with `hw` against its median round, as calibration keeps each
     microbenchmark's median round: both describe the machine as it ran in the same minutes. Each case
     also carries the spread of its rounds, the noise its error is measured against."""
-    return [Case(c.group, c.name, c.predict(hw), statistics.median(t),
-                 spread=(max(t) - min(t)) / statistics.median(t)) for c, t in zip(timed, times)]
+    return [Case(c.group, c.name, c.predict(hw), statistics.median(t), spread=spread(t)) for c, t in zip(timed, times)]
+
+
+def spread(rounds: list[float]) -> float:
+    """The interquartile range of a case's rounds over their median: how far single rounds scatter, not
+    moved by one round that fell into a burst of someone else's load (which the slowest-to-fastest range,
+    growing with the number of rounds, is)."""
+    if len(rounds) < 2:
+        return 0.0
+    q1, _, q3 = statistics.quantiles(rounds, n=4, method="inclusive")
+    return (q3 - q1) / statistics.median(rounds)

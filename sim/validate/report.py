@@ -24,8 +24,8 @@ def _summary(cases: list[Case]) -> str:
     median, worst = stats(cases)
     line = f"median |error| {100 * median:.1f}%, worst {100 * worst:.1f}% over {len(cases)} cases"
     if _has_spread(cases):
-        line += (f"; the rounds of a case spread by {100 * statistics.median(c.spread for c in cases):.0f}% "
-                 f"(median), {100 * max(c.spread for c in cases):.0f}% (most)")
+        line += (f"; the middle half of a case's rounds spans {100 * statistics.median(c.spread for c in cases):.0f}% "
+                 f"of its median (median over cases), {100 * max(c.spread for c in cases):.0f}% (most)")
     return line
 
 
