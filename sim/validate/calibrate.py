@@ -77,10 +77,10 @@ def last_cache_bytes(caches: list[dict]) -> int:
 @functools.cache
 def operand(shape: tuple[int, ...], dtype: type = np.float32, which: int = 0) -> np.ndarray:
     """A read-only array of ones, made once per process, shape and `which` (distinct arrays of one
-    shape): a GEMM's or GEMV's operands live as
-    long as a model's weights do. Made afresh each round, calibration's L3-resident GEMV (8 MiB, 1024
-    columns) took 148 us (median of eight rounds inside `validate`) where the same shape with a weight
-    made once took 124 us seconds later, and the 1 x 1024 x 1024 case came out +31...+39% in three runs."""
+    shape): calibration's GEMM and GEMV operands live as long as the cases' and a model's weights do.
+    Made afresh each round, the L3's 8 MiB GEMV with 1024 columns took 148 us (median of eight rounds
+    inside `validate`) against 124 us for the same shape made once, timed seconds later; made once,
+    146 against 141 us in the next run (one run each: within this machine's noise)."""
     a = np.ones(shape, dtype)
     a.flags.writeable = False
     return a

@@ -173,11 +173,10 @@ def machine_drift(hw: Hardware) -> dict[str, float]:
 
 
 #: Rounds of live timing (and, with `validate --calibrate`, of calibration between them): on a shared
-#: machine each figure is the median of its rounds, and more rounds put the medians of calibration and
-#: cases closer to the same machine. Single rounds of a case scatter by 30-60% on this project's VM and
-#: independently of calibration's round beside them (a round-by-round comparison scattered more than the
-#: medians: 13.6% / 26.8% against 7.8% / 38.7%, one run), so only more rounds narrow it: of one run of
-#: 16, its first 4, 8, 12 and 16 rounds put every case but one within 20, 15, 19 and 17%.
+#: machine each figure is the median of its rounds. Single rounds of a case scatter by 30-60% on this
+#: project's VM, independently of calibration's round beside them (judged round by round, one run
+#: scattered more than its medians: 13.6% / 26.8% against 7.8% / 38.7%), so only more rounds narrow
+#: it (docs/validation-history.md: 4 to 16 rounds of three runs).
 ROUNDS = 16
 
 
