@@ -9,7 +9,7 @@ import gc
 from contextlib import contextmanager
 from functools import lru_cache
 
-from sim.config.hardware import Hardware
+from sim.config.hardware import KERNEL_FALLBACK, Hardware
 from sim.config.workload import Workload
 from sim.engine import RunResult, simulate
 from sim.graph import build_graph
@@ -92,8 +92,8 @@ def context(workload: Workload, hw: Hardware, placement, hw_file: str) -> dict:
             if hw.interconnect else [],
             "peak_flops": peak, "peak_dtype": dtype, "vector_flops": hw.device.compute.vector,
             "dispatch_overhead_s": hw.device.dispatch_overhead, "launch_overhead_s": hw.device.launch_overhead,
-            "dispatch_by_kernel_s": {k: c.dispatch for k, c in sorted(hw.device.kernels.items())
-                                     if c.dispatch is not None},
+            "dispatch_by_kernel_s": {k: own for k in sorted(set(hw.device.kernels) | set(KERNEL_FALLBACK))
+                                     if (own := hw.device.own(k, "dispatch")) is not None},
             "matmul_overhead_s": hw.device.compute.matmul_overhead,
             "memory": {
                 name: {"capacity_bytes": lvl.capacity, "bandwidth_bytes_per_s": lvl.bandwidth,

@@ -302,6 +302,32 @@ def test_a_kernels_fixed_time_replaces_the_matmul_overhead_for_its_ops_only():
     assert max(r.end_s for r in r1.ops) == pytest.approx(max(r.end_s for r in r0.ops) + grown, rel=1e-9)
 
 
+def test_a_linear_with_a_bias_pays_its_own_dispatch_or_else_the_matmuls():
+    """GPT-2's projections have biases: their kernel is `linear` (eager numpy: `x @ w`, then `+= b`),
+    the unfused attention's matmuls and Llama's bias-free projections are `matmul`. A linear without
+    a cost of its own takes matmul's, then the device-wide one; the summary's host time agrees."""
+    from sim.report import summarize
+
+    base = {"device__dispatch_overhead": "1 us", "device__dispatch_mode": "sync"}
+    wl, _ = load(DATA / "toy-gpt.yaml", **base)
+    ops = build_graph(wl).ops
+    kernels = {op.kind: op.kernel for op in ops if op.op_class in ("gemm", "gemv")}
+    assert kernels["qkv"] == kernels["ffn_up"] == "linear" and "matmul" in kernels.values()
+    _, only_matmul = load(DATA / "toy-gpt.yaml", device__kernels={"matmul": {"dispatch": "5 us"}}, **base)
+    _, both = load(DATA / "toy-gpt.yaml", device__kernels={"matmul": {"dispatch": "5 us"},
+                                                           "linear": {"dispatch": "9 us"}}, **base)
+    assert only_matmul.device.dispatch_for("linear") == pytest.approx(5e-6)
+    assert both.device.dispatch_for("linear") == pytest.approx(9e-6)
+    assert both.device.dispatch_for("matmul") == pytest.approx(5e-6)
+    assert both.device.dispatch_for("add") == pytest.approx(1e-6)
+    for hw, linear in ((only_matmul, 5e-6), (both, 9e-6)):
+        result = run(wl, hw)
+        for r in result.ops:
+            want = {"linear": linear, "matmul": 5e-6}.get(next(op.kernel for op in ops if op.name == r.name), 1e-6)
+            assert r.overhead_s == pytest.approx(want, rel=1e-9), r.name
+        assert summarize(result)["host_dispatch_s"] == pytest.approx(sum(r.overhead_s for r in result.ops))
+
+
 @pytest.mark.parametrize("mode", ["async", "sync"])
 def test_step_overhead_is_paid_once_per_pass_after_it_ends(mode):
     """With `step_overhead` the host waits for each forward pass, then spends that long before the

@@ -18,8 +18,13 @@ from sim.errors import KeyedError
 HOST_LEVEL = "host"
 
 #: What a graph op computes (`Op.kernel`), as a framework calls it: the key of per-kernel costs.
-Kernel = Literal["matmul", "attention", "layernorm", "rmsnorm", "softmax", "gelu", "silu", "relu", "add", "rope",
-                 "gather", "tanh"]
+Kernel = Literal["matmul", "linear", "attention", "layernorm", "rmsnorm", "softmax", "gelu", "silu", "relu", "add",
+                 "rope", "gather", "tanh"]
+
+#: A kernel without a cost of its own takes this one's before the device-wide figure: a matmul with a bias
+#: (`linear`) is a matmul where the framework fuses the bias (a GPU library's epilogue), and two calls
+#: where it does not (eager numpy: `x @ w`, then `+= b`).
+KERNEL_FALLBACK: dict[str, str] = {"linear": "matmul"}
 
 
 def log_interpolate(table: dict[float, float], x: float, default: float) -> float:
@@ -206,17 +211,27 @@ class Device(Spec):
         "that differ from `dispatch_overhead` and `compute.vector`: an eager framework's layernorm is several "
         "library calls, a GELU's tanh costs more per element than an add's sum")
 
+    def own(self, kernel: str, field: str) -> float | None:
+        """`kernel`'s own `field` cost (`dispatch`, `vector`, `fixed`), or its `KERNEL_FALLBACK`'s; None
+        where neither has one."""
+        while kernel:
+            cost = self.kernels.get(kernel)
+            if cost is not None and getattr(cost, field) is not None:
+                return getattr(cost, field)
+            kernel = KERNEL_FALLBACK.get(kernel, "")
+        return None
+
     def dispatch_for(self, kernel: str) -> float:
         """Host dispatch time of one op computing `kernel`."""
-        cost = self.kernels.get(kernel)
-        return self.dispatch_overhead if cost is None or cost.dispatch is None else cost.dispatch
+        own = self.own(kernel, "dispatch")
+        return self.dispatch_overhead if own is None else own
 
     def fixed_for(self, kernel: str, matrix: bool) -> float:
         """Device time of an op computing `kernel` beyond the launch (`matrix`: a matmul-like op)."""
-        cost = self.kernels.get(kernel)
-        if cost is None or cost.fixed is None:
+        own = self.own(kernel, "fixed")
+        if own is None:
             return self.compute.matmul_overhead if matrix else 0.0
-        return cost.fixed
+        return own
 
     def row_element_for(self, kernel: str) -> float:
         """Serial time per row element of an op computing `kernel` (0: no floor)."""
@@ -225,8 +240,8 @@ class Device(Spec):
 
     def vector_for(self, kernel: str) -> float:
         """Vector rate, in graph FLOPs per second, of an op computing `kernel`."""
-        cost = self.kernels.get(kernel)
-        return self.compute.vector if cost is None or cost.vector is None else cost.vector
+        own = self.own(kernel, "vector")
+        return self.compute.vector if own is None else own
 
     @model_validator(mode="after")
     def _has_a_home(self) -> Device:

@@ -170,7 +170,8 @@ class _Builder:
         flops = 2 * m_rows * n * k + (m_rows * n if bias else 0)
         op_class = "gemv" if self.phase == "decode" else "gemm"
         writes = out_kv if out_kv is not None else [self.act(kind, m_rows * n)]
-        return self.op(kind, op_class, flops, [x, Access(w, w.bytes)], writes, (1, m_rows, n, k), layout=layout)
+        return self.op(kind, op_class, flops, [x, Access(w, w.bytes)], writes, (1, m_rows, n, k),
+                       kernel="linear" if bias else "matmul", layout=layout)
 
     def vector(self, kind: str, kernel: str, inputs: list[Access], out_elements: int, flops_per: float,
                weights: list[Tensor] = (), op_class: str = "elementwise", out_name: str | None = None,
