@@ -357,9 +357,10 @@ def _measure_once(caches: list[dict], cores: int, compiled: bool, dram_bytes: in
             out[f"{name}.bw"] = native.read_bandwidth(c["bytes"] // 2, cores) if compiled \
                 else cores * read_bandwidth(c["bytes"] // 2)
         else:  # per-call times here, rates once the matmul's dispatch is known (below)
-            warm[f"{name}.bw"] = (c["bytes"] // 4, CACHE_ROW)
-            warm.update({f"{name}.run.{n}": (c["bytes"] // 4, n) for n in CACHE_RUN_COLUMNS})
-            out.update({key: gemv_time(*shape) for key, shape in warm.items() if key.startswith(name)})
+            level = {f"{name}.bw": (c["bytes"] // 4, CACHE_ROW)} | {
+                f"{name}.run.{n}": (c["bytes"] // 4, n) for n in CACHE_RUN_COLUMNS}
+            warm.update(level)
+            out.update({key: gemv_time(*shape) for key, shape in level.items()})
         if compiled:
             out[f"{name}.lat"] = native.load_latency(c["bytes"] // (2 if c["private"] else 8))
     after("caches")
