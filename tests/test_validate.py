@@ -233,7 +233,9 @@ def test_calibration_assembles_a_loadable_model_from_its_figures(tmp_path: Path,
         f = next(rounds)
         for stage in cal.STAGES:
             after(stage)
-        out = {"l1.bw": 100e9 * f, "l3.bw": 50e9 * f, "l3.run.256": 25e9, "l3.run.1024": 40e9,
+        l3 = dict(zip(cal.CACHE_FRACTIONS, (40e9, 50e9, 50e9, 45e9)))  # 512 KiB .. 4 MiB
+        out = {"l1.bw": 100e9 * f, **{f"l3.size.{(8 << 20) // k}": r * f for k, r in l3.items()},
+               "l3.run.256": 25e9, "l3.run.1024": 40e9,
                "dram.copy": 10e9, "dram.gemv": 20e9 * f, "fp32": 1e11 * f,
                "fp16": 1e9, "dispatch.add": 2e-6 / f, "dispatch.gelu": 6e-6 / f, "dispatch.matmul": 5e-6 / f,
                "vector.add": 4e9, "vector.gelu": 1e9 * f, **{f"rows.{m}": 5e10 for m in cal.ROWS},
@@ -264,7 +266,10 @@ def test_calibration_assembles_a_loadable_model_from_its_figures(tmp_path: Path,
     assert dram.effective_bandwidth == pytest.approx(40e9)
     assert dram.bandwidth_for(64 << 20, run=4 * 256) == pytest.approx(0.5 * dram.bandwidth_for(64 << 20))
     assert dram.efficiency_by_run[1024] == 0.5 and 1 << 16 not in hw.levels["l1"].efficiency_by_run
-    assert hw.levels["l3"].efficiency_by_run == {1024: 0.25, 4096: 0.4, 16384: 1.0}  # over the median l3.bw, 100e9
+    l3 = hw.levels["l3"]  # the fastest size (median round) is the bandwidth; the run table is over a quarter's
+    assert l3.bandwidth == pytest.approx(100e9)
+    assert l3.efficiency_by_size == {512 << 10: 0.8, 1 << 20: 1.0, 2 << 20: 1.0, 4 << 20: 0.9}
+    assert l3.efficiency_by_run == {1024: 0.25, 4096: 0.4, 16384: 1.0}  # over the 2 MiB one's, 100e9
     depth = hw.device.compute.matrix_efficiency_by_depth  # each K's rate over K = MATRIX_SIZE's, same round
     assert depth == {k: round((k / cal.MATRIX_SIZE) ** 0.5, 3) for k in cal.DEPTHS} | {cal.MATRIX_SIZE: 1.0}
     assert hw.levels["l1"].latency == pytest.approx(4e-9 if compiled else 1.5e-9)  # the median round too

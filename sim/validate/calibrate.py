@@ -3,11 +3,12 @@
 What is measured, and how (each figure's method is written into the YAML's `calibration:` section):
 - cache sizes and which cores share them: from the OS (/sys/devices/system/cpu/cpu0/cache);
 - bandwidth of each cache level and of DRAM: private levels by a C read loop on every core (see
-  `native`; numpy's per-call cost is longer than reading a whole L1/L2), shared ones by a BLAS GEMV
-  over a weight resident in them (less the matmul's dispatch, which the model adds to every GEMV op,
-  as for DRAM's cold GEMVs); DRAM by numpy copies and a cold BLAS GEMV over a matrix far larger
-  than the last cache (the higher of the two, as GEMVs use every core), and by transfer size from cold
-  GEMVs of 1-64 MiB (`efficiency_by_size`); cold: each weight cut from a pool 16x the largest cache.
+  `native`; numpy's per-call cost is longer than reading a whole L1/L2), shared ones by BLAS GEMVs
+  over weights resident in them, 1/16 to 1/2 of the level (`efficiency_by_size`; less the matmul's
+  dispatch, which the model adds to every GEMV op, as for DRAM's cold GEMVs); DRAM by numpy copies
+  and a cold BLAS GEMV over a matrix far larger than the last cache (the higher of the two, as GEMVs
+  use every core), and by transfer size from cold GEMVs of 1-64 MiB (`efficiency_by_size`); cold:
+  each weight cut from a pool 16x the largest cache.
   DRAM's GEMV weights have long rows (LONG_ROW columns), and DRAM is also measured by the length of
   the weight's rows (`efficiency_by_run`: short rows are short contiguous runs); so is a shared cache,
   on GEMVs of a quarter of it with CACHE_ROW columns and fewer;
@@ -207,6 +208,13 @@ def _net_rate(nbytes: int, per_call: float, overhead: float) -> float:
 #: of the L3 is 128 rows, whose 64 KiB output row spills L1.
 CACHE_ROW = 4096
 CACHE_RUN_COLUMNS = (256, 1024)
+#: ... and its `efficiency_by_size` on weights of these fractions of its capacity (the run table's at a
+#: quarter): a cache shared with other cores (and, on a cloud VM, other tenants) serves a larger working
+#: set at a lower rate, as more of it is evicted between reads. Inside `validate` on this project's VM
+#: (medians of six rounds) a 1024-column GEMV of 8 MiB took 112-140 us where the 4 MiB one took 58-60:
+#: per byte, 8 MiB ran 5-15% slower, and the one-row GEMM (4 MiB) predicted from 8 MiB came out 12-26%
+#: slow in seven of eight runs.
+CACHE_FRACTIONS = (16, 8, 4, 2)
 
 
 #: Data that must come from DRAM is taken from a pool at least this many times the largest cache. A
@@ -357,7 +365,7 @@ def _measure_once(caches: list[dict], cores: int, compiled: bool, dram_bytes: in
             out[f"{name}.bw"] = native.read_bandwidth(c["bytes"] // 2, cores) if compiled \
                 else cores * read_bandwidth(c["bytes"] // 2)
         else:  # per-call times here, rates once the matmul's dispatch is known (below)
-            level = {f"{name}.bw": (c["bytes"] // 4, CACHE_ROW)} | {
+            level = {f"{name}.size.{c['bytes'] // f}": (c["bytes"] // f, CACHE_ROW) for f in CACHE_FRACTIONS} | {
                 f"{name}.run.{n}": (c["bytes"] // 4, n) for n in CACHE_RUN_COLUMNS}
             warm.update(level)
             out.update({key: gemv_time(*shape) for key, shape in level.items()})
@@ -426,18 +434,24 @@ def calibrate(progress: Callable[[str], None] = lambda _msg: None, rounds: int =
         elif private:
             method = f"{cores} cores x one core's numpy read of {c['bytes'] // 2048} KiB (no C compiler)"
         else:
-            method = (f"BLAS GEMV (all its threads) of an fp32 weight of {c['bytes'] // 4096} KiB with {CACHE_ROW} "
-                      f"columns that stays in the level, less the matmul dispatch overhead; efficiency_by_run = "
-                      f"the same with {' and '.join(map(str, CACHE_RUN_COLUMNS))} columns, over it")
+            sizes = " / ".join(f"{c['bytes'] // f >> 10}" for f in sorted(CACHE_FRACTIONS, reverse=True))
+            method = (f"the fastest of BLAS GEMVs (all its threads) re-reading an fp32 weight of {sizes} KiB with "
+                      f"{CACHE_ROW} columns that stays in the level, less the matmul dispatch overhead; "
+                      f"efficiency_by_size = each of them over it; efficiency_by_run = the {c['bytes'] // 4096} "
+                      f"KiB one with {' and '.join(map(str, CACHE_RUN_COLUMNS))} columns, over that with {CACHE_ROW}")
         chased = c["bytes"] // (2 if private else 8)  # well inside the level (a shared one's far end misses the TLB)
+        by_size = {} if private else {c["bytes"] // f: fig[f"{name}.size.{c['bytes'] // f}"] for f in CACHE_FRACTIONS}
+        bandwidth = max(by_size.values()) if by_size else fig[f"{name}.bw"]
         memory[name] = {
-            "capacity": f"{c['bytes'] // 1024} KiB", "bandwidth": f"{fig[name + '.bw'] / 1e9:.3f} GB/s",
+            "capacity": f"{c['bytes'] // 1024} KiB", "bandwidth": f"{bandwidth / 1e9:.3f} GB/s",
             "latency": f"{fig[name + '.lat'] * 1e9:.1f} ns" if compiled else LATENCY_ASSUMED.get(c["level"], "20 ns"),
             "scope": "per_unit" if private else "shared", "kind": "cache",
         }
         if not private:
+            memory[name]["efficiency_by_size"] = {_size_key(size): round(rate / bandwidth, 3)
+                                                  for size, rate in sorted(by_size.items())}
             memory[name]["efficiency_by_run"] = _run_table(
-                {n: fig[f"{name}.run.{n}"] for n in CACHE_RUN_COLUMNS}, CACHE_ROW, fig[f"{name}.bw"])
+                {n: fig[f"{name}.run.{n}"] for n in CACHE_RUN_COLUMNS}, CACHE_ROW, by_size[c["bytes"] // 4])
         notes[f"device.memory.{name}"] = (
             f"capacity from /sys (cpu0, {'private' if private else 'shared'}); bandwidth = {method}; latency = "
             + (f"C pointer chase over a random cycle of lines in {chased // 1024} KiB" if compiled
@@ -449,7 +463,7 @@ def calibrate(progress: Callable[[str], None] = lambda _msg: None, rounds: int =
         "bandwidth": f"{dram_bw / 1e9:.3f} GB/s",
         "latency": f"{fig['dram.lat'] * 1e9:.1f} ns" if compiled else "90 ns",
         "scope": "shared", "kind": "dram",
-        "efficiency_by_size": {f"{size >> 20} MiB": round(min(1.0, rate / dram_bw), 3)
+        "efficiency_by_size": {_size_key(size): round(min(1.0, rate / dram_bw), 3)
                                for size, rate in sorted(by_size.items())},
         "efficiency_by_run": _run_table({n: fig[f"dram.run.{n}"] for n in RUN_COLUMNS}, LONG_ROW,
                                         fig[f"cold.{RUN_SIZE}"]),
@@ -509,6 +523,10 @@ def calibrate(progress: Callable[[str], None] = lambda _msg: None, rounds: int =
         },
         "calibration": notes,
     }
+
+
+def _size_key(nbytes: int) -> str:
+    return f"{nbytes >> 20} MiB" if nbytes % (1 << 20) == 0 else f"{nbytes >> 10} KiB"
 
 
 def _run_table(rates: dict[int, float], long_columns: int, long_rate: float) -> dict[str, float]:

@@ -165,7 +165,8 @@ def machine_drift(hw: Hardware) -> dict[str, float]:
     gemv = hw.device.dispatch_for("matmul")  # calibration's shared-cache GEMVs are net of it
     shared = [(n, lvl) for n, lvl in hw.levels.items() if lvl.kind == "cache" and lvl.scope == "shared"]
     for name, lvl in shared:
-        out[f"{name} bandwidth"] = cal.gemv_bandwidth(int(lvl.capacity) // 4, cal.CACHE_ROW, gemv) / lvl.bandwidth
+        quarter = int(lvl.capacity) // 4
+        out[f"{name} bandwidth"] = cal.gemv_bandwidth(quarter, cal.CACHE_ROW, gemv) / lvl.bandwidth_for(quarter)
     dram = next((lvl for lvl in hw.levels.values() if lvl.kind == "dram"), None)
     if dram is not None:
         out["DRAM bandwidth"] = cal.cold_gemv_rate(256 << 20, columns=cal.LONG_ROW) / dram.bandwidth
