@@ -169,7 +169,7 @@ def machine_drift(hw: Hardware) -> dict[str, float]:
         out[f"{name} bandwidth"] = cal.gemv_bandwidth(quarter, cal.CACHE_ROW, gemv) / lvl.bandwidth_for(quarter)
     dram = next((lvl for lvl in hw.levels.values() if lvl.kind == "dram"), None)
     if dram is not None:
-        out["DRAM bandwidth"] = cal.cold_gemv_rate(256 << 20, columns=cal.LONG_ROW) / dram.bandwidth
+        out["DRAM bandwidth"] = cal.cold_gemv_rate(256 << 20, columns=cal.LONG_ROW) / dram.bandwidth_for(256 << 20)
     return out
 
 
