@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import ROOT, load
+from conftest import DATA, ROOT, load
 from sim.errors import ConfigError
 from sim.graph import build_graph
 from sim.mapping import place
@@ -75,3 +75,25 @@ def test_weights_spill_to_host_memory_and_stall_on_it():
     # PCIe at 32 GB/s: one decode step moves all 249 MB of weights over it
     step = [r for r in decode if r.step == 1]
     assert sum(r.bytes.get("host", 0.0) for r in step) == pytest.approx(124_439_808 * 2, rel=0.01)
+
+
+def test_an_unfused_bias_add_follows_the_product_at_its_own_rate():
+    """A biased projection's epilogue (one add per output element) is part of its FLOPs. Where the
+    framework fuses it (no `epilogue` rate: a GPU library) it costs what its FLOPs cost at the matmul's
+    rate; where it is a pass of its own (eager numpy's `y += b`), its elements at the kernel's epilogue
+    rate are added to the op's compute time, and nothing else changes. Bias-free matmuls have none."""
+    from sim.mapping.plan import plan_op
+
+    wl, fused = load(DATA / "toy-gpt.yaml")
+    _, unfused = load(DATA / "toy-gpt.yaml", device__kernels={"linear": {"epilogue": "1 GFLOP/s"}})
+    ops = build_graph(wl).ops
+    linears = [op for op in ops if op.kernel == "linear"]
+    assert linears and all(op.epilogue == op.shape[1] * op.shape[2] for op in linears)
+    assert all(op.epilogue == 0 for op in ops if op.kernel != "linear")
+    for op in ops:
+        if op.engine != "matrix":
+            continue
+        a, b = (plan_op(op, hw, place([op], hw)) for hw in (fused, unfused))
+        assert b.compute_s - a.compute_s == pytest.approx(op.epilogue / 1e9 - (
+            op.epilogue / op.flops * a.compute_s if op.epilogue else 0.0), rel=1e-9, abs=1e-15), op.name
+        assert (a.unit, a.utilization, a.loads, a.overhead_s) == (b.unit, b.utilization, b.loads, b.overhead_s)

@@ -238,6 +238,7 @@ def test_calibration_assembles_a_loadable_model_from_its_figures(tmp_path: Path,
                "l3.run.256": 25e9, "l3.run.1024": 40e9,
                "dram.copy": 10e9, "dram.gemv": 20e9 * f, "fp32": 1e11 * f,
                "fp16": 1e9, "dispatch.add": 2e-6 / f, "dispatch.gelu": 6e-6 / f, "dispatch.matmul": 5e-6 / f,
+               "dispatch.linear": 5e-6 / f, "epilogue.linear": 0.5e9 * f,
                "vector.add": 4e9, "vector.gelu": 1e9 * f, **{f"rows.{m}": 5e10 for m in cal.ROWS},
                **{f"depth.{k}": 1e9 * k ** 0.5 * f for k in cal.DEPTHS + (cal.MATRIX_SIZE,)},
                **{f"cold.{s}": 10e9 for s in cal.COLD_SIZES}, f"cold.{16 << 20}": 50e9,
@@ -263,6 +264,7 @@ def test_calibration_assembles_a_loadable_model_from_its_figures(tmp_path: Path,
     assert hw.device.dispatch_for("tanh") == pytest.approx(2.5e-6)  # no kernel of its own: the median
     assert hw.device.vector_for("gelu") == pytest.approx(2e9)
     assert hw.device.vector_for("add") == pytest.approx(4e9)
+    assert hw.device.epilogue_for("linear") == pytest.approx(1e9) and hw.device.epilogue_for("matmul") is None
     assert hw.device.compute.vector == pytest.approx(3e9) and hw.device.kernels["matmul"].vector is None
     assert dram.bandwidth_for(1 << 20) == pytest.approx(10e9, rel=1e-3)  # 10 of the 50 GB/s: 0.2
     assert dram.effective_bandwidth == pytest.approx(40e9)  # ... a long transfer the largest GEMV's

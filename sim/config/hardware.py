@@ -183,6 +183,10 @@ class KernelCost(Spec):
         default=None, description="device time of one such op beyond `launch_overhead` (the kernel's own "
         "ramp-up, grid-wide reductions, epilogue), in place of `compute.matmul_overhead` for matmul-like ops "
         "and of nothing for others")
+    epilogue: FlopRate | None = Field(
+        default=None, description="rate of a matmul's elementwise epilogue (a bias add) that the framework "
+        "runs as a pass of its own after the product (eager numpy: `y += b`), serial with it. Absent: fused "
+        "into the matmul (a GPU library's epilogue), its FLOPs at the matmul's rate")
     row_element: Latency = Field(
         default=0.0, description="time per element of one row of a row-wise reduction (a norm over the "
         "hidden size) that one thread block reduces serially: the op computes for at least the row's width "
@@ -212,7 +216,7 @@ class Device(Spec):
         "library calls, a GELU's tanh costs more per element than an add's sum")
 
     def own(self, kernel: str, field: str) -> float | None:
-        """`kernel`'s own `field` cost (`dispatch`, `vector`, `fixed`), or its `KERNEL_FALLBACK`'s; None
+        """`kernel`'s own `field` cost (`dispatch`, `vector`, `fixed`, `epilogue`), or its `KERNEL_FALLBACK`'s; None
         where neither has one."""
         while kernel:
             cost = self.kernels.get(kernel)
@@ -237,6 +241,10 @@ class Device(Spec):
         """Serial time per row element of an op computing `kernel` (0: no floor)."""
         cost = self.kernels.get(kernel)
         return 0.0 if cost is None else cost.row_element
+
+    def epilogue_for(self, kernel: str) -> float | None:
+        """Rate of an unfused epilogue of an op computing `kernel`; None where the framework fuses it."""
+        return self.own(kernel, "epilogue")
 
     def vector_for(self, kernel: str) -> float:
         """Vector rate, in graph FLOPs per second, of an op computing `kernel`."""

@@ -98,6 +98,9 @@ class Op:
     #: elements per row of a row-wise reduction (a norm: the hidden size), which one thread block of a
     #: GPU kernel reduces serially; 0 for other ops
     row: int = 0
+    #: a matmul's elementwise FLOPs after the product (a bias add: one per output element), part of
+    #: `flops`; the hardware says whether its framework fuses them or runs them as a pass of their own
+    epilogue: float = 0.0
 
     @property
     def bytes(self) -> float:

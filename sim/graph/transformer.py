@@ -131,13 +131,14 @@ class _Builder:
         return Access(Tensor(name, "activation", elements * self.ab, elements, "pass"), elements * self.ab)
 
     def op(self, kind: str, op_class: str, flops: float, reads, writes, shape=(), kernel: str = "",
-           layout: Literal["kn", "nk"] = "kn", row: int = 0) -> Op:
+           layout: Literal["kn", "nk"] = "kn", row: int = 0, epilogue: float = 0.0) -> Op:
         matrix = op_class in ("gemm", "gemv", "attention")
         op = Op(
             name=kind, kind=kind, op_class=op_class, engine="matrix" if matrix else "vector",
             phase=self.phase, step=0, layer=0, dtype=self.dtype, flops=float(flops),
             reads=tuple(reads), writes=tuple(writes), shape=tuple(shape), stage=self.stage,
             kernel=kernel or ("matmul" if matrix else kind), weight_layout=layout, row=row,
+            epilogue=float(epilogue),
         )
         op = self._interned_ops.setdefault(op, op)
         self._ops.append(op)
@@ -171,7 +172,7 @@ class _Builder:
         op_class = "gemv" if self.phase == "decode" else "gemm"
         writes = out_kv if out_kv is not None else [self.act(kind, m_rows * n)]
         return self.op(kind, op_class, flops, [x, Access(w, w.bytes)], writes, (1, m_rows, n, k),
-                       kernel="linear" if bias else "matmul", layout=layout)
+                       kernel="linear" if bias else "matmul", layout=layout, epilogue=m_rows * n if bias else 0)
 
     def vector(self, kind: str, kernel: str, inputs: list[Access], out_elements: int, flops_per: float,
                weights: list[Tensor] = (), op_class: str = "elementwise", out_name: str | None = None,

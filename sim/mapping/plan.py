@@ -158,6 +158,7 @@ class Planner:
         self._feed_bandwidth = feed.effective_bandwidth if feed is not None and any(
             lvl.scope == "per_unit" for lvl in self.levels.values()) else 0.0
         self._vector_for = dev.vector_for
+        self._epilogue_for = dev.epilogue_for
         self._row_element_for = dev.row_element_for
         self._home = dict(placement.home)
         self._compute_of: dict[tuple, tuple] = {}
@@ -364,8 +365,8 @@ class Planner:
         if op.collective is not None:
             return OpPlan(op=op, unit="link", compute_s=0.0, utilization=1.0, loads=(), stores=(),
                           hits=(), chunks=(1.0,), overhead_s=self._overhead)
-        sig = (op.engine, op.kernel, op.row, op.dtype, op.flops, op.shape, op.reads[0].bytes if op.reads else 0.0,
-               op.reads[1].bytes if len(op.reads) > 1 else 0.0)
+        sig = (op.engine, op.kernel, op.row, op.dtype, op.flops, op.epilogue, op.shape,
+               op.reads[0].bytes if op.reads else 0.0, op.reads[1].bytes if len(op.reads) > 1 else 0.0)
         known = self._compute_of.get(sig)
         if known is None:
             known = self._compute_of[sig] = self._compute(op)
@@ -381,10 +382,20 @@ class Planner:
 
     def _compute(self, op: Op) -> tuple[str, float, float]:
         """Matmul-like ops run on the matrix engine or the vector units, whichever is faster (a GEMV
-        wastes most of an MMA tile); everything else runs on the vector units."""
-        vector_s = op.flops / self._vector_for(op.kernel)
+        wastes most of an MMA tile); everything else runs on the vector units. An epilogue the framework
+        does not fuse (`epilogue_for`) follows the product at its own rate."""
         if op.engine != "matrix":  # a row-wise reduction computes for at least one row's serial time
+            vector_s = op.flops / self._vector_for(op.kernel)
             return "vector", max(vector_s, op.row * self._row_element_for(op.kernel)), 1.0
+        rate = self._epilogue_for(op.kernel) if op.epilogue else None
+        if rate is None:
+            return self._product(op, op.flops)
+        unit, product_s, util = self._product(op, op.flops - op.epilogue)
+        return unit, product_s + op.epilogue / rate, util
+
+    def _product(self, op: Op, flops: float) -> tuple[str, float, float]:
+        """Unit, time and utilization of a matmul-like op's `flops` (its product, and a fused epilogue)."""
+        vector_s = flops / self._vector_for(op.kernel)
         compute = self.hw.device.compute
         peak = matrix_peak(self.hw, op.dtype, self.hw_file)
         gemm = len(op.shape) == 4
@@ -392,12 +403,12 @@ class Planner:
             if gemm else 1.0
         if compute.block_tiles and gemm and len(op.reads) >= 2:
             k_step = compute.tile[2] if compute.tile else 1
-            matrix_s, _, _ = block_tiled(op.shape, op.flops, compute.block_tiles, k_step, compute.units,
+            matrix_s, _, _ = block_tiled(op.shape, flops, compute.block_tiles, k_step, compute.units,
                                          peak * efficiency, *_element_bytes(op), self._feed_bandwidth)
-            util = op.flops / (peak * matrix_s)
+            util = flops / (peak * matrix_s)
         else:
             util = matrix_utilization(self.hw, op.shape) * efficiency
-            matrix_s = op.flops / (peak * util)
+            matrix_s = flops / (peak * util)
         return ("matrix", matrix_s, util) if matrix_s <= vector_s else ("vector", vector_s, 1.0)
 
     def _factors(self, op: Op) -> list[dict[str, int]]:

@@ -14,6 +14,8 @@ What is measured, and how (each figure's method is written into the YAML's `cali
   on GEMVs of a quarter of it with CACHE_ROW columns and fewer;
 - latency of each level: a C pointer chase through a random cycle of cache lines sized to the level;
 - peak GEMM FLOP/s per dtype: large square matmuls with the BLAS numpy uses;
+- a biased linear's epilogue: numpy's bias add `y += b`, a pass of its own after the product
+  (`epilogue_rate`);
 - per kernel (layernorm, softmax, GELU, add, ...: the reference's functions, `kernels`), its dispatch
   (its time on a tiny input, where only the framework's cost remains, right after a GEMV that streamed
   its weight, as in a pass) and its vector rate (on
@@ -308,6 +310,24 @@ def kernel_rates(n: int, dispatch: dict[str, float]) -> dict[str, float]:
             for name, (fn, flops) in _kernel_cases(n).items()}
 
 
+#: Columns of the output the bias add's rate is measured on (a BERT / GPT-2 hidden size). With rows of a
+#: multiple of 4 KiB, numpy's `y += b` ran 2-3.7 ns per element where every row started at the bias's
+#: offset modulo 4 KiB (loads and stores 4K-aliased), 0.22-0.35 elsewhere (L2- and L3-sized outputs, this
+#: project's VM); 3 KiB rows cycle through four offsets and ran 0.25-0.33.
+EPILOGUE_COLUMNS = 768
+
+
+def epilogue_rate(n: int) -> float:
+    """Elements per second of numpy's bias add `y += b` over an output of about `n` elements (L2-resident)
+    with EPILOGUE_COLUMNS columns, beyond the same call on 8 elements: the epilogue a biased linear runs
+    as a pass of its own after the product (the tiny call is part of the linear's dispatch)."""
+    cols = EPILOGUE_COLUMNS
+    y, b = np.ones((max(1, n // cols), cols), np.float32), np.ones(cols, np.float32)
+    y8, b8 = np.ones((1, 8), np.float32), np.ones(8, np.float32)
+    full, tiny = typical_time(lambda: np.add(y, b, out=y)), typical_time(lambda: np.add(y8, b8, out=y8))
+    return (y.size - 8) / max(full - tiny, 1e-9)
+
+
 def tiny_kernels() -> dict[str, Callable[[], object]]:
     """Per kernel, its call on a tiny input, where only the framework's cost remains; matmul is a bare
     1 x 8 x 8 `x @ w`, linear the same with a bias (two numpy calls: 2.6 against 4.5 us in a tight loop)."""
@@ -382,6 +402,7 @@ def _measure_once(caches: list[dict], cores: int, compiled: bool, dram_bytes: in
     out.update({f"dispatch.{name}": t for name, t in dispatch.items()})
     hot = {name: typical_time(fn) for name, fn in tiny_kernels().items()}  # the rates' loops run hot
     out.update({f"vector.{name}": r for name, r in kernel_rates(vector_elements(caches), hot).items()})
+    out["epilogue.linear"] = epilogue_rate(vector_elements(caches))
     for key, (nbytes, columns) in warm.items():  # net of dispatch, as DRAM's GEMVs are: the model adds it
         k, n = _weight_shape(nbytes, columns)
         out[key] = _net_rate(4 * k * n, out[key], dispatch["matmul"])
@@ -498,7 +519,8 @@ def calibrate(progress: Callable[[str], None] = lambda _msg: None, rounds: int =
         f"dispatch = its call on "
         f"64 elements right after a cold GEMV over a quarter of the last cache (the framework's state evicted, as "
         f"in a pass), mean of a batch of 20, median of 3; vector = graph FLOPs / (time - time on 64 elements, "
-        f"both in a loop) on {n} elements (L2-resident); {kept}")
+        f"both in a loop) on {n} elements (L2-resident); linear's epilogue = elements / (time - time on 8 "
+        f"elements) of numpy's bias add y += b on about {n} elements, {EPILOGUE_COLUMNS} columns; {kept}")
     notes["device.compute.vector"] = f"median of the kernels' vector rates (for ops without their own); {kept}"
     notes["device.dispatch_overhead"] = f"median of the kernels' dispatch (for ops without their own); {kept}"
     mhz = _clock_mhz()
@@ -520,6 +542,8 @@ def calibrate(progress: Callable[[str], None] = lambda _msg: None, rounds: int =
             "dispatch_mode": "sync",
             "kernels": {name: {"dispatch": f"{dispatch[name] * 1e6:.3f} us"}
                         | ({"vector": f"{rates[name] / 1e9:.3f} GFLOP/s"} if name in rates else {})
+                        | ({"epilogue": f"{fig[f'epilogue.{name}'] / 1e9:.3f} GFLOP/s"} if f"epilogue.{name}" in fig
+                           else {})
                         for name in kernels},
         },
         "calibration": notes,
