@@ -185,8 +185,8 @@ class KernelCost(Spec):
         "and of nothing for others")
     epilogue: FlopRate | None = Field(
         default=None, description="rate of a matmul's elementwise epilogue (a bias add) that the framework "
-        "runs as a pass of its own after the product (eager numpy: `y += b`), serial with it. Absent: fused "
-        "into the matmul (a GPU library's epilogue), its FLOPs at the matmul's rate")
+        "runs as a pass of its own after the product (eager numpy: `y += b`), added to the op's compute "
+        "time. Absent: fused into the matmul (a GPU library's epilogue), its FLOPs at the matmul's rate")
     row_element: Latency = Field(
         default=0.0, description="time per element of one row of a row-wise reduction (a norm over the "
         "hidden size) that one thread block reduces serially: the op computes for at least the row's width "
