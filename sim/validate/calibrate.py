@@ -6,9 +6,9 @@ What is measured, and how (each figure's method is written into the YAML's `cali
   `native`; numpy's per-call cost is longer than reading a whole L1/L2), shared ones by BLAS GEMVs
   over weights resident in them, 1/16 to 1/2 of the level (`efficiency_by_size`; less the matmul's
   dispatch, which the model adds to every GEMV op, as for DRAM's cold GEMVs); DRAM by numpy copies
-  and a cold BLAS GEMV over a matrix far larger than the last cache (the higher of the two, as GEMVs
-  use every core), and by transfer size from cold GEMVs of 1-64 MiB (`efficiency_by_size`); cold:
-  each weight cut from a pool 16x the largest cache.
+  and cold BLAS GEMVs over a matrix far larger than the last cache and of 1-64 MiB (`efficiency_by_size`;
+  the bandwidth the fastest of them, as GEMVs use every core); cold: each weight cut from a pool 16x
+  the largest cache.
   DRAM's GEMV weights have long rows (LONG_ROW columns), and DRAM is also measured by the length of
   the weight's rows (`efficiency_by_run`: short rows are short contiguous runs); so is a shared cache,
   on GEMVs of a quarter of it with CACHE_ROW columns and fewer;
