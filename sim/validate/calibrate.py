@@ -461,8 +461,9 @@ def calibrate(progress: Callable[[str], None] = lambda _msg: None, rounds: int =
                       f"efficiency_by_size = each of them over it; efficiency_by_run = the {c['bytes'] // 4096} "
                       f"KiB one with {' and '.join(map(str, CACHE_RUN_COLUMNS))} columns, over that with {CACHE_ROW}")
         chased = c["bytes"] // (2 if private else 8)  # well inside the level (a shared one's far end misses the TLB)
-        by_size = {} if private else {c["bytes"] // f: fig[f"{name}.size.{c['bytes'] // f}"] for f in CACHE_FRACTIONS}
-        bandwidth = max(by_size.values()) if by_size else fig[f"{name}.bw"]
+        warm_by_size = {} if private else {c["bytes"] // f: fig[f"{name}.size.{c['bytes'] // f}"]
+                                           for f in CACHE_FRACTIONS}
+        bandwidth = max(warm_by_size.values()) if warm_by_size else fig[f"{name}.bw"]
         memory[name] = {
             "capacity": f"{c['bytes'] // 1024} KiB", "bandwidth": f"{bandwidth / 1e9:.3f} GB/s",
             "latency": f"{fig[name + '.lat'] * 1e9:.1f} ns" if compiled else LATENCY_ASSUMED.get(c["level"], "20 ns"),
@@ -470,9 +471,9 @@ def calibrate(progress: Callable[[str], None] = lambda _msg: None, rounds: int =
         }
         if not private:
             memory[name]["efficiency_by_size"] = {_size_key(size): round(rate / bandwidth, 3)
-                                                  for size, rate in sorted(by_size.items())}
+                                                  for size, rate in sorted(warm_by_size.items())}
             memory[name]["efficiency_by_run"] = _run_table(
-                {n: fig[f"{name}.run.{n}"] for n in CACHE_RUN_COLUMNS}, CACHE_ROW, by_size[c["bytes"] // 4])
+                {n: fig[f"{name}.run.{n}"] for n in CACHE_RUN_COLUMNS}, CACHE_ROW, warm_by_size[c["bytes"] // 4])
         notes[f"device.memory.{name}"] = (
             f"capacity from /sys (cpu0, {'private' if private else 'shared'}); bandwidth = {method}; latency = "
             + (f"C pointer chase over a random cycle of lines in {chased // 1024} KiB" if compiled
@@ -551,6 +552,8 @@ def calibrate(progress: Callable[[str], None] = lambda _msg: None, rounds: int =
 
 
 def _size_key(nbytes: int) -> str:
+    """A size table's key in whole units ("2 MiB"), as the YAML reference writes them (`fmt_bytes`, for
+    reports, gives two decimals)."""
     return f"{nbytes >> 20} MiB" if nbytes % (1 << 20) == 0 else f"{nbytes >> 10} KiB"
 
 
