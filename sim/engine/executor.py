@@ -1,26 +1,42 @@
-"""Runs op plans on the machine, one stream per device, and measures where each op's time went.
+"""Runs device programs on the machine and measures where each op's time went.
 
-The host dispatches ops one after another, each costing `dispatch_overhead`, and runs ahead of the
-device (an asynchronous launch queue; `dispatch_mode: sync` waits for each op instead): the overhead
-shows only where the device outruns the host. The device's own time before an op (its plan's
-`launch_s`: a GPU starting the next kernel, plus a matmul's fixed cost) shows before every op that is
-not a collective, however far ahead the host is.
+Streams. Each device runs its program (ops in the order the host dispatches them) on two streams, as
+a GPU runs kernels and NCCL calls: `compute` (every op that is not communication) and `comm`
+(collectives and pipeline sends). Each stream is in order; an op starts when its stream is free, the
+ops that produce what it reads have finished (data dependences, tensor by tensor, not list position)
+and the host has dispatched it. A collective whose result the very next op consumes (a tensor-parallel
+all-reduce between a projection and its residual add) and a pipeline receive run in line: the compute
+stream waits for them, and their whole time is exposed. Any other collective is issued on the `comm`
+stream when the host reaches it and runs beside the compute ops that do not need it (a pipeline stage
+sends its activations and goes on with the next micro-batch); an op that reads its result waits for
+it, and that wait is the collective's exposed time. A forward pass starts after the ops of the pass
+before it (of the same micro-batch) have ended on the device: its input token is sampled from their
+output. Collectives use the links, not the memory levels, so the streams meet only in these waits.
+
+The host dispatches ops one after another in program order, each costing its kernel's dispatch
+overhead, and runs ahead of the device (an asynchronous launch queue; `dispatch_mode: sync` waits for
+each op instead, which also runs every collective in line): the overhead shows only where the device
+outruns the host. The device's own time before an op (its plan's `launch_s`: a GPU starting the next
+kernel, plus a matmul's fixed cost) shows before every op that is not a collective, however far ahead
+the host is.
 On the device an op is one process made of chunks. Chunk i+1's loads are issued when chunk i
 starts computing (double buffering). Within a chunk, data and compute overlap at tile granularity:
 compute may start once the chunk's first bytes have landed and cannot finish before its last bytes
 have. Results stream out as the chunk computes. Every interval in which the compute unit waits is a
 stall, charged to the resource it was waiting on, so busy + stalls + overhead = duration exactly.
 
-Reuse of identical work: every device runs one stream and its compute units and memory levels serve
-only that stream, so an op always starts on idle resources and nothing else touches them while it runs.
-Its timeline relative to its start is therefore a function of its plan alone: the first op with a
-given plan is simulated event by event, later ones with the same plan replay that timeline as one
-event. The same holds for a whole block (a layer) given how far ahead the host is, provided its
-collectives cannot meet other traffic: their links carry no other group's transfers. And the ranks of a
-tensor-parallel stage run identical plans from identical starts, meeting only in collectives that
-release them together, so one stream stands for all of them (their collectives' transfers are all
-simulated). All of this is exact up to float rounding (host lead compared to 1 ps); `replay=False`
-simulates every op of every device event by event, and tests hold the two equal.
+Reuse of identical work (the `replay` switch): the compute units and memory levels of a device serve
+only its compute stream, so a compute op always starts on idle resources and nothing else touches them
+while it runs. Its timeline relative to its start is therefore a function of its plan alone: the first
+op with a given plan is simulated event by event, later ones with the same plan replay that timeline as
+one event. The same holds for a whole block (a layer) given how far ahead the host is, provided it runs
+all its collectives in line, the comm stream is idle when it starts, nothing it reads is still being
+communicated, and its collectives cannot meet other traffic: their links carry no other group's
+transfers. And the ranks of a tensor-parallel stage run identical plans from identical starts, meeting
+only in collectives that release them together, so one program stands for all of them (their
+collectives' transfers are all simulated). All of this is exact up to float rounding (host lead
+compared to 1 ps); `replay=False` simulates every op of every device event by event, and tests hold the
+two equal.
 
 A collective is a rendezvous: each participant's stream reaches it, waits for the others (`sync`:
 load imbalance, pipeline bubbles), then for the transfers over the links (`link:<topology>`).
@@ -36,7 +52,7 @@ from sim.engine.machine import LevelUse, Machine
 from sim.engine.records import BlockRecord, OpRecord, RunResult
 from sim.graph.ops import Block, loose
 from sim.mapping.collectives import CollectivePlan
-from sim.mapping.parallel import Stream
+from sim.mapping.parallel import Program
 from sim.mapping.plan import OpPlan
 
 
@@ -63,6 +79,30 @@ class Timeline:
         return {lvl: (u[2], u[3]) for lvl, u in self.uses.items()}
 
 
+@dataclass(frozen=True)
+class Template:
+    """How a device program runs one block's plans (shared by every block with those plans): which of
+    its collectives run in line, and the ops that read each earlier op's output."""
+
+    inline: tuple[bool, ...]  # per op: a collective run in line (always False for other ops)
+    issued: bool  # some collective is issued on the comm stream
+    any_inline: bool  # some collective runs in line
+    producers: tuple[tuple[int, ...], ...]  # per op: the earlier ops of the block whose output it reads
+
+
+class Issued:
+    """A collective issued on the comm stream: its record's slot, and when it ended."""
+
+    __slots__ = ("done", "end", "slot", "index", "writes")
+
+    def __init__(self, done, slot: list, index: int, writes: tuple) -> None:
+        self.done = done
+        self.end = 0.0
+        self.slot = slot
+        self.index = index
+        self.writes = writes
+
+
 class Executor:
     def __init__(self, hw: Hardware, replay: bool = True):
         self.hw = hw
@@ -70,29 +110,31 @@ class Executor:
         self._timelines: dict[tuple, Timeline] = {}
         self._blocks: dict[tuple, tuple] = {}  # (id(plans), host lead) -> (plans, duration, records)
         self._replayable: dict[int, tuple] = {}
+        self._templates: dict[tuple, tuple] = {}
         self._hits: dict[int, tuple] = {}
         self.machine = Machine(hw)
         self.env = self.machine.env
-        self.records: list[BlockRecord] = []
+        self.records: list = []  # BlockRecords, or (block, devices, start, record slots) to finish at the end
         self._rendezvous: dict[tuple, dict] = {}
-        self._arrivals: dict[tuple, int] = {}  # collective group -> streams that meet in its collectives
+        self._arrivals: dict[tuple, int] = {}  # collective group -> programs that meet in its collectives
         self._exclusive: set[tuple] = set()  # groups whose links no other group uses
 
-    def run(self, streams: list[Stream] | list[OpPlan], workload: str = "") -> RunResult:
-        if streams and isinstance(streams[0], OpPlan):
-            streams = [Stream(0, (0,), [(loose([p.op for p in streams]), tuple(streams))], {})]
-        self._prepare(streams)
-        for s in streams:
-            self.env.process(self._stream(s))
+    def run(self, programs: list[Program] | list[OpPlan], workload: str = "") -> RunResult:
+        if programs and isinstance(programs[0], OpPlan):
+            programs = [Program(0, (0,), [(loose([p.op for p in programs]), tuple(programs))], {})]
+        self._prepare(programs)
+        for s in programs:
+            self.env.process(self._program(s))
         self.env.run()
-        blocks = sorted(self.records, key=lambda b: (b.devices[0], b.start_s))
+        blocks = [r if isinstance(r, BlockRecord) else _finish(*r) for r in self.records]
+        blocks.sort(key=lambda b: (b.devices[0], b.start_s))
         return RunResult(hardware=self.hw.name, workload=workload, blocks=blocks, events=self.env.scheduled)
 
-    def _prepare(self, streams: list[Stream]) -> None:
-        """How many streams meet in each group's collectives, and which groups' links no other group
+    def _prepare(self, programs: list[Program]) -> None:
+        """How many programs meet in each group's collectives, and which groups' links no other group
         uses (so their collectives cannot meet other traffic)."""
         links: dict[tuple, set[str]] = {}
-        for s in streams:
+        for s in programs:
             for g in {c.group for c in s.collectives.values()}:
                 self._arrivals[g] = self._arrivals.get(g, 0) + 1
             for c in s.collectives.values():
@@ -101,9 +143,9 @@ class Executor:
             if not any(mine & theirs for h, theirs in links.items() if h != g):
                 self._exclusive.add(g)
 
-    def _block_replayable(self, s: Stream, plans: tuple[OpPlan, ...]) -> bool:
+    def _block_replayable(self, s: Program, plans: tuple[OpPlan, ...]) -> bool:
         """A block's timeline is a function of its plans and the host's lead when nothing outside
-        its stream can touch what it uses: no collective meets another stream or shares links."""
+        its program can touch what it uses: no collective meets another program or shares links."""
         known = self._replayable.get(id(plans))
         if known is not None and known[0] is plans:
             return known[1]
@@ -116,29 +158,77 @@ class Executor:
         self._replayable[id(plans)] = (plans, ok)
         return ok
 
-    def _stream(self, s: Stream):
-        """One in-order stream (like a CUDA stream): each op starts when the previous one ends and
-        the host has dispatched it. The host touches no simulated resource, so its dispatch times
-        follow from the stream's: async, the n-th op is ready n overheads after the start (the host
-        runs ahead); sync, one overhead after the previous op ended. With a `step_overhead`, the host
-        waits for each forward pass to end and spends that long before dispatching the next.
+    def _template(self, s: Program, plans: tuple[OpPlan, ...], sync: bool) -> Template:
+        """Which collectives of a block run in line on this program: all of them under a synchronous
+        host; a pipeline receive (the stage's next op needs it, and it is what the stage waits on); and
+        a collective whose output the next op reads. The rest are issued on the comm stream."""
+        key = (id(plans), s.stage)
+        known = self._templates.get(key)
+        if known is not None and known[0] is plans:
+            return known[1]
+        ops = [p.op for p in plans]
+        inline = []
+        for i, op in enumerate(ops):
+            coll = op.collective
+            if coll is None:
+                inline.append(False)
+                continue
+            receive = coll.kind == "p2p" and coll.dst_stage == s.stage != coll.src_stage
+            wrote = {a.tensor for a in op.writes}
+            feeds_next = i + 1 < len(ops) and any(a.tensor in wrote for a in ops[i + 1].reads)
+            inline.append(sync or receive or feeds_next)
+        writer: dict = {}
+        producers = []
+        for i, op in enumerate(ops):
+            producers.append(tuple(sorted({writer[a.tensor] for a in op.reads if a.tensor in writer})))
+            for a in op.writes:
+                writer[a.tensor] = i
+        colls = [i for i, op in enumerate(ops) if op.collective is not None]
+        t = Template(tuple(inline), any(not inline[i] for i in colls), any(inline[i] for i in colls),
+                     tuple(producers))
+        self._templates[key] = (plans, t)
+        return t
 
-        `now` is the stream's clock. An op or block whose timeline is known touches nothing another
-        stream uses, so it advances `now` without an event; the simulation clock catches up before
-        anything that needs it (an op simulated event by event, a collective, the end)."""
+    def _program(self, s: Program):
+        """A device program's compute stream, and the host dispatching it in program order; collectives
+        issued on the comm stream run as processes of their own (`_issue`). The host touches no
+        simulated resource, so its dispatch times follow from the streams': async, the n-th op is
+        ready n overheads after the start (the host runs ahead); sync, one overhead after the previous
+        op ended. With a `step_overhead`, the host waits for each forward pass to end and spends that
+        long before dispatching the next.
+
+        `now` is the compute stream's clock. An op or block whose timeline is known touches nothing
+        another stream uses, so it advances `now` without an event; the simulation clock catches up
+        before anything that needs it (an op simulated event by event, a collective, the end)."""
         env, device = self.env, s.devices[0]
         sync = self.hw.device.dispatch_mode == "sync"
         host_free = 0.0  # when the host has dispatched the op before this one
         now = 0.0
         step, seq = self.hw.device.step_overhead, None
+        tail: Issued | None = None  # the last collective issued on the comm stream
+        comm_free = 0.0  # when the comm stream's last in-line collective ended
+        flowing: dict[tuple, Issued] = {}  # tensor (absolute key) -> the issued collective writing it
+        of_pass: dict[int, list[Issued]] = {}  # micro-batch -> collectives issued in its latest pass
         for block, plans in s.blocks:
-            start = now
-            if step and block.seq != seq:
-                if seq is not None:  # the host waits for the pass, samples, schedules the next
+            info = self._template(s, plans, sync)
+            if block.seq != seq:
+                # the pass reads a token sampled from the last one of its micro-batch: its ops end first
+                waited = of_pass.pop(block.micro, ())
+                for c in sorted(waited, key=lambda c: c.index):
+                    now = yield from self._wait(c, now)
+                for c in waited:
+                    for k in c.writes:
+                        if flowing.get(k) is c:
+                            del flowing[k]
+                if step and seq is not None:  # the host waits for the pass, samples, schedules the next
                     host_free = max(host_free, now) + step
                 seq = block.seq
+            start = now
+            reads_flowing = flowing and self._reads_flowing(block, plans, flowing)
             key = None
-            if self.replay and self._block_replayable(s, plans):
+            if (self.replay and not info.issued and not reads_flowing
+                    and (not info.any_inline or tail is None or tail.done.processed)
+                    and self._block_replayable(s, plans)):
                 ahead = sum(p.overhead_s for p in plans)  # a host this far ahead never holds the block up
                 lead = round(min(start - host_free, 0.0 if sync else ahead) * 1e12)
                 key = (id(plans), lead)
@@ -146,39 +236,106 @@ class Executor:
                 if known is not None and known[0] is plans:
                     now += known[1]
                     host_free += 0.0 if sync else ahead
-                    self.records.append(BlockRecord(block, s.devices, start, known[2]))
+                    self.records.append(BlockRecord(block, s.devices, start, known[2], known[1]))
                     continue
-            records = []
-            for p in plans:
+            records: list = [None] * len(plans)
+            for i, p in enumerate(plans):
+                if reads_flowing and i in reads_flowing:
+                    for c in reads_flowing[i]:
+                        now = yield from self._wait(c, now)
                 op_start = now
                 ready = (op_start if sync and op_start > host_free else host_free) + p.overhead_s
                 host_free = ready
+                if p.op.collective is not None and not info.inline[i]:
+                    issued = Issued(env.event(), records, i, self._writes(block, p.op))
+                    fed = max((records[j].end_s for j in info.producers[i] if records[j] is not None), default=0.0)
+                    env.process(self._issue(s, block, p, start, start + fed, ready, tail, issued))
+                    tail = issued
+                    of_pass.setdefault(block.micro, []).append(issued)
+                    for k in issued.writes:
+                        flowing[k] = issued
+                    continue
                 began = (ready if ready > now else now) + p.launch_s
                 t = None
                 if p.op.collective is None and self.replay:
                     t = self._timelines.get((p.unit, p.compute_s, p.loads, p.stores, p.chunks, p.run_bytes))
                 if t is not None:
                     now = began + t.duration_s
-                    records.append(self._record(device, p, op_start - start, began - start, now - start, t, 0))
+                    records[i] = self._record(device, p, op_start - start, began - start, now - start, t, 0)
                     continue
+                if p.op.collective is not None and tail is not None:  # in order behind the comm stream
+                    if not tail.done.processed:
+                        yield tail.done
+                    comm_free = max(comm_free, tail.end)
+                    tail = None
+                    began = max(began, comm_free)
                 if began > env.now:
                     yield env.timeout(began - env.now)
                 first_event = env.scheduled
                 if p.op.collective is not None:
                     rec = yield from self._collective(s, block, p, op_start, first_event)
-                    records.append(_relative(rec, start))
+                    rec.exposed_s = rec.end_s - rec.start_s
+                    records[i] = _relative(rec, start)
+                    comm_free = env.now
                 else:
                     t = yield from self._simulate_op(device, p)
                     self._timelines[(p.unit, p.compute_s, p.loads, p.stores, p.chunks, p.run_bytes)] = t
-                    records.append(self._record(device, p, op_start - start, began - start, env.now - start, t,
-                                                env.scheduled - first_event))
+                    records[i] = self._record(device, p, op_start - start, began - start, env.now - start, t,
+                                              env.scheduled - first_event)
                 now = env.now
+            if info.issued:
+                self.records.append((block, s.devices, start, records))
+                continue
             records = tuple(records)
             if key is not None:
                 self._blocks[key] = (plans, now - start, records)
-            self.records.append(BlockRecord(block, s.devices, start, records))
+            self.records.append(BlockRecord(block, s.devices, start, records, now - start))
+        for waited in of_pass.values():  # the program ends when its last collective has
+            for c in waited:
+                now = yield from self._wait(c, now)
         if now > env.now:
             yield env.timeout(now - env.now)
+
+    def _wait(self, c: Issued, now: float):
+        """The compute stream (at `now`) waits for an issued collective; the wait is its exposed time.
+        Returns the stream's clock after it."""
+        if not c.done.processed:
+            yield c.done
+        if c.end > now:
+            c.slot[c.index].exposed_s += c.end - now
+            return c.end
+        return now
+
+    @staticmethod
+    def _writes(block: Block, op) -> tuple:
+        """What a collective writes, as absolute tensor identities."""
+        return tuple(a.tensor.key(block.layer, block.seq) if not block.bound else a.tensor.name for a in op.writes)
+
+    def _reads_flowing(self, block: Block, plans: tuple[OpPlan, ...], flowing: dict) -> dict[int, list[Issued]]:
+        """Per op of the block, the issued collectives still writing what it reads."""
+        out: dict[int, list[Issued]] = {}
+        for i, p in enumerate(plans):
+            for a in p.op.reads:
+                c = flowing.get(a.tensor.key(block.layer, block.seq) if not block.bound else a.tensor.name)
+                if c is not None and c not in out.get(i, ()):
+                    out.setdefault(i, []).append(c)
+        return out
+
+    def _issue(self, s: Program, block: Block, p: OpPlan, block_start: float, fed: float, ready: float,
+               tail: Issued | None, issued: Issued):
+        """A collective on the comm stream: it starts when the collective issued before it has ended, what
+        it sends has been produced (`fed`) and the host has dispatched it (`ready`)."""
+        env = self.env
+        if tail is not None and not tail.done.processed:
+            yield tail.done
+        op_start = max(fed, tail.end if tail is not None else 0.0)
+        began = max(ready, op_start) + p.launch_s
+        if began > env.now:
+            yield env.timeout(began - env.now)
+        rec = yield from self._collective(s, block, p, op_start, env.scheduled)
+        issued.end = env.now
+        issued.slot[issued.index] = _relative(rec, block_start)
+        issued.done.succeed()
 
     def _record(self, device: int, p: OpPlan, start: float, began: float, end: float, t: Timeline,
                 events: int) -> OpRecord:
@@ -254,7 +411,7 @@ class Executor:
             events=env.scheduled - first_event,
         )
 
-    def _collective(self, s: Stream, block: Block, p: OpPlan, start: float, first_event: int):
+    def _collective(self, s: Program, block: Block, p: OpPlan, start: float, first_event: int):
         env, plan = self.env, s.collectives[p.op.collective]
         overhead_s = env.now - start
         key = (block.seq, block.layer, p.op.name, plan.group)
@@ -284,7 +441,7 @@ class Executor:
             flops=0.0, bytes={}, start_s=start, end_s=env.now, compute_s=0.0,
             stall_s={k: v for k, v in stall.items() if v > 0}, overhead_s=overhead_s,
             events=env.scheduled - first_event, link_bytes=link_bytes, level_busy_s=busy, level_span_s=span,
-            peers={d: links(d) for d in s.devices[1:]},
+            peers={d: links(d) for d in s.devices[1:]}, stream="comm",
         )
 
     def _transfers(self, plan: CollectivePlan, rdv: dict):
@@ -294,6 +451,12 @@ class Executor:
         if plan.latency_s:
             yield env.timeout(plan.latency_s)
         rdv["done"].succeed()
+
+
+def _finish(block: Block, devices: tuple[int, ...], start: float, records: list) -> BlockRecord:
+    """The record of a block that issued collectives on the comm stream, once they have ended."""
+    ops = tuple(records)
+    return BlockRecord(block, devices, start, ops, max((r.end_s for r in ops), default=0.0))
 
 
 def _relative(r: OpRecord, t0: float) -> OpRecord:
@@ -307,5 +470,6 @@ def _relative(r: OpRecord, t0: float) -> OpRecord:
     return r
 
 
-def simulate(streams: list[Stream] | list[OpPlan], hw: Hardware, workload: str = "", replay: bool = True) -> RunResult:
-    return Executor(hw, replay).run(streams, workload)
+def simulate(programs: list[Program] | list[OpPlan], hw: Hardware, workload: str = "",
+             replay: bool = True) -> RunResult:
+    return Executor(hw, replay).run(programs, workload)

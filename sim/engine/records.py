@@ -38,6 +38,11 @@ class OpRecord:
     #: a collective run once for several identical devices: each other device's (link bytes, link busy,
     #: link spans), which `BlockRecord.expand` puts into that device's record
     peers: dict[int, tuple[dict, dict, dict]] = field(default_factory=dict)
+    #: the stream it ran on: `compute` (every op that is not communication) or `comm` (collectives)
+    stream: str = "compute"
+    #: communication only: how long the device's compute stream waited for it (all of it when it ran in
+    #: line, between the op that feeds it and the op that consumes it; none when fully hidden)
+    exposed_s: float = 0.0
 
     @property
     def duration_s(self) -> float:
@@ -93,10 +98,11 @@ class BlockRecord:
     devices: tuple[int, ...]
     start_s: float
     ops: tuple[OpRecord, ...]
+    span_s: float  # from its start to the end of its last-ending op (a collective may outlast the rest)
 
     @property
     def end_s(self) -> float:
-        return self.start_s + (self.ops[-1].end_s if self.ops else 0.0)
+        return self.start_s + self.span_s
 
     def expand(self) -> list[OpRecord]:
         """One absolute OpRecord per op per device."""

@@ -125,6 +125,7 @@ class Block:
     ops: tuple[Op, ...]
     last_layer: int = 0  # the model's layer count: the head's `layer`
     bound: bool = False  # ops already carry their full names and tensors (hand-made, see `loose`)
+    micro: int = 0  # micro-batch: a pass waits for the previous pass of its own micro-batch only
 
     @property
     def prefix(self) -> str:

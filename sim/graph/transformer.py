@@ -144,12 +144,14 @@ class _Builder:
         self._ops.append(op)
         return op
 
-    def collective(self, kind: str, buffer: Access, name: str | None = None, dst_stage: int | None = None) -> Op:
+    def collective(self, kind: str, buffer: Access, name: str | None = None, dst_stage: int | None = None,
+                   source: Access | None = None) -> Op:
         """An all-reduce / all-gather over the stage's tensor-parallel group, or a send to another
-        stage. It reads and writes its buffer where the buffer lives."""
+        stage. It reads and writes its buffer where the buffer lives; an all-gather reads each rank's
+        `source` slice into the whole buffer."""
         dst = self.stage if dst_stage is None else dst_stage
         coll = Collective(kind, buffer.bytes, self.stage, dst)
-        op = self.op(name or kind, "collective", 0.0, [buffer], [buffer], kernel=kind)
+        op = self.op(name or kind, "collective", 0.0, [source or buffer], [buffer], kernel=kind)
         op = dataclasses.replace(op, engine="link", collective=coll)
         op = self._ops[-1] = self._interned_ops.setdefault(op, op)
         return op
@@ -334,7 +336,8 @@ def _head(b: _Builder, x: Access, rows: int) -> None:
     ln = out(b.norm("final_norm", x, "ln_f", per_layer=False))
     last = Access(ln.tensor, b.batch * h * b.ab)  # the next token comes from the last position
     tied = m.family == "gpt"  # GPT-2 ties the LM head to the token embedding, a vocab x hidden table
-    b.linear("lm_head", last, b.vocab, "wte" if tied else "lm_head", b.batch, bias=False, per_layer=False,
-             layout="nk" if tied else "kn")
+    head = b.linear("lm_head", last, b.vocab, "wte" if tied else "lm_head", b.batch, bias=False, per_layer=False,
+                    layout="nk" if tied else "kn")
     if b.tp > 1:  # each rank holds a slice of the logits
-        b.collective("allgather", b.act("logits", b.batch * b.vocab * b.tp), name="logits_allgather")
+        b.collective("allgather", b.act("logits", b.batch * b.vocab * b.tp), name="logits_allgather",
+                     source=out(head))

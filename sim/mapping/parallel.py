@@ -5,7 +5,7 @@ first data-parallel replica. Replicas are identical and independent in inference
 and throughput counts all of them. Every rank of a stage runs the same shard ops; collectives name
 their group (the stage's ranks, or the matching ranks of two stages for a pipeline send).
 
-The result is a list of `Stream`s for the engine: one per stage, standing for all its ranks (they run
+The result is a list of `Program`s for the engine: one per stage, standing for all its ranks (they run
 identical plans; see the engine), or with `collapse=False` one per device.
 """
 
@@ -24,9 +24,10 @@ from sim.mapping.plan import OpPlan, Planner
 
 
 @dataclass(frozen=True)
-class Stream:
-    """One in-order stream of blocks with their plans, run on `devices` (several: identical ranks, one
-    simulation for all). `collectives` gives each collective op of the stream its transfers."""
+class Program:
+    """What a device runs: its blocks with their plans in program order (the order the host dispatches
+    them), run on `devices` (several: identical ranks, one simulation for all). The engine runs each op
+    on its plan's stream. `collectives` gives each collective op of the program its transfers."""
 
     stage: int
     devices: tuple[int, ...]
@@ -54,14 +55,14 @@ def stage_blocks(graph: OpGraph, stage: int, stages: int) -> list[Block]:
 
 def map_devices(graph: OpGraph, workload: Workload, hw: Hardware, hw_file: str = "hardware",
                 workload_file: str = "workload", collapse: bool = True,
-                memo: bool = True) -> tuple[list[Stream], dict[int, Placement]]:
+                memo: bool = True) -> tuple[list[Program], dict[int, Placement]]:
     par = workload.parallelism
     tp, pp = par.tensor, par.pipeline
     if par.devices > hw.devices:
         raise ConfigError(
             f"tensor x pipeline x data = {par.devices} devices, but the hardware has {hw.devices}",
             workload_file, "parallelism")
-    streams: list[Stream] = []
+    streams: list[Program] = []
     placements: dict[int, Placement] = {}
     for stage in range(pp):
         blocks = stage_blocks(graph, stage, pp)
@@ -75,7 +76,7 @@ def map_devices(graph: OpGraph, workload: Workload, hw: Hardware, hw_file: str =
         ranks = [tuple(range(tp))] if collapse and pp == 1 else [(r,) for r in range(tp)]
         for rs in ranks:
             plans = {c: _collective(c, stage, rs, tp, hw) for c in colls}
-            streams.append(Stream(stage, tuple(stage * tp + r for r in rs), planned, plans))
+            streams.append(Program(stage, tuple(stage * tp + r for r in rs), planned, plans))
     return streams, placements
 
 

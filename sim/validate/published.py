@@ -16,7 +16,7 @@ from sim.engine import simulate
 from sim.graph.ops import Access, Collective, Op, Tensor, loose
 from sim.mapping import place
 from sim.mapping.collectives import plan_collective
-from sim.mapping.parallel import Stream
+from sim.mapping.parallel import Program
 from sim.mapping.plan import Planner
 from sim.pipeline import run
 from sim.report import summarize
@@ -37,7 +37,7 @@ def predict_allreduce(hw: Hardware, nbytes: float, devices: int) -> float:
     group = tuple(range(devices))
     coll = plan_collective(op.collective, group, hw)
     base = replace(Planner(hw, place([op], hw)).plan(op), overhead_s=0.0)
-    stream = Stream(0, group, [(loose([op]), (base,))], {op.collective: coll})  # one stream for the alike ranks
+    stream = Program(0, group, [(loose([op]), (base,))], {op.collective: coll})  # one stream for the alike ranks
     return simulate([stream], hw).ops[0].duration_s
 
 
