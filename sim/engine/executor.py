@@ -174,15 +174,15 @@ class Executor:
                 inline.append(False)
                 continue
             receive = coll.kind == "p2p" and coll.dst_stage == s.stage != coll.src_stage
-            wrote = {a.tensor for a in op.writes}
-            feeds_next = i + 1 < len(ops) and any(a.tensor in wrote for a in ops[i + 1].reads)
+            wrote = {_ident(a) for a in op.writes}
+            feeds_next = i + 1 < len(ops) and any(_ident(a) in wrote for a in ops[i + 1].reads)
             inline.append(sync or receive or feeds_next)
         writer: dict = {}
         producers = []
         for i, op in enumerate(ops):
-            producers.append(tuple(sorted({writer[a.tensor] for a in op.reads if a.tensor in writer})))
+            producers.append(tuple(sorted({writer[k] for a in op.reads if (k := _ident(a)) in writer})))
             for a in op.writes:
-                writer[a.tensor] = i
+                writer[_ident(a)] = i
         colls = [i for i, op in enumerate(ops) if op.collective is not None]
         t = Template(tuple(inline), any(not inline[i] for i in colls), any(inline[i] for i in colls),
                      tuple(producers))
@@ -239,10 +239,15 @@ class Executor:
                     self.records.append(BlockRecord(block, s.devices, start, known[2], known[1]))
                     continue
             records: list = [None] * len(plans)
+            here: dict[int, Issued] = {}  # this block's collectives issued on the comm stream
             for i, p in enumerate(plans):
                 if reads_flowing and i in reads_flowing:
                     for c in reads_flowing[i]:
                         now = yield from self._wait(c, now)
+                if here:
+                    for j in info.producers[i]:
+                        if j in here:
+                            now = yield from self._wait(here[j], now)
                 op_start = now
                 ready = (op_start if sync and op_start > host_free else host_free) + p.overhead_s
                 host_free = ready
@@ -250,7 +255,7 @@ class Executor:
                     issued = Issued(env.event(), records, i, self._writes(block, p.op))
                     fed = max((records[j].end_s for j in info.producers[i] if records[j] is not None), default=0.0)
                     env.process(self._issue(s, block, p, start, start + fed, ready, tail, issued))
-                    tail = issued
+                    tail = here[i] = issued
                     of_pass.setdefault(block.micro, []).append(issued)
                     for k in issued.writes:
                         flowing[k] = issued
@@ -451,6 +456,12 @@ class Executor:
         if plan.latency_s:
             yield env.timeout(plan.latency_s)
         rdv["done"].succeed()
+
+
+def _ident(a) -> tuple:
+    """A tensor's identity relative to its block (its size is not part of it)."""
+    t = a.tensor
+    return (t.name, t.dl, t.scope)
 
 
 def _finish(block: Block, devices: tuple[int, ...], start: float, records: list) -> BlockRecord:

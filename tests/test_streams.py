@@ -1,0 +1,105 @@
+"""Streams and dependences on the toy node (four devices on a ring of 10 GB/s, 1 us links; no dispatch
+cost): a collective issued on the comm stream hides under compute that does not need it, and the op
+that reads its result waits for it; one whose result the next op reads runs in line."""
+
+import pytest
+
+from conftest import DATA, load
+from sim.config import load_hardware
+from sim.engine import simulate
+from sim.graph.ops import Access, Collective, Op, Tensor, loose
+from sim.mapping import Footprint, Placement, plan_op
+from sim.mapping.collectives import plan_collective
+from sim.mapping.parallel import Program
+from sim.pipeline import run
+
+NODE = DATA / "toy-node.yaml"
+SRAM = Placement(home={"weight": "sram", "kv_cache": "sram", "activation": "sram"},
+                 footprint=Footprint(0, 0, 0), capacity={}, used={})
+S = 100e3  # bytes all-reduced: 100 kB over one 10 GB/s link each way = 10 us, + 2 ring steps x 1 us
+ALLREDUCE_S = S / 10e9 + 2e-6
+
+
+def act(name: str) -> Access:
+    return Access(Tensor(name, "activation", S), S)
+
+
+def vector(name: str, reads: list[str], writes: str, us: float) -> Op:
+    """An op of `us` microseconds on the 0.1 TFLOP/s vector unit, its 100 kB activations in SRAM (1 us
+    each way at 100 GB/s: compute-bound)."""
+    acts = act
+    return Op(name=name, kind=name, op_class="elementwise", engine="vector", phase="prefill", step=0, layer=0,
+              dtype="fp16", flops=us * 1e-6 * 0.1e12, reads=tuple(acts(n) for n in reads), writes=(acts(writes),))
+
+
+def allreduce(name: str, tensor: str) -> Op:
+    buf = act(tensor)
+    return Op(name=name, kind=name, op_class="collective", engine="link", phase="prefill", step=0, layer=0,
+              dtype="fp16", flops=0.0, reads=(buf,), writes=(buf,), collective=Collective("allreduce", S))
+
+
+def timeline(ops: list[Op]):
+    hw = load_hardware(NODE)
+    plans = tuple(plan_op(op, hw, SRAM) for op in ops)
+    colls = {op.collective: plan_collective(op.collective, (0, 1), hw) for op in ops if op.collective}
+    result = simulate([Program(0, (0, 1), [(loose(ops), plans)], colls)], hw)
+    return {r.name: r for r in result.ops if r.device == 0}, plans
+
+
+def test_an_allreduce_hides_under_compute_that_does_not_need_it():
+    """a (5 us) produces x; the all-reduce of x (12 us) goes to the comm stream; b (20 us) does not
+    read x and runs at once beside it; c reads x and b's output: it starts when b ends, 20 us after
+    a, by which time the all-reduce has long ended: none of it exposed."""
+    ops = [vector("a", [], "x", 5), allreduce("ar", "x"), vector("b", [], "y", 20), vector("c", ["x", "y"], "z", 1)]
+    r, plans = timeline(ops)
+    a_end = r["a"].end_s
+    assert r["ar"].stream == "comm" and r["b"].stream == "compute"
+    assert r["ar"].start_s == pytest.approx(a_end) and r["ar"].duration_s == pytest.approx(ALLREDUCE_S, rel=1e-9)
+    assert r["b"].start_s == pytest.approx(a_end)  # beside the all-reduce, not after it
+    assert r["c"].start_s == pytest.approx(r["b"].end_s) and r["b"].end_s > r["ar"].end_s
+    assert r["ar"].exposed_s == 0.0
+
+
+def test_an_allreduce_longer_than_the_independent_compute_is_exposed_by_the_difference():
+    """The same with b taking 4 us: c waits for the all-reduce; 12 - 4 = 8 us of it is exposed."""
+    ops = [vector("a", [], "x", 5), allreduce("ar", "x"), vector("b", [], "y", 4), vector("c", ["x", "y"], "z", 1)]
+    r, _ = timeline(ops)
+    assert r["c"].start_s == pytest.approx(r["ar"].end_s, rel=1e-12)
+    assert r["ar"].exposed_s == pytest.approx(r["ar"].end_s - r["b"].end_s, rel=1e-9)
+    assert r["ar"].exposed_s == pytest.approx(ALLREDUCE_S - r["b"].duration_s, rel=1e-6)
+
+
+def test_an_allreduce_the_next_op_reads_runs_in_line_and_is_wholly_exposed():
+    """Reordered so that the op after the all-reduce reads its result (a tensor-parallel projection's
+    all-reduce and its residual add): the compute stream waits for all of it."""
+    ops = [vector("a", [], "x", 5), allreduce("ar", "x"), vector("c", ["x"], "z", 1), vector("b", [], "y", 20)]
+    r, _ = timeline(ops)
+    assert r["c"].start_s == pytest.approx(r["ar"].end_s) and r["b"].start_s == pytest.approx(r["c"].end_s)
+    assert r["ar"].exposed_s == pytest.approx(r["ar"].duration_s)
+
+
+def test_collectives_on_the_comm_stream_run_in_issue_order():
+    """Two all-reduces issued back to back: the second starts when the first ends (one comm stream),
+    though what it sends was ready before."""
+    ops = [vector("a", [], "x", 5), vector("b", [], "y", 1), allreduce("ar1", "y"), allreduce("ar2", "x"),
+           vector("c", [], "z", 50), vector("d", ["x", "y", "z"], "w", 1)]
+    r, _ = timeline(ops)
+    assert r["ar1"].start_s == pytest.approx(r["b"].end_s)
+    assert r["ar2"].start_s == pytest.approx(r["ar1"].end_s)
+    assert r["ar1"].exposed_s == r["ar2"].exposed_s == 0.0
+
+
+def test_a_pass_starts_after_the_last_passs_collectives_end():
+    """Tensor parallel over two toy devices: the logits all-gather ends a pass on the comm stream (no op
+    of that pass reads it); the next pass's embedding waits for it, since its token is sampled from them."""
+    wl, hw = load(DATA / "toy-gpt.yaml", parallelism__tensor=2, device__dispatch_overhead="0 us")
+    hw = load_hardware(NODE)
+    result = run(wl, hw)
+    ops = [r for r in result.ops if r.device == 0]
+    gathers = {(r.phase, r.step): r for r in ops if r.kind == "logits_allgather"}
+    embeds = [r for r in ops if r.kind == "embed" and r.phase == "decode"]
+    assert len(gathers) == wl.scenario.new_tokens + 1 and all(g.stream == "comm" for g in gathers.values())
+    previous = [gathers[("prefill", 0)]] + [gathers[("decode", s)] for s in range(wl.scenario.new_tokens - 1)]
+    for e, g in zip(embeds, previous, strict=True):
+        assert e.start_s == pytest.approx(g.end_s, rel=1e-12)
+        assert g.exposed_s == pytest.approx(g.duration_s, rel=1e-9)  # nothing else left to hide it under
