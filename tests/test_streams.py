@@ -103,3 +103,76 @@ def test_a_pass_starts_after_the_last_passs_collectives_end():
     for e, g in zip(embeds, previous, strict=True):
         assert e.start_s == pytest.approx(g.end_s, rel=1e-12)
         assert g.exposed_s == pytest.approx(g.duration_s, rel=1e-9)  # nothing else left to hide it under
+
+
+# -- pipelines: the bubble emerges from the schedule -------------------------------------------------
+
+def pipeline(stages: int, micro: int, schedule: str, backward: bool, t_f: float = 10.0, t_b: float = 20.0):
+    """Hand-made stages of equal work over free links (1 PB/s, no latency): each forward of a micro-batch
+    takes `t_f` us, each backward `t_b` us; activations go forward through receive and send pairs, their
+    gradients back."""
+    from sim.mapping.schedule import stage_order
+
+    hw = load_hardware(NODE, [("interconnect.link.bandwidth", "1 PB/s"), ("interconnect.link.latency", "0 us")])
+    size = 1e3
+
+    def tensor(name: str) -> Access:
+        return Access(Tensor(name, "activation", size), size)
+
+    def p2p(name: str, what: str, src: int, dst: int) -> Op:
+        return Op(name=name, kind="send", op_class="collective", engine="link", phase="prefill", step=0,
+                  layer=0, dtype="fp16", flops=0.0, reads=(tensor(what),), writes=(tensor(what),),
+                  collective=Collective("p2p", size, src, dst))
+
+    programs = []
+    for s in range(stages):
+        ops: list[Op] = []
+        for k, d in stage_order(s, stages, micro, schedule, backward):
+            come, go = (s - 1, s + 1) if d == "F" else (s + 1, s - 1)
+            x, y = f"{d}{k}.s{come}", f"{d}{k}.s{s}"
+            if 0 <= come < stages:
+                ops.append(p2p(f"{d}{k}.{come}to{s}", x, come, s))
+            op = vector(f"{d}{k}.work{s}", [x], y, t_f if d == "F" else t_b)
+            ops.append(op)
+            if 0 <= go < stages:
+                ops.append(p2p(f"{d}{k}.{s}to{go}", y, s, go))
+        plans = tuple(plan_op(op, hw, SRAM) for op in ops)
+        colls = {op.collective: plan_collective(op.collective, (op.collective.src_stage, op.collective.dst_stage), hw)
+                 for op in ops if op.collective}
+        programs.append(Program(s, (s,), [(loose(ops), plans)], colls))
+    return simulate(programs, hw)
+
+
+@pytest.mark.parametrize("schedule,backward", [("gpipe", False), ("gpipe", True), ("1f1b", True)])
+@pytest.mark.parametrize("micro", [1, 4, 16])
+def test_pipeline_bubble_is_p_minus_1_over_m_plus_p_minus_1(schedule, backward, micro):
+    """p = 4 equal stages over free links: the step takes (m + p - 1) stage-times of one micro-batch and
+    each stage idles (p - 1) of them, for GPipe and 1F1B alike, forward only or forward and backward."""
+    from sim.report import summarize
+
+    p = 4
+    result = pipeline(p, micro, schedule, backward)
+    s = summarize(result)
+    work = {r.name.split(".")[0][0]: r.duration_s for r in result.ops if "work" in r.name}  # 10 us + latencies
+    per_micro = work["F"] + work.get("B", 0.0)
+    assert s["total_s"] == pytest.approx((micro + p - 1) * per_micro, rel=1e-6)
+    assert s["bubble_fraction"] == pytest.approx((p - 1) / (micro + p - 1), rel=1e-6)
+    assert s["bubble_s"] == pytest.approx((p - 1) * per_micro, rel=1e-6)
+
+
+def test_1f1b_runs_one_forward_one_backward_in_the_steady_state():
+    from sim.mapping.schedule import stage_order
+
+    assert stage_order(0, 4, 6, "1f1b") == [(0, "F"), (1, "F"), (2, "F"), (3, "F"), (0, "B"), (4, "F"), (1, "B"),
+                                            (5, "F"), (2, "B"), (3, "B"), (4, "B"), (5, "B")]
+    assert stage_order(3, 4, 6, "1f1b")[:4] == [(0, "F"), (0, "B"), (1, "F"), (1, "B")]
+    assert stage_order(1, 4, 3, "gpipe") == [(0, "F"), (1, "F"), (2, "F"), (2, "B"), (1, "B"), (0, "B")]
+    for s in range(4):
+        order = stage_order(s, 4, 6, "1f1b")
+        assert sorted(order) == sorted(stage_order(s, 4, 6, "gpipe"))
+        # never more than p - s micro-batches in flight (forward done, backward not yet)
+        live = peak = 0
+        for _, d in order:
+            live += 1 if d == "F" else -1
+            peak = max(peak, live)
+        assert peak == min(4 - s, 6)

@@ -93,11 +93,13 @@ class Template:
 class Issued:
     """A collective issued on the comm stream: its record's slot, and when it ended."""
 
-    __slots__ = ("done", "end", "slot", "index", "writes")
+    __slots__ = ("done", "end", "arrived", "last", "slot", "index", "writes")
 
     def __init__(self, done, slot: list, index: int, writes: tuple) -> None:
         self.done = done
         self.end = 0.0
+        self.arrived = 0.0  # when this device arrived at it (dispatched and launched)
+        self.last = 0.0  # when its last participant arrived and its transfers began
         self.slot = slot
         self.index = index
         self.writes = writes
@@ -205,8 +207,7 @@ class Executor:
         host_free = 0.0  # when the host has dispatched the op before this one
         now = 0.0
         step, seq = self.hw.device.step_overhead, None
-        tail: Issued | None = None  # the last collective issued on the comm stream
-        comm_free = 0.0  # when the comm stream's last in-line collective ended
+        tails: dict[tuple, Issued] = {}  # per communicator (group): the last collective issued on its stream
         flowing: dict[tuple, Issued] = {}  # tensor (absolute key) -> the issued collective writing it
         of_pass: dict[int, list[Issued]] = {}  # micro-batch -> collectives issued in its latest pass
         for block, plans in s.blocks:
@@ -227,7 +228,7 @@ class Executor:
             reads_flowing = flowing and self._reads_flowing(block, plans, flowing)
             key = None
             if (self.replay and not info.issued and not reads_flowing
-                    and (not info.any_inline or tail is None or tail.done.processed)
+                    and (not info.any_inline or all(t.done.processed for t in tails.values()))
                     and self._block_replayable(s, plans)):
                 ahead = sum(p.overhead_s for p in plans)  # a host this far ahead never holds the block up
                 lead = round(min(start - host_free, 0.0 if sync else ahead) * 1e12)
@@ -254,8 +255,9 @@ class Executor:
                 if p.op.collective is not None and not info.inline[i]:
                     issued = Issued(env.event(), records, i, self._writes(block, p.op))
                     fed = max((records[j].end_s for j in info.producers[i] if records[j] is not None), default=0.0)
-                    env.process(self._issue(s, block, p, start, start + fed, ready, tail, issued))
-                    tail = here[i] = issued
+                    group = s.collectives[p.op.collective].group
+                    env.process(self._issue(s, block, p, start, start + fed, ready, tails.get(group), issued))
+                    tails[group] = here[i] = issued
                     of_pass.setdefault(block.micro, []).append(issued)
                     for k in issued.writes:
                         flowing[k] = issued
@@ -268,20 +270,18 @@ class Executor:
                     now = began + t.duration_s
                     records[i] = self._record(device, p, op_start - start, began - start, now - start, t, 0)
                     continue
-                if p.op.collective is not None and tail is not None:  # in order behind the comm stream
+                tail = tails.pop(s.collectives[p.op.collective].group, None) if p.op.collective is not None else None
+                if tail is not None:  # in order behind its communicator's stream
                     if not tail.done.processed:
                         yield tail.done
-                    comm_free = max(comm_free, tail.end)
-                    tail = None
-                    began = max(began, comm_free)
+                    began = max(began, tail.end)
                 if began > env.now:
                     yield env.timeout(began - env.now)
                 first_event = env.scheduled
                 if p.op.collective is not None:
                     rec = yield from self._collective(s, block, p, op_start, first_event)
-                    rec.exposed_s = rec.end_s - rec.start_s
+                    rec.exposed_s = rec.end_s - rec.start_s - rec.stall_s.get("sync", 0.0)
                     records[i] = _relative(rec, start)
-                    comm_free = env.now
                 else:
                     t = yield from self._simulate_op(device, p)
                     self._timelines[(p.unit, p.compute_s, p.loads, p.stores, p.chunks, p.run_bytes)] = t
@@ -306,8 +306,9 @@ class Executor:
         Returns the stream's clock after it."""
         if not c.done.processed:
             yield c.done
-        if c.end > now:
-            c.slot[c.index].exposed_s += c.end - now
+        if c.end > now:  # the wait, less any part of it spent waiting for late peers
+            peers = max(0.0, c.last - max(now, c.arrived))
+            c.slot[c.index].exposed_s += c.end - now - peers
             return c.end
         return now
 
@@ -338,7 +339,10 @@ class Executor:
         if began > env.now:
             yield env.timeout(began - env.now)
         rec = yield from self._collective(s, block, p, op_start, env.scheduled)
+        rec.stream = "comm"
         issued.end = env.now
+        issued.arrived = rec.start_s + rec.overhead_s
+        issued.last = issued.arrived + rec.stall_s.get("sync", 0.0)
         issued.slot[issued.index] = _relative(rec, block_start)
         issued.done.succeed()
 
@@ -446,7 +450,7 @@ class Executor:
             flops=0.0, bytes={}, start_s=start, end_s=env.now, compute_s=0.0,
             stall_s={k: v for k, v in stall.items() if v > 0}, overhead_s=overhead_s,
             events=env.scheduled - first_event, link_bytes=link_bytes, level_busy_s=busy, level_span_s=span,
-            peers={d: links(d) for d in s.devices[1:]}, stream="comm",
+            peers={d: links(d) for d in s.devices[1:]},
         )
 
     def _transfers(self, plan: CollectivePlan, rdv: dict):

@@ -38,10 +38,12 @@ class OpRecord:
     #: a collective run once for several identical devices: each other device's (link bytes, link busy,
     #: link spans), which `BlockRecord.expand` puts into that device's record
     peers: dict[int, tuple[dict, dict, dict]] = field(default_factory=dict)
-    #: the stream it ran on: `compute` (every op that is not communication) or `comm` (collectives)
+    #: the stream whose order it ran in: `comm` for a collective issued on the communication stream,
+    #: `compute` for every other op, collectives run in line included (the compute stream waits for them)
     stream: str = "compute"
-    #: communication only: how long the device's compute stream waited for it (all of it when it ran in
-    #: line, between the op that feeds it and the op that consumes it; none when fully hidden)
+    #: communication only: how long the device's compute stream waited for it, less any time spent waiting
+    #: for late peers: all of it when it ran in line (between the op that feeds it and the op that
+    #: consumes it), none when compute that did not need it hid it
     exposed_s: float = 0.0
 
     @property

@@ -189,6 +189,7 @@ def summarize(result: RunResult, top: int = 10) -> dict:
     top_ops.sort(key=lambda a: (-a["time_s"], a["phase"], a["kind"]))
 
     everything = all_totals.result(level)
+    comm_s, exposed_s, bubble_s = overlap(blocks, total)
     return {
         "workload": wl.get("name", result.workload),
         "hardware": result.hardware,
@@ -207,6 +208,11 @@ def summarize(result: RunResult, top: int = 10) -> dict:
         "hit_rate": everything["hit_rate"],
         "time_share": everything["time_share"],
         "bound": everything["bound"],
+        "comm_s": comm_s,
+        "comm_exposed_s": exposed_s,
+        "comm_hidden_s": comm_s - exposed_s,
+        "bubble_s": bubble_s,
+        "bubble_fraction": bubble_s / total if total else 0.0,
         "host_dispatch_s": host_s,
         "host_dispatch_ops": host_ops,
         "paced_by": paced_by,
@@ -238,3 +244,35 @@ def host_dispatch(blocks: list, hw: dict) -> tuple[int, float]:
     totals = [(sum(cost * n for cost, n in sorted(c.items())), c.total()) for c in per_device.values()]
     seconds, ops = max(totals, default=(0.0, 0))
     return ops, seconds
+
+
+def overlap(blocks: list, total: float) -> tuple[float, float, float]:
+    """(communication time, the part of it the compute streams waited for, mean bubble per device).
+
+    A collective's communication time is its duration less its wait for late peers (summed over
+    devices); waiting for peers is not communication but idleness. A device is busy while its compute
+    stream runs an op or waits for communication; the rest of the run, waiting for other devices (a
+    pipeline stage before its first micro-batch arrives and after its last has left, a rank waiting for a
+    slower one), is its bubble."""
+    per_ops: dict[int, tuple] = {}
+    busy: dict[int, float] = defaultdict(float)
+    comm = exposed = 0.0
+    for b in blocks:
+        known = per_ops.get(id(b.ops))
+        if known is None or known[0] is not b.ops:
+            c = e = active = 0.0
+            for r in b.ops:
+                if r.unit == "link":
+                    c += r.duration_s - r.stall_s.get("sync", 0.0)
+                    e += r.exposed_s
+                    active += r.exposed_s
+                else:
+                    active += r.duration_s
+            known = per_ops[id(b.ops)] = (b.ops, c, e, active)
+        n = len(b.devices)
+        comm += n * known[1]
+        exposed += n * known[2]
+        for d in b.devices:
+            busy[d] += known[3]
+    bubble = sum(total - v for v in busy.values()) / len(busy) if busy else 0.0
+    return comm, exposed, max(bubble, 0.0)
