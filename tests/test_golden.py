@@ -23,6 +23,9 @@ REL = 1e-9
 #: (workload, hardware or None for the workload's default, --set overrides)
 VARIANTS = [
     ("llama2-70b-tp8.yaml", None, {"parallelism.tensor": 2, "parallelism.pipeline": 4, "scenario.batch": 8}),
+    ("llama2-70b-tp8.yaml", None, {"parallelism.tensor": 2, "parallelism.pipeline": 4, "scenario.batch": 8,
+                                   "parallelism.microbatches": 8}),
+    ("gpt2.yaml", None, {"parallelism.microbatches": 2, "scenario.batch": 4, "scenario.new_tokens": 4}),
     ("gpt2.yaml", None, {"scenario.attention": "fused", "scenario.batch": 4}),
     ("gpt2.yaml", None, {"device.memory.l2.capacity": "512 MiB", "device.memory.l2.pin": ["weight"],
                          "scenario.new_tokens": 8}),

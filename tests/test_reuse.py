@@ -24,6 +24,10 @@ CASES = {
     "tensor parallel": (NODE, {"parallelism__tensor": 4}),
     "pipeline parallel": (NODE, {"parallelism__pipeline": 2}),
     "tensor x pipeline": (NODE, {"parallelism__tensor": 2, "parallelism__pipeline": 2}),
+    "pipeline, micro-batches": (NODE, {"parallelism__pipeline": 2, "parallelism__microbatches": 2}),
+    "tensor x pipeline, micro-batches": (NODE, {"parallelism__tensor": 2, "parallelism__pipeline": 2,
+                                                "parallelism__microbatches": 2}),
+    "micro-batches on one device": (CACHE, {"parallelism__microbatches": 2}),
 }
 
 

@@ -98,11 +98,15 @@ class Scenario(Spec):
 
 class Parallelism(Spec):
     """Megatron-style tensor parallelism inside a stage, pipeline stages over layers, data-parallel
-    replicas (independent in inference)."""
+    replicas (independent in inference), and the micro-batches a pipeline is fed."""
 
     tensor: Count = 1
     pipeline: Count = 1
     data: Count = 1
+    microbatches: Count = Field(default=1, description="each replica's batch is split into this many micro-batches "
+                                "that flow through the pipeline one after another")
+    schedule: Literal["gpipe", "1f1b"] = Field(default="1f1b", description="the order a stage runs its "
+                                               "micro-batches' passes in (forward-only inference: both in order)")
 
     @property
     def devices(self) -> int:
@@ -136,6 +140,10 @@ class Workload(Spec):
         if self.scenario.batch % par.data:
             raise KeyedError("parallelism.data",
                              f"data ({par.data}) must divide scenario.batch ({self.scenario.batch})")
+        if self.scenario.batch % (par.data * par.microbatches):
+            raise KeyedError("parallelism.microbatches",
+                             f"data x microbatches ({par.data} x {par.microbatches}) must divide scenario.batch "
+                             f"({self.scenario.batch})")
         context = self.scenario.prompt_tokens + self.scenario.new_tokens
         if context > self.model.max_positions:
             raise KeyedError(

@@ -207,13 +207,15 @@ class Executor:
         host_free = 0.0  # when the host has dispatched the op before this one
         now = 0.0
         step, seq = self.hw.device.step_overhead, None
+        passes: dict[int, int] = {}  # micro-batch -> its latest forward pass begun on this device
         tails: dict[tuple, Issued] = {}  # per communicator (group): the last collective issued on its stream
         flowing: dict[tuple, Issued] = {}  # tensor (absolute key) -> the issued collective writing it
         of_pass: dict[int, list[Issued]] = {}  # micro-batch -> collectives issued in its latest pass
         for block, plans in s.blocks:
             info = self._template(s, plans, sync)
-            if block.seq != seq:
+            if block.seq > passes.get(block.micro, -1):
                 # the pass reads a token sampled from the last one of its micro-batch: its ops end first
+                passes[block.micro] = block.seq
                 waited = of_pass.pop(block.micro, ())
                 for c in sorted(waited, key=lambda c: c.index):
                     now = yield from self._wait(c, now)

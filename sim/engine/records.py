@@ -38,6 +38,7 @@ class OpRecord:
     #: a collective run once for several identical devices: each other device's (link bytes, link busy,
     #: link spans), which `BlockRecord.expand` puts into that device's record
     peers: dict[int, tuple[dict, dict, dict]] = field(default_factory=dict)
+    micro: int = 0  # micro-batch
     #: the stream whose order it ran in: `comm` for a collective issued on the communication stream,
     #: `compute` for every other op, collectives run in line included (the compute stream waits for them)
     stream: str = "compute"
@@ -118,6 +119,7 @@ class BlockRecord:
                     r, name=blk.op_name(r), bytes=dict(r.bytes), stall_s=dict(r.stall_s), hits=dict(r.hits),
                     phase=blk.phase if not blk.bound else r.phase,
                     step=blk.step if not blk.bound else r.step, layer=blk.layer if not blk.bound else r.layer,
+                    micro=blk.micro,
                     device=d, start_s=t0 + r.start_s, end_s=t0 + r.end_s, peers={},
                     link_bytes=links[0] if links else r.link_bytes, level_busy_s=busy,
                     level_span_s={k: (began + a, began + b) for k, (a, b) in span.items()}))

@@ -126,10 +126,12 @@ class Block:
     last_layer: int = 0  # the model's layer count: the head's `layer`
     bound: bool = False  # ops already carry their full names and tensors (hand-made, see `loose`)
     micro: int = 0  # micro-batch: a pass waits for the previous pass of its own micro-batch only
+    microbatches: int = 1  # how many the batch is split into (names carry the micro-batch when several)
 
     @property
     def prefix(self) -> str:
-        return "prefill." if self.phase in ("prefill", "encode") else f"decode{self.step}."
+        mb = f"mb{self.micro}." if self.microbatches > 1 else ""
+        return ("prefill." if self.phase in ("prefill", "encode") else f"decode{self.step}.") + mb
 
     @property
     def label(self) -> str:

@@ -87,8 +87,11 @@ class _Builder:
         sc = workload.scenario
         par = workload.parallelism
         self.tp, self.pp = par.tensor, par.pipeline
-        # one data-parallel replica is built; the others are identical and independent
-        self.batch = sc.batch // par.data
+        # one data-parallel replica is built; the others are identical and independent. Its batch is
+        # split into micro-batches, each its own chain of forward passes with its own KV cache
+        self.microbatches = par.microbatches
+        self.batch = sc.batch // (par.data * par.microbatches)
+        self.micro = 0
         # per tensor-parallel rank (Megatron): heads, FFN columns and vocabulary rows are split;
         # KV heads too, or replicated when there are fewer of them than ranks
         self.heads = self.m.heads // self.tp
@@ -116,7 +119,8 @@ class _Builder:
         if ops is None:
             ops, self._ops = tuple(self._ops), []
             ops = self._interned.setdefault(ops, ops)  # equal blocks of other passes share one tuple
-        self.blocks.append(Block(self.phase, self.step, layer, self.seq, ops, self.m.layers))
+        self.blocks.append(Block(self.phase, self.step, layer, self.seq, ops, self.m.layers, micro=self.micro,
+                                 microbatches=self.microbatches))
         return ops
 
     # -- tensors -------------------------------------------------------------------------------
@@ -125,7 +129,8 @@ class _Builder:
 
     def kv(self, which: str) -> Tensor:
         elements = self.batch * self.max_context * self.kv_heads * self.m.head_dim
-        return Tensor(f"{which}_cache", "kv_cache", elements * self.kb, elements, "layer")
+        mine = f".mb{self.micro}" if self.microbatches > 1 else ""  # each micro-batch's sequences
+        return Tensor(f"{which}_cache{mine}", "kv_cache", elements * self.kb, elements, "layer")
 
     def act(self, name: str, elements: int) -> Access:
         return Access(Tensor(name, "activation", elements * self.ab, elements, "pass"), elements * self.ab)
@@ -197,32 +202,39 @@ def out(op: Op) -> Access:
 
 
 def build_graph(workload: Workload) -> OpGraph:
-    """Ops of the whole scenario: prefill/encode, then each decode step, chained in order."""
+    """Ops of the whole scenario: prefill/encode, then each decode step, chained in order. Each pass
+    runs once per micro-batch (in micro-batch order: the schedule of forward-only passes); every such
+    run is a forward pass of its own (`seq`)."""
     b = _Builder(workload)
     phase = workload.scenario.phase
     if phase in ("encode", "prefill", "generate"):
         b.phase = "encode" if phase == "encode" else "prefill"
-        _forward(b, tokens=b.prompt, past=0)
-        b.seq += 1
+        for micro in range(b.microbatches):
+            b.micro = micro
+            _forward(b, tokens=b.prompt, past=0, first=True)
+            b.seq += 1
     if phase in ("decode", "generate"):
         b.phase = "decode"
         for step in range(workload.scenario.new_tokens):
             b.step = step
-            _forward(b, tokens=1, past=b.prompt + step)
-            b.seq += 1
+            for micro in range(b.microbatches):
+                b.micro = micro
+                _forward(b, tokens=1, past=b.prompt + step, first=phase == "decode" and step == 0)
+                b.seq += 1
     return OpGraph(b.blocks)
 
 
-def _forward(b: _Builder, tokens: int, past: int) -> None:
+def _forward(b: _Builder, tokens: int, past: int, first: bool) -> None:
     """One forward pass over `tokens` new tokens per sequence with `past` tokens already cached: the
     embedding block, one block per layer, the head block. A layer's ops depend on its input, its
-    stage and the pass's shapes only, so layers alike share one ops tuple."""
+    stage and the pass's shapes only, so layers alike share one ops tuple. Every pass but a micro-batch's
+    `first` reads the token sampled from its last pass."""
     m = b.m
     rows = b.batch * tokens
-    if b.seq > 0 and b.stage != 0:  # the sampled token goes back to the first stage
+    if not first and b.stage != 0:  # the sampled token goes back to the first stage
         tokens_msg = Access(Tensor("tokens", "activation", b.batch * 4, b.batch, "pass"), b.batch * 4)
         b.collective("p2p", tokens_msg, name="send_token", dst_stage=0)
-        b.stage = 0
+    b.stage = 0
     x = _embed(b, rows)
     b.close_block(-1)
     made: dict[tuple, tuple[tuple[Op, ...], Access, int]] = {}

@@ -11,6 +11,7 @@ identical plans; see the engine), or with `collapse=False` one per device.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from sim.config.hardware import Hardware
@@ -41,16 +42,25 @@ def stage_blocks(graph: OpGraph, stage: int, stages: int) -> list[Block]:
     if stages == 1:
         return graph.blocks  # the whole graph (its footprint is then cached across runs)
     cut: dict[int, tuple] = {}
-    out = []
-    for blk in graph.blocks:
+    placed: list[tuple[float, Block]] = []
+    latest: dict[int, int] = {}  # micro-batch -> position of the stage's latest block of it
+    for i, blk in enumerate(graph.blocks):
         known = cut.get(id(blk.ops))
         if known is None:
             mine = tuple(op for op in blk.ops if op.stage == stage or (
                 op.collective is not None and op.collective.kind == "p2p" and op.collective.dst_stage == stage))
-            known = cut[id(blk.ops)] = (blk.ops, mine)
+            sends_only = bool(mine) and all(
+                op.collective is not None and op.collective.kind == "p2p" and op.stage == stage for op in mine)
+            known = cut[id(blk.ops)] = (blk.ops, mine, sends_only)
         if known[1]:
-            out.append(Block(blk.phase, blk.step, blk.layer, blk.seq, known[1], blk.last_layer))
-    return out
+            # a stage sends as soon as it has produced what it sends: right after its latest block of the
+            # same micro-batch (the sampled token: the head of that micro-batch's last pass, not the head
+            # of the pass that precedes the next one in the graph)
+            at = latest[blk.micro] + 0.5 if known[2] and blk.micro in latest else float(i)
+            placed.append((at, dataclasses.replace(blk, ops=known[1])))
+            latest[blk.micro] = i
+    placed.sort(key=lambda x: x[0])
+    return [b for _, b in placed]
 
 
 def map_devices(graph: OpGraph, workload: Workload, hw: Hardware, hw_file: str = "hardware",

@@ -40,7 +40,7 @@ def to_csv(result: RunResult) -> str:
     levels, stalls = csv_columns(result)
     level = balance_level(result)
     caches = sorted({c for r in result.ops for c in r.hits})
-    head = ["name", "phase", "step", "layer", "kind", "op_class", "device", "unit", "dtype", "shape",
+    head = ["name", "phase", "step", "micro", "layer", "kind", "op_class", "device", "unit", "dtype", "shape",
             "start_s", "end_s", "duration_s", "flops", "bytes", *[f"bytes_{lvl}" for lvl in levels],
             "intensity", *[f"hit_rate_{c}" for c in caches], "compute_s", "overhead_s",
             *[f"stall_{s.replace(':', '_')}_s" for s in stalls], "bound"]
@@ -48,7 +48,7 @@ def to_csv(result: RunResult) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(head)
     for r in result.ops:
-        w.writerow([r.name, r.phase, r.step, r.layer, r.kind, r.op_class, r.device, r.unit, r.dtype,
+        w.writerow([r.name, r.phase, r.step, r.micro, r.layer, r.kind, r.op_class, r.device, r.unit, r.dtype,
                     "x".join(map(str, r.shape)), repr(r.start_s), repr(r.end_s), repr(r.duration_s),
                     repr(r.flops), repr(r.total_bytes), *[repr(r.bytes.get(lvl, 0.0)) for lvl in levels],
                     _num(r.intensity_at(level)), *[_num(_rate(r.hits.get(c))) for c in caches],

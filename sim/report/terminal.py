@@ -88,7 +88,11 @@ def render(result, console: Console | None = None, top: int = 10) -> None:
         f"weights {p['weights']}, activations {p['activations']}, KV cache {p['kv_cache']}"
     )
     tokens = f"prompt {wl['prompt_tokens']}" + (f", {wl['new_tokens']} new tokens" if wl["new_tokens"] else "")
-    out.print(f"  scenario: {wl['phase']}, batch {wl['batch']}, {tokens}")
+    par = hw.get("parallelism", {})
+    split = [f"{k} {par[k]}" for k in ("tensor", "pipeline", "data") if par.get(k, 1) > 1]
+    if par.get("microbatches", 1) > 1:
+        split.append(f"{par['microbatches']} micro-batches ({par['schedule']})")
+    out.print(f"  scenario: {wl['phase']}, batch {wl['batch']}, {tokens}" + (f"; {', '.join(split)}" if split else ""))
     def level(n: str, m: dict) -> str:
         peak, got = m["bandwidth_bytes_per_s"], m.get("achievable_bandwidth_bytes_per_s", m["bandwidth_bytes_per_s"])
         achievable = f" ({fmt_si(got, 'B/s')} achievable)" if got < peak else ""
@@ -132,6 +136,12 @@ def render(result, console: Console | None = None, top: int = 10) -> None:
         e2e.add_row(f"host dispatch ({s['host_dispatch_ops']} ops x {fmt_time(per_op)}"
                     f"{' on average' if hw.get('dispatch_by_kernel_s') else ''})",
                     f"{fmt_time(s['host_dispatch_s'])} ({100 * share:.0f}%)")
+    if s["comm_s"]:
+        e2e.add_row("communication exposed / hidden under compute (all devices)",
+                    f"{fmt_time(s['comm_exposed_s'])} / {fmt_time(s['comm_hidden_s'])}")
+    if s["bubble_s"] > 1e-9 * s["total_s"]:
+        e2e.add_row("idle waiting for other devices (bubble, mean per device)",
+                    f"{fmt_time(s['bubble_s'])} ({_pct(s['bubble_fraction'])})")
     e2e.add_row("paced by", "host dispatch (a faster device would not help)" if s["paced_by"] == "host" else "device")
     out.print(e2e)
 
