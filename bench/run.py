@@ -6,6 +6,9 @@ per second and peak memory, against the targets of issue 6 (2 cores).
     (without --full: 16 tokens, reported as measured; the target applies to --full)
 (c) 1,000-point sweep of GPT-2 (prefill 128 + 32 decode)   target > 1,000 points/min
     (without --full: 40 points)
+(d) Llama-2-70B over a 4-stage pipeline fed 16 micro-batches (batch 16), decode of 64 tokens
+    (without --full: 16): the multi-stream engine with stages interleaving; no target yet (issue 18
+    asks that the others stay as fast as before it)
 
 (a) and (b) each run `--repeat` times (default 3), each time in a fresh process (nothing kept from an
 earlier run: a second run in one process would reuse the first one's graph and residency walk), and
@@ -97,6 +100,9 @@ def main() -> None:
          [("scenario.prompt_tokens", 128), ("scenario.new_tokens", 512)], "< 2 s"),
         (f"(b) Llama-2 70B TP=8 decode {2048 if full else 16} tokens", "workloads/llama2-70b-tp8.yaml",
          [("scenario.new_tokens", 2048 if full else 16)], "< 60 s, < 1 GiB (full)"),
+        (f"(d) Llama-2 70B PP=4 m=16 decode {64 if full else 16} tokens", "workloads/llama2-70b-tp8.yaml",
+         [("parallelism.tensor", 1), ("parallelism.pipeline", 4), ("parallelism.microbatches", 16),
+          ("scenario.batch", 16), ("scenario.new_tokens", 64 if full else 16)], "-"),
     ]
     for label, path, overrides, target in cases:
         runs = [fresh(path, overrides) for _ in range(max(1, args.repeat))]
