@@ -32,7 +32,7 @@ def test_gpt2_weights_live_in_sram_when_they_fit():
 def test_shrinking_sram_below_the_weights_brings_dram_stalls_back():
     fits = run(*gpt2_on(SRAM))
     spills = run(*gpt2_on(SRAM, device__memory__sram__capacity="200 MiB"))
-    assert spills.meta["memory"]["home"]["weight"] == "dram"
+    assert spills.placement.home["weight"] == "dram"
 
     def decode(result):
         ops = [r for r in result.ops if r.phase == "decode"]
@@ -68,7 +68,7 @@ def test_weights_spill_to_host_memory_and_stall_on_it():
     wl, hw = load(ROOT / "workloads/gpt2.yaml", scenario__prompt_tokens=16, scenario__new_tokens=2,
                   device__memory__hbm__capacity="100 MiB")
     result = run(wl, hw)
-    assert result.meta["memory"]["home"] == {"weight": "host", "kv_cache": "hbm", "activation": "hbm"}
+    assert result.placement.home == {"weight": "host", "kv_cache": "hbm", "activation": "hbm"}
     decode = [r for r in result.ops if r.phase == "decode"]
     host = sum(r.stall_s.get("memory:host", 0.0) for r in decode)
     assert host > 0.8 * sum(r.duration_s for r in decode)

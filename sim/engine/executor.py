@@ -130,7 +130,7 @@ class Executor:
         self.env.run()
         blocks = [r if isinstance(r, BlockRecord) else _finish(*r) for r in self.records]
         blocks.sort(key=lambda b: (b.devices[0], b.start_s))
-        return RunResult(hardware=self.hw.name, workload=workload, blocks=blocks, events=self.env.scheduled)
+        return RunResult(hw=self.hw, blocks=blocks, events=self.env.scheduled, name=workload)
 
     def _prepare(self, programs: list[Program]) -> None:
         """How many programs meet in each group's collectives, and which groups' links no other group

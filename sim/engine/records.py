@@ -6,7 +6,10 @@ from __future__ import annotations
 import functools
 from dataclasses import asdict, dataclass, field, replace
 
+from sim.config.hardware import Hardware
+from sim.config.workload import Workload
 from sim.graph.ops import Block
+from sim.mapping.placement import Placement
 
 
 @dataclass(slots=True)
@@ -128,11 +131,25 @@ class BlockRecord:
 
 @dataclass
 class RunResult:
-    hardware: str
-    workload: str
+    """What ran on what, and how: the validated inputs, the placement, and the block records."""
+
+    hw: Hardware
     blocks: list[BlockRecord]
     events: int
-    meta: dict = field(default_factory=dict)  # what ran on what (filled by sim.pipeline)
+    name: str = ""  # the workload's name
+    spec: Workload | None = None  # the workload (None for hand-made ops run outside a graph)
+    #: tensor placement per pipeline stage (empty for hand-made ops)
+    placements: dict[int, Placement] = field(default_factory=dict)
+    hw_file: str = "hardware"  # where the hardware came from, for messages
+
+    @property
+    def hardware(self) -> str:
+        return self.hw.name
+
+    @property
+    def placement(self) -> Placement | None:
+        """The fullest stage's placement: the one that decides whether the run fits."""
+        return max(self.placements.values(), key=lambda p: p.footprint.total, default=None)
 
     @functools.cached_property
     def ops(self) -> list[OpRecord]:

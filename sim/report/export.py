@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from sim.engine.records import RunResult
+from sim.report.context import context
 from sim.report.summary import balance_level, summarize
 
 
@@ -25,12 +26,12 @@ def _write(path: str | Path, text: str) -> None:
 
 def to_json(result: RunResult) -> str:
     level = balance_level(result)
-    doc = {"summary": summarize(result), "context": result.meta, "ops": [r.to_dict(level) for r in result.ops]}
+    doc = {"summary": summarize(result), "context": context(result), "ops": [r.to_dict(level) for r in result.ops]}
     return json.dumps(doc, indent=1, sort_keys=False) + "\n"
 
 
 def csv_columns(result: RunResult) -> tuple[list[str], list[str]]:
-    levels = list(result.meta.get("hardware", {}).get("memory", {})) or sorted(
+    levels = list(result.hw.levels) if result.spec is not None else sorted(
         {lvl for r in result.ops for lvl in r.bytes})
     stalls = sorted({k for r in result.ops for k in r.stall_s})
     return levels, stalls
@@ -67,7 +68,7 @@ def _rate(hit: tuple[float, float] | None) -> float | None:
 
 def to_trace(result: RunResult) -> dict:
     """Chrome trace events: pid = device, one tid (track) per compute unit, memory level and link."""
-    hw = result.meta.get("hardware", {})
+    hw = context(result).get("hardware", {})
     levels = list(hw.get("memory", {}))
     devices = sorted({r.device for r in result.ops}) or [0]
     tracks = ["host dispatch", "compute:matrix", "compute:vector", "collectives", *[f"memory:{lvl}" for lvl in levels]]
@@ -101,7 +102,7 @@ def to_trace(result: RunResult) -> dict:
                 "args": {"bytes": nbytes, "busy_s": r.level_busy_s[lvl]},
             })
     return {"traceEvents": events, "displayTimeUnit": "ns",
-            "otherData": {"workload": result.workload, "hardware": result.hardware}}
+            "otherData": {"workload": result.name, "hardware": result.hardware}}
 
 
 def write_json(result: RunResult, path: str | Path) -> None:

@@ -6,6 +6,7 @@ from collections import Counter, defaultdict
 
 from sim.engine.records import OpRecord, RunResult
 from sim.graph.ops import CLASS_GROUP
+from sim.report.context import context
 
 #: host dispatch time over total time from which the host, not the device, paces a run
 HOST_PACED = 0.95
@@ -98,9 +99,9 @@ class Totals:
 
 def balance_level(result: RunResult) -> str:
     """The memory the balance point is taken against: where the weights live."""
-    level = result.meta.get("hardware", {}).get("balance_level")
-    if level:
-        return level
+    placement = result.placement
+    if placement is not None:
+        return placement.home["weight"]
     first = next((r for b in result.blocks for r in b.ops if r.bytes), None)
     return next(iter(first.bytes), "") if first else ""
 
@@ -109,7 +110,7 @@ def summarize(result: RunResult, top: int = 10) -> dict:
     """The run's figures, from its block records: a block's records are shared by its identical runs,
     so each distinct (records, phase) is added once, times how many ops it stands for."""
     blocks = result.blocks
-    meta = result.meta
+    meta = context(result)
     level = balance_level(result)
     wl = meta.get("workload", {})
     batch, new_tokens = wl.get("batch", 1), wl.get("new_tokens", 0)
@@ -191,7 +192,7 @@ def summarize(result: RunResult, top: int = 10) -> dict:
     everything = all_totals.result(level)
     comm_s, exposed_s, bubble_s = overlap(blocks, total)
     return {
-        "workload": wl.get("name", result.workload),
+        "workload": wl.get("name", result.name),
         "hardware": result.hardware,
         "total_s": total,
         "device_time_s": device_time,

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sim.config.units import fmt_bytes, fmt_si, fmt_time
+from sim.report.context import context
 from sim.report.summary import summarize
 
 WIDTH = 170
@@ -76,7 +77,7 @@ def _traffic_table(summary: dict, levels: list[str]) -> Table:
 
 def render(result, console: Console | None = None, top: int = 10) -> None:
     s = summarize(result, top=top)
-    meta = result.meta
+    meta = context(result)
     wl, hw, mem = meta["workload"], meta["hardware"], meta["memory"]
     out = console or Console(width=WIDTH, highlight=False)
     p = wl["precision"]
