@@ -229,8 +229,9 @@ class Executor:
             start = now
             reads_flowing = flowing and self._reads_flowing(block, plans, flowing)
             key = None
-            if (self.replay and not info.issued and not reads_flowing
-                    and (not info.any_inline or all(t.done.processed for t in tails.values()))
+            # an issued collective still in flight shares the device's memory with its compute stream
+            quiet = all(t.done.processed for t in tails.values())
+            if (self.replay and quiet and not info.issued and not reads_flowing
                     and self._block_replayable(s, plans)):
                 ahead = sum(p.overhead_s for p in plans)  # a host this far ahead never holds the block up
                 lead = round(min(start - host_free, 0.0 if sync else ahead) * 1e12)
@@ -266,7 +267,7 @@ class Executor:
                     continue
                 began = (ready if ready > now else now) + p.launch_s
                 t = None
-                if p.op.collective is None and self.replay:
+                if p.op.collective is None and self.replay and all(c.done.processed for c in tails.values()):
                     t = self._timelines.get((p.unit, p.compute_s, p.loads, p.stores, p.chunks, p.run_bytes))
                 if t is not None:
                     now = began + t.duration_s
@@ -426,7 +427,8 @@ class Executor:
         env, plan = self.env, s.collectives[p.op.collective]
         overhead_s = env.now - start
         key = (block.seq, block.layer, p.op.name, plan.group)
-        rdv = self._rendezvous.setdefault(key, {"arrived": 0, "left": 0, "done": env.event(), "last": 0.0, "use": {}})
+        rdv = self._rendezvous.setdefault(key, {"arrived": 0, "left": 0, "done": env.event(), "last": 0.0,
+                                                "use": {}, "mem": {}, "memory_s": 0.0})
         rdv["arrived"] += 1
         arrived = env.now
         if rdv["arrived"] == self._arrivals[plan.group]:  # the last one in starts the transfers
@@ -436,29 +438,55 @@ class Executor:
         rdv["left"] += 1
         if rdv["left"] == self._arrivals[plan.group]:
             del self._rendezvous[key]
-        stall = {"sync": rdv["last"] - arrived, f"link:{self.hw.interconnect.topology}": env.now - rdv["last"]}
-        use = rdv["use"]
+        memory_s = rdv["memory_s"]
+        wire = env.now - rdv["last"] - memory_s
+        stall = {"sync": rdv["last"] - arrived, f"link:{self.hw.interconnect.topology}": wire}
+        if memory_s > 0:
+            stall[f"memory:{plan.level}"] = memory_s
+        use, mem = rdv["use"], rdv["mem"]
         op = p.op
 
         def links(d: int) -> tuple[dict, dict, dict]:
-            own = use.get(d, {})
-            return ({lnk: u.bytes for lnk, u in own.items()}, {f"link:{lnk}": u.busy_s for lnk, u in own.items()},
-                    {f"link:{lnk}": (u.first_s, u.last_s) for lnk, u in own.items()})
+            """Device d's link bytes, and its links' and memory's busy times and spans."""
+            own, buf = use.get(d, {}), mem.get(d)
+            busy = {f"link:{lnk}": u.busy_s for lnk, u in own.items()}
+            span = {f"link:{lnk}": (u.first_s, u.last_s) for lnk, u in own.items()}
+            if buf is not None:
+                busy[plan.level], span[plan.level] = buf.busy_s, (buf.first_s, buf.last_s)
+            return {lnk: u.bytes for lnk, u in own.items()}, busy, span
 
         link_bytes, busy, span = links(s.devices[0])
+        own = mem.get(s.devices[0])
         return OpRecord(
             name=op.name, kind=op.kind, layer=op.layer, phase=op.phase, step=op.step,
             op_class=op.op_class, device=s.devices[0], unit="link", dtype=op.dtype, shape=op.shape,
-            flops=0.0, bytes={}, start_s=start, end_s=env.now, compute_s=0.0,
+            flops=0.0, bytes={plan.level: own.bytes} if own is not None else {}, start_s=start, end_s=env.now,
+            compute_s=0.0,
             stall_s={k: v for k, v in stall.items() if v > 0}, overhead_s=overhead_s,
             events=env.scheduled - first_event, link_bytes=link_bytes, level_busy_s=busy, level_span_s=span,
             peers={d: links(d) for d in s.devices[1:]},
         )
 
     def _transfers(self, plan: CollectivePlan, rdv: dict):
+        """Every transfer holds its route's links and, queued with whatever else the devices' memory is
+        doing, reads its bytes on the sender and writes them on the receiver (the link latency, measured
+        end to end, already covers the memory's). What the memory adds after the wires are done is
+        charged to it."""
         env, m = self.env, self.machine
+        memory_done = env.now
+        if plan.level is not None:
+            latency = self.hw.levels[plan.level].latency
+            for t in plan.transfers:
+                for d in (t.src, t.dst):
+                    use = rdv["mem"].get(d)
+                    if use is None:
+                        use = rdv["mem"][d] = LevelUse()
+                    memory_done = max(memory_done, m.move(d, plan.level, t.bytes, use)[1] - latency)
         sends = [env.process(m.send(t.links, t.bytes, rdv["use"].setdefault(t.src, {}))) for t in plan.transfers]
         yield env.all_of(sends)
+        if memory_done > env.now:
+            rdv["memory_s"] = memory_done - env.now
+            yield env.timeout(memory_done - env.now)
         if plan.latency_s:
             yield env.timeout(plan.latency_s)
         rdv["done"].succeed()

@@ -41,6 +41,9 @@ class CollectivePlan:
     group: tuple[int, ...]
     transfers: tuple[Transfer, ...]
     latency_s: float  # steps x link latency
+    #: the memory level the participants' buffers live in: each transfer reads its bytes there on the
+    #: sender and writes them there on the receiver (None: the links only)
+    level: str | None = None
 
 
 def link_id(a: int | str, b: int | str) -> str:
@@ -97,32 +100,34 @@ def route(kind: str, n: int, a: int, b: int) -> tuple[str, ...]:
     return tuple(g.edges[u, v]["id"] for u, v in zip(path, path[1:]))
 
 
-def plan_collective(coll: Collective, group: tuple[int, ...], hw: Hardware) -> CollectivePlan:
+def plan_collective(coll: Collective, group: tuple[int, ...], hw: Hardware, level: str | None = None) -> CollectivePlan:
+    """The collective's transfers over `group`, its buffers in memory level `level` (see CollectivePlan)."""
     assert hw.interconnect is not None, "a collective needs an interconnect"
     p, size = len(group), coll.bytes
     if coll.kind == "p2p":
         src, dst = group
-        return _plan(coll.kind, group, [(src, dst, size)], 1, hw)
+        return _plan(coll.kind, group, [(src, dst, size)], 1, hw, level)
     ring = list(zip(group, group[1:] + group[:1]))
     if coll.kind == "allgather":
-        return _plan(coll.kind, group, [(a, b, (p - 1) / p * size) for a, b in ring], p - 1, hw)
-    ring_plan = _plan("allreduce/ring", group, [(a, b, 2 * (p - 1) / p * size) for a, b in ring], 2 * (p - 1), hw)
+        return _plan(coll.kind, group, [(a, b, (p - 1) / p * size) for a, b in ring], p - 1, hw, level)
+    ring_plan = _plan("allreduce/ring", group, [(a, b, 2 * (p - 1) / p * size) for a, b in ring], 2 * (p - 1), hw,
+                      level)
     # binary tree: reduce towards the root, then broadcast back; each tree edge carries the whole
     # buffer once per direction, in 2 log2(p) latency steps. Like NCCL, take whichever is faster.
     edges = [(group[i], group[(i - 1) // 2], size) for i in range(1, p)]
     tree_plan = _plan("allreduce/tree", group, edges + [(b, a, s) for a, b, s in edges],
-                      2 * ceil(log2(p)), hw)
+                      2 * ceil(log2(p)), hw, level)
     return min((ring_plan, tree_plan), key=lambda c: _estimate(c, hw))
 
 
 def _plan(kind: str, group: tuple[int, ...], moves: list[tuple[int, int, float]], steps: int,
-          hw: Hardware) -> CollectivePlan:
+          hw: Hardware, level: str | None = None) -> CollectivePlan:
     topo, n = hw.interconnect.topology, hw.devices
     transfers = tuple(Transfer(a, b, route(topo, n, a, b), nbytes) for a, b, nbytes in moves)
     # a step's latency counts the device-to-device hops of the longest route (a switch is one hop)
     hops = max((sum(1 for lnk in t.links if not lnk.endswith(SWITCH)) for t in transfers), default=1)
     ic = hw.interconnect
-    return CollectivePlan(kind, group, transfers, steps * hops * ic.link.latency + ic.collective_overhead)
+    return CollectivePlan(kind, group, transfers, steps * hops * ic.link.latency + ic.collective_overhead, level)
 
 
 def _estimate(c: CollectivePlan, hw: Hardware) -> float:

@@ -85,15 +85,16 @@ def map_devices(graph: OpGraph, workload: Workload, hw: Hardware, hw_file: str =
         # stage): those transfers may end at different times on different routes
         ranks = [tuple(range(tp))] if collapse and pp == 1 else [(r,) for r in range(tp)]
         for rs in ranks:
-            plans = {c: _collective(c, stage, rs, tp, hw) for c in colls}
+            plans = {c: _collective(c, stage, rs, tp, hw, placement.home["activation"]) for c in colls}
             streams.append(Program(stage, tuple(stage * tp + r for r in rs), planned, plans))
     return streams, placements
 
 
-def _collective(coll: Collective, stage: int, ranks: tuple[int, ...], tp: int, hw: Hardware) -> CollectivePlan:
+def _collective(coll: Collective, stage: int, ranks: tuple[int, ...], tp: int, hw: Hardware,
+                level: str) -> CollectivePlan:
     """A stage's collective over its tensor-parallel group, or a pipeline send of rank r to rank r of
-    the next stage."""
+    the next stage; its buffers live where activations do."""
     if coll.kind != "p2p":
-        return plan_collective(coll, tuple(stage * tp + r for r in range(tp)), hw)
+        return plan_collective(coll, tuple(stage * tp + r for r in range(tp)), hw, level)
     (rank,) = ranks
-    return plan_collective(coll, (coll.src_stage * tp + rank, coll.dst_stage * tp + rank), hw)
+    return plan_collective(coll, (coll.src_stage * tp + rank, coll.dst_stage * tp + rank), hw, level)
