@@ -52,6 +52,22 @@ def test_allgather_and_p2p_bytes(node):
     assert p2p.latency_s == pytest.approx(2e-6)
 
 
+def test_reducescatter_and_alltoall_bytes():
+    """Reduce-scatter of 40 MB over 4 devices: a ring, 3/4 x 40 MB per link in 3 steps. All-to-all of
+    40 MB per device through a switch: each device sends 10 MB to each of the 3 others (30 MB up its
+    link, 30 MB down to it), in one step (the switch is not a hop of its own)."""
+    rs = plan_collective(Collective("reducescatter", 40 * MB), (0, 1, 2, 3), load_hardware(NODE))
+    assert per_link(rs) == {f"{a}->{(a + 1) % 4}": pytest.approx(3 / 4 * 40 * MB) for a in range(4)}
+    assert rs.latency_s == pytest.approx(3 * 1e-6)
+    switch = load_hardware(NODE, [("interconnect.topology", "switch")])
+    a2a = plan_collective(Collective("alltoall", 40 * MB), (0, 1, 2, 3), switch)
+    assert len(a2a.transfers) == 12 and all(t.bytes == pytest.approx(10 * MB) for t in a2a.transfers)
+    links = per_link(a2a)
+    assert all(links[f"{d}->switch"] == pytest.approx(30 * MB) for d in range(4))
+    assert all(links[f"switch->{d}"] == pytest.approx(30 * MB) for d in range(4))
+    assert a2a.latency_s == pytest.approx(1e-6)
+
+
 def test_topologies_are_connected():
     import networkx as nx
 

@@ -5,7 +5,24 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-TensorKind = Literal["weight", "activation", "kv_cache"]
+#: What a tensor holds, with the label reports give it. Placement homes each kind; footprints and memory
+#: timelines break bytes down by it. Open: a new kind is one entry here (and its home in placement).
+TENSOR_KINDS: dict[str, str] = {
+    "weight": "weights", "kv_cache": "KV cache", "activation": "activations",
+    "gradient": "gradients", "optimizer_state": "optimizer state",
+}
+TensorKind = str
+#: The passes a scenario runs, in report order: whether a pass repeats per generated token (its ops are
+#: named with the step) and what it is. Open: a new pass is one entry here.
+PASSES: dict[str, tuple[bool, str]] = {
+    "encode": (False, "an encoder's forward pass over the whole sequence"),
+    "prefill": (False, "a decoder's forward pass over the prompt, filling the KV cache"),
+    "decode": (True, "one generated token per sequence, reading the KV cache"),
+    "forward": (False, "a training step's forward pass"),
+    "backward": (False, "a training step's backward pass (activation and weight gradients)"),
+    "optimizer": (False, "a training step's optimizer update"),
+}
+Phase = str
 #: What a tensor's identity depends on: nothing (a table shared by every layer), the layer (its weights,
 #: its KV cache), or the layer and the forward pass (an activation).
 TensorScope = Literal["global", "layer", "pass"]
@@ -57,13 +74,20 @@ class Access:
         return Access(self.tensor.shifted(by), self.bytes)
 
 
+#: Collective kinds (`p2p` is a send/receive pair between two devices); byte counts in
+#: mapping/collectives.py.
+COLLECTIVES = ("allreduce", "allgather", "reducescatter", "alltoall", "p2p")
+
+
 @dataclass(frozen=True, slots=True)
 class Collective:
-    """Communication an op stands for: an all-reduce / all-gather over the tensor-parallel group of its
-    stage, or a point-to-point send between pipeline stages."""
+    """Communication an op stands for: a collective over the tensor-parallel group of its stage, or a
+    point-to-point send between pipeline stages."""
 
-    kind: Literal["allreduce", "allgather", "p2p"]
-    bytes: float  # the full buffer each participant holds (all-reduce) or ends with (all-gather)
+    kind: str  # one of COLLECTIVES
+    #: the full buffer each participant holds (all-reduce, all-to-all), ends with (all-gather) or starts
+    #: with (reduce-scatter); the message (p2p)
+    bytes: float
     src_stage: int = 0
     dst_stage: int = 0
 
@@ -78,7 +102,7 @@ class Op:
     kind: str  # what the op does: "qkv", "scores", "ffn_up", ...
     op_class: OpClass
     engine: Engine
-    phase: Literal["encode", "prefill", "decode"]
+    phase: Phase  # one of PASSES
     step: int  # decode step (0 for prefill / encode)
     layer: int  # -1 before the first layer, `layers` after the last
     dtype: str  # compute dtype
@@ -118,7 +142,7 @@ class Block:
     `layers`). Blocks of the same pass with equal shapes share one `ops` tuple, which is what lets
     the later stages plan and simulate each distinct block once."""
 
-    phase: Literal["encode", "prefill", "decode"]
+    phase: Phase
     step: int  # decode step (0 for prefill / encode)
     layer: int
     seq: int  # which forward pass of the scenario, from 0
@@ -131,7 +155,8 @@ class Block:
     @property
     def prefix(self) -> str:
         mb = f"mb{self.micro}." if self.microbatches > 1 else ""
-        return ("prefill." if self.phase in ("prefill", "encode") else f"decode{self.step}.") + mb
+        stepped = PASSES.get(self.phase, (False, ""))[0]
+        return f"{self.phase}{self.step if stepped else ''}.{mb}"
 
     @property
     def label(self) -> str:

@@ -6,8 +6,9 @@ so transfers that share a link contend in its queue.
 
 Algorithms (ring over the group in device order, as NCCL does for bandwidth-bound messages):
 - all-reduce of S bytes over p devices: each device sends 2(p-1)/p * S to its ring successor, in
-  2(p-1) latency-bound steps;
-- all-gather to S bytes: (p-1)/p * S per device, p-1 steps;
+  2(p-1) latency-bound steps (or a binary tree, whichever is faster);
+- all-gather to S bytes, and reduce-scatter from S bytes: (p-1)/p * S per device, p-1 steps;
+- all-to-all of S bytes per device: S/p to each other device directly, all at once, one step;
 - point-to-point: S bytes, one step.
 The ring's steps are merged into one transfer per device carrying all its bytes (bounded events); the
 per-step latency is added once per step.
@@ -108,8 +109,12 @@ def plan_collective(coll: Collective, group: tuple[int, ...], hw: Hardware, leve
         src, dst = group
         return _plan(coll.kind, group, [(src, dst, size)], 1, hw, level)
     ring = list(zip(group, group[1:] + group[:1]))
-    if coll.kind == "allgather":
+    if coll.kind in ("allgather", "reducescatter"):
         return _plan(coll.kind, group, [(a, b, (p - 1) / p * size) for a, b in ring], p - 1, hw, level)
+    if coll.kind == "alltoall":  # every device sends each other one its 1/p share, all at once
+        return _plan(coll.kind, group, [(a, b, size / p) for a in group for b in group if a != b], 1, hw, level)
+    if coll.kind != "allreduce":
+        raise ValueError(f"unknown collective {coll.kind!r}")
     ring_plan = _plan("allreduce/ring", group, [(a, b, 2 * (p - 1) / p * size) for a, b in ring], 2 * (p - 1), hw,
                       level)
     # binary tree: reduce towards the root, then broadcast back; each tree edge carries the whole

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from sim.config.hardware import Hardware
 from sim.config.units import fmt_bytes
 from sim.errors import ConfigError
-from sim.graph.ops import Block, Op, Tensor, loose
+from sim.graph.ops import TENSOR_KINDS, Block, Op, Tensor, loose
 from sim.graph.transformer import OpGraph
 
 KIND_ORDER = ("weight", "kv_cache", "activation")
-LABEL = {"weight": "weights", "kv_cache": "KV cache", "activation": "activations"}
+LABEL = TENSOR_KINDS
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 
 from sim.engine.records import OpRecord, RunResult
-from sim.graph.ops import CLASS_GROUP
+from sim.graph.ops import CLASS_GROUP, PASSES
 from sim.report.context import context
 
 #: host dispatch time over total time from which the host, not the device, paces a run
@@ -97,6 +97,11 @@ class Totals:
         }
 
 
+def _pass_order(phase: str) -> tuple[int, str]:
+    order = list(PASSES)
+    return (order.index(phase) if phase in order else len(order), phase)
+
+
 def balance_level(result: RunResult) -> str:
     """The memory the balance point is taken against: where the weights live."""
     placement = result.placement
@@ -182,7 +187,7 @@ def summarize(result: RunResult, top: int = 10) -> dict:
         if group in by_group:
             agg = by_group[group].result(level)
             classes[group] = {**agg, "share_of_total": share(agg)}
-    phases = {p: by_phase[p].result(level) for p in ("encode", "prefill", "decode") if p in by_phase}
+    phases = {p: by_phase[p].result(level) for p in sorted(by_phase, key=_pass_order)}
     top_ops = []
     for (phase, kind), (totals, op_class) in by_kind.items():
         agg = totals.result(level)
