@@ -13,6 +13,7 @@ from pathlib import Path
 
 from sim.engine.records import RunResult
 from sim.report.context import context
+from sim.report.memory import kind_label, memory_timeline
 from sim.report.summary import balance_level, summarize
 
 
@@ -26,7 +27,8 @@ def _write(path: str | Path, text: str) -> None:
 
 def to_json(result: RunResult) -> str:
     level = balance_level(result)
-    doc = {"summary": summarize(result), "context": context(result), "ops": [r.to_dict(level) for r in result.ops]}
+    doc = {"summary": summarize(result), "context": context(result), "memory_timeline": memory_timeline(result),
+           "ops": [r.to_dict(level) for r in result.ops]}
     return json.dumps(doc, indent=1, sort_keys=False) + "\n"
 
 
@@ -101,6 +103,11 @@ def to_trace(result: RunResult) -> dict:
                 "ts": first * us, "dur": (last - first) * us,
                 "args": {"bytes": nbytes, "busy_s": r.level_busy_s[lvl]},
             })
+    for track in memory_timeline(result):  # counter tracks: bytes allocated by tensor kind
+        name = f"memory allocated: {track['level']}"
+        for t, kinds in track["points"]:
+            events.append({"ph": "C", "name": name, "pid": track["device"], "ts": t * us,
+                           "args": {kind_label(k): v for k, v in kinds.items()}})
     return {"traceEvents": events, "displayTimeUnit": "ns",
             "otherData": {"workload": result.name, "hardware": result.hardware}}
 

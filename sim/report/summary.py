@@ -7,6 +7,7 @@ from collections import Counter, defaultdict
 from sim.engine.records import OpRecord, RunResult
 from sim.graph.ops import CLASS_GROUP, PASSES
 from sim.report.context import context
+from sim.report.memory import peaks
 
 #: host dispatch time over total time from which the host, not the device, paces a run
 HOST_PACED = 0.95
@@ -228,6 +229,7 @@ def summarize(result: RunResult, top: int = 10) -> dict:
         "phases": phases,
         "top_ops": top_ops[:top],
         "memory": meta.get("memory", {}),
+        "memory_peak": peaks(result),
         **{k: meta.get("hardware", {}).get(k)
            for k in ("balance_point_flop_per_byte", "achievable_balance_point_flop_per_byte")},
     }

@@ -1,0 +1,106 @@
+"""Memory over time: per device and memory level, the bytes allocated by tensor kind over the run.
+
+Weights and KV caches are allocated in their home level for the whole run (a KV cache at its final
+length, as the footprint counts it). An activation is allocated when the op that writes it begins and
+freed when the last op that reads it ends, so the live set rises through a pass and falls back; its
+peak is the footprint's peak live set. A long run is thinned to at most `limit` points per track,
+each the highest point of its stretch (peaks survive)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from sim.engine.records import RunResult
+from sim.graph.ops import TENSOR_KINDS
+
+
+def peaks(result: RunResult) -> dict[str, dict]:
+    """Per memory level of the fullest device: its peak bytes and their breakdown by tensor kind."""
+    placement = result.placement
+    if placement is None:
+        return {}
+    fp = placement.footprint
+    part = {"weight": fp.weights, "kv_cache": fp.kv_cache, "activation": fp.activations,
+            "optimizer_state": fp.optimizer}
+    out: dict[str, dict] = {}
+    for kind, level in placement.home.items():
+        if part.get(kind):
+            entry = out.setdefault(level, {"bytes": 0.0, "by_kind": {}})
+            entry["bytes"] += part[kind]
+            entry["by_kind"][kind] = part[kind]
+    return out
+
+
+def memory_timeline(result: RunResult, limit: int = 4096) -> list[dict]:
+    """[{"device", "level", "capacity_bytes", "points": [[t_s, {kind: bytes}], ...]}], one entry per
+    device and level that holds anything."""
+    if result.spec is None or not result.placements:
+        return []
+    tp = result.spec.parallelism.tensor
+    devices = sorted({d for b in result.blocks for d in b.devices})
+    out = []
+    for d in devices:
+        placement = result.placements.get(d // tp)
+        if placement is None:
+            continue
+        fp = placement.footprint
+        static = {"weight": fp.weights, "kv_cache": fp.kv_cache, "optimizer_state": fp.optimizer}
+        act_level = placement.home["activation"]
+        born: dict = {}
+        last: dict = {}
+        size: dict = {}
+        for b in result.blocks:
+            if d not in b.devices:
+                continue
+            blk, t0 = b.block, b.start_s
+            for op, r in zip(blk.ops, b.ops):
+                began, end = t0 + r.start_s + r.overhead_s, t0 + r.end_s
+                for a in op.writes:
+                    if a.tensor.kind == "activation":
+                        k = a.tensor.name if blk.bound else a.tensor.key(blk.layer, blk.seq)
+                        if k not in born:
+                            born[k], size[k] = began, a.tensor.bytes
+                        last[k] = max(last.get(k, end), end)
+                for a in op.reads:
+                    if a.tensor.kind == "activation":
+                        k = a.tensor.name if blk.bound else a.tensor.key(blk.layer, blk.seq)
+                        if k in born:
+                            last[k] = max(last[k], end)
+        deltas: dict[float, float] = defaultdict(float)
+        for k, t in born.items():
+            deltas[t] += size[k]
+            deltas[last[k]] -= size[k]
+        levels: dict[str, dict[str, float]] = defaultdict(dict)
+        for kind, nbytes in static.items():
+            if nbytes:
+                levels[placement.home.get(kind, act_level)][kind] = nbytes
+        if deltas:
+            levels.setdefault(act_level, {})
+        for level, kinds in sorted(levels.items()):
+            base = dict(kinds)
+            points = [[0.0, {**base}]]
+            if level == act_level and deltas:
+                live = 0.0
+                for t in sorted(deltas):
+                    live += deltas[t]
+                    points.append([t, {**base, "activation": max(live, 0.0)}])
+            out.append({"device": d, "level": level, "capacity_bytes": placement.capacity.get(level),
+                        "points": _thin(points, limit)})
+    return out
+
+
+def _thin(points: list, limit: int) -> list:
+    """At most `limit` points: each stretch of the run keeps its highest point (and the last point)."""
+    if len(points) <= limit:
+        return points
+    step = len(points) / (limit - 1)
+    kept = []
+    for i in range(limit - 1):
+        chunk = points[int(i * step): int((i + 1) * step)] or [points[int(i * step)]]
+        kept.append(max(chunk, key=lambda p: sum(p[1].values())))
+    kept.append(points[-1])
+    return kept
+
+
+def kind_label(kind: str) -> str:
+    return TENSOR_KINDS.get(kind, kind)
