@@ -14,6 +14,7 @@ from pathlib import Path
 from sim.engine.records import RunResult
 from sim.report.context import context
 from sim.report.memory import kind_label, memory_timeline
+from sim.report.metrics import op_columns
 from sim.report.summary import balance_level, summarize
 
 
@@ -40,32 +41,22 @@ def csv_columns(result: RunResult) -> tuple[list[str], list[str]]:
 
 
 def to_csv(result: RunResult) -> str:
+    """One row per op, its columns from the registry's per-op fields (`metrics.OP`)."""
     levels, stalls = csv_columns(result)
-    level = balance_level(result)
     caches = sorted({c for r in result.ops for c in r.hits})
-    head = ["name", "phase", "step", "micro", "layer", "kind", "op_class", "device", "unit", "dtype", "shape",
-            "start_s", "end_s", "duration_s", "flops", "bytes", *[f"bytes_{lvl}" for lvl in levels],
-            "intensity", *[f"hit_rate_{c}" for c in caches], "compute_s", "overhead_s",
-            *[f"stall_{s.replace(':', '_')}_s" for s in stalls], "bound"]
+    columns = op_columns(levels, caches, stalls, balance_level(result))
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(head)
+    w.writerow([name for name, _ in columns])
     for r in result.ops:
-        w.writerow([r.name, r.phase, r.step, r.micro, r.layer, r.kind, r.op_class, r.device, r.unit, r.dtype,
-                    "x".join(map(str, r.shape)), repr(r.start_s), repr(r.end_s), repr(r.duration_s),
-                    repr(r.flops), repr(r.total_bytes), *[repr(r.bytes.get(lvl, 0.0)) for lvl in levels],
-                    _num(r.intensity_at(level)), *[_num(_rate(r.hits.get(c))) for c in caches],
-                    repr(r.compute_s), repr(r.overhead_s),
-                    *[repr(r.stall_s.get(s, 0.0)) for s in stalls], r.bound])
+        w.writerow([_cell(get(r)) for _, get in columns])
     return buf.getvalue()
 
 
-def _num(x: float | None) -> str:
-    return "" if x is None else repr(x)
-
-
-def _rate(hit: tuple[float, float] | None) -> float | None:
-    return hit[0] / hit[1] if hit and hit[1] else None
+def _cell(x) -> str:
+    if x is None:
+        return ""
+    return repr(x) if isinstance(x, float) else str(x)
 
 
 def to_trace(result: RunResult) -> dict:

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 
 from sim.engine.records import OpRecord, RunResult
 from sim.graph.ops import CLASS_GROUP, PASSES
 from sim.report.context import context
 from sim.report.memory import peaks
+from sim.report.metrics import GROUPS, RUN
 
 #: host dispatch time over total time from which the host, not the device, paces a run
 HOST_PACED = 0.95
 
-GROUPS = ("GEMM", "GEMV", "attention", "collective", "other")
 
 
 class Totals:
@@ -195,44 +196,46 @@ def summarize(result: RunResult, top: int = 10) -> dict:
         top_ops.append({**agg, "phase": phase, "kind": kind, "op_class": op_class, "share_of_total": share(agg)})
     top_ops.sort(key=lambda a: (-a["time_s"], a["phase"], a["kind"]))
 
-    everything = all_totals.result(level)
-    comm_s, exposed_s, bubble_s = overlap(blocks, total)
+    comm, exposed, bubble = overlap(blocks, total)
+    facts = Facts(result=result, ctx=meta, level=level, total=total, device_time=device_time,
+                  devices=len(devices), ttft=ttft, tpot=tpot, tokens_s=tokens_s, prefill_end=prefill_end,
+                  decode_s=decode_s, everything=all_totals.result(level), ops=all_totals.ops, host_ops=host_ops,
+                  host_s=host_s, paced_by=paced_by, comm=comm, exposed=exposed, bubble=bubble)
     return {
         "workload": wl.get("name", result.name),
         "hardware": result.hardware,
-        "total_s": total,
-        "device_time_s": device_time,
-        "devices": len(devices),
-        "ttft_s": ttft,
-        "tpot_s": tpot,
-        "tokens_per_s": tokens_s,
-        "prefill_s": prefill_end,
-        "decode_s": decode_s,
-        "flops": everything["flops"],
-        "bytes": everything["bytes"],
-        "bytes_per_level": everything["bytes_per_level"],
-        "intensity_per_level": everything["intensity_per_level"],
-        "hit_rate": everything["hit_rate"],
-        "time_share": everything["time_share"],
-        "bound": everything["bound"],
-        "comm_s": comm_s,
-        "comm_exposed_s": exposed_s,
-        "comm_hidden_s": comm_s - exposed_s,
-        "bubble_s": bubble_s,
-        "bubble_fraction": bubble_s / total if total else 0.0,
-        "host_dispatch_s": host_s,
-        "host_dispatch_ops": host_ops,
-        "paced_by": paced_by,
-        "ops": all_totals.ops,
-        "events": result.events,
+        **{m.name: m.get(facts) for m in RUN},
         "classes": classes,
         "phases": phases,
         "top_ops": top_ops[:top],
         "memory": meta.get("memory", {}),
         "memory_peak": peaks(result),
-        **{k: meta.get("hardware", {}).get(k)
-           for k in ("balance_point_flop_per_byte", "achievable_balance_point_flop_per_byte")},
     }
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the registry's run figures (`metrics.RUN`) are computed from: one pass over the run."""
+
+    result: RunResult
+    ctx: dict  # report.context
+    level: str  # the balance level
+    total: float
+    device_time: float
+    devices: int
+    ttft: float
+    tpot: float | None
+    tokens_s: float
+    prefill_end: float
+    decode_s: float
+    everything: dict  # the aggregate of every op (`Totals.result`)
+    ops: int
+    host_ops: int
+    host_s: float
+    paced_by: str
+    comm: float
+    exposed: float
+    bubble: float
 
 
 def host_dispatch(blocks: list, hw: dict) -> tuple[int, float]:

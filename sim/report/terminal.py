@@ -9,13 +9,11 @@ from rich.table import Table
 
 from sim.config.units import fmt_bytes, fmt_si, fmt_time
 from sim.report.context import context
+from sim.report.metrics import RUN
+from sim.report.metrics import _pct as _pct
 from sim.report.summary import summarize
 
 WIDTH = 170
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x + 0.0:.1f}%" if abs(x) >= 5e-4 else "0.0%"  # no "-0.0%" from rounding noise
 
 
 def _share_columns(summary: dict) -> list[str]:
@@ -118,32 +116,11 @@ def render(result, console: Console | None = None, top: int = 10) -> None:
     e2e = Table(title="End to end", box=box.SIMPLE_HEAVY, title_justify="left", pad_edge=False, show_header=False)
     e2e.add_column("figure")
     e2e.add_column("value", justify="right")
-    e2e.add_row("total time", fmt_time(s["total_s"]))
-    if wl["phase"] in ("prefill", "generate"):
-        e2e.add_row("prefill = time to first token", fmt_time(s["ttft_s"]))
-    if s["tpot_s"] is not None:
-        e2e.add_row("time per output token (mean)", fmt_time(s["tpot_s"]))
-        e2e.add_row("decode time", fmt_time(s["decode_s"]))
-    rate_label = "tokens/s (generated)" if s["tpot_s"] is not None else "tokens/s (processed)"
-    e2e.add_row(rate_label, f"{s['tokens_per_s']:.1f}")
+    for metric in RUN:  # the registry's rows, in its order
+        row = metric.row(s, meta) if metric.row is not None else None
+        if row is not None:
+            e2e.add_row(*row)
     level = hw["balance_level"]
-    e2e.add_row(f"FLOPs / bytes at {level}",
-                f"{fmt_si(s['flops'], 'FLOP')} / {fmt_bytes(s['bytes_per_level'].get(level, 0.0))}")
-    e2e.add_row("ops simulated / events", f"{s['ops']} / {s['events']}")
-    e2e.add_row("bound (held the ops up longest)", s["bound"].replace("memory:", "").replace("link:", "link "))
-    if s["host_dispatch_s"]:
-        share = s["host_dispatch_s"] / s["total_s"] if s["total_s"] else 0.0
-        per_op = s["host_dispatch_s"] / s["host_dispatch_ops"]
-        e2e.add_row(f"host dispatch ({s['host_dispatch_ops']} ops x {fmt_time(per_op)}"
-                    f"{' on average' if hw.get('dispatch_by_kernel_s') else ''})",
-                    f"{fmt_time(s['host_dispatch_s'])} ({100 * share:.0f}%)")
-    if s["comm_s"]:
-        e2e.add_row("communication exposed / hidden under compute (all devices)",
-                    f"{fmt_time(s['comm_exposed_s'])} / {fmt_time(s['comm_hidden_s'])}")
-    if s["bubble_s"] > 1e-9 * s["total_s"]:
-        e2e.add_row("idle waiting for other devices (bubble, mean per device)",
-                    f"{fmt_time(s['bubble_s'])} ({_pct(s['bubble_fraction'])})")
-    e2e.add_row("paced by", "host dispatch (a faster device would not help)" if s["paced_by"] == "host" else "device")
     out.print(e2e)
 
     fp = Table(title="Memory footprint vs capacity", box=box.SIMPLE_HEAVY, title_justify="left", pad_edge=False)

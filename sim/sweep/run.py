@@ -17,17 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from sim.errors import ConfigError
+from sim.report.metrics import GROUP_COLUMNS, GROUPS, RUN, sweep_columns
 from sim.sweep.spec import Point, Sweep, year_overrides
 
-GROUPS = ("GEMM", "GEMV", "attention", "collective", "other")
-OUTPUTS = [
-    "total_s", "ttft_s", "tpot_s", "tokens_per_s", "flops", "bytes_at_balance_level", "balance_level",
-    "balance_point_flop_per_byte", "achievable_balance_point_flop_per_byte", "bound", "paced_by",
-    "host_dispatch_s", "weights_bytes",
-    "kv_cache_bytes", "devices",
-    *[f"{g}_{field}" for g in GROUPS for field in
-      ("share", "bound", "busy", "memory_stall", "link_stall", "sync", "overhead")],
-]
+OUTPUTS = sweep_columns()  # the registry's figures (sim/report/metrics.py)
 
 
 def columns(sweep: Sweep) -> list[str]:
@@ -57,27 +50,11 @@ def evaluate(point: Point, base_year: float | None) -> dict[str, Any]:
         return {**row, "status": "error", "error": str(e)}
     except Exception as e:  # a bug in one point must not stop the sweep; record it
         return {**row, "status": "error", "error": f"{type(e).__name__}: {e}"}
-    mem = s["memory"]
-    row.update(
-        status="ok", error="", total_s=s["total_s"], ttft_s=s["ttft_s"], tpot_s=s["tpot_s"],
-        tokens_per_s=s["tokens_per_s"], flops=s["flops"], balance_level=mem["home"]["weight"],
-        bytes_at_balance_level=s["bytes_per_level"].get(mem["home"]["weight"], 0.0),
-        balance_point_flop_per_byte=s["balance_point_flop_per_byte"],
-        achievable_balance_point_flop_per_byte=s["achievable_balance_point_flop_per_byte"], bound=s["bound"],
-        paced_by=s["paced_by"], host_dispatch_s=s["host_dispatch_s"],
-        weights_bytes=mem["weights_bytes"], kv_cache_bytes=mem["kv_cache_bytes"], devices=s["devices"],
-    )
+    row.update(status="ok", error="", **{m.name: s[m.name] for m in RUN if m.sweep})
     for g in GROUPS:
         c = s["classes"].get(g)
-        if c is None:
-            continue
-        share = c["time_share"]
-        row.update({
-            f"{g}_share": c["share_of_total"], f"{g}_bound": c["bound"], f"{g}_busy": share.get("compute", 0.0),
-            f"{g}_memory_stall": sum(v for k, v in share.items() if k.startswith("memory:")),
-            f"{g}_link_stall": sum(v for k, v in share.items() if k.startswith("link:")),
-            f"{g}_sync": share.get("sync", 0.0), f"{g}_overhead": share.get("overhead", 0.0),
-        })
+        if c is not None:
+            row.update({f"{g}_{m.name}": m.get(c) for m in GROUP_COLUMNS})
     return row
 
 
