@@ -228,3 +228,26 @@ def test_a_transformer_pipeline_fills_with_micro_batches():
             assert all(".mb" in r.name for r in result.ops)
     assert bubbles[0] == pytest.approx(0.75, rel=1e-2)  # the sends still read and write SRAM
     assert totals[0] > totals[1] > totals[2] and bubbles[0] > bubbles[1] > bubbles[2]
+
+
+def test_the_micro_batched_70b_pipeline_reports_its_bubble_and_interleaves_in_the_trace(tmp_path):
+    """The issue's command (one new token): the report shows the bubble and the exposed communication; in
+    the trace, stage s runs micro-batch k while stage s + 1 runs micro-batch k - 1."""
+    import json
+
+    from conftest import cli
+
+    trace = tmp_path / "pp.json"
+    done = cli("run", "workloads/llama2-70b-tp8.yaml", "--set", "parallelism.tensor=2", "--set",
+               "parallelism.pipeline=4", "--set", "parallelism.microbatches=8", "--set", "scenario.batch=8",
+               "--set", "scenario.new_tokens=1", "--trace", str(trace))
+    assert done.returncode == 0, done.stderr
+    assert "bubble" in done.stdout and "8 micro-batches" in done.stdout and "communication exposed" in done.stdout
+    spans: dict[tuple[int, str], list[float]] = {}
+    for e in json.loads(trace.read_text())["traceEvents"]:
+        if e["ph"] == "X" and ".mb" in e["name"] and not e["name"].startswith("wait"):
+            span = spans.setdefault((e["pid"], e["name"].split(".")[1]), [float("inf"), 0.0])
+            span[0], span[1] = min(span[0], e["ts"]), max(span[1], e["ts"] + e["dur"])
+    for stage in range(3):  # rank 0 of each stage is device 2 * stage
+        ahead, behind = spans[(2 * stage, "mb1")], spans[(2 * stage + 2, "mb0")]
+        assert ahead[0] < behind[1] and behind[0] < ahead[1]  # they overlap in time
