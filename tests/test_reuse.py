@@ -28,6 +28,7 @@ CASES = {
     "tensor x pipeline, micro-batches": (NODE, {"parallelism__tensor": 2, "parallelism__pipeline": 2,
                                                 "parallelism__microbatches": 2}),
     "micro-batches on one device": (CACHE, {"parallelism__microbatches": 2}),
+    "weights in host memory, prefetched": (DATA / "toy-host-hw.yaml", {"scenario__offload_prefetch": True}),
 }
 
 

@@ -85,6 +85,11 @@ class Scenario(Spec):
         "stored; fused: one FlashAttention-style op that keeps the scores on chip (K and V are re-read per "
         "query tile as the tiling decides)")
 
+    offload_prefetch: bool = Field(
+        default=False, description="weights that live in host memory are copied to the device a layer ahead "
+        "on a copy stream (overlapping the layer before) into a staging buffer of two layers' weights, and "
+        "read from there; without it each op streams its weights from host memory itself")
+
     @model_validator(mode="after")
     def _steps(self) -> Scenario:
         if self.phase in ("decode", "generate") and self.new_tokens < 1:

@@ -172,6 +172,9 @@ class Executor:
         inline = []
         for i, op in enumerate(ops):
             coll = op.collective
+            if op.engine == "copy":  # a prefetch runs on the copy stream
+                inline.append(sync)
+                continue
             if coll is None:
                 inline.append(False)
                 continue
@@ -185,7 +188,7 @@ class Executor:
             producers.append(tuple(sorted({writer[k] for a in op.reads if (k := _ident(a)) in writer})))
             for a in op.writes:
                 writer[_ident(a)] = i
-        colls = [i for i, op in enumerate(ops) if op.collective is not None]
+        colls = [i for i, op in enumerate(ops) if op.collective is not None or op.engine == "copy"]
         t = Template(tuple(inline), any(not inline[i] for i in colls), any(inline[i] for i in colls),
                      tuple(producers))
         self._templates[key] = (plans, t)
@@ -255,10 +258,10 @@ class Executor:
                 op_start = now
                 ready = (op_start if sync and op_start > host_free else host_free) + p.overhead_s
                 host_free = ready
-                if p.op.collective is not None and not info.inline[i]:
+                if (p.op.collective is not None or p.unit == "copy") and not info.inline[i]:
                     issued = Issued(env.event(), records, i, self._writes(block, p.op))
                     fed = max((records[j].end_s for j in info.producers[i] if records[j] is not None), default=0.0)
-                    group = s.collectives[p.op.collective].group
+                    group = s.collectives[p.op.collective].group if p.op.collective is not None else "copy"
                     env.process(self._issue(s, block, p, start, start + fed, ready, tails.get(group), issued))
                     tails[group] = here[i] = issued
                     of_pass.setdefault(block.micro, []).append(issued)
@@ -341,12 +344,21 @@ class Executor:
         began = max(ready, op_start) + p.launch_s
         if began > env.now:
             yield env.timeout(began - env.now)
-        rec = yield from self._collective(s, block, p, op_start, env.scheduled)
-        rec.stream = "comm"
+        first_event = env.scheduled
+        if p.op.collective is None:  # a copy: its transfers on the device's memory, on the copy stream
+            t = yield from self._simulate_op(s.devices[0], p)
+            rec = self._record(s.devices[0], p, op_start - block_start, began - block_start, env.now - block_start,
+                               t, env.scheduled - first_event)
+            rec.stream = "copy"
+            issued.arrived = issued.last = began
+        else:
+            rec = yield from self._collective(s, block, p, op_start, first_event)
+            rec.stream = "comm"
+            issued.arrived = rec.start_s + rec.overhead_s
+            issued.last = issued.arrived + rec.stall_s.get("sync", 0.0)
+            rec = _relative(rec, block_start)
         issued.end = env.now
-        issued.arrived = rec.start_s + rec.overhead_s
-        issued.last = issued.arrived + rec.stall_s.get("sync", 0.0)
-        issued.slot[issued.index] = _relative(rec, block_start)
+        issued.slot[issued.index] = rec
         issued.done.succeed()
 
     def _record(self, device: int, p: OpPlan, start: float, began: float, end: float, t: Timeline,

@@ -18,7 +18,7 @@ import simpy
 from sim.config.hardware import Hardware, flat_bandwidths
 from sim.mapping.collectives import topology
 
-COMPUTE_UNITS = ("matrix", "vector")
+COMPUTE_UNITS = ("matrix", "vector", "copy")  # "copy": a DMA engine, which computes nothing
 
 
 @dataclass

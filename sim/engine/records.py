@@ -42,8 +42,9 @@ class OpRecord:
     #: link spans), which `BlockRecord.expand` puts into that device's record
     peers: dict[int, tuple[dict, dict, dict]] = field(default_factory=dict)
     micro: int = 0  # micro-batch
-    #: the stream whose order it ran in: `comm` for a collective issued on the communication stream,
-    #: `compute` for every other op, collectives run in line included (the compute stream waits for them)
+    #: the stream whose order it ran in: `comm` for a collective issued on a communication stream, `copy`
+    #: for a prefetch from host memory, `compute` for every other op, collectives run in line included
+    #: (the compute stream waits for them)
     stream: str = "compute"
     #: communication only: how long the device's compute stream waited for it, less any time spent waiting
     #: for late peers: all of it when it ran in line (between the op that feeds it and the op that

@@ -26,13 +26,14 @@ Phase = str
 #: What a tensor's identity depends on: nothing (a table shared by every layer), the layer (its weights,
 #: its KV cache), or the layer and the forward pass (an activation).
 TensorScope = Literal["global", "layer", "pass"]
-OpClass = Literal["gemm", "gemv", "attention", "softmax", "norm", "elementwise", "collective"]
-Engine = Literal["matrix", "vector", "link"]
+OpClass = Literal["gemm", "gemv", "attention", "softmax", "norm", "elementwise", "collective", "copy"]
+#: what runs an op: the matrix or vector units, the links (collectives), a copy engine (DMA)
+Engine = Literal["matrix", "vector", "link", "copy"]
 
 #: Report groups: the GEMM-vs-GEMV contrast, attention, and everything else.
 CLASS_GROUP: dict[str, str] = {
     "gemm": "GEMM", "gemv": "GEMV", "attention": "attention",
-    "softmax": "other", "norm": "other", "elementwise": "other", "collective": "collective",
+    "softmax": "other", "norm": "other", "elementwise": "other", "collective": "collective", "copy": "copy",
 }
 
 

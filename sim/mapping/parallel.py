@@ -22,6 +22,7 @@ from sim.graph.transformer import OpGraph
 from sim.mapping.collectives import CollectivePlan, plan_collective
 from sim.mapping.placement import Placement, place
 from sim.mapping.plan import OpPlan, Planner
+from sim.mapping.prefetch import insert_copies, staged, wanted
 
 
 @dataclass(frozen=True)
@@ -77,9 +78,15 @@ def map_devices(graph: OpGraph, workload: Workload, hw: Hardware, hw_file: str =
     for stage in range(pp):
         blocks = stage_blocks(graph, stage, pp)
         placement = place(blocks, hw, hw_file)
+        prefetch = wanted(placement, workload.scenario.offload_prefetch)
+        planning = placement
+        if prefetch:  # weights in host memory, copied ahead into a staging buffer and read from there
+            planning, placement = staged(placement, blocks, hw_file)
         placements[stage] = placement
-        planner = Planner(hw, placement, hw_file, memo=memo)
+        planner = Planner(hw, planning, hw_file, memo=memo)
         planned = planner.plan_blocks(blocks)
+        if prefetch:
+            planned = insert_copies(planned, planning, hw)
         colls = {op.collective for blk in blocks for op in blk.ops if op.collective is not None}
         # alike ranks share a stream unless pipeline sends pair them off (rank r to rank r of the next
         # stage): those transfers may end at different times on different routes

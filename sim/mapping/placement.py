@@ -8,7 +8,7 @@ whose weights do not streams them from DRAM every step.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sim.config.hardware import Hardware
 from sim.config.units import fmt_bytes
@@ -40,6 +40,8 @@ class Placement:
     footprint: Footprint
     capacity: dict[str, float]  # usable capacity of each tensor-holding level
     used: dict[str, float]  # bytes placed in each level
+    #: weights in host memory prefetched to the device: level -> bytes of its staging buffer
+    staged: dict[str, float] = field(default_factory=dict)
 
 
 def level_capacity(hw: Hardware, name: str) -> float:

@@ -64,7 +64,7 @@ def to_trace(result: RunResult) -> dict:
     hw = context(result).get("hardware", {})
     levels = list(hw.get("memory", {}))
     devices = sorted({r.device for r in result.ops}) or [0]
-    tracks = ["host dispatch", "compute:matrix", "compute:vector", "collectives", "comm stream",
+    tracks = ["host dispatch", "compute:matrix", "compute:vector", "collectives", "comm stream", "copy stream",
               *[f"memory:{lvl}" for lvl in levels]]
     tracks += [f"link:{lnk}" for lnk in hw.get("links", [])]  # every physical link of the interconnect
     tracks += sorted({k for r in result.ops for k in r.level_span_s if k.startswith("link:")} - set(tracks))
@@ -83,7 +83,7 @@ def to_trace(result: RunResult) -> dict:
         events.append({
             "ph": "X", "name": r.name, "cat": r.op_class, "pid": r.device,
             "tid": tid[("comm stream" if r.stream == "comm" else "collectives") if r.unit == "link"
-                       else f"compute:{r.unit}"],
+                       else "copy stream" if r.unit == "copy" else f"compute:{r.unit}"],
             "ts": (r.start_s + r.overhead_s) * us, "dur": (r.duration_s - r.overhead_s) * us,
             "args": {"flops": r.flops, "bytes": r.bytes, "compute_s": r.compute_s, "stall_s": r.stall_s,
                      "bound": r.bound, "shape": list(r.shape)},

@@ -14,6 +14,10 @@ from sim.engine.records import RunResult
 from sim.graph.ops import TENSOR_KINDS
 
 
+#: the prefetch's staging buffer (weights copied from host memory ahead of use), held all run
+STAGING = "staging"
+
+
 def peaks(result: RunResult) -> dict[str, dict]:
     """Per memory level of the fullest device: its peak bytes and their breakdown by tensor kind."""
     placement = result.placement
@@ -23,11 +27,13 @@ def peaks(result: RunResult) -> dict[str, dict]:
     part = {"weight": fp.weights, "kv_cache": fp.kv_cache, "activation": fp.activations,
             "optimizer_state": fp.optimizer}
     out: dict[str, dict] = {}
-    for kind, level in placement.home.items():
-        if part.get(kind):
+    held = [(kind, level, part.get(kind)) for kind, level in placement.home.items()]
+    held += [(STAGING, level, nbytes) for level, nbytes in placement.staged.items()]
+    for kind, level, nbytes in held:
+        if nbytes:
             entry = out.setdefault(level, {"bytes": 0.0, "by_kind": {}})
-            entry["bytes"] += part[kind]
-            entry["by_kind"][kind] = part[kind]
+            entry["bytes"] += nbytes
+            entry["by_kind"][kind] = nbytes
     return out
 
 
@@ -74,6 +80,8 @@ def memory_timeline(result: RunResult, limit: int = 4096) -> list[dict]:
         for kind, nbytes in static.items():
             if nbytes:
                 levels[placement.home.get(kind, act_level)][kind] = nbytes
+        for level, nbytes in placement.staged.items():
+            levels[level][STAGING] = nbytes
         if deltas:
             levels.setdefault(act_level, {})
         for level, kinds in sorted(levels.items()):
@@ -103,4 +111,4 @@ def _thin(points: list, limit: int) -> list:
 
 
 def kind_label(kind: str) -> str:
-    return TENSOR_KINDS.get(kind, kind)
+    return "prefetch staging" if kind == STAGING else TENSOR_KINDS.get(kind, kind)

@@ -19,7 +19,7 @@ from typing import Any
 from sim.config.units import fmt_bytes, fmt_si, fmt_time
 
 #: report groups of op classes, in report order (and the sweep's per-class columns)
-GROUPS = ("GEMM", "GEMV", "attention", "collective", "other")
+GROUPS = ("GEMM", "GEMV", "attention", "collective", "copy", "other")
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,8 @@ RUN: list[Metric] = [
 
 #: sections of the summary that are not scalars (documented here, built by the summary)
 SECTIONS: list[Metric] = [
-    Metric("classes.<GEMM/GEMV/attention/collective/other>", "", "the aggregate figures below, per op class"),
+    Metric("classes.<GEMM/GEMV/attention/collective/copy/other>", "", "the aggregate figures below, per op "
+           "class (`copy`: weights prefetched from host memory)"),
     Metric("phases.<pass>", "", "the same aggregate per pass (`encode`, `prefill`, `decode`, ...)"),
     Metric("top_ops", "", "the same aggregate per (pass, op kind), longest first, with `phase`, `kind`, "
            "`op_class`"),
@@ -214,8 +215,9 @@ OP: list[OpField] = [
             get=lambda r, lv: r.op_class),
     OpField("device", "", "the device that ran it", get=lambda r, lv: r.device),
     OpField("unit", "", "`matrix`, `vector` or `link`", get=lambda r, lv: r.unit),
-    OpField("stream", "", "`comm` for a collective issued on a communication stream (it may overlap compute); "
-            "`compute` for every other op, collectives run in line included", get=lambda r, lv: r.stream),
+    OpField("stream", "", "`comm` for a collective issued on a communication stream, `copy` for a prefetch "
+            "from host memory (both may overlap compute); `compute` for every other op, collectives run in line "
+            "included", get=lambda r, lv: r.stream),
     OpField("dtype", "", "compute dtype", get=lambda r, lv: r.dtype),
     OpField("shape", "", "matmul shapes are (batch, M, N, K); `BxMxNxK` in the CSV", get=lambda r, lv: _x(r.shape)),
     OpField("start_s", "s", "when its stream and its inputs were ready (its dispatch wait starts)",

@@ -277,6 +277,8 @@ def overlap(blocks: list, total: float) -> tuple[float, float, float]:
                     c += r.duration_s - r.stall_s.get("sync", 0.0)
                     e += r.exposed_s
                     active += r.exposed_s
+                elif r.stream != "compute":  # a copy beside the compute stream: busy only while waited for
+                    active += r.exposed_s
                 else:
                     active += r.duration_s
             known = per_ops[id(b.ops)] = (b.ops, c, e, active)

@@ -1,0 +1,100 @@
+"""Host offload with prefetch: weights that live in host memory are copied to the device a layer ahead.
+
+Where a workload asks for it (`scenario.offload_prefetch`) and its weights had to be placed in host
+memory, every block that reads weights gets a copy op ahead of it: at the start of the block before it
+in the same forward pass (so the copy runs on the device's copy stream while that block computes), or
+at its own start when it opens a pass. The copy reads the block's weights from host memory and writes
+them into a staging buffer of two blocks' weights in the activations' level (double buffering: the
+copy for block i + 2 starts when block i has finished with its buffer, which the copy stream's order
+and the block boundary give). The block's ops then read their weights from the staging level.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from sim.config.hardware import HOST_LEVEL, Hardware
+from sim.config.units import fmt_bytes
+from sim.errors import ConfigError
+from sim.graph.ops import Access, Block, Op, Tensor
+from sim.mapping.placement import Placement
+from sim.mapping.plan import OpPlan
+
+COPY = "copy"  # the kernel, op class, engine and stream of a prefetch
+
+
+def wanted(placement: Placement, prefetch: bool) -> bool:
+    return prefetch and placement.home.get("weight") == HOST_LEVEL
+
+
+def staged(placement: Placement, blocks: list[Block], hw_file: str) -> tuple[Placement, Placement]:
+    """(the placement the stage's ops are planned against: weights read from the staging level; the
+    placement as it is: weights in host memory, the staging level holding two blocks' weights on top of
+    what it held)."""
+    level = placement.home["activation"]
+    if level == HOST_LEVEL:
+        raise ConfigError("offload_prefetch needs a device memory level for its staging buffer; the "
+                          "activations live in host memory too", hw_file, "device.memory")
+    buffer = 2 * max((_weight_bytes(b.ops) for b in blocks), default=0.0)
+    used = dict(placement.used)
+    used[level] += buffer
+    if used[level] > placement.capacity[level]:
+        raise ConfigError(f"offload_prefetch's staging buffer ({fmt_bytes(buffer)}: two layers' weights) does not "
+                          f"fit in {level} ({fmt_bytes(placement.capacity[level] - placement.used[level])} free)",
+                          hw_file, f"device.memory.{level}.capacity")
+    actual = dataclasses.replace(placement, used=used, staged={level: buffer})
+    return dataclasses.replace(actual, home={**placement.home, "weight": level}), actual
+
+
+def insert_copies(planned: list[tuple[Block, tuple[OpPlan, ...]]], placement: Placement,
+                  hw: Hardware) -> list[tuple[Block, tuple[OpPlan, ...]]]:
+    """The stage's blocks with their prefetch copies in front (see the module docstring)."""
+    level = next(iter(placement.staged))
+    dispatch, launch = hw.device.dispatch_for(COPY), hw.device.launch_overhead
+    made: dict[tuple, tuple] = {}
+    out: list[tuple[Block, tuple[OpPlan, ...]]] = []
+    ahead: list[list[tuple[Op, OpPlan]]] = [[] for _ in planned]  # the copies each block starts with
+    for j, (blk, _) in enumerate(planned):
+        if not _weight_bytes(blk.ops):
+            continue
+        prev = planned[j - 1][0] if j else None
+        host = j - 1 if prev is not None and (prev.seq, prev.micro) == (blk.seq, blk.micro) else j
+        shift = blk.layer - planned[host][0].layer
+        key = (id(blk.ops), shift)
+        copy = made.get(key)
+        if copy is None:
+            accesses = tuple(Access(t.shifted(-shift), n) for t, n in _weights(blk.ops).items())
+            nbytes = sum(a.bytes for a in accesses)
+            op = Op(name="prefetch", kind="prefetch", op_class=COPY, engine=COPY, phase=blk.phase, step=0, layer=0,
+                    dtype="", flops=0.0, reads=accesses, writes=accesses, kernel=COPY)
+            copy = made[key] = (blk.ops, (op, OpPlan(op=op, unit=COPY, compute_s=0.0, utilization=1.0,
+                                                     loads=((HOST_LEVEL, nbytes),), stores=((level, nbytes),),
+                                                     hits=(), chunks=(1.0,), overhead_s=dispatch, launch_s=launch)))
+        ahead[host].append(copy[1])
+    joined: dict[tuple, tuple] = {}
+    for (blk, plans), copies in zip(planned, ahead):
+        if not copies:
+            out.append((blk, plans))
+            continue
+        key = (id(blk.ops), id(plans), *(op for op, _ in copies))
+        known = joined.get(key)
+        if known is None or known[0] is not blk.ops:
+            known = joined[key] = (blk.ops, (*(op for op, _ in copies), *blk.ops),
+                                   (*(p for _, p in copies), *plans))
+        out.append((dataclasses.replace(blk, ops=known[1]), known[2]))
+    return out
+
+
+def _weights(ops: tuple[Op, ...]) -> dict[Tensor, float]:
+    """The weights a block reads, with the most bytes any of its ops reads of each (an embedding lookup
+    reads a few rows of its table: only those are copied)."""
+    out: dict[Tensor, float] = {}
+    for op in ops:
+        for a in op.reads:
+            if a.tensor.kind == "weight":
+                out[a.tensor] = max(out.get(a.tensor, 0.0), a.bytes)
+    return out
+
+
+def _weight_bytes(ops: tuple[Op, ...]) -> float:
+    return sum(_weights(ops).values())
