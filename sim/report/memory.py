@@ -13,7 +13,6 @@ from collections import defaultdict
 from sim.engine.records import RunResult
 from sim.graph.ops import TENSOR_KINDS
 
-
 #: the prefetch's staging buffer (weights copied from host memory ahead of use), held all run
 STAGING = "staging"
 
