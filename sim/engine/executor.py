@@ -118,6 +118,7 @@ class Executor:
         self.env = self.machine.env
         self.records: list = []  # BlockRecords, or (block, devices, start, record slots) to finish at the end
         self._rendezvous: dict[tuple, dict] = {}
+        self._instant: dict[float, list] = {}  # collectives starting their transfers at this instant
         self._arrivals: dict[tuple, int] = {}  # collective group -> programs that meet in its collectives
         self._exclusive: set[tuple] = set()  # groups whose links no other group uses
 
@@ -160,11 +161,13 @@ class Executor:
         self._replayable[id(plans)] = (plans, ok)
         return ok
 
-    def _template(self, s: Program, plans: tuple[OpPlan, ...], sync: bool) -> Template:
+    def _template(self, s: Program, plans: tuple[OpPlan, ...], sync: bool, tail: bool = False) -> Template:
         """Which collectives of a block run in line on this program: all of them under a synchronous
-        host; a pipeline receive (the stage's next op needs it, and it is what the stage waits on); and
-        a collective whose output the next op reads. The rest are issued on the comm stream."""
-        key = (id(plans), s.stage)
+        host; a pipeline receive (the stage's next op needs it, and it is what the stage waits on); a
+        collective whose output the next op reads; and, with `tail`, a last op that what follows the block
+        waits for at once (`_tail_waited`). The rest are issued on the comm stream: issuing those would
+        give the same times, only with more events."""
+        key = (id(plans), s.stage, tail)
         known = self._templates.get(key)
         if known is not None and known[0] is plans:
             return known[1]
@@ -181,7 +184,7 @@ class Executor:
             receive = coll.kind == "p2p" and coll.dst_stage == s.stage != coll.src_stage
             wrote = {_ident(a) for a in op.writes}
             feeds_next = i + 1 < len(ops) and any(_ident(a) in wrote for a in ops[i + 1].reads)
-            inline.append(sync or receive or feeds_next)
+            inline.append(sync or receive or feeds_next or (tail and i == len(ops) - 1))
         writer: dict = {}
         producers = []
         for i, op in enumerate(ops):
@@ -214,8 +217,9 @@ class Executor:
         tails: dict[tuple, Issued] = {}  # per communicator (group): the last collective issued on its stream
         flowing: dict[tuple, Issued] = {}  # tensor (absolute key) -> the issued collective writing it
         of_pass: dict[int, list[Issued]] = {}  # micro-batch -> collectives issued in its latest pass
-        for block, plans in s.blocks:
-            info = self._template(s, plans, sync)
+        blocks = s.blocks
+        for at, (block, plans) in enumerate(blocks):
+            info = self._template(s, plans, sync, self._tail_waited(block, plans, blocks, at))
             if block.seq > passes.get(block.micro, -1):
                 # the pass reads a token sampled from the last one of its micro-batch: its ops end first
                 passes[block.micro] = block.seq
@@ -306,6 +310,25 @@ class Executor:
                 now = yield from self._wait(c, now)
         if now > env.now:
             yield env.timeout(now - env.now)
+
+    @staticmethod
+    def _tail_waited(block: Block, plans: tuple[OpPlan, ...], blocks: list, at: int) -> bool:
+        """Whether the block ends with a collective that what follows it waits for at once: the program
+        ends, the next block opens the next pass of the same micro-batch (which waits for this pass's
+        collectives), or its first op reads what the collective writes (an embedding's all-reduce)."""
+        op = plans[-1].op if plans else None
+        if op is None or op.collective is None:
+            return False
+        if at + 1 == len(blocks):
+            return True
+        nxt, nxt_plans = blocks[at + 1]
+        if nxt.micro == block.micro and nxt.seq > block.seq:
+            return True
+        if not nxt_plans:
+            return False
+        wrote = {a.tensor.key(block.layer, block.seq) if not block.bound else a.tensor.name for a in op.writes}
+        return any((a.tensor.key(nxt.layer, nxt.seq) if not nxt.bound else a.tensor.name) in wrote
+                   for a in nxt_plans[0].op.reads)
 
     def _wait(self, c: Issued, now: float):
         """The compute stream (at `now`) waits for an issued collective; the wait is its exposed time.
@@ -445,7 +468,7 @@ class Executor:
         arrived = env.now
         if rdv["arrived"] == self._arrivals[plan.group]:  # the last one in starts the transfers
             rdv["last"] = env.now
-            env.process(self._transfers(plan, rdv))
+            self._start_at_end_of_instant(key, plan, rdv)
         yield rdv["done"]
         rdv["left"] += 1
         if rdv["left"] == self._arrivals[plan.group]:
@@ -479,6 +502,25 @@ class Executor:
             peers={d: links(d) for d in s.devices[1:]},
         )
 
+    def _start_at_end_of_instant(self, key: tuple, plan: CollectivePlan, rdv: dict) -> None:
+        """Collectives whose last participant arrives at the same instant start their transfers together,
+        at the end of that instant, in a fixed order (by block, op and group): which one claims a shared
+        memory level or link first must not depend on the order the simulation happened to process the
+        arrivals in (replay and the exact path process them differently)."""
+        env = self.env
+        batch = self._instant.get(env.now)
+        if batch is None:
+            batch = self._instant[env.now] = []
+            late = env.event()
+            late._ok, late._value = True, None
+            late.callbacks.append(lambda _event, t=env.now: self._start_batch(t))
+            env.schedule(late, priority=LATE)
+        batch.append((key, plan, rdv))
+
+    def _start_batch(self, t: float) -> None:
+        for _, plan, rdv in sorted(self._instant.pop(t), key=lambda e: _order(e[0])):
+            self.env.process(self._transfers(plan, rdv))
+
     def _transfers(self, plan: CollectivePlan, rdv: dict):
         """Every transfer holds its route's links and, queued with whatever else the devices' memory is
         doing, reads its bytes on the sender and writes them on the receiver (the link latency, measured
@@ -502,6 +544,15 @@ class Executor:
         if plan.latency_s:
             yield env.timeout(plan.latency_s)
         rdv["done"].succeed()
+
+
+#: simpy event priority after its URGENT (0) and NORMAL (1): runs once everything else at its instant has
+LATE = 2
+
+
+def _order(key: tuple) -> tuple:
+    """A rendezvous key as a sortable tuple (its layer or group may hold None)."""
+    return tuple((x is None, x) if not isinstance(x, tuple) else (False, x) for x in key)
 
 
 def _ident(a) -> tuple:
