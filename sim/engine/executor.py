@@ -88,6 +88,7 @@ class Template:
     issued: bool  # some collective is issued on the comm stream
     any_inline: bool  # some collective runs in line
     producers: tuple[tuple[int, ...], ...]  # per op: the earlier ops of the block whose output it reads
+    last_issued: bool  # its last op is a collective issued on the comm stream
 
 
 class Issued:
@@ -172,6 +173,10 @@ class Executor:
         if known is not None and known[0] is plans:
             return known[1]
         ops = [p.op for p in plans]
+        colls = [i for i, op in enumerate(ops) if op.collective is not None or op.engine == "copy"]
+        if not colls:  # compute ops only: nothing to decide (most blocks)
+            self._templates[key] = (plans, _COMPUTE_ONLY)
+            return _COMPUTE_ONLY
         inline = []
         for i, op in enumerate(ops):
             coll = op.collective
@@ -187,13 +192,13 @@ class Executor:
             inline.append(sync or receive or feeds_next or (tail and i == len(ops) - 1))
         writer: dict = {}
         producers = []
-        for i, op in enumerate(ops):
+        issued = any(not inline[i] for i in colls)
+        for i, op in enumerate(ops if issued else ()):  # only an issued collective's waits need them
             producers.append(tuple(sorted({writer[k] for a in op.reads if (k := _ident(a)) in writer})))
             for a in op.writes:
                 writer[_ident(a)] = i
-        colls = [i for i, op in enumerate(ops) if op.collective is not None or op.engine == "copy"]
         t = Template(tuple(inline), any(not inline[i] for i in colls), any(inline[i] for i in colls),
-                     tuple(producers))
+                     tuple(producers), bool(ops) and ops[-1].collective is not None and not inline[-1])
         self._templates[key] = (plans, t)
         return t
 
@@ -218,9 +223,19 @@ class Executor:
         flowing: dict[tuple, Issued] = {}  # tensor (absolute key) -> the issued collective writing it
         of_pass: dict[int, list[Issued]] = {}  # micro-batch -> collectives issued in its latest pass
         blocks = s.blocks
+        # id(plans) -> (plans, Template, replayable, host time to dispatch them): looked up per block
+        templates: dict[int, tuple] = {}
+        last_seq = None
         for at, (block, plans) in enumerate(blocks):
-            info = self._template(s, plans, sync, self._tail_waited(block, plans, blocks, at))
-            if block.seq > passes.get(block.micro, -1):
+            known = templates.get(id(plans))
+            if known is None or known[0] is not plans:
+                known = templates[id(plans)] = (plans, self._template(s, plans, sync),
+                                                self.replay and self._block_replayable(s, plans),
+                                                sum(p.overhead_s for p in plans))
+            info = known[1]
+            if info.last_issued and self._tail_waited(block, plans, blocks, at):
+                info = self._template(s, plans, sync, tail=True)
+            if block.seq != last_seq and block.seq > passes.get(block.micro, -1):
                 # the pass reads a token sampled from the last one of its micro-batch: its ops end first
                 passes[block.micro] = block.seq
                 waited = of_pass.pop(block.micro, ())
@@ -233,14 +248,17 @@ class Executor:
                 if step and seq is not None:  # the host waits for the pass, samples, schedules the next
                     host_free = max(host_free, now) + step
                 seq = block.seq
+            last_seq = block.seq
             start = now
             reads_flowing = flowing and self._reads_flowing(block, plans, flowing)
             key = None
             # an issued collective still in flight shares the device's memory with its compute stream
-            quiet = all(t.done.processed for t in tails.values())
-            if (self.replay and quiet and not info.issued and not reads_flowing
-                    and self._block_replayable(s, plans)):
-                ahead = sum(p.overhead_s for p in plans)  # a host this far ahead never holds the block up
+            if tails:  # one that has ended no longer holds anything up (it ended before the clock)
+                for k in [k for k, t in tails.items() if t.done.processed]:
+                    del tails[k]
+            quiet = not tails
+            if known[2] and quiet and not info.issued and not reads_flowing:
+                ahead = known[3]  # a host this far ahead never holds the block up
                 lead = round(min(start - host_free, 0.0 if sync else ahead) * 1e12)
                 key = (id(plans), lead)
                 known = self._blocks.get(key)
@@ -274,7 +292,8 @@ class Executor:
                     continue
                 began = (ready if ready > now else now) + p.launch_s
                 t = None
-                if p.op.collective is None and self.replay and all(c.done.processed for c in tails.values()):
+                if p.op.collective is None and self.replay and (not tails or all(
+                        c.done.processed for c in tails.values())):
                     t = self._timelines.get((p.unit, p.compute_s, p.loads, p.stores, p.chunks, p.run_bytes))
                 if t is not None:
                     now = began + t.duration_s
@@ -528,14 +547,11 @@ class Executor:
         charged to it."""
         env, m = self.env, self.machine
         memory_done = env.now
-        if plan.level is not None:
-            latency = self.hw.levels[plan.level].latency
-            for t in plan.transfers:
-                for d in (t.src, t.dst):
-                    use = rdv["mem"].get(d)
-                    if use is None:
-                        use = rdv["mem"][d] = LevelUse()
-                    memory_done = max(memory_done, m.move(d, plan.level, t.bytes, use)[1] - latency)
+        if plan.level is not None:  # each device reads what it sends and writes what it receives, in one go
+            latency = self.machine.levels[plan.level].latency
+            for d, nbytes in plan.memory_bytes.items():
+                use = rdv["mem"][d] = LevelUse()
+                memory_done = max(memory_done, m.move(d, plan.level, nbytes, use)[1] - latency)
         sends = [env.process(m.send(t.links, t.bytes, rdv["use"].setdefault(t.src, {}))) for t in plan.transfers]
         yield env.all_of(sends)
         if memory_done > env.now:
@@ -548,6 +564,8 @@ class Executor:
 
 #: simpy event priority after its URGENT (0) and NORMAL (1): runs once everything else at its instant has
 LATE = 2
+#: the template of a block of compute ops only
+_COMPUTE_ONLY = Template((), False, False, (), False)
 
 
 def _order(key: tuple) -> tuple:

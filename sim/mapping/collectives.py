@@ -16,6 +16,7 @@ per-step latency is added once per step.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from functools import lru_cache
 from math import ceil, isqrt, log2
@@ -45,6 +46,15 @@ class CollectivePlan:
     #: the memory level the participants' buffers live in: each transfer reads its bytes there on the
     #: sender and writes them there on the receiver (None: the links only)
     level: str | None = None
+
+    @functools.cached_property
+    def memory_bytes(self) -> dict[int, float]:
+        """Per device, the bytes it reads (to send) and writes (received) in its buffers' level."""
+        out: dict[int, float] = {}
+        for t in self.transfers:
+            out[t.src] = out.get(t.src, 0.0) + t.bytes
+            out[t.dst] = out.get(t.dst, 0.0) + t.bytes
+        return out
 
 
 def link_id(a: int | str, b: int | str) -> str:

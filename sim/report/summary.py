@@ -196,7 +196,7 @@ def summarize(result: RunResult, top: int = 10) -> dict:
         top_ops.append({**agg, "phase": phase, "kind": kind, "op_class": op_class, "share_of_total": share(agg)})
     top_ops.sort(key=lambda a: (-a["time_s"], a["phase"], a["kind"]))
 
-    comm, exposed, bubble = overlap(blocks, total)
+    comm, exposed, bubble = overlap(runs.values(), len(devices), total)
     facts = Facts(result=result, ctx=meta, level=level, total=total, device_time=device_time,
                   devices=len(devices), ttft=ttft, tpot=tpot, tokens_s=tokens_s, prefill_end=prefill_end,
                   decode_s=decode_s, everything=all_totals.result(level), ops=all_totals.ops, host_ops=host_ops,
@@ -257,35 +257,25 @@ def host_dispatch(blocks: list, hw: dict) -> tuple[int, float]:
     return ops, seconds
 
 
-def overlap(blocks: list, total: float) -> tuple[float, float, float]:
-    """(communication time, the part of it the compute streams waited for, mean bubble per device).
+def overlap(runs, devices: int, total: float) -> tuple[float, float, float]:
+    """(communication time, the part of it the compute streams waited for, mean bubble per device), from
+    the distinct record tuples `runs` ([records, phase, devices × runs they stand for]).
 
     A collective's communication time is its duration less its wait for late peers (summed over
     devices); waiting for peers is not communication but idleness. A device is busy while its compute
-    stream runs an op or waits for communication; the rest of the run, waiting for other devices (a
-    pipeline stage before its first micro-batch arrives and after its last has left, a rank waiting for a
-    slower one), is its bubble."""
-    per_ops: dict[int, tuple] = {}
-    busy: dict[int, float] = defaultdict(float)
-    comm = exposed = 0.0
-    for b in blocks:
-        known = per_ops.get(id(b.ops))
-        if known is None or known[0] is not b.ops:
-            c = e = active = 0.0
-            for r in b.ops:
-                if r.unit == "link":
-                    c += r.duration_s - r.stall_s.get("sync", 0.0)
-                    e += r.exposed_s
-                    active += r.exposed_s
-                elif r.stream != "compute":  # a copy beside the compute stream: busy only while waited for
-                    active += r.exposed_s
-                else:
-                    active += r.duration_s
-            known = per_ops[id(b.ops)] = (b.ops, c, e, active)
-        n = len(b.devices)
-        comm += n * known[1]
-        exposed += n * known[2]
-        for d in b.devices:
-            busy[d] += known[3]
-    bubble = sum(total - v for v in busy.values()) / len(busy) if busy else 0.0
-    return comm, exposed, max(bubble, 0.0)
+    stream runs an op or waits for communication or a copy; the rest of the run, waiting for other
+    devices (a pipeline stage before its first micro-batch arrives and after its last has left, a rank
+    waiting for a slower one), is its bubble."""
+    comm = exposed = busy = 0.0
+    for records, _, n in runs:
+        for r in records:
+            if r.unit == "link":
+                comm += n * (r.duration_s - r.stall_s.get("sync", 0.0))
+                exposed += n * r.exposed_s
+                busy += n * r.exposed_s
+            elif r.stream != "compute":  # a copy beside the compute stream: busy only while waited for
+                busy += n * r.exposed_s
+            else:
+                busy += n * r.duration_s
+    bubble = total - busy / devices if devices else 0.0
+    return comm, exposed, bubble if bubble > 1e-9 * total else 0.0  # below that: the sums' rounding
