@@ -173,14 +173,14 @@ class Executor:
         if known is not None and known[0] is plans:
             return known[1]
         ops = [p.op for p in plans]
-        colls = [i for i, op in enumerate(ops) if op.collective is not None or op.engine == "copy"]
+        colls = [i for i, p in enumerate(plans) if p.stream != "compute"]
         if not colls:  # compute ops only: nothing to decide (most blocks)
             self._templates[key] = (plans, _COMPUTE_ONLY)
             return _COMPUTE_ONLY
         inline = []
         for i, op in enumerate(ops):
             coll = op.collective
-            if op.engine == "copy":  # a prefetch runs on the copy stream
+            if plans[i].stream == "copy":  # a prefetch runs on the copy stream
                 inline.append(sync)
                 continue
             if coll is None:
@@ -280,7 +280,7 @@ class Executor:
                 op_start = now
                 ready = (op_start if sync and op_start > host_free else host_free) + p.overhead_s
                 host_free = ready
-                if (p.op.collective is not None or p.unit == "copy") and not info.inline[i]:
+                if p.stream != "compute" and not info.inline[i]:
                     issued = Issued(env.event(), records, i, self._writes(block, p.op))
                     fed = max((records[j].end_s for j in info.producers[i] if records[j] is not None), default=0.0)
                     group = s.collectives[p.op.collective].group if p.op.collective is not None else "copy"
@@ -391,7 +391,7 @@ class Executor:
         if began > env.now:
             yield env.timeout(began - env.now)
         first_event = env.scheduled
-        if p.op.collective is None:  # a copy: its transfers on the device's memory, on the copy stream
+        if p.stream == "copy":  # its transfers on the device's memory
             t = yield from self._simulate_op(s.devices[0], p)
             rec = self._record(s.devices[0], p, op_start - block_start, began - block_start, env.now - block_start,
                                t, env.scheduled - first_event)

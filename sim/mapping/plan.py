@@ -63,6 +63,9 @@ class OpPlan:
     overhead_s: float  # host dispatch
     launch_s: float = 0.0  # device time before it starts: kernel launch, a matmul's fixed cost
     run_bytes: float = 0.0  # contiguous run its weight is read in (see `run_bytes`; 0: long or unknown)
+    #: the device stream it is assigned to: `compute`, `comm` (a collective: the engine runs it in line
+    #: where the next op needs it at once) or `copy` (a prefetch from host memory)
+    stream: str = "compute"
 
 
 def matrix_peak(hw: Hardware, dtype: str, hw_file: str) -> float:
@@ -364,7 +367,7 @@ class Planner:
         """The op's plan: its compute unit and time at this hardware's speeds, and its chunks."""
         if op.collective is not None:
             return OpPlan(op=op, unit="link", compute_s=0.0, utilization=1.0, loads=(), stores=(),
-                          hits=(), chunks=(1.0,), overhead_s=self._overhead)
+                          hits=(), chunks=(1.0,), overhead_s=self._overhead, stream="comm")
         sig = (op.engine, op.kernel, op.row, op.dtype, op.flops, op.epilogue, op.shape,
                op.reads[0].bytes if op.reads else 0.0, op.reads[1].bytes if len(op.reads) > 1 else 0.0)
         known = self._compute_of.get(sig)

@@ -69,7 +69,8 @@ def insert_copies(planned: list[tuple[Block, tuple[OpPlan, ...]]], placement: Pl
                     dtype="", flops=0.0, reads=accesses, writes=accesses, kernel=COPY)
             copy = made[key] = (blk.ops, (op, OpPlan(op=op, unit=COPY, compute_s=0.0, utilization=1.0,
                                                      loads=((HOST_LEVEL, nbytes),), stores=((level, nbytes),),
-                                                     hits=(), chunks=(1.0,), overhead_s=dispatch, launch_s=launch)))
+                                                     hits=(), chunks=(1.0,), overhead_s=dispatch, launch_s=launch,
+                                                     stream=COPY)))
         ahead[host].append(copy[1])
     joined: dict[tuple, tuple] = {}
     for (blk, plans), copies in zip(planned, ahead):

@@ -37,8 +37,8 @@ def predict_allreduce(hw: Hardware, nbytes: float, devices: int) -> float:
     group = tuple(range(devices))
     coll = plan_collective(op.collective, group, hw)
     base = replace(Planner(hw, place([op], hw)).plan(op), overhead_s=0.0)
-    stream = Program(0, group, [(loose([op]), (base,))], {op.collective: coll})  # one stream for the alike ranks
-    return simulate([stream], hw).ops[0].duration_s
+    program = Program(0, group, [(loose([op]), (base,))], {op.collective: coll})  # one for the alike ranks
+    return simulate([program], hw).ops[0].duration_s
 
 
 def measured_seconds(row: dict) -> float:
