@@ -29,6 +29,12 @@ CASES = {
                                                 "parallelism__microbatches": 2}),
     "micro-batches on one device": (CACHE, {"parallelism__microbatches": 2}),
     "weights in host memory, prefetched": (DATA / "toy-host-hw.yaml", {"scenario__offload_prefetch": True}),
+    # a link fast enough that the copies end inside the ops: timelines measured beside them must not be replayed
+    "weights in host memory, prefetched fast": (DATA / "toy-host-hw.yaml", {"scenario__offload_prefetch": True,
+                                                                          "host__link__bandwidth": "50 GB/s"}),
+    # sends that contend with the stage's compute for a slow DRAM
+    "micro-batched pipeline, slow DRAM": (NODE, {"parallelism__pipeline": 2, "parallelism__microbatches": 2,
+                                                 "scenario__batch": 8, "device__memory__dram__bandwidth": "1 GB/s"}),
 }
 
 
@@ -39,8 +45,9 @@ def close(a: float, b: float) -> bool:
 @pytest.mark.parametrize("case", CASES)
 def test_fast_path_equals_full_simulation(case):
     hw_file, overrides = CASES[case]
-    hw_over = {k: v for k, v in overrides.items() if k.startswith("device")}
-    wl_over = {k: v for k, v in overrides.items() if not k.startswith("device")}
+    hardware = ("device", "host", "interconnect")
+    hw_over = {k: v for k, v in overrides.items() if k.startswith(hardware)}
+    wl_over = {k: v for k, v in overrides.items() if not k.startswith(hardware)}
     own_hw = hw_over if hw_file is None else {}
     wl, hw = load(DATA / "toy-gpt.yaml", model__layers=6, scenario__new_tokens=4, **wl_over, **own_hw)
     if hw_file is not None:

@@ -142,7 +142,7 @@ def pipeline(stages: int, micro: int, schedule: str, backward: bool, t_f: float 
     """Hand-made stages of equal work over free links (1 PB/s, no latency): each forward of a micro-batch
     takes `t_f` us, each backward `t_b` us; activations go forward through receive and send pairs, their
     gradients back."""
-    from sim.mapping.schedule import stage_order
+    from sim.graph.schedule import stage_order
 
     hw = load_hardware(NODE, [("interconnect.link.bandwidth", "1 PB/s"), ("interconnect.link.latency", "0 us")])
     size = 1e3
@@ -192,7 +192,7 @@ def test_pipeline_bubble_is_p_minus_1_over_m_plus_p_minus_1(schedule, backward, 
 
 
 def test_1f1b_runs_one_forward_one_backward_in_the_steady_state():
-    from sim.mapping.schedule import stage_order
+    from sim.graph.schedule import stage_order
 
     assert stage_order(0, 4, 6, "1f1b") == [(0, "F"), (1, "F"), (2, "F"), (3, "F"), (0, "B"), (4, "F"), (1, "B"),
                                             (5, "F"), (2, "B"), (3, "B"), (4, "B"), (5, "B")]

@@ -1,17 +1,21 @@
 """Runs device programs on the machine and measures where each op's time went.
 
-Streams. Each device runs its program (ops in the order the host dispatches them) on two streams, as
-a GPU runs kernels and NCCL calls: `compute` (every op that is not communication) and `comm`
-(collectives and pipeline sends). Each stream is in order; an op starts when its stream is free, the
-ops that produce what it reads have finished (data dependences, tensor by tensor, not list position)
-and the host has dispatched it. A collective whose result the very next op consumes (a tensor-parallel
-all-reduce between a projection and its residual add) and a pipeline receive run in line: the compute
-stream waits for them, and their whole time is exposed. Any other collective is issued on the `comm`
-stream when the host reaches it and runs beside the compute ops that do not need it (a pipeline stage
-sends its activations and goes on with the next micro-batch); an op that reads its result waits for
-it, and that wait is the collective's exposed time. A forward pass starts after the ops of the pass
-before it (of the same micro-batch) have ended on the device: its input token is sampled from their
-output. Collectives use the links, not the memory levels, so the streams meet only in these waits.
+Streams. Each device runs its program (ops in the order the host dispatches them) on streams, as a
+GPU runs kernels, NCCL calls and copies: `compute` (every op that is not communication or a copy), one
+`comm` stream per communicator (the tensor-parallel group; each pair of pipeline peers) and a `copy`
+stream (prefetches from host memory); the mapping assigns each op its stream (`OpPlan.stream`). Each
+stream is in order; an op starts when its stream is free, the ops that produce what it reads have
+finished (data dependences, tensor by tensor, not list position) and the host has dispatched it. A
+collective whose result the next op consumes (a tensor-parallel all-reduce between a projection and its
+residual add), a pipeline receive, and a block's last collective that what follows waits for at once run
+in line: the compute stream waits for them, and their whole transfer time is exposed. Any other
+collective, and every copy, is issued on its stream when the host reaches it and runs beside the
+compute ops that do not need it (a pipeline stage sends its activations and goes on with the next
+micro-batch); an op that reads its result waits for it, and that wait is its exposed time. A forward pass
+starts after the ops of the pass before it (of the same micro-batch) have ended on the device: its input
+token is sampled from their output. The streams of a device share its memory levels: a collective's
+transfers read and write the participants' buffers and a copy reads host memory and writes the device's,
+queued with the compute ops' traffic.
 
 The host dispatches ops one after another in program order, each costing its kernel's dispatch
 overhead, and runs ahead of the device (an asynchronous launch queue; `dispatch_mode: sync` waits for
@@ -25,15 +29,17 @@ compute may start once the chunk's first bytes have landed and cannot finish bef
 have. Results stream out as the chunk computes. Every interval in which the compute unit waits is a
 stall, charged to the resource it was waiting on, so busy + stalls + overhead = duration exactly.
 
-Reuse of identical work (the `replay` switch): the compute units and memory levels of a device serve
-only its compute stream, so a compute op always starts on idle resources and nothing else touches them
-while it runs. Its timeline relative to its start is therefore a function of its plan alone: the first
-op with a given plan is simulated event by event, later ones with the same plan replay that timeline as
-one event. The same holds for a whole block (a layer) given how far ahead the host is, provided it runs
-all its collectives in line, the comm stream is idle when it starts, nothing it reads is still being
-communicated, and its collectives cannot meet other traffic: their links carry no other group's
-transfers. And the ranks of a tensor-parallel stage run identical plans from identical starts, meeting
-only in collectives that release them together, so one program stands for all of them (their
+Reuse of identical work (the `replay` switch): while no op issued on another stream of its device is in
+flight, a device's compute units and memory levels serve only its compute stream, so a compute op starts
+on idle resources and nothing else touches them while it runs. Its timeline relative to its start is
+then a function of its plan alone: the first op with a given plan simulated on idle resources is
+simulated event by event, later ones with the same plan starting on idle resources replay that timeline
+as one event (while something is in flight, they are simulated). The same holds for a whole block (a
+layer) given how far ahead the host is, provided it runs all its collectives in line, nothing of its
+device is in flight when it starts, nothing it reads is still being communicated, and its collectives
+cannot meet other traffic: one program stands for their whole group and their links carry no other
+group's transfers. And the ranks of a tensor-parallel stage run identical plans from identical starts,
+meeting only in collectives that release them together, so one program stands for all of them (their
 collectives' transfers are all simulated). All of this is exact up to float rounding (host lead
 compared to 1 ps); `replay=False` simulates every op of every device event by event, and tests hold the
 two equal.
@@ -64,7 +70,6 @@ class Timeline:
     compute_s: float
     stall_s: dict[str, float]
     uses: dict[str, tuple[float, float, float, float]]  # level -> bytes, busy, first, last (relative)
-    events: int
 
     @functools.cached_property
     def bytes(self) -> dict[str, float]:
@@ -86,13 +91,13 @@ class Template:
 
     inline: tuple[bool, ...]  # per op: a collective run in line (always False for other ops)
     issued: bool  # some collective is issued on the comm stream
-    any_inline: bool  # some collective runs in line
     producers: tuple[tuple[int, ...], ...]  # per op: the earlier ops of the block whose output it reads
     last_issued: bool  # its last op is a collective issued on the comm stream
 
 
 class Issued:
-    """A collective issued on the comm stream: its record's slot, and when it ended."""
+    """An op issued on a comm stream (a collective) or the copy stream: its record's slot, and when it
+    ended."""
 
     __slots__ = ("done", "end", "arrived", "last", "slot", "index", "writes")
 
@@ -197,8 +202,8 @@ class Executor:
             producers.append(tuple(sorted({writer[k] for a in op.reads if (k := _ident(a)) in writer})))
             for a in op.writes:
                 writer[_ident(a)] = i
-        t = Template(tuple(inline), any(not inline[i] for i in colls), any(inline[i] for i in colls),
-                     tuple(producers), bool(ops) and ops[-1].collective is not None and not inline[-1])
+        t = Template(tuple(inline), issued, tuple(producers),
+                     bool(ops) and ops[-1].collective is not None and not inline[-1])
         self._templates[key] = (plans, t)
         return t
 
@@ -210,14 +215,15 @@ class Executor:
         op ended. With a `step_overhead`, the host waits for each forward pass to end and spends that
         long before dispatching the next.
 
-        `now` is the compute stream's clock. An op or block whose timeline is known touches nothing
-        another stream uses, so it advances `now` without an event; the simulation clock catches up
-        before anything that needs it (an op simulated event by event, a collective, the end)."""
+        `now` is the compute stream's clock. An op or block whose timeline is known and that starts
+        with nothing of its device in flight on another stream touches nothing another stream uses, so it
+        advances `now` without an event; the simulation clock catches up before anything that needs it
+        (an op simulated event by event, a collective, a wait for an issued op, the end)."""
         env, device = self.env, s.devices[0]
         sync = self.hw.device.dispatch_mode == "sync"
         host_free = 0.0  # when the host has dispatched the op before this one
         now = 0.0
-        step, seq = self.hw.device.step_overhead, None
+        step = self.hw.device.step_overhead
         passes: dict[int, int] = {}  # micro-batch -> its latest forward pass begun on this device
         tails: dict[tuple, Issued] = {}  # per communicator (group): the last collective issued on its stream
         flowing: dict[tuple, Issued] = {}  # tensor (absolute key) -> the issued collective writing it
@@ -237,17 +243,17 @@ class Executor:
                 info = self._template(s, plans, sync, tail=True)
             if block.seq != last_seq and block.seq > passes.get(block.micro, -1):
                 # the pass reads a token sampled from the last one of its micro-batch: its ops end first
+                earlier = passes.get(block.micro)
                 passes[block.micro] = block.seq
                 waited = of_pass.pop(block.micro, ())
-                for c in sorted(waited, key=lambda c: c.index):
+                for c in waited:  # in issue order
                     now = yield from self._wait(c, now)
                 for c in waited:
                     for k in c.writes:
                         if flowing.get(k) is c:
                             del flowing[k]
-                if step and seq is not None:  # the host waits for the pass, samples, schedules the next
+                if step and earlier is not None:  # the host waits for the pass, samples, schedules the next
                     host_free = max(host_free, now) + step
-                seq = block.seq
             last_seq = block.seq
             start = now
             reads_flowing = flowing and self._reads_flowing(block, plans, flowing)
@@ -268,56 +274,57 @@ class Executor:
                     self.records.append(BlockRecord(block, s.devices, start, known[2], known[1]))
                     continue
             records: list = [None] * len(plans)
-            here: dict[int, Issued] = {}  # this block's collectives issued on the comm stream
+            here: dict[int, Issued] = {}  # this block's ops issued on a comm or the copy stream
             for i, p in enumerate(plans):
-                if reads_flowing and i in reads_flowing:
-                    for c in reads_flowing[i]:
-                        now = yield from self._wait(c, now)
+                issue = p.stream != "compute" and not info.inline[i]
+                waits = list(reads_flowing.get(i, ())) if reads_flowing else []
                 if here:
-                    for j in info.producers[i]:
-                        if j in here:
-                            now = yield from self._wait(here[j], now)
+                    waits += [here[j] for j in info.producers[i] if j in here]
+                if waits and not issue:  # the compute stream waits for what it reads
+                    for c in waits:
+                        now = yield from self._wait(c, now)
+                if p.stream == "comm" and not issue:  # in line, in order behind its communicator's stream
+                    tail = tails.pop(s.collectives[p.op.collective].group, None)
+                    if tail is not None:
+                        now = yield from self._wait(tail, now)
                 op_start = now
                 ready = (op_start if sync and op_start > host_free else host_free) + p.overhead_s
                 host_free = ready
-                if p.stream != "compute" and not info.inline[i]:
+                if issue:  # its own stream waits for what it reads; the compute stream goes on
                     issued = Issued(env.event(), records, i, self._writes(block, p.op))
                     fed = max((records[j].end_s for j in info.producers[i] if records[j] is not None), default=0.0)
                     group = s.collectives[p.op.collective].group if p.op.collective is not None else "copy"
-                    env.process(self._issue(s, block, p, start, start + fed, ready, tails.get(group), issued))
+                    env.process(self._issue(s, block, p, start, start + fed, ready, tails.get(group), issued, waits))
                     tails[group] = here[i] = issued
                     of_pass.setdefault(block.micro, []).append(issued)
                     for k in issued.writes:
                         flowing[k] = issued
                     continue
                 began = (ready if ready > now else now) + p.launch_s
+                # a timeline measured on idle resources is the op's own; nothing in flight now: it replays
+                idle = not tails or all(c.done.processed for c in tails.values())
                 t = None
-                if p.op.collective is None and self.replay and (not tails or all(
-                        c.done.processed for c in tails.values())):
+                if p.stream == "compute" and self.replay and idle:
                     t = self._timelines.get((p.unit, p.compute_s, p.loads, p.stores, p.chunks, p.run_bytes))
                 if t is not None:
                     now = began + t.duration_s
                     records[i] = self._record(device, p, op_start - start, began - start, now - start, t, 0)
                     continue
-                tail = tails.pop(s.collectives[p.op.collective].group, None) if p.op.collective is not None else None
-                if tail is not None:  # in order behind its communicator's stream
-                    if not tail.done.processed:
-                        yield tail.done
-                    began = max(began, tail.end)
                 if began > env.now:
                     yield env.timeout(began - env.now)
                 first_event = env.scheduled
                 if p.op.collective is not None:
                     rec = yield from self._collective(s, block, p, op_start, first_event)
-                    rec.exposed_s = rec.end_s - rec.start_s - rec.stall_s.get("sync", 0.0)
+                    rec.exposed_s = rec.end_s - rec.start_s - rec.overhead_s - rec.stall_s.get("sync", 0.0)
                     records[i] = _relative(rec, start)
                 else:
                     t = yield from self._simulate_op(device, p)
                     sig = (p.unit, p.compute_s, p.loads, p.stores, p.chunks, p.run_bytes)
-                    same = self._timelines.get(sig)
-                    if same is not None and same == t:  # simulated again (traffic was in flight), came out
-                        t = same  # the same: its record shares the known timeline's figures
-                    self._timelines[sig] = t
+                    known_t = self._timelines.get(sig)
+                    if known_t is not None and known_t == t:  # came out as measured on idle resources: its
+                        t = known_t  # record shares that timeline's figures
+                    elif known_t is None and idle:  # only a timeline measured on idle resources is kept
+                        self._timelines[sig] = t
                     records[i] = self._record(device, p, op_start - start, began - start, env.now - start, t,
                                               env.scheduled - first_event)
                 now = env.now
@@ -358,9 +365,8 @@ class Executor:
         Returns the stream's clock after it."""
         if not c.done.processed:
             yield c.done
-        if c.end > now:  # the wait, less any part of it spent waiting for late peers
-            peers = max(0.0, c.last - max(now, c.arrived))
-            c.slot[c.index].exposed_s += c.end - now - peers
+        if c.end > now:  # the part of the wait that its transfers took (not its dispatch, not late peers)
+            c.slot[c.index].exposed_s += c.end - max(now, c.last)
             return c.end
         return now
 
@@ -380,13 +386,16 @@ class Executor:
         return out
 
     def _issue(self, s: Program, block: Block, p: OpPlan, block_start: float, fed: float, ready: float,
-               tail: Issued | None, issued: Issued):
-        """A collective on the comm stream: it starts when the collective issued before it has ended, what
-        it sends has been produced (`fed`) and the host has dispatched it (`ready`)."""
+               tail: Issued | None, issued: Issued, waits: list[Issued]):
+        """An op on a comm stream (a collective) or the copy stream (a prefetch): it starts when the op
+        issued on that stream before it has ended, what it reads has been produced (`fed` by the compute
+        stream, `waits` by other issued ops) and the host has dispatched it (`ready`)."""
         env = self.env
-        if tail is not None and not tail.done.processed:
-            yield tail.done
-        op_start = max(fed, tail.end if tail is not None else 0.0)
+        for c in ([tail] if tail is not None else []) + waits:
+            if not c.done.processed:
+                yield c.done
+            fed = max(fed, c.end)
+        op_start = fed
         began = max(ready, op_start) + p.launch_s
         if began > env.now:
             yield env.timeout(began - env.now)
@@ -432,7 +441,6 @@ class Executor:
         began = env.now
         stall: dict[str, float] = {}
         uses: dict[str, LevelUse] = {}
-        first_event = env.scheduled
 
         def use(level: str) -> LevelUse:
             u = uses.get(level)
@@ -478,7 +486,6 @@ class Executor:
         return Timeline(
             duration_s=env.now - began, compute_s=busy, stall_s=stall,
             uses={lvl: (u.bytes, u.busy_s, u.first_s - began, u.last_s - began) for lvl, u in uses.items()},
-            events=env.scheduled - first_event,
         )
 
     def _collective(self, s: Program, block: Block, p: OpPlan, start: float, first_event: int):
@@ -569,7 +576,7 @@ class Executor:
 #: simpy event priority after its URGENT (0) and NORMAL (1): runs once everything else at its instant has
 LATE = 2
 #: the template of a block of compute ops only
-_COMPUTE_ONLY = Template((), False, False, (), False)
+_COMPUTE_ONLY = Template((), False, (), False)
 
 
 def _order(key: tuple) -> tuple:

@@ -46,9 +46,9 @@ class OpRecord:
     #: for a prefetch from host memory, `compute` for every other op, collectives run in line included
     #: (the compute stream waits for them)
     stream: str = "compute"
-    #: communication only: how long the device's compute stream waited for it, less any time spent waiting
-    #: for late peers: all of it when it ran in line (between the op that feeds it and the op that
-    #: consumes it), none when compute that did not need it hid it
+    #: collectives and prefetch copies: how much of their transfers (after dispatch and late peers) the
+    #: device's compute stream waited for: all of them for a collective run in line (between the op that
+    #: feeds it and the op that consumes it), none when compute that did not need it hid them
     exposed_s: float = 0.0
 
     @property

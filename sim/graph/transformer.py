@@ -15,6 +15,7 @@ import networkx as nx
 from sim.config.types import DTYPE_BYTES
 from sim.config.workload import Model, Workload
 from sim.graph.ops import Access, Block, Collective, Op, Tensor
+from sim.graph.schedule import stage_order
 
 NORM_FLOPS = {"layernorm": 7, "rmsnorm": 4}
 ACT_FLOPS = {"gelu": 8, "relu": 1, "silu": 5}  # silu counts x*sigmoid(x) times the gate
@@ -207,9 +208,12 @@ def build_graph(workload: Workload) -> OpGraph:
     run is a forward pass of its own (`seq`)."""
     b = _Builder(workload)
     phase = workload.scenario.phase
+    par = workload.parallelism
+    # the order the first stage runs the micro-batches' passes in (forward only: the same under both schedules)
+    order = [k for k, _ in stage_order(0, par.pipeline, par.microbatches, par.schedule, backward=False)]
     if phase in ("encode", "prefill", "generate"):
         b.phase = "encode" if phase == "encode" else "prefill"
-        for micro in range(b.microbatches):
+        for micro in order:
             b.micro = micro
             _forward(b, tokens=b.prompt, past=0, first=True)
             b.seq += 1
@@ -217,7 +221,7 @@ def build_graph(workload: Workload) -> OpGraph:
         b.phase = "decode"
         for step in range(workload.scenario.new_tokens):
             b.step = step
-            for micro in range(b.microbatches):
+            for micro in order:
                 b.micro = micro
                 _forward(b, tokens=1, past=b.prompt + step, first=phase == "decode" and step == 0)
                 b.seq += 1

@@ -24,7 +24,7 @@ from math import ceil, isqrt, log2
 import networkx as nx
 
 from sim.config.hardware import Hardware
-from sim.graph.ops import Collective
+from sim.graph.ops import COLLECTIVES, Collective
 
 SWITCH = "switch"
 
@@ -124,7 +124,7 @@ def plan_collective(coll: Collective, group: tuple[int, ...], hw: Hardware, leve
     if coll.kind == "alltoall":  # every device sends each other one its 1/p share, all at once
         return _plan(coll.kind, group, [(a, b, size / p) for a in group for b in group if a != b], 1, hw, level)
     if coll.kind != "allreduce":
-        raise ValueError(f"unknown collective {coll.kind!r}")
+        raise ValueError(f"unknown collective {coll.kind!r} (known: {', '.join(COLLECTIVES)})")
     ring_plan = _plan("allreduce/ring", group, [(a, b, 2 * (p - 1) / p * size) for a, b in ring], 2 * (p - 1), hw,
                       level)
     # binary tree: reduce towards the root, then broadcast back; each tree edge carries the whole

@@ -60,13 +60,14 @@ def insert_copies(planned: list[tuple[Block, tuple[OpPlan, ...]]], placement: Pl
         prev = planned[j - 1][0] if j else None
         host = j - 1 if prev is not None and (prev.seq, prev.micro) == (blk.seq, blk.micro) else j
         shift = blk.layer - planned[host][0].layer
-        key = (id(blk.ops), shift)
+        key = (id(blk.ops), shift, blk.label)
         copy = made.get(key)
         if copy is None:
             accesses = tuple(Access(t.shifted(-shift), n) for t, n in _weights(blk.ops).items())
             nbytes = sum(a.bytes for a in accesses)
-            op = Op(name="prefetch", kind="prefetch", op_class=COPY, engine=COPY, phase=blk.phase, step=0, layer=0,
-                    dtype="", flops=0.0, reads=accesses, writes=accesses, kernel=COPY)
+            # named for the block whose weights it copies (it runs in the block before)
+            op = Op(name=f"prefetch_{blk.label}", kind="prefetch", op_class=COPY, engine=COPY, phase=blk.phase,
+                    step=0, layer=0, dtype="", flops=0.0, reads=accesses, writes=accesses, kernel=COPY)
             copy = made[key] = (blk.ops, (op, OpPlan(op=op, unit=COPY, compute_s=0.0, utilization=1.0,
                                                      loads=((HOST_LEVEL, nbytes),), stores=((level, nbytes),),
                                                      hits=(), chunks=(1.0,), overhead_s=dispatch, launch_s=launch,

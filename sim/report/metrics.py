@@ -56,7 +56,8 @@ RUN: list[Metric] = [
     Metric("total_s", "s", "end of the last op", lambda f: f.total,
            lambda s, c: ("total time", fmt_time(s["total_s"])), sweep=True),
     Metric("device_time_s", "s", "sum of op durations over all devices (= `total_s` on one device, unless "
-           "collectives overlap compute); class and phase shares are of this", lambda f: f.device_time),
+           "collectives or prefetch copies overlap compute); class and phase shares are of this",
+           lambda f: f.device_time),
     Metric("devices", "", "devices simulated (one data-parallel replica)", lambda f: f.devices, sweep=True),
     Metric("ttft_s", "s", "time to first token: end of prefill (generate/prefill), end of the first step "
            "(decode), total (encode)", lambda f: f.ttft,
@@ -98,8 +99,8 @@ RUN: list[Metric] = [
            "program × each one's dispatch cost", lambda f: f.host_s, _host_row, sweep=True),
     Metric("host_dispatch_ops", "", "ops the host dispatches on the busiest device's program",
            lambda f: f.host_ops),
-    Metric("comm_s", "s", "communication time, summed over devices: each collective's duration less its wait "
-           "for late peers (`sync`)", lambda f: f.comm),
+    Metric("comm_s", "s", "communication time, summed over devices: each collective's transfers (its duration "
+           "less its dispatch wait and its wait for late peers, `sync`)", lambda f: f.comm),
     Metric("comm_exposed_s", "s", "the part of `comm_s` the compute streams waited for (a collective run in "
            "line is wholly exposed)", lambda f: f.exposed,
            lambda s, c: ("communication exposed / hidden under compute (all devices)",
@@ -211,10 +212,11 @@ OP: list[OpField] = [
     OpField("micro", "", "micro-batch (names carry `mb<k>.` when there are several)", get=lambda r, lv: r.micro),
     OpField("layer", "", "-1 embeddings, `layers` the head", get=lambda r, lv: r.layer),
     OpField("kind", "", "what it does (`qkv`, `scores`, `ffn_up`, ...)", get=lambda r, lv: r.kind),
-    OpField("op_class", "", "`gemm`, `gemv`, `attention`, `softmax`, `norm`, `elementwise`, `collective`",
+    OpField("op_class", "", "`gemm`, `gemv`, `attention`, `softmax`, `norm`, `elementwise`, `collective`, `copy`",
             get=lambda r, lv: r.op_class),
     OpField("device", "", "the device that ran it", get=lambda r, lv: r.device),
-    OpField("unit", "", "`matrix`, `vector` or `link`", get=lambda r, lv: r.unit),
+    OpField("unit", "", "`matrix`, `vector`, `link` (collectives) or `copy` (a prefetch's DMA)",
+            get=lambda r, lv: r.unit),
     OpField("stream", "", "`comm` for a collective issued on a communication stream, `copy` for a prefetch "
             "from host memory (both may overlap compute); `compute` for every other op, collectives run in line "
             "included", get=lambda r, lv: r.stream),
@@ -241,8 +243,9 @@ OP: list[OpField] = [
             get=lambda r, lv: r.overhead_s),
     OpField("stall_s", "s", "per resource (`memory:<level>`, `link:<topology>`, `sync`): compute idle waiting on "
             "it (CSV: `stall_<resource>_s`)", csv="stall", get=lambda r, key: r.stall_s.get(key, 0.0)),
-    OpField("exposed_s", "s", "collectives: how long the device's compute stream waited for it, less its wait "
-            "for late peers (all of it for one run in line)", get=lambda r, lv: r.exposed_s),
+    OpField("exposed_s", "s", "collectives and copies: how much of their transfers the device's compute stream "
+            "waited for (all of them for a collective run in line; none when hidden under compute)",
+            get=lambda r, lv: r.exposed_s),
     OpField("bound", "", "the resource that held it up longest", get=lambda r, lv: r.bound),
     OpField("events", "", "simulation events it cost (not in the CSV: replay makes it differ from `--exact`)",
             csv=None),

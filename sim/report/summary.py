@@ -261,21 +261,22 @@ def overlap(runs, devices: int, total: float) -> tuple[float, float, float]:
     """(communication time, the part of it the compute streams waited for, mean bubble per device), from
     the distinct record tuples `runs` ([records, phase, devices × runs they stand for]).
 
-    A collective's communication time is its duration less its wait for late peers (summed over
-    devices); waiting for peers is not communication but idleness. A device is busy while its compute
-    stream runs an op or waits for communication or a copy; the rest of the run, waiting for other
-    devices (a pipeline stage before its first micro-batch arrives and after its last has left, a rank
-    waiting for a slower one), is its bubble."""
+    A collective's communication time is its transfers' time: its duration less its dispatch wait and
+    its wait for late peers (summed over devices); waiting for peers is not communication but idleness.
+    A device is busy while its compute stream runs an op (a collective run in line included, but not its
+    wait for late peers) or waits for the transfers of one issued on another stream; the rest of the
+    run, waiting for other devices (a pipeline stage before its first micro-batch arrives and after its
+    last has left, a rank waiting for a slower one), is its bubble."""
     comm = exposed = busy = 0.0
     for records, _, n in runs:
         for r in records:
+            sync = r.stall_s.get("sync", 0.0)
             if r.unit == "link":
-                comm += n * (r.duration_s - r.stall_s.get("sync", 0.0))
+                comm += n * (r.duration_s - r.overhead_s - sync)
                 exposed += n * r.exposed_s
+            if r.stream == "compute":
+                busy += n * (r.duration_s - sync)
+            else:  # beside the compute stream: busy only while waited for
                 busy += n * r.exposed_s
-            elif r.stream != "compute":  # a copy beside the compute stream: busy only while waited for
-                busy += n * r.exposed_s
-            else:
-                busy += n * r.duration_s
     bubble = total - busy / devices if devices else 0.0
     return comm, exposed, bubble if bubble > 1e-9 * total else 0.0  # below that: the sums' rounding
