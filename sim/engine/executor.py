@@ -277,12 +277,14 @@ class Executor:
             here: dict[int, Issued] = {}  # this block's ops issued on a comm or the copy stream
             for i, p in enumerate(plans):
                 issue = p.stream != "compute" and not info.inline[i]
-                waits = list(reads_flowing.get(i, ())) if reads_flowing else []
-                if here:
-                    waits += [here[j] for j in info.producers[i] if j in here]
-                if waits and not issue:  # the compute stream waits for what it reads
-                    for c in waits:
-                        now = yield from self._wait(c, now)
+                waits = ()
+                if reads_flowing or here:  # issued ops still writing what it reads
+                    waits = [*reads_flowing.get(i, ())] if reads_flowing else []
+                    if here:
+                        waits += [here[j] for j in info.producers[i] if j in here]
+                    if not issue:  # the compute stream waits for them
+                        for c in waits:
+                            now = yield from self._wait(c, now)
                 if p.stream == "comm" and not issue:  # in line, in order behind its communicator's stream
                     tail = tails.pop(s.collectives[p.op.collective].group, None)
                     if tail is not None:
@@ -294,7 +296,8 @@ class Executor:
                     issued = Issued(env.event(), records, i, self._writes(block, p.op))
                     fed = max((records[j].end_s for j in info.producers[i] if records[j] is not None), default=0.0)
                     group = s.collectives[p.op.collective].group if p.op.collective is not None else "copy"
-                    env.process(self._issue(s, block, p, start, start + fed, ready, tails.get(group), issued, waits))
+                    env.process(self._issue(s, block, p, start, start + fed, ready, tails.get(group), issued,
+                                            list(waits)))
                     tails[group] = here[i] = issued
                     of_pass.setdefault(block.micro, []).append(issued)
                     for k in issued.writes:

@@ -242,15 +242,20 @@ def host_dispatch(blocks: list, hw: dict) -> tuple[int, float]:
     """(ops, seconds) the host spends dispatching on the device it keeps busiest."""
     default = hw.get("dispatch_overhead_s", 0.0)
     by_kernel = hw.get("dispatch_by_kernel_s", {})
-    costs: dict[int, Counter] = {}  # id(ops) -> {dispatch cost: ops}
-    per_device: dict[int, Counter] = defaultdict(Counter)
+    costs: dict[int, Counter] = {}  # id(ops) -> {dispatch cost: ops} (the blocks keep the ops alive)
+    runs: Counter = Counter()  # (id(ops), devices) -> blocks run with those ops on those devices
     for b in blocks:
         ops = b.block.ops
-        c = costs.get(id(ops))
-        if c is None:
-            c = costs[id(ops)] = Counter(by_kernel.get(op.kernel, default) for op in ops)
-        for d in b.devices:
-            per_device[d].update(c)
+        if id(ops) not in costs:
+            costs[id(ops)] = Counter(by_kernel.get(op.kernel, default) for op in ops)
+        runs[(id(ops), b.devices)] += 1
+    per_device: dict[int, Counter] = defaultdict(Counter)
+    for (ops_id, devices), n in runs.items():
+        c = costs[ops_id]
+        for d in devices:
+            mine = per_device[d]
+            for cost, k in c.items():
+                mine[cost] += n * k
     # summed by cost, so that equal costs give exactly ops x cost
     totals = [(sum(cost * n for cost, n in sorted(c.items())), c.total()) for c in per_device.values()]
     seconds, ops = max(totals, default=(0.0, 0))
