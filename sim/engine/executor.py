@@ -116,6 +116,7 @@ class Executor:
         self.hw = hw
         self.replay = replay
         self._timelines: dict[tuple, Timeline] = {}
+        self._contended: dict[tuple, Timeline] = {}  # the last timeline of a plan measured beside other traffic
         self._blocks: dict[tuple, tuple] = {}  # (id(plans), host lead) -> (plans, duration, records)
         self._replayable: dict[int, tuple] = {}
         self._templates: dict[tuple, tuple] = {}
@@ -326,8 +327,14 @@ class Executor:
                     known_t = self._timelines.get(sig)
                     if known_t is not None and known_t == t:  # came out as measured on idle resources: its
                         t = known_t  # record shares that timeline's figures
-                    elif known_t is None and idle:  # only a timeline measured on idle resources is kept
+                    elif known_t is None and idle:  # only a timeline measured on idle resources is replayed
                         self._timelines[sig] = t
+                    else:  # measured beside other traffic: never replayed, but equal ones share their figures
+                        last = self._contended.get(sig)
+                        if last is not None and last == t:
+                            t = last
+                        else:
+                            self._contended[sig] = t
                     records[i] = self._record(device, p, op_start - start, began - start, env.now - start, t,
                                               env.scheduled - first_event)
                 now = env.now
