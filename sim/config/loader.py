@@ -18,7 +18,7 @@ from sim.config.hardware import Hardware
 from sim.config.workload import Workload
 from sim.errors import ConfigError, KeyedError
 
-WORKLOAD_KEYS = ("name", "hardware", "model", "scenario", "parallelism")
+WORKLOAD_KEYS = ("name", "hardware", "model", "scenario", "parallelism", "training")
 HARDWARE_KEYS = ("devices", "device", "interconnect", "host", "source")
 
 

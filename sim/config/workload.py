@@ -11,8 +11,17 @@ from sim.errors import KeyedError
 
 FAMILY_PHASES = {
     "bert": ("encode",),
-    "gpt": ("prefill", "decode", "generate"),
-    "llama": ("prefill", "decode", "generate"),
+    "gpt": ("prefill", "decode", "generate", "train"),
+    "llama": ("prefill", "decode", "generate", "train"),
+}
+
+#: Optimizer state per parameter, in state elements (each of `training.precision.optimizer_state`), and
+#: FLOPs per parameter of one update (conventions, docs/model.md). Adafactor keeps factored second moments
+#: (row and column sums: ~0 per parameter) and no first moment; `second_order` keeps `state_multiple`
+#: copies (Shampoo-style preconditioners and momenta).
+OPTIMIZERS: dict[str, tuple[float, float]] = {
+    "sgd": (0.0, 2.0), "momentum": (1.0, 4.0), "adam": (2.0, 12.0), "adamw": (2.0, 13.0),
+    "adafactor": (0.0, 14.0), "second_order": (0.0, 24.0),
 }
 
 
@@ -74,8 +83,32 @@ class Precision(Spec):
         return DTYPE_BYTES[self.weights] + meta
 
 
+class TrainingPrecision(Spec):
+    gradients: Dtype | None = Field(default=None, description="gradient dtype; default: the activations'")
+    optimizer_state: Dtype = Field(default="fp32", description="dtype of the optimizer's state")
+
+
+class Training(Spec):
+    """One optimizer step: forward, backward (with recomputation) and the update."""
+
+    optimizer: Literal["sgd", "momentum", "adam", "adamw", "adafactor", "second_order"] = "adamw"
+    state_multiple: float = Field(default=4.0, gt=0, description="second_order: optimizer state per parameter, in "
+                                  "multiples of the parameter count (Shampoo-style: 3-4)")
+    master_weights: bool = Field(default=True, description="an fp32 copy of the weights in the optimizer state "
+                                 "(mixed precision); the update writes it and the compute weights")
+    precision: TrainingPrecision = Field(default_factory=TrainingPrecision)
+    recompute: Literal["none", "selective", "full"] = Field(
+        default="none", description="activations kept for backward: all (none); all but attention's softmax "
+        "region, recomputed in backward (selective, Megatron); each layer's input only, the rest recomputed "
+        "(full)")
+
+    def state_elements(self) -> float:
+        """Optimizer state elements per parameter (master weights apart)."""
+        return self.state_multiple if self.optimizer == "second_order" else OPTIMIZERS[self.optimizer][0]
+
+
 class Scenario(Spec):
-    phase: Literal["encode", "prefill", "decode", "generate"]
+    phase: Literal["encode", "prefill", "decode", "generate", "train"]
     batch: Count
     prompt_tokens: Count = Field(description="sequence length (encode) or prompt length")
     new_tokens: int = Field(default=0, ge=0, strict=True, description="decode steps")
@@ -94,7 +127,7 @@ class Scenario(Spec):
     def _steps(self) -> Scenario:
         if self.phase in ("decode", "generate") and self.new_tokens < 1:
             raise KeyedError("new_tokens", f"phase {self.phase!r} needs new_tokens >= 1")
-        if self.phase in ("encode", "prefill") and self.new_tokens:
+        if self.phase in ("encode", "prefill", "train") and self.new_tokens:
             raise KeyedError(
                 "new_tokens", f"phase {self.phase!r} generates no tokens; remove new_tokens or use 'generate'"
             )
@@ -124,6 +157,11 @@ class Workload(Spec):
     model: Model
     scenario: Scenario
     parallelism: Parallelism = Field(default_factory=Parallelism)
+    training: Training | None = Field(default=None, description="with scenario.phase: train (defaults if absent)")
+
+    @property
+    def train(self) -> Training:
+        return self.training or Training()
 
     @model_validator(mode="after")
     def _fits_model(self) -> Workload:
@@ -133,7 +171,12 @@ class Workload(Spec):
                 "scenario.phase",
                 f"a {self.model.family} model cannot run phase {self.scenario.phase!r} (use {', '.join(phases)})"
             )
+        if self.training is not None and self.scenario.phase != "train":
+            raise KeyedError("training", f"training settings need scenario.phase: train (not {self.scenario.phase!r})")
         par, m = self.parallelism, self.model
+        if self.scenario.phase == "train" and par.devices > 1:
+            raise KeyedError("parallelism", "training over several devices (tensor, pipeline, data parallel, ZeRO) "
+                             "is not built yet: train on one device")
         if m.heads % par.tensor or m.ffn % par.tensor:
             raise KeyedError("parallelism.tensor",
                              f"tensor ({par.tensor}) must divide heads ({m.heads}) and ffn ({m.ffn})")

@@ -16,6 +16,7 @@ from sim.config.types import DTYPE_BYTES
 from sim.config.workload import Model, Workload
 from sim.graph.ops import Access, Block, Collective, Op, Tensor
 from sim.graph.schedule import stage_order
+from sim.graph.training import LOSS_FLOPS, StepBuilder
 
 NORM_FLOPS = {"layernorm": 7, "rmsnorm": 4}
 ACT_FLOPS = {"gelu": 8, "relu": 1, "silu": 5}  # silu counts x*sigmoid(x) times the gate
@@ -105,7 +106,10 @@ class _Builder:
         self.max_context = sc.prompt_tokens + sc.new_tokens
         self.wb = sc.precision.weight_bytes()
         self.ab = DTYPE_BYTES[sc.precision.activations]
-        self.kb = DTYPE_BYTES[sc.precision.kv_cache]
+        # a training step keeps no KV cache: K and V are activations of its forward pass
+        self.training = sc.phase == "train"
+        self.training_spec = workload.train
+        self.kb = self.ab if self.training else DTYPE_BYTES[sc.precision.kv_cache]
         self.dtype = sc.precision.activations
         self.blocks: list[Block] = []
         self._ops: list[Op] = []
@@ -129,6 +133,9 @@ class _Builder:
         return Tensor(name, "weight", elements * self.wb, elements, "layer" if per_layer else "global")
 
     def kv(self, which: str) -> Tensor:
+        if self.training:
+            elements = self.batch * self.prompt * self.kv_heads * self.m.head_dim
+            return Tensor(which, "activation", elements * self.kb, elements, "pass")
         elements = self.batch * self.max_context * self.kv_heads * self.m.head_dim
         mine = f".mb{self.micro}" if self.microbatches > 1 else ""  # each micro-batch's sequences
         return Tensor(f"{which}_cache{mine}", "kv_cache", elements * self.kb, elements, "layer")
@@ -217,6 +224,19 @@ def build_graph(workload: Workload) -> OpGraph:
             b.micro = micro
             _forward(b, tokens=b.prompt, past=0, first=True)
             b.seq += 1
+    if phase == "train":  # each micro-batch's forward and backward, then one update
+        steps = StepBuilder(b)
+        first: list[Block] = []
+        for i, micro in enumerate(order):
+            b.micro, b.phase = micro, "forward"
+            at = len(b.blocks)
+            _forward(b, tokens=b.prompt, past=0, first=True)
+            fwd = b.blocks[at:]
+            first = first or fwd
+            steps.backward(fwd, accumulate=i > 0)
+            b.seq += 1
+        steps.optimizer(first, b.seq)
+        return OpGraph(b.blocks)
     if phase in ("decode", "generate"):
         b.phase = "decode"
         for step in range(workload.scenario.new_tokens):
@@ -350,10 +370,14 @@ def _head(b: _Builder, x: Access, rows: int) -> None:
         b.vector("pooler_tanh", "tanh", [out(dense)], b.batch * h, 1)
         return
     ln = out(b.norm("final_norm", x, "ln_f", per_layer=False))
-    last = Access(ln.tensor, b.batch * h * b.ab)  # the next token comes from the last position
+    # the next token comes from the last position; training scores every position against its next token
+    rows = rows if b.training else b.batch
+    last = ln if b.training else Access(ln.tensor, b.batch * h * b.ab)
     tied = m.family == "gpt"  # GPT-2 ties the LM head to the token embedding, a vocab x hidden table
-    head = b.linear("lm_head", last, b.vocab, "wte" if tied else "lm_head", b.batch, bias=False, per_layer=False,
+    head = b.linear("lm_head", last, b.vocab, "wte" if tied else "lm_head", rows, bias=False, per_layer=False,
                     layout="nk" if tied else "kn")
+    if b.training:  # softmax cross-entropy over the vocabulary, one loss per token
+        b.vector("loss", "cross_entropy", [out(head)], rows, LOSS_FLOPS * b.vocab, op_class="softmax")
     if b.tp > 1:  # each rank holds a slice of the logits
         b.collective("allgather", b.act("logits", b.batch * b.vocab * b.tp), name="logits_allgather",
                      source=out(head))

@@ -16,7 +16,7 @@ from sim.errors import ConfigError
 from sim.graph.ops import TENSOR_KINDS, Block, Op, Tensor, loose
 from sim.graph.transformer import OpGraph
 
-KIND_ORDER = ("weight", "kv_cache", "activation")
+KIND_ORDER = ("weight", "gradient", "optimizer_state", "kv_cache", "activation")
 LABEL = TENSOR_KINDS
 
 
@@ -27,11 +27,17 @@ class Footprint:
     weights: float
     kv_cache: float
     activations: float  # peak live set over the schedule
-    optimizer: float = 0.0
+    optimizer: float = 0.0  # optimizer state, master weights included
+    gradients: float = 0.0
 
     @property
     def total(self) -> float:
-        return self.weights + self.kv_cache + self.activations + self.optimizer
+        return self.weights + self.kv_cache + self.activations + self.optimizer + self.gradients
+
+    def of(self, kind: str) -> float:
+        """Bytes of one tensor kind."""
+        return {"weight": self.weights, "kv_cache": self.kv_cache, "activation": self.activations,
+                "optimizer_state": self.optimizer, "gradient": self.gradients}.get(kind, 0.0)
 
 
 @dataclass(frozen=True)
@@ -120,6 +126,8 @@ def _footprint(blocks: list[Block]) -> Footprint:
         weights=sum(b for kind, b in held.values() if kind == "weight"),
         kv_cache=sum(b for kind, b in held.values() if kind == "kv_cache"),
         activations=peak,
+        optimizer=sum(b for kind, b in held.values() if kind == "optimizer_state"),
+        gradients=sum(b for kind, b in held.values() if kind == "gradient"),
     )
 
 
@@ -152,16 +160,17 @@ def place(graph: OpGraph | list[Block] | list[Op], hw: Hardware, hw_file: str = 
     homes = [n for n, lvl in hw.levels.items() if lvl.holds_tensors()]
     capacity = {n: level_capacity(hw, n) for n in homes}
     used = dict.fromkeys(homes, 0.0)
-    need = {"weight": fp.weights, "kv_cache": fp.kv_cache, "activation": fp.activations}
+    need = {kind: fp.of(kind) for kind in KIND_ORDER}
     home: dict[str, str] = {}
     for kind in KIND_ORDER:
+        if not need[kind] and kind not in ("weight", "kv_cache", "activation"):
+            continue  # training's kinds, in a run that has none
         spot = next((n for n in homes if capacity[n] - used[n] >= need[kind]), None)
         if spot is None:
             have = ", ".join(f"{n} {fmt_bytes(capacity[n] - used[n])} free" for n in homes)
+            parts = ", ".join(f"{LABEL[k]} {fmt_bytes(need[k])}" for k in KIND_ORDER if need[k])
             raise ConfigError(
-                f"workload does not fit: {LABEL[kind]} need {fmt_bytes(need[kind])} (weights "
-                f"{fmt_bytes(fp.weights)}, KV cache {fmt_bytes(fp.kv_cache)}, activations "
-                f"{fmt_bytes(fp.activations)}) but {have}",
+                f"workload does not fit: {LABEL[kind]} need {fmt_bytes(need[kind])} ({parts}) but {have}",
                 hw_file,
                 "device.memory",
             )

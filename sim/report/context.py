@@ -28,6 +28,7 @@ def context(result: RunResult) -> dict:
             "phase": sc.phase, "batch": sc.batch, "prompt_tokens": sc.prompt_tokens,
             "new_tokens": sc.new_tokens, "precision": sc.precision.model_dump(),
             "weight_bytes_per_param": sc.precision.weight_bytes(),
+            "training": workload.train.model_dump() if sc.phase == "train" else None,
         },
         "hardware": {
             "name": hw.name, "devices_per_node": hw.devices,
@@ -59,6 +60,7 @@ def context(result: RunResult) -> dict:
             "kv_cache_bytes": placement.footprint.kv_cache,
             "activations_bytes": placement.footprint.activations,
             "optimizer_bytes": placement.footprint.optimizer,
+            "gradients_bytes": placement.footprint.gradients,
             "home": dict(placement.home),
             "capacity_bytes": dict(placement.capacity),
             "used_bytes": dict(placement.used),

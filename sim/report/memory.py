@@ -23,8 +23,7 @@ def peaks(result: RunResult) -> dict[str, dict]:
     if placement is None:
         return {}
     fp = placement.footprint
-    part = {"weight": fp.weights, "kv_cache": fp.kv_cache, "activation": fp.activations,
-            "optimizer_state": fp.optimizer}
+    part = {kind: fp.of(kind) for kind in placement.home}
     out: dict[str, dict] = {}
     held = [(kind, level, part.get(kind)) for kind, level in placement.home.items()]
     held += [(STAGING, level, nbytes) for level, nbytes in placement.staged.items()]
@@ -49,7 +48,8 @@ def memory_timeline(result: RunResult, limit: int = 4096) -> list[dict]:
         if placement is None:
             continue
         fp = placement.footprint
-        static = {"weight": fp.weights, "kv_cache": fp.kv_cache, "optimizer_state": fp.optimizer}
+        static = {"weight": fp.weights, "gradient": fp.gradients, "kv_cache": fp.kv_cache,
+                  "optimizer_state": fp.optimizer}
         act_level = placement.home["activation"]
         born: dict = {}
         last: dict = {}

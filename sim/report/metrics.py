@@ -52,6 +52,22 @@ def _host_row(s: dict, ctx: dict) -> tuple[str, str] | None:
             f"{fmt_time(s['host_dispatch_s'])} ({100 * share:.0f}%)")
 
 
+def _training(f) -> bool:
+    return f.ctx.get("workload", {}).get("phase") == "train"
+
+
+def _utilization(f, passes: tuple[str, ...]) -> float | None:
+    """FLOPs of `passes` per second of the step over the devices' matrix peak (training only)."""
+    if not _training(f) or not f.total:
+        return None
+    hw = f.ctx["hardware"]
+    return sum(f.pass_flops.get(p, 0.0) for p in passes) / (f.total * hw["peak_flops"] * f.devices)
+
+
+def _train_row(label: str, text: Callable[[dict], str]) -> Callable[[dict, dict], tuple[str, str] | None]:
+    return lambda s, c: (label, text(s)) if s["step_s"] is not None else None
+
+
 RUN: list[Metric] = [
     Metric("total_s", "s", "end of the last op", lambda f: f.total,
            lambda s, c: ("total time", fmt_time(s["total_s"])), sweep=True),
@@ -69,8 +85,21 @@ RUN: list[Metric] = [
     Metric("decode_s", "s", "time in the decode phase: total less prefill", lambda f: f.decode_s,
            lambda s, c: ("decode time", fmt_time(s["decode_s"])) if s["tpot_s"] is not None else None),
     Metric("prefill_s", "s", "end of the prefill or encode phase", lambda f: f.prefill_end),
+    Metric("step_s", "s", "training: one optimizer step (forward and backward of every micro-batch, then the "
+           "update); `null` otherwise", lambda f: f.total if _training(f) else None,
+           _train_row("training step", lambda s: fmt_time(s["step_s"])), sweep=True),
+    Metric("samples_per_s", "1/s", "training: sequences per second (batch / step)",
+           lambda f: f.ctx["workload"]["batch"] / f.total if _training(f) and f.total else None,
+           _train_row("samples/s", lambda s: f"{s['samples_per_s']:.1f}")),
+    Metric("mfu", "fraction", "training: model FLOPs utilisation, the forward and backward FLOPs (without "
+           "recomputation or the update) per second over the devices' matrix peak",
+           lambda f: _utilization(f, ("forward", "backward")),
+           _train_row("MFU / HFU (model / hardware FLOPs utilisation)",
+                      lambda s: f"{_pct(s['mfu'])} / {_pct(s['hfu'])}"), sweep=True),
+    Metric("hfu", "fraction", "training: hardware FLOPs utilisation, as `mfu` with the recomputed forward ops",
+           lambda f: _utilization(f, ("forward", "backward", "recompute")), sweep=True),
     Metric("tokens_per_s", "1/s", "generate: batch × new_tokens / total; decode: batch × new_tokens / decode "
-           "time; encode/prefill: batch × prompt_tokens / total", lambda f: f.tokens_s,
+           "time; encode/prefill/train: batch × prompt_tokens / total", lambda f: f.tokens_s,
            lambda s, c: ("tokens/s (generated)" if s["tpot_s"] is not None else "tokens/s (processed)",
                          f"{s['tokens_per_s']:.1f}"), sweep=True),
     Metric("flops", "FLOP", "all ops", lambda f: f.everything["flops"],
@@ -126,6 +155,13 @@ RUN: list[Metric] = [
            lambda f: f.ctx.get("memory", {}).get("weights_bytes"), sweep=True),
     Metric("kv_cache_bytes", "B", "KV cache one device holds, at its final length",
            lambda f: f.ctx.get("memory", {}).get("kv_cache_bytes"), sweep=True),
+    Metric("gradients_bytes", "B", "training: weight gradients one device holds",
+           lambda f: f.ctx.get("memory", {}).get("gradients_bytes"), sweep=True),
+    Metric("optimizer_bytes", "B", "training: optimizer state one device holds, fp32 master weights included",
+           lambda f: f.ctx.get("memory", {}).get("optimizer_bytes"), sweep=True),
+    Metric("activations_bytes", "B", "the activations' peak live set on one device (in training, what the "
+           "forward pass keeps for backward at its peak)", lambda f: f.ctx.get("memory", {}).get("activations_bytes"),
+           sweep=True),
     Metric("balance_point_flop_per_byte", "FLOP/B", "matrix peak ÷ bandwidth of the balance level",
            lambda f: f.ctx.get("hardware", {}).get("balance_point_flop_per_byte"), sweep=True),
     Metric("achievable_balance_point_flop_per_byte", "FLOP/B", "the same with what the hardware file says is "

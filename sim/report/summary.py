@@ -197,7 +197,8 @@ def summarize(result: RunResult, top: int = 10) -> dict:
     top_ops.sort(key=lambda a: (-a["time_s"], a["phase"], a["kind"]))
 
     comm, exposed, bubble = overlap(runs.values(), len(devices), total)
-    facts = Facts(result=result, ctx=meta, level=level, total=total, device_time=device_time,
+    pass_flops = {p: t.flops for p, t in by_phase.items()}
+    facts = Facts(result=result, ctx=meta, level=level, total=total, device_time=device_time, pass_flops=pass_flops,
                   devices=len(devices), ttft=ttft, tpot=tpot, tokens_s=tokens_s, prefill_end=prefill_end,
                   decode_s=decode_s, everything=all_totals.result(level), ops=all_totals.ops, host_ops=host_ops,
                   host_s=host_s, paced_by=paced_by, comm=comm, exposed=exposed, bubble=bubble)
@@ -220,6 +221,7 @@ class Facts:
     result: RunResult
     ctx: dict  # report.context
     level: str  # the balance level
+    pass_flops: dict  # FLOPs of each pass (forward, backward, recompute, optimizer, prefill, ...)
     total: float
     device_time: float
     devices: int

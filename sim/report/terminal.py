@@ -126,8 +126,12 @@ def render(result, console: Console | None = None, top: int = 10) -> None:
     fp = Table(title="Memory footprint vs capacity", box=box.SIMPLE_HEAVY, title_justify="left", pad_edge=False)
     for col in ("", "bytes", "placed in"):
         fp.add_column(col, justify="right" if col == "bytes" else "left")
-    for label, key, kind in (("weights", "weights_bytes", "weight"), ("KV cache", "kv_cache_bytes", "kv_cache"),
+    for label, key, kind in (("weights", "weights_bytes", "weight"), ("gradients", "gradients_bytes", "gradient"),
+                             ("optimizer state (with master weights)", "optimizer_bytes", "optimizer_state"),
+                             ("KV cache", "kv_cache_bytes", "kv_cache"),
                              ("activations (peak live)", "activations_bytes", "activation")):
+        if kind in ("gradient", "optimizer_state") and not mem.get(key):
+            continue
         fp.add_row(label, fmt_bytes(mem[key]), mem["home"].get(kind, "-"))
     for name, cap in mem["capacity_bytes"].items():
         used = mem["used_bytes"][name]

@@ -1,0 +1,260 @@
+"""A training step's graph: forward, backward (with recomputation) and the optimizer update.
+
+The backward of a block is derived from its forward ops, last to first, the way autograd walks them:
+
+- a matmul-like op `Y = X W` (GEMM) gets `dX = dY Wᵀ` and `dW = Xᵀ dY` (each 2·M·N·K FLOPs: twice the
+  forward's together, + M·N for a bias gradient); attention's two matmuls each get the products for both
+  operands (`scores`: dQ, dK; `attn_v`: dP, dV); a fused (FlashAttention) attention one op of 2.5x its
+  forward FLOPs that recomputes the scores and reads Q, K, V, its output and dO;
+- a vector op (norm, activation, softmax, RoPE, tanh) one op of twice its forward FLOPs that reads what
+  its gradient needs (its inputs, softmax its output) and dY, and writes the gradients of its inputs and of
+  its weights (a norm's gain and bias);
+- a residual add passes its gradient to both inputs; where two gradients meet (the residual stream and a
+  branch) they are added (1 FLOP per element);
+- the embedding's lookup scatters its gradient into the tables' gradients (1 FLOP per element);
+- the loss (softmax cross-entropy over the vocabulary, 5 FLOPs per logit) starts it: 2 FLOPs per logit.
+
+A gradient is a tensor of kind `activation` named `d_<name>` while it flows, and of kind `gradient`
+(`g_<weight>`) for a weight, written by the first op that produces it and read and written by every later
+one (accumulation: a tied embedding, the micro-batches of gradient accumulation). What backward reads of
+the forward pass keeps those activations alive until then: the footprint's peak live set is what training
+stores. Recomputation renames what it recomputes (`r_<name>`): with `full`, a layer's ops run again before
+its backward from the layer's input (the only activation kept), with `selective` only attention's scores
+and softmax (the sequence-squared tensors).
+
+The update is one memory-bound op per block over its weights: it reads each weight, its gradient, its
+optimizer state and master copy, and writes the weight, the state and the master copy.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sim.config.types import DTYPE_BYTES
+from sim.config.workload import OPTIMIZERS
+from sim.graph.ops import Access, Block, Op, Tensor
+
+if TYPE_CHECKING:
+    from sim.graph.transformer import _Builder
+
+#: Backward FLOPs of a vector op per forward FLOP, and of FlashAttention per forward FLOP (conventions)
+VECTOR_BACKWARD = 2.0
+FUSED_ATTENTION_BACKWARD = 2.5
+LOSS_FLOPS = 5  # softmax cross-entropy per logit, forward
+LOSS_BACKWARD_FLOPS = 2  # softmax minus one-hot, per logit
+
+
+def ident(t: Tensor) -> tuple:
+    return (t.name, t.dl, t.scope)
+
+
+class StepBuilder:
+    """Builds the backward, recompute and optimizer blocks of one training step from its forward blocks."""
+
+    def __init__(self, b: _Builder):
+        self.b = b
+        tr = b.training_spec
+        self.ab = b.ab
+        self.gb = DTYPE_BYTES[tr.precision.gradients or b.dtype]
+        self.sb = DTYPE_BYTES[tr.precision.optimizer_state]
+        self.state = tr.state_elements()
+        self.master = tr.master_weights
+        self.update_flops = OPTIMIZERS[tr.optimizer][1]
+        self.recompute = tr.recompute
+        self.wrote: set[str] = set()  # global weights whose gradient the step has written (tied tables)
+        self._made: dict[tuple, tuple] = {}
+
+    # -- tensors ------------------------------------------------------------------------------------
+    def grad_act(self, t: Tensor) -> Tensor:
+        return Tensor(f"d_{t.name}", "activation", t.elements * self.ab, t.elements, t.scope, t.dl)
+
+    def grad_weight(self, w: Tensor) -> Tensor:
+        return Tensor(f"g_{w.name}", "gradient", w.elements * self.gb, w.elements, w.scope, w.dl)
+
+    def state_of(self, w: Tensor) -> Tensor | None:
+        elements = w.elements * self.state + (w.elements * 4 / self.sb if self.master else 0.0)
+        if not elements:
+            return None
+        return Tensor(f"s_{w.name}", "optimizer_state", elements * self.sb, round(elements), w.scope, w.dl)
+
+    # -- blocks -------------------------------------------------------------------------------------
+    def backward(self, fwd: list[Block], accumulate: bool) -> None:
+        """Append the backward blocks of one forward pass (`fwd`: its blocks, in order), each layer's
+        recompute block before it."""
+        b = self.b
+        for blk in reversed(fwd):
+            inner = 0 <= blk.layer < blk.last_layer
+            mode = self.recompute if inner else "none"
+            key = (id(blk.ops), mode, accumulate, tuple(sorted(self.wrote)))
+            made = self._made.get(key)
+            if made is None or made[0] is not blk.ops:
+                rename = self._renamed(blk.ops, mode)
+                again = tuple(self._again(op, rename) for op in blk.ops if ident(op.writes[0].tensor) in rename)
+                made = self._made[key] = (blk.ops, again, self._backward_ops(blk.ops, rename, accumulate))
+            for phase, ops in (("recompute", made[1]), ("backward", made[2])):
+                if ops:
+                    b.blocks.append(Block(phase, 0, blk.layer, blk.seq, ops, blk.last_layer, micro=blk.micro,
+                                          microbatches=blk.microbatches))
+            self.wrote |= {a.tensor.name for op in made[2] for a in op.writes
+                           if a.tensor.kind == "gradient" and a.tensor.scope == "global"}
+
+    def optimizer(self, fwd: list[Block], seq: int) -> None:
+        """Append one update block per forward block (global weights updated once, where first read)."""
+        b, done = self.b, set()
+        for blk in fwd:
+            weights = {a.tensor: None for op in blk.ops for a in op.reads
+                       if a.tensor.kind == "weight" and not (a.tensor.scope == "global" and a.tensor.name in done)}
+            done |= {w.name for w in weights if w.scope == "global"}
+            if not weights:
+                continue
+            key = ("update", tuple(weights))
+            made = self._made.get(key)
+            if made is None:
+                made = self._made[key] = (None, self._update(tuple(weights)))
+            b.blocks.append(Block("optimizer", 0, blk.layer, seq, (made[1],), blk.last_layer))
+
+    # -- ops ----------------------------------------------------------------------------------------
+    def _op(self, kind: str, op_class: str, flops: float, reads, writes, shape=(), kernel: str = "",
+            layout: str = "kn", row: int = 0, epilogue: float = 0.0) -> Op:
+        matrix = op_class in ("gemm", "gemv", "attention")
+        op = Op(name=kind, kind=kind, op_class=op_class, engine="matrix" if matrix else "vector", phase="backward",
+                step=0, layer=0, dtype=self.b.dtype, flops=float(flops), reads=tuple(reads), writes=tuple(writes),
+                shape=tuple(shape), kernel=kernel or ("matmul" if matrix else kind), weight_layout=layout, row=row,
+                epilogue=float(epilogue))
+        return self.b._interned_ops.setdefault(op, op)
+
+    def _renamed(self, ops: tuple[Op, ...], mode: str) -> dict[tuple, Tensor]:
+        """The activations a block recomputes (their forward copies are not kept), renamed."""
+        if mode == "none":
+            return {}
+        if mode == "selective":
+            chosen = [op for op in ops if op.kind in ("scores", "softmax")]
+        else:
+            chosen = [op for op in ops if op.collective is None]
+        return {ident(a.tensor): Tensor(f"r_{a.tensor.name}", a.tensor.kind, a.tensor.bytes, a.tensor.elements,
+                                        a.tensor.scope, a.tensor.dl)
+                for op in chosen for a in op.writes if a.tensor.kind == "activation"}
+
+    def _again(self, op: Op, rename: dict) -> Op:
+        """A forward op run again in backward, on what was kept or already recomputed."""
+        def swap(accesses):
+            return tuple(Access(rename.get(ident(a.tensor), a.tensor), a.bytes) for a in accesses)
+        again = Op(name=op.name, kind=op.kind, op_class=op.op_class, engine=op.engine, phase="recompute", step=0,
+                   layer=0, dtype=op.dtype, flops=op.flops, reads=swap(op.reads), writes=swap(op.writes),
+                   shape=op.shape, kernel=op.kernel, weight_layout=op.weight_layout, row=op.row,
+                   epilogue=op.epilogue)
+        return self.b._interned_ops.setdefault(again, again)
+
+    def _backward_ops(self, ops: tuple[Op, ...], rename: dict, accumulate: bool) -> tuple[Op, ...]:
+        grads: dict[tuple, Tensor] = {}  # forward tensor -> its gradient flowing backward in this block
+        wrote: set[str] = set(self.wrote)
+        out: list[Op] = []
+        # the block's outputs (what no later op of it reads) arrive with their gradients from the blocks
+        # after it, unless the block ends the graph with its loss
+        if not any(op.kind == "loss" for op in ops):
+            read_later: set[tuple] = set()
+            for op in reversed(ops):
+                for a in op.writes:
+                    if a.tensor.kind == "activation" and ident(a.tensor) not in read_later:
+                        grads.setdefault(ident(a.tensor), self.grad_act(a.tensor))
+                read_later |= {ident(a.tensor) for a in op.reads}
+
+        def saved(a: Access) -> Access:
+            return Access(rename.get(ident(a.tensor), a.tensor), a.bytes)
+
+        def give(t: Tensor, g: Tensor) -> None:
+            """`g` (flowing) is the gradient of `t`: added to what `t` already has."""
+            have = grads.get(ident(t))
+            if have is None:
+                grads[ident(t)] = g
+                return
+            n = t.elements
+            acc = self._op(f"{t.name}_grad_add", "elementwise", n, [Access(have, have.bytes), Access(g, g.bytes)],
+                           [Access(have, have.bytes)], kernel="add")
+            out.append(acc)
+
+        def weight_grad(w: Tensor, nbytes: float) -> tuple[list[Access], list[Access]]:
+            """The reads and writes of a weight's gradient: accumulated where already written."""
+            g = self.grad_weight(w)
+            part = nbytes / w.bytes * g.bytes if w.bytes else 0.0
+            again = accumulate or (w.scope == "global" and w.name in wrote)
+            wrote.add(w.name)
+            return ([Access(g, part)] if again else []), [Access(g, part)]
+
+        for op in reversed(ops):
+            if op.collective is not None:
+                continue
+            outs = [a.tensor for a in op.writes if a.tensor.kind == "activation"]
+            if op.kind == "loss":  # the gradient starts here
+                (logits,) = [a for a in op.reads]
+                d = self.grad_act(logits.tensor)
+                out.append(self._op("loss_bwd", "softmax", LOSS_BACKWARD_FLOPS * logits.tensor.elements,
+                                    [saved(logits)], [Access(d, d.bytes)], kernel="cross_entropy"))
+                give(logits.tensor, d)
+                continue
+            dys = [grads.pop(ident(t)) for t in outs if ident(t) in grads]
+            if not dys:
+                continue  # nothing downstream needs it
+            dy_reads = [Access(g, g.bytes) for g in dys]
+            acts = [a for a in op.reads if a.tensor.kind == "activation"]
+            weights = [a for a in op.reads if a.tensor.kind == "weight"]
+            if op.kernel == "add" and len(acts) == 2 and not weights:  # residual: both inputs get dY
+                for a in acts:
+                    give(a.tensor, dys[0])
+                continue
+            if op.op_class in ("gemm", "gemv") and len(op.shape) == 4 and len(op.reads) >= 2:
+                batch, m, n, k = op.shape
+                x, w = op.reads[0], op.reads[1]
+                dx = self.grad_act(x.tensor)
+                out.append(self._op(f"{op.kind}_dx", "gemm", 2 * batch * m * n * k, [*dy_reads, Access(w.tensor,
+                                    w.bytes)], [Access(dx, dx.bytes)], (batch, m, k, n),
+                                    layout="nk" if op.weight_layout == "kn" else "kn"))
+                extra, writes = weight_grad(w.tensor, w.bytes)
+                out.append(self._op(f"{op.kind}_dw", "gemm", 2 * batch * m * n * k + op.epilogue,  # + the bias's
+                                    [saved(x), *dy_reads, *extra], writes, (batch, k, n, m), epilogue=op.epilogue))
+                give(x.tensor, dx)
+                continue
+            if op.op_class == "attention" and op.kind == "attention":  # fused: one op recomputing the scores
+                ins = [saved(a) for a in acts]
+                d_ins = [self.grad_act(a.tensor) for a in acts]
+                out.append(self._op("attention_bwd", "attention", FUSED_ATTENTION_BACKWARD * op.flops,
+                                    [*ins, Access(outs[0], outs[0].bytes), *dy_reads],
+                                    [Access(d, d.bytes) for d in d_ins], op.shape, kernel="attention"))
+                for a, d in zip(acts, d_ins):
+                    give(a.tensor, d)
+                continue
+            if op.op_class == "attention":  # Y = A B: dA = dY Bᵀ, dB = Aᵀ dY
+                for mine, other in ((acts[0], acts[1]), (acts[1], acts[0])):
+                    d = self.grad_act(mine.tensor)
+                    out.append(self._op(f"{op.kind}_d{mine.tensor.name}", "attention", op.flops,
+                                        [*dy_reads, saved(other)], [Access(d, d.bytes)], op.shape))
+                    give(mine.tensor, d)
+                continue
+            # a vector op: its gradient from what it saved (softmax: its output) and dY
+            needs = [Access(outs[0], op.writes[0].bytes)] if op.kind == "softmax" else acts
+            d_ins = [self.grad_act(a.tensor) for a in acts]
+            reads, writes = [saved(a) for a in needs] + dy_reads, [Access(d, d.bytes) for d in d_ins]
+            for w in weights:
+                if op.kernel == "gather":  # the lookup's rows of each table
+                    extra, gw = weight_grad(w.tensor, w.bytes)
+                    reads, writes = reads + extra, writes + gw
+                    continue
+                extra, gw = weight_grad(w.tensor, w.bytes)
+                reads, writes = reads + [Access(w.tensor, w.bytes)] + extra, writes + gw
+            flops = VECTOR_BACKWARD * op.flops if op.kernel != "gather" else sum(a.bytes for a in weights) / self.b.wb
+            out.append(self._op(f"{op.kind}_bwd", op.op_class, flops, reads, writes, kernel=op.kernel, row=op.row))
+            for a, d in zip(acts, d_ins):
+                give(a.tensor, d)
+        return tuple(out)
+
+    def _update(self, weights: tuple[Tensor, ...]) -> Op:
+        reads, writes, params = [], [], 0.0
+        for w in weights:
+            g, s = self.grad_weight(w), self.state_of(w)
+            reads += [Access(w, w.bytes), Access(g, g.bytes)] + ([Access(s, s.bytes)] if s else [])
+            writes += [Access(w, w.bytes)] + ([Access(s, s.bytes)] if s else [])
+            params += w.elements
+        op = Op(name="update", kind="update", op_class="elementwise", engine="vector", phase="optimizer", step=0,
+                layer=0, dtype="fp32", flops=self.update_flops * params, reads=tuple(reads), writes=tuple(writes),
+                kernel="optimizer")
+        return self.b._interned_ops.setdefault(op, op)

@@ -1,0 +1,131 @@
+"""A training step: forward, backward, recomputation and the optimizer update, by hand and against the
+published counts (Megatron-LM's FLOPs per step, ZeRO's 16 bytes per parameter)."""
+
+import pytest
+
+from conftest import DATA, ROOT, cli, load
+from sim.graph import build_graph
+from sim.pipeline import run
+from sim.report import summarize
+
+TRAIN = {"scenario__phase": "train", "scenario__new_tokens": 0}
+
+
+def toy(**overrides):
+    """The 1-layer toy GPT (hidden 64, 4 heads, ffn 256 = 4h, vocab 128), 2 sequences of 8 tokens."""
+    return load(DATA / "toy-gpt.yaml", **TRAIN, **overrides)
+
+
+def matmul_flops(graph, phases) -> float:
+    """FLOPs of the matmul-like ops (GEMMs and attention's products) of `phases`, bias terms apart."""
+    return sum(op.flops - op.epilogue for op in graph.ops
+               if op.phase in phases and op.op_class in ("gemm", "gemv", "attention"))
+
+
+@pytest.mark.parametrize("layers,batch,seq", [(1, 2, 8), (3, 4, 32)])
+def test_step_flops_are_megatrons(layers, batch, seq):
+    """Narayanan et al. (2021), eq. 3: a GPT step's matmul FLOPs are 72 B s l h² (1 + s/6h + V/12lh)
+    without recomputation, and with full recomputation 96 B s l h² (1 + s/6h + V/16lh): the backward
+    pass does twice the forward's, and recomputation one more forward of the layers (not the logits)."""
+    over = {"model__layers": layers, "scenario__batch": batch, "scenario__prompt_tokens": seq}
+    wl, _ = toy(**over)
+    h, v, b, s, ll = 64, 128, batch, seq, layers
+    plain = build_graph(wl)
+    assert matmul_flops(plain, ("forward", "backward")) == pytest.approx(
+        72 * b * s * ll * h * h * (1 + s / (6 * h) + v / (12 * ll * h)), rel=1e-12)
+    assert matmul_flops(plain, ("backward",)) == pytest.approx(2 * matmul_flops(plain, ("forward",)), rel=1e-12)
+    wl, _ = toy(training__recompute="full", **over)
+    full = build_graph(wl)
+    assert matmul_flops(full, ("forward", "backward", "recompute")) == pytest.approx(
+        96 * b * s * ll * h * h * (1 + s / (6 * h) + v / (16 * ll * h)), rel=1e-12)
+
+
+def test_mixed_precision_adam_holds_16_bytes_per_parameter():
+    """Rajbhandari et al. (ZeRO, 2020): with mixed-precision Adam each parameter costs 2 bytes of fp16
+    weights, 2 of gradients and 12 of optimizer state (fp32 master copy, momentum, variance): 16.
+    SGD without a master copy keeps none; fp32 Adam without one keeps 8."""
+    wl, hw = toy(training__optimizer="adam")  # fp16 weights and activations
+    fp = run(wl, hw).placement.footprint
+    params = fp.weights / 2
+    assert fp.gradients == pytest.approx(2 * params) and fp.optimizer == pytest.approx(12 * params)
+    wl, hw = toy(training__optimizer="sgd", training__master_weights=False)
+    assert run(wl, hw).placement.footprint.optimizer == 0.0
+    wl, hw = toy(scenario__precision__weights="fp32", scenario__precision__activations="fp32",
+                 training__precision__optimizer_state="fp32", training__optimizer="adam",
+                 training__master_weights=False)
+    fp = run(wl, hw).placement.footprint
+    assert fp.gradients == pytest.approx(fp.weights) and fp.optimizer == pytest.approx(2 * fp.weights)
+
+
+def test_recomputation_trades_activation_memory_for_compute():
+    """GPT-2's layers (4 of them, a 4,096-token vocabulary so that the logits do not dominate; 512 tokens,
+    batch 2) on the A100: keeping everything for backward takes the most memory and the least time;
+    selective recomputation (attention's scores and softmax again) less of both; full recomputation (the
+    layer again from its input) the least memory and the most time. Recomputing shows in the hardware
+    FLOPs utilisation, not in the model's."""
+    base = {"model__layers": 4, "model__vocab": 4096, "scenario__batch": 2, "scenario__prompt_tokens": 512}
+    runs = {}
+    for mode in ("none", "selective", "full"):
+        wl, hw = load(ROOT / "workloads/gpt2-train.yaml", training__recompute=mode, **base)
+        result = run(wl, hw)
+        runs[mode] = (result.placement.footprint.activations, summarize(result))
+    (a0, s0), (a1, s1), (a2, s2) = runs["none"], runs["selective"], runs["full"]
+    assert a0 > a1 > a2 and a0 / a2 > 2
+    assert s0["step_s"] < s1["step_s"] < s2["step_s"]
+    assert s0["hfu"] == pytest.approx(s0["mfu"]) and s2["hfu"] > s2["mfu"]
+    assert s2["mfu"] == pytest.approx(s0["mfu"] * s0["step_s"] / s2["step_s"], rel=1e-9)  # same model FLOPs
+
+
+def test_activations_ramp_through_forward_and_fall_through_backward():
+    """The memory timeline peaks where forward ends and backward begins, and what the step holds all
+    through (weights, gradients, optimizer state) is there from the start."""
+    from sim.report.memory import memory_timeline
+
+    wl, hw = toy(model__layers=3, training__recompute="none")
+    result = run(wl, hw)
+    (track,) = [t for t in memory_timeline(result) if any("activation" in k for _, k in t["points"])]
+    t_peak = max(track["points"], key=lambda p: p[1].get("activation", 0.0))[0]
+    last_forward = max(r.start_s for r in result.ops if r.phase == "forward")
+    head_backward = max(r.end_s for r in result.ops if r.phase == "backward" and r.layer == 3)
+    assert last_forward - 1e-12 <= t_peak <= head_backward + 1e-12  # the loss, between the two passes
+    first = track["points"][0][1]
+    assert first.get("gradient") and first.get("optimizer_state") and first.get("weight")
+    assert track["points"][-1][1].get("activation", 0.0) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_gradient_accumulation_reads_and_adds_to_the_gradients():
+    """Two micro-batches of one sequence each do the FLOPs of one batch of two, and the second one's
+    weight-gradient GEMMs read the gradients the first wrote; the update runs once."""
+    wl1, hw = toy()
+    wl2, _ = toy(parallelism__microbatches=2)
+    g1, g2 = build_graph(wl1), build_graph(wl2)
+    assert matmul_flops(g1, ("forward", "backward")) == pytest.approx(matmul_flops(g2, ("forward", "backward")))
+    dws = [op for op in g2.ops if op.kind == "ffn_up_dw"]
+    assert len(dws) == 2 and not any(a.tensor.kind == "gradient" for a in dws[0].reads)
+    assert any(a.tensor.kind == "gradient" for a in dws[1].reads)
+    assert sum(op.kind == "update" for op in g2.ops) == sum(op.kind == "update" for op in g1.ops)
+    s = summarize(run(wl2, hw))
+    assert s["step_s"] > 0 and s["samples_per_s"] == pytest.approx(2 / s["step_s"])
+
+
+def test_a_step_that_does_not_fit_spills_its_optimizer_state_or_fails_in_one_line():
+    """Llama-2-7B's AdamW state (12 bytes per parameter, 75 GiB) does not fit an 80 GB A100 beside its
+    weights, gradients and activations: it lives in host memory, and the update streams it over PCIe.
+    Without host memory the step does not fit: one line naming the parts, exit 2."""
+    wl, hw = load(ROOT / "workloads/llama2-7b.yaml", **TRAIN, scenario__prompt_tokens=256, scenario__batch=1)
+    result = run(wl, hw)
+    assert result.placement.home["optimizer_state"] == "host"
+    update = [r for r in result.ops if r.kind == "update"]
+    assert update and all(r.bound == "memory:host" for r in update)
+    done = cli("run", "workloads/llama2-7b.yaml", "--set", "scenario.phase=train", "--set", "scenario.new_tokens=0",
+               "--set", "host.memory.capacity=1 GiB")
+    assert done.returncode == 2 and "optimizer state" in done.stderr and "does not fit" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_training_is_one_device_for_now_and_needs_a_decoder():
+    done = cli("run", "workloads/gpt2-train.yaml", "--hardware", "hardware_models/h200-sxm.yaml",
+               "--set", "parallelism.data=2")
+    assert done.returncode == 2 and "not built yet" in done.stderr
+    done = cli("run", "workloads/bert-base.yaml", "--set", "scenario.phase=train")
+    assert done.returncode == 2 and "cannot run phase 'train'" in done.stderr
