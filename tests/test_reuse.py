@@ -38,6 +38,9 @@ CASES = {
     "training step, accumulated, selective": (None, {"scenario__phase": "train", "scenario__new_tokens": 0,
                                                      "training__recompute": "selective",
                                                      "parallelism__microbatches": 2}),
+    "data-parallel training, buckets": (NODE, {"scenario__phase": "train", "scenario__new_tokens": 0,
+                                               "parallelism__data": 4, "scenario__batch": 8,
+                                               "training__bucket": "64 KiB", "parallelism__microbatches": 2}),
     "micro-batched pipeline, slow DRAM": (NODE, {"parallelism__pipeline": 2, "parallelism__microbatches": 2,
                                                  "scenario__batch": 8, "device__memory__dram__bandwidth": "1 GB/s"}),
 }

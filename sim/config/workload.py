@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from sim.config.types import DTYPE_BYTES, Count, Dtype, Spec
+from sim.config.types import DTYPE_BYTES, Bytes, Count, Dtype, Spec
 from sim.errors import KeyedError
 
 FAMILY_PHASES = {
@@ -97,6 +97,8 @@ class Training(Spec):
     master_weights: bool = Field(default=True, description="an fp32 copy of the weights in the optimizer state "
                                  "(mixed precision); the update writes it and the compute weights")
     precision: TrainingPrecision = Field(default_factory=TrainingPrecision)
+    bucket: Bytes = Field(default=25 * 2 ** 20, description="data parallel: gradients are all-reduced in buckets "
+                          "of at least this many bytes as backward produces them (PyTorch DDP's default: 25 MiB)")
     recompute: Literal["none", "selective", "full"] = Field(
         default="none", description="activations kept for backward: all (none); all but attention's softmax "
         "region, recomputed in backward (selective, Megatron); each layer's input only, the rest recomputed "
@@ -174,9 +176,9 @@ class Workload(Spec):
         if self.training is not None and self.scenario.phase != "train":
             raise KeyedError("training", f"training settings need scenario.phase: train (not {self.scenario.phase!r})")
         par, m = self.parallelism, self.model
-        if self.scenario.phase == "train" and par.devices > 1:
-            raise KeyedError("parallelism", "training over several devices (tensor, pipeline, data parallel, ZeRO) "
-                             "is not built yet: train on one device")
+        if self.scenario.phase == "train" and (par.tensor > 1 or par.pipeline > 1):
+            raise KeyedError("parallelism", "tensor- and pipeline-parallel training is not built yet: train on one "
+                             "device or data-parallel replicas")
         if m.heads % par.tensor or m.ffn % par.tensor:
             raise KeyedError("parallelism.tensor",
                              f"tensor ({par.tensor}) must divide heads ({m.heads}) and ffn ({m.ffn})")

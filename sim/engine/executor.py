@@ -93,16 +93,20 @@ class Template:
     issued: bool  # some collective is issued on the comm stream
     producers: tuple[tuple[int, ...], ...]  # per op: the earlier ops of the block whose output it reads
     last_issued: bool  # its last op is a collective issued on the comm stream
+    #: the order the compute stream walks the ops in: program order, but each issued op right after its
+    #: last producer (it is dispatched ahead of the device, and must not wait for ops it does not need)
+    order: tuple[int, ...] = ()
 
 
 class Issued:
     """An op issued on a comm stream (a collective) or the copy stream: its record's slot, and when it
     ended."""
 
-    __slots__ = ("done", "end", "arrived", "last", "slot", "index", "writes")
+    __slots__ = ("done", "end", "arrived", "last", "slot", "index", "writes", "prev")
 
-    def __init__(self, done, slot: list, index: int, writes: tuple) -> None:
+    def __init__(self, done, slot: list, index: int, writes: tuple, prev: Issued | None = None) -> None:
         self.done = done
+        self.prev = prev  # the op issued on the same stream before it
         self.end = 0.0
         self.arrived = 0.0  # when this device arrived at it (dispatched and launched)
         self.last = 0.0  # when its last participant arrived and its transfers began
@@ -126,6 +130,7 @@ class Executor:
         self.records: list = []  # BlockRecords, or (block, devices, start, record slots) to finish at the end
         self._rendezvous: dict[tuple, dict] = {}
         self._instant: dict[float, list] = {}  # collectives starting their transfers at this instant
+        self._mirror: dict[int, int] = {}  # device -> the device whose program stands for it
         self._arrivals: dict[tuple, int] = {}  # collective group -> programs that meet in its collectives
         self._exclusive: set[tuple] = set()  # groups whose links no other group uses
 
@@ -145,6 +150,8 @@ class Executor:
         uses (so their collectives cannot meet other traffic)."""
         links: dict[tuple, set[str]] = {}
         for s in programs:
+            for d in s.devices[1:]:  # a program run once for alike devices: their memories mirror its first's
+                self._mirror[d] = s.devices[0]
             for g in {c.group for c in s.collectives.values()}:
                 self._arrivals[g] = self._arrivals.get(g, 0) + 1
             for c in s.collectives.values():
@@ -203,8 +210,15 @@ class Executor:
             producers.append(tuple(sorted({writer[k] for a in op.reads if (k := _ident(a)) in writer})))
             for a in op.writes:
                 writer[_ident(a)] = i
+        order = list(range(len(ops)))
+        previous = -1  # issued ops keep their program order among themselves (each stream is a FIFO)
+        for j in (j for j in colls if not inline[j]):
+            order.remove(j)
+            after = max([*producers[j], previous])
+            order.insert(order.index(after) + 1 if after >= 0 else 0, j)
+            previous = j
         t = Template(tuple(inline), issued, tuple(producers),
-                     bool(ops) and ops[-1].collective is not None and not inline[-1])
+                     bool(ops) and ops[-1].collective is not None and not inline[-1], tuple(order))
         self._templates[key] = (plans, t)
         return t
 
@@ -276,7 +290,14 @@ class Executor:
                     continue
             records: list = [None] * len(plans)
             here: dict[int, Issued] = {}  # this block's ops issued on a comm or the copy stream
-            for i, p in enumerate(plans):
+            readies = None
+            if info.issued and not sync:  # the host dispatches in program order, ahead of the device
+                readies, t = [], host_free
+                for p in plans:
+                    t += p.overhead_s
+                    readies.append(t)
+            for i in info.order if readies is not None else range(len(plans)):
+                p = plans[i]
                 issue = p.stream != "compute" and not info.inline[i]
                 waits = ()
                 if reads_flowing or here:  # issued ops still writing what it reads
@@ -291,12 +312,15 @@ class Executor:
                     if tail is not None:
                         now = yield from self._wait(tail, now)
                 op_start = now
-                ready = (op_start if sync and op_start > host_free else host_free) + p.overhead_s
-                host_free = ready
+                if readies is not None:
+                    ready = readies[i]
+                else:
+                    ready = (op_start if sync and op_start > host_free else host_free) + p.overhead_s
+                    host_free = ready
                 if issue:  # its own stream waits for what it reads; the compute stream goes on
-                    issued = Issued(env.event(), records, i, self._writes(block, p.op))
-                    fed = max((records[j].end_s for j in info.producers[i] if records[j] is not None), default=0.0)
                     group = s.collectives[p.op.collective].group if p.op.collective is not None else "copy"
+                    issued = Issued(env.event(), records, i, self._writes(block, p.op), tails.get(group))
+                    fed = max((records[j].end_s for j in info.producers[i] if records[j] is not None), default=0.0)
                     env.process(self._issue(s, block, p, start, start + fed, ready, tails.get(group), issued,
                                             list(waits)))
                     tails[group] = here[i] = issued
@@ -338,6 +362,8 @@ class Executor:
                     records[i] = self._record(device, p, op_start - start, began - start, env.now - start, t,
                                               env.scheduled - first_event)
                 now = env.now
+            if readies is not None:
+                host_free = readies[-1]
             if info.issued:
                 self.records.append((block, s.devices, start, records))
                 continue
@@ -375,10 +401,15 @@ class Executor:
         Returns the stream's clock after it."""
         if not c.done.processed:
             yield c.done
-        if c.end > now:  # the part of the wait that its transfers took (not its dispatch, not late peers)
-            c.slot[c.index].exposed_s += c.end - max(now, c.last)
-            return c.end
-        return now
+        if c.end <= now:
+            return now
+        # the wait is exposed communication where the stream was transferring: this op's transfers and
+        # those of the ops queued before it that were still running when the wait began
+        x = c
+        while x is not None and x.end > now:
+            x.slot[x.index].exposed_s += x.end - max(now, x.last)
+            x = x.prev
+        return c.end
 
     @staticmethod
     def _writes(block: Block, op) -> tuple:
@@ -570,6 +601,11 @@ class Executor:
         memory_done = env.now
         if plan.level is not None:  # each device reads what it sends and writes what it receives, in one go
             latency = self.machine.levels[plan.level].latency
+            free = m.free_at
+            for d in plan.memory_bytes:  # a device run by another's program is as busy as that one
+                rep = self._mirror.get(d)
+                if rep is not None and free[(rep, plan.level)] > free[(d, plan.level)]:
+                    free[(d, plan.level)] = free[(rep, plan.level)]
             for d, nbytes in plan.memory_bytes.items():
                 use = rdv["mem"][d] = LevelUse()
                 memory_done = max(memory_done, m.move(d, plan.level, nbytes, use)[1] - latency)

@@ -82,8 +82,8 @@ COLLECTIVES = ("allreduce", "allgather", "reducescatter", "alltoall", "p2p")
 
 @dataclass(frozen=True, slots=True)
 class Collective:
-    """Communication an op stands for: a collective over the tensor-parallel group of its stage, or a
-    point-to-point send between pipeline stages."""
+    """Communication an op stands for: a collective over the tensor-parallel group of its stage or over
+    the data-parallel replicas (training's gradients), or a point-to-point send between pipeline stages."""
 
     kind: str  # one of COLLECTIVES
     #: the full buffer each participant holds (all-reduce, all-to-all), ends with (all-gather) or starts
@@ -91,6 +91,8 @@ class Collective:
     bytes: float
     src_stage: int = 0
     dst_stage: int = 0
+    #: who takes part: the stage's tensor-parallel ranks, or the data-parallel replicas of its rank
+    group: str = "tensor"
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from sim.config.types import DTYPE_BYTES
 from sim.config.workload import OPTIMIZERS
-from sim.graph.ops import Access, Block, Op, Tensor
+from sim.graph.ops import Access, Block, Collective, Op, Tensor
 
 if TYPE_CHECKING:
     from sim.graph.transformer import _Builder
@@ -61,6 +61,8 @@ class StepBuilder:
         self.master = tr.master_weights
         self.update_flops = OPTIMIZERS[tr.optimizer][1]
         self.recompute = tr.recompute
+        self.bucket = tr.bucket
+        self.globals: dict[Tensor, None] = {}  # global weights' gradients, all-reduced at the end of backward
         self.wrote: set[str] = set()  # global weights whose gradient the step has written (tied tables)
         self._made: dict[tuple, tuple] = {}
 
@@ -78,10 +80,13 @@ class StepBuilder:
         return Tensor(f"s_{w.name}", "optimizer_state", elements * self.sb, round(elements), w.scope, w.dl)
 
     # -- blocks -------------------------------------------------------------------------------------
-    def backward(self, fwd: list[Block], accumulate: bool) -> None:
+    def backward(self, fwd: list[Block], accumulate: bool, reduce: bool = False) -> None:
         """Append the backward blocks of one forward pass (`fwd`: its blocks, in order), each layer's
-        recompute block before it."""
+        recompute block before it; with `reduce` (the last micro-batch of a data-parallel step), all-reduce
+        the gradients in buckets as they are done (`_bucketed`)."""
         b = self.b
+        pending: list[tuple[Tensor, int]] = []  # gradients done but not yet all-reduced, with their layer
+        last = fwd[0] if fwd else None
         for blk in reversed(fwd):
             inner = 0 <= blk.layer < blk.last_layer
             mode = self.recompute if inner else "none"
@@ -91,12 +96,41 @@ class StepBuilder:
                 rename = self._renamed(blk.ops, mode)
                 again = tuple(self._again(op, rename) for op in blk.ops if ident(op.writes[0].tensor) in rename)
                 made = self._made[key] = (blk.ops, again, self._backward_ops(blk.ops, rename, accumulate))
-            for phase, ops in (("recompute", made[1]), ("backward", made[2])):
+            grads = self._bucketed(blk, made[2], pending, final=blk is last) if reduce else made[2]
+            for phase, ops in (("recompute", made[1]), ("backward", grads)):
                 if ops:
                     b.blocks.append(Block(phase, 0, blk.layer, blk.seq, ops, blk.last_layer, micro=blk.micro,
                                           microbatches=blk.microbatches))
             self.wrote |= {a.tensor.name for op in made[2] for a in op.writes
                            if a.tensor.kind == "gradient" and a.tensor.scope == "global"}
+
+    def _bucketed(self, blk: Block, ops: tuple[Op, ...], pending: list, final: bool) -> tuple[Op, ...]:
+        """The block's backward ops, followed by an all-reduce over the data-parallel replicas of the
+        gradients done so far once they fill a bucket (`training.bucket`), or at the end of backward.
+        A global weight's gradient (a tied embedding's) is only done at the end."""
+        done = {}
+        for op in ops:
+            for a in op.writes:
+                if a.tensor.kind == "gradient":
+                    done[a.tensor] = None
+        pending += [(t, blk.layer) for t in done if t.scope != "global"]
+        self.globals.update(dict.fromkeys(t for t in done if t.scope == "global"))
+        if final:
+            pending += [(t, blk.layer) for t in self.globals]
+            self.globals.clear()
+        nbytes = sum(t.bytes for t, _ in pending)
+        if not pending or (nbytes < self.bucket and not final):
+            return ops
+        accesses = tuple(Access(t.shifted(blk.layer - layer), t.bytes) for t, layer in pending)
+        pending.clear()
+        key = ("bucket", ops, accesses)
+        made = self._made.get(key)
+        if made is None:
+            op = Op(name="grad_allreduce", kind="grad_allreduce", op_class="collective", engine="link",
+                    phase="backward", step=0, layer=0, dtype=self.b.dtype, flops=0.0, reads=accesses, writes=accesses,
+                    collective=Collective("allreduce", nbytes, group="data"), kernel="allreduce")
+            made = self._made[key] = (None, (*ops, self.b._interned_ops.setdefault(op, op)))
+        return made[1]
 
     def optimizer(self, fwd: list[Block], seq: int) -> None:
         """Append one update block per forward block (global weights updated once, where first read)."""

@@ -233,7 +233,7 @@ def build_graph(workload: Workload) -> OpGraph:
             _forward(b, tokens=b.prompt, past=0, first=True)
             fwd = b.blocks[at:]
             first = first or fwd
-            steps.backward(fwd, accumulate=i > 0)
+            steps.backward(fwd, accumulate=i > 0, reduce=i == len(order) - 1 and par.data > 1)
             b.seq += 1
         steps.optimizer(first, b.seq)
         return OpGraph(b.blocks)

@@ -91,16 +91,27 @@ def map_devices(graph: OpGraph, workload: Workload, hw: Hardware, hw_file: str =
         # alike ranks share a stream unless pipeline sends pair them off (rank r to rank r of the next
         # stage): those transfers may end at different times on different routes
         ranks = [tuple(range(tp))] if collapse and pp == 1 else [(r,) for r in range(tp)]
+        # inference simulates one data-parallel replica (they are independent); training all of them, which
+        # meet in their gradients' collectives. Alike replicas share the program of their rank
+        replicas = par.data if workload.scenario.phase == "train" else 1
+        per = tp * pp
         for rs in ranks:
-            plans = {c: _collective(c, stage, rs, tp, hw, placement.home["activation"]) for c in colls}
-            streams.append(Program(stage, tuple(stage * tp + r for r in rs), planned, plans))
+            groups = [tuple(range(replicas))] if collapse else [(d,) for d in range(replicas)]
+            for ds in groups:
+                plans = {c: _collective(c, stage, rs, tp, hw, placement.home["activation"], replicas, per)
+                         for c in colls}
+                devices = tuple(d * per + stage * tp + r for d in ds for r in rs)
+                streams.append(Program(stage, devices, planned, plans))
     return streams, placements
 
 
 def _collective(coll: Collective, stage: int, ranks: tuple[int, ...], tp: int, hw: Hardware,
-                level: str) -> CollectivePlan:
-    """A stage's collective over its tensor-parallel group, or a pipeline send of rank r to rank r of
-    the next stage; its buffers live where activations do."""
+                level: str, replicas: int = 1, per: int = 1) -> CollectivePlan:
+    """A stage's collective over its tensor-parallel group or over the data-parallel replicas of its
+    (first) rank, or a pipeline send of rank r to rank r of the next stage; its buffers live where
+    activations do."""
+    if coll.group == "data":
+        return plan_collective(coll, tuple(d * per + stage * tp + ranks[0] for d in range(replicas)), hw, level)
     if coll.kind != "p2p":
         return plan_collective(coll, tuple(stage * tp + r for r in range(tp)), hw, level)
     (rank,) = ranks
