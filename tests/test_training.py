@@ -155,3 +155,27 @@ def test_data_parallel_gradients_are_all_reduced_in_buckets_under_backward():
     assert update >= max(r.end_s for r in reduces if r.device == 0) - 1e-15
     wl, _ = toy(model__layers=4, scenario__batch=8, parallelism__data=4)  # 25 MiB: one bucket at the end
     assert sum(r.kind == "grad_allreduce" for r in run(wl, node).ops if r.device == 0) == 1
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2])
+def test_zero_shards_state_and_gradients_and_moves_what_ddp_moves(stage):
+    """Rajbhandari et al. (2020), with Ψ parameters over d = 4 replicas, mixed-precision Adam (fp16 weights
+    and gradients, 12 bytes of state): per device 2Ψ + 2Ψ + 12Ψ (stage 0), 2Ψ + 2Ψ + 12Ψ/d (stage 1),
+    2Ψ + (2 + 12)Ψ/d (stage 2). Stage 0 all-reduces the gradients, 2(d-1)/d of them per device; stages 1
+    and 2 reduce-scatter them and all-gather the updated weights, (d-1)/d of each: the same volume."""
+    from sim.config import load_hardware
+
+    node = load_hardware(DATA / "toy-node.yaml")
+    wl, _ = toy(model__layers=2, scenario__batch=8, parallelism__data=4, training__optimizer="adam",
+                training__zero=stage)
+    result = run(wl, node)
+    fp, d = result.placement.footprint, 4
+    psi = fp.weights / 2
+    assert fp.gradients == pytest.approx(2 * psi / (d if stage >= 2 else 1))
+    assert fp.optimizer == pytest.approx(12 * psi / (d if stage >= 1 else 1))
+    sent = sum(sum(r.link_bytes.values()) for r in result.ops if r.device == 0 and r.op_class == "collective")
+    assert sent == pytest.approx(2 * (d - 1) / d * 2 * psi)
+    kinds = {r.kind for r in result.ops if r.op_class == "collective"}
+    assert kinds == ({"grad_allreduce"} if stage == 0 else {"grad_reducescatter", "param_allgather"})
+    update = [r for r in result.ops if r.kind == "update" and r.device == 0]
+    assert sum(r.flops for r in update) == pytest.approx(12 * psi / (d if stage else 1))

@@ -62,6 +62,12 @@ class StepBuilder:
         self.update_flops = OPTIMIZERS[tr.optimizer][1]
         self.recompute = tr.recompute
         self.bucket = tr.bucket
+        # ZeRO: each of the d replicas keeps 1/d of the optimizer state (stage 1) and of the gradients
+        # (stage 2), reduce-scatters the gradients, updates its shard and all-gathers the updated weights
+        d = b.data
+        self.zero = tr.zero if d > 1 else 0
+        self.state_share = 1 / d if self.zero >= 1 else 1.0
+        self.grad_share = 1 / d if self.zero >= 2 else 1.0
         self.globals: dict[Tensor, None] = {}  # global weights' gradients, all-reduced at the end of backward
         self.wrote: set[str] = set()  # global weights whose gradient the step has written (tied tables)
         self._made: dict[tuple, tuple] = {}
@@ -71,10 +77,12 @@ class StepBuilder:
         return Tensor(f"d_{t.name}", "activation", t.elements * self.ab, t.elements, t.scope, t.dl)
 
     def grad_weight(self, w: Tensor) -> Tensor:
-        return Tensor(f"g_{w.name}", "gradient", w.elements * self.gb, w.elements, w.scope, w.dl)
+        """A weight's gradient as the device holds it (its shard under ZeRO-2; the backward GEMMs still
+        write the whole of it, which the bucket's reduce-scatter then shrinks)."""
+        return Tensor(f"g_{w.name}", "gradient", w.elements * self.gb * self.grad_share, w.elements, w.scope, w.dl)
 
     def state_of(self, w: Tensor) -> Tensor | None:
-        elements = w.elements * self.state + (w.elements * 4 / self.sb if self.master else 0.0)
+        elements = (w.elements * self.state + (w.elements * 4 / self.sb if self.master else 0.0)) * self.state_share
         if not elements:
             return None
         return Tensor(f"s_{w.name}", "optimizer_state", elements * self.sb, round(elements), w.scope, w.dl)
@@ -118,17 +126,18 @@ class StepBuilder:
         if final:
             pending += [(t, blk.layer) for t in self.globals]
             self.globals.clear()
-        nbytes = sum(t.bytes for t, _ in pending)
+        nbytes = sum(t.elements * self.gb for t, _ in pending)  # whole gradients
         if not pending or (nbytes < self.bucket and not final):
             return ops
-        accesses = tuple(Access(t.shifted(blk.layer - layer), t.bytes) for t, layer in pending)
+        accesses = tuple(Access(t.shifted(blk.layer - layer), t.elements * self.gb) for t, layer in pending)
         pending.clear()
         key = ("bucket", ops, accesses)
         made = self._made.get(key)
         if made is None:
-            op = Op(name="grad_allreduce", kind="grad_allreduce", op_class="collective", engine="link",
+            kind = "reducescatter" if self.zero else "allreduce"  # ZeRO keeps the shard it updates
+            op = Op(name=f"grad_{kind}", kind=f"grad_{kind}", op_class="collective", engine="link",
                     phase="backward", step=0, layer=0, dtype=self.b.dtype, flops=0.0, reads=accesses, writes=accesses,
-                    collective=Collective("allreduce", nbytes, group="data"), kernel="allreduce")
+                    collective=Collective(kind, nbytes, group="data"), kernel=kind)
             made = self._made[key] = (None, (*ops, self.b._interned_ops.setdefault(op, op)))
         return made[1]
 
@@ -145,7 +154,7 @@ class StepBuilder:
             made = self._made.get(key)
             if made is None:
                 made = self._made[key] = (None, self._update(tuple(weights)))
-            b.blocks.append(Block("optimizer", 0, blk.layer, seq, (made[1],), blk.last_layer))
+            b.blocks.append(Block("optimizer", 0, blk.layer, seq, made[1], blk.last_layer))
 
     # -- ops ----------------------------------------------------------------------------------------
     def _op(self, kind: str, op_class: str, flops: float, reads, writes, shape=(), kernel: str = "",
@@ -210,7 +219,7 @@ class StepBuilder:
         def weight_grad(w: Tensor, nbytes: float) -> tuple[list[Access], list[Access]]:
             """The reads and writes of a weight's gradient: accumulated where already written."""
             g = self.grad_weight(w)
-            part = nbytes / w.bytes * g.bytes if w.bytes else 0.0
+            part = nbytes / w.bytes * w.elements * self.gb if w.bytes else 0.0  # the whole gradient
             again = accumulate or (w.scope == "global" and w.name in wrote)
             wrote.add(w.name)
             return ([Access(g, part)] if again else []), [Access(g, part)]
@@ -281,14 +290,26 @@ class StepBuilder:
                 give(a.tensor, d)
         return tuple(out)
 
-    def _update(self, weights: tuple[Tensor, ...]) -> Op:
+    def _update(self, weights: tuple[Tensor, ...]) -> tuple[Op, ...]:
+        """The block's update over its weights (under ZeRO its shard of them: 1/d of the parameters, their
+        reduced gradients and state), then, under ZeRO, the all-gather of the updated weights."""
+        share = self.state_share
         reads, writes, params = [], [], 0.0
         for w in weights:
             g, s = self.grad_weight(w), self.state_of(w)
-            reads += [Access(w, w.bytes), Access(g, g.bytes)] + ([Access(s, s.bytes)] if s else [])
-            writes += [Access(w, w.bytes)] + ([Access(s, s.bytes)] if s else [])
-            params += w.elements
+            reads += [Access(w, w.bytes * share), Access(g, w.elements * self.gb * share)]
+            reads += [Access(s, s.bytes)] if s else []
+            writes += [Access(w, w.bytes * share)] + ([Access(s, s.bytes)] if s else [])
+            params += w.elements * share
         op = Op(name="update", kind="update", op_class="elementwise", engine="vector", phase="optimizer", step=0,
                 layer=0, dtype="fp32", flops=self.update_flops * params, reads=tuple(reads), writes=tuple(writes),
                 kernel="optimizer")
-        return self.b._interned_ops.setdefault(op, op)
+        ops = [self.b._interned_ops.setdefault(op, op)]
+        if self.zero:
+            full = tuple(Access(w, w.bytes) for w in weights)
+            gather = Op(name="param_allgather", kind="param_allgather", op_class="collective", engine="link",
+                        phase="optimizer", step=0, layer=0, dtype="", flops=0.0, reads=full, writes=full,
+                        collective=Collective("allgather", sum(w.bytes for w in weights), group="data"),
+                        kernel="allgather")
+            ops.append(self.b._interned_ops.setdefault(gather, gather))
+        return tuple(ops)

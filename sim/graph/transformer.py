@@ -92,6 +92,7 @@ class _Builder:
         # one data-parallel replica is built; the others are identical and independent. Its batch is
         # split into micro-batches, each its own chain of forward passes with its own KV cache
         self.microbatches = par.microbatches
+        self.data = par.data
         self.batch = sc.batch // (par.data * par.microbatches)
         self.micro = 0
         # per tensor-parallel rank (Megatron): heads, FFN columns and vocabulary rows are split;
