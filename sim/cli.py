@@ -193,6 +193,37 @@ def sweep(sweep_file: Path, out: Path, workers: int | None, scheduler: str | Non
 
 
 @cli.command()
+@click.argument("workload", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--hardware", type=click.Path(dir_okay=False, path_type=Path),
+              help="Hardware YAML (default: the workload's `hardware:`).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a workload key.")
+@click.option("--by", type=click.Choice(["batch", "layers"]), default="batch", show_default=True,
+              help="Grow the global batch, or the model's layers at its batch.")
+def fit(workload: Path, hardware: Path | None, overrides: tuple[str, ...], by: str) -> None:
+    """The largest batch (or model) whose training step fits in device memory, per memory-saving strategy."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from sim.config import parse_overrides
+    from sim.config.units import fmt_bytes, fmt_time
+    from sim.sweep.fit import fit as search
+
+    fits = search(workload, hardware, parse_overrides(list(overrides)), by)
+    t = Table(title=f"What fits in device memory: the largest {'global batch' if by == 'batch' else 'layers'} "
+                    f"per strategy ({workload.name})")
+    for col in ("strategy", f"largest {by}", "weights", "gradients", "optimizer", "activations", "step"):
+        t.add_column(col, justify="left" if col == "strategy" else "right")
+    for f in fits:
+        if f.placement is None:
+            t.add_row(f.strategy, "does not fit", "", "", "", "", "")
+            continue
+        fp = f.placement.footprint
+        t.add_row(f.strategy, str(f.value), fmt_bytes(fp.weights), fmt_bytes(fp.gradients), fmt_bytes(fp.optimizer),
+                  fmt_bytes(fp.activations), fmt_time(f.step_s))
+    Console(highlight=False, width=160).print(t)
+
+
+@cli.command()
 @click.argument("table", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--heatmap", nargs=3, metavar="X Y Z", help="Z over axes X and Y (one panel per workload).")
 @click.option("--line", nargs=2, metavar="X Y", help="Y over axis X.")

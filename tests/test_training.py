@@ -179,3 +179,25 @@ def test_zero_shards_state_and_gradients_and_moves_what_ddp_moves(stage):
     assert kinds == ({"grad_allreduce"} if stage == 0 else {"grad_reducescatter", "param_allgather"})
     update = [r for r in result.ops if r.kind == "update" and r.device == 0]
     assert sum(r.flops for r in update) == pytest.approx(12 * psi / (d if stage else 1))
+
+
+def test_fit_finds_the_largest_batch_per_strategy():
+    """On the toy machine (1 GiB DRAM, no host memory): the answer fits and one more sequence does not;
+    recomputing more fits more; the table prints."""
+    from sim.config import load_hardware, load_workload
+    from sim.sweep.fit import fit, placement_of
+
+    path = DATA / "toy-train.yaml"
+    fits = {f.strategy: f for f in fit(path, None, [])}
+    assert set(fits) == {"none", "selective recompute", "full recompute"}  # ZeRO needs data parallelism
+    hw = load_hardware(DATA / "toy-hw.yaml")
+    for f in fits.values():
+        assert f.value > 0 and f.step_s > 0
+        bigger = load_workload(path, [("scenario.batch", f.value + 1),
+                                      ("training.recompute", f.workload.train.recompute)])[0]
+        assert placement_of(f.workload, hw, "toy") is not None and placement_of(bigger, hw, "toy") is None
+    assert fits["none"].value < fits["selective recompute"].value < fits["full recompute"].value
+    done = cli("fit", str(path))
+    assert done.returncode == 0 and "full recompute" in done.stdout
+    done = cli("fit", "workloads/gpt2.yaml")
+    assert done.returncode == 2 and "scenario.phase" in done.stderr

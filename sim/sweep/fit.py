@@ -1,0 +1,105 @@
+"""What fits: the largest batch (or number of layers) a training step keeps in device memory under each
+memory-saving strategy — the memory-wall study's Figure 4 question, on any hardware.
+
+Fitting needs no simulation: the graph's footprint and the placement decide it (every tensor kind in a
+device memory level; none spilled to host memory). Each answer is then simulated once for its step
+time. Candidates are searched by doubling, then bisection, so a search costs ~2 log2(answer) graphs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sim.config import load_hardware, load_workload
+from sim.config.hardware import HOST_LEVEL, Hardware
+from sim.config.workload import Workload
+from sim.errors import ConfigError
+from sim.graph import build_graph
+from sim.mapping.parallel import stage_blocks
+from sim.mapping.placement import Placement, place
+
+#: strategy -> training overrides
+STRATEGIES: dict[str, list[tuple[str, object]]] = {
+    "none": [("training.recompute", "none"), ("training.zero", 0)],
+    "selective recompute": [("training.recompute", "selective"), ("training.zero", 0)],
+    "full recompute": [("training.recompute", "full"), ("training.zero", 0)],
+    "ZeRO-1": [("training.recompute", "none"), ("training.zero", 1)],
+    "ZeRO-2": [("training.recompute", "none"), ("training.zero", 2)],
+    "ZeRO-2 + full recompute": [("training.recompute", "full"), ("training.zero", 2)],
+}
+LIMIT = 1 << 16  # the largest candidate tried
+
+
+@dataclass
+class Fit:
+    strategy: str
+    value: int  # the largest batch (or layers) that fits; 0: not even the smallest
+    placement: Placement | None
+    step_s: float | None
+    workload: Workload | None
+
+
+def placement_of(wl: Workload, hw: Hardware, hw_file: str) -> Placement | None:
+    """The fullest stage's placement, or None where something does not fit in device memory."""
+    graph = build_graph(wl)
+    try:
+        placements = [place(stage_blocks(graph, s, wl.parallelism.pipeline), hw, hw_file)
+                      for s in range(wl.parallelism.pipeline)]
+    except ConfigError:
+        return None
+    fullest = max(placements, key=lambda p: p.footprint.total)
+    return None if HOST_LEVEL in fullest.home.values() else fullest
+
+
+def largest(fits: Callable[[int], bool], start: int) -> int:
+    """The largest n >= start with fits(n) (fits is monotone), or start - 1 if none."""
+    if not fits(start):
+        return start - 1
+    lo, hi = start, start * 2
+    while hi <= LIMIT and fits(hi):
+        lo, hi = hi, hi * 2
+    hi = min(hi, LIMIT + 1)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+def fit(workload_path: Path, hardware: Path | None, overrides: list, by: str = "batch") -> list[Fit]:
+    from sim.pipeline import run
+    from sim.report import summarize
+
+    base, default_hw = load_workload(workload_path, overrides)
+    if base.scenario.phase != "train":
+        raise ConfigError("fit answers for training steps; use scenario.phase: train", str(workload_path),
+                          "scenario.phase")
+    hw_path = hardware or default_hw
+    hw = load_hardware(hw_path)
+    step = base.parallelism.data * base.parallelism.microbatches
+    out = []
+    for strategy, sets in STRATEGIES.items():
+        if "ZeRO" in strategy and base.parallelism.data == 1:
+            continue
+
+        def make(n: int, sets=sets) -> Workload:
+            key = ("scenario.batch", n * step) if by == "batch" else ("model.layers", n)
+            return load_workload(workload_path, [*overrides, *sets, key])[0]
+
+        def fits(n: int, make=make) -> bool:
+            try:
+                wl = make(n)
+            except ConfigError:
+                return False
+            return placement_of(wl, hw, str(hw_path)) is not None
+
+        n = largest(fits, 1)
+        if n < 1:
+            out.append(Fit(strategy, 0, None, None, None))
+            continue
+        wl = make(n)
+        result = run(wl, hw, str(hw_path), str(workload_path))
+        out.append(Fit(strategy, n * (step if by == "batch" else 1), result.placement,
+                       summarize(result, top=0)["step_s"], wl))
+    return out
