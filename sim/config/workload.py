@@ -10,7 +10,7 @@ from sim.config.types import DTYPE_BYTES, Bytes, Count, Dtype, Spec
 from sim.errors import KeyedError
 
 FAMILY_PHASES = {
-    "bert": ("encode",),
+    "bert": ("encode", "train"),
     "gpt": ("prefill", "decode", "generate", "train"),
     "llama": ("prefill", "decode", "generate", "train"),
 }

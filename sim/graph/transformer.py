@@ -363,8 +363,17 @@ def _layer(b: _Builder, x: Access, rows: int, tokens: int, past: int) -> Access:
 
 
 def _head(b: _Builder, x: Access, rows: int) -> None:
-    """BERT: tanh pooler on the [CLS] token. GPT/Llama: final norm, LM head on the last token only."""
+    """BERT: tanh pooler on the [CLS] token; in training the masked-LM head instead (dense, GELU, layer
+    norm, then the tied word embeddings over every position, as Hugging Face's BertForMaskedLM scores
+    them). GPT/Llama: final norm, LM head on the last token only (every token in training)."""
     m, h = b.m, b.m.hidden
+    if m.family == "bert" and b.training:
+        dense = b.linear("mlm_dense", x, h, "mlm_dense", rows, per_layer=False)
+        act = b.vector("mlm_act", m.activation, [out(dense)], rows * h, ACT_FLOPS[m.activation])
+        ln = out(b.norm("mlm_norm", out(act), "mlm_ln", per_layer=False))
+        logits = b.linear("mlm_decoder", ln, b.vocab, "wte", rows, bias=False, per_layer=False, layout="nk")
+        b.vector("loss", "cross_entropy", [out(logits)], rows, LOSS_FLOPS * b.vocab, op_class="softmax")
+        return
     if m.family == "bert":
         cls = Access(x.tensor, b.batch * h * b.ab)
         dense = b.linear("pooler", cls, h, "pooler", b.batch, per_layer=False)
