@@ -31,6 +31,7 @@ VARIANTS = [
                                "parallelism.microbatches": 2}),
     ("gpt2-train.yaml", None, {"parallelism.data": 8, "scenario.batch": 64}),
     ("bert-base.yaml", None, {"scenario.phase": "train", "scenario.batch": 32}),
+    ("gpt2-train.yaml", None, {"parallelism.data": 8, "scenario.batch": 64, "training.zero": 3}),
     ("gpt2-train.yaml", None, {"parallelism.data": 8, "scenario.batch": 64, "training.zero": 2}),
     ("llama2-7b.yaml", None, {"scenario.phase": "train", "scenario.new_tokens": 0, "scenario.prompt_tokens": 512,
                               "scenario.batch": 2, "training.optimizer": "adafactor"}),

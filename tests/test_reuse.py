@@ -43,6 +43,9 @@ CASES = {
                                                "training__bucket": "64 KiB", "parallelism__microbatches": 2}),
     "ZeRO-2 training": (NODE, {"scenario__phase": "train", "scenario__new_tokens": 0, "parallelism__data": 4,
                                "scenario__batch": 8, "training__zero": 2, "training__bucket": "64 KiB"}),
+    "ZeRO-3 training, full recompute": (NODE, {"scenario__phase": "train", "scenario__new_tokens": 0,
+                                               "parallelism__data": 4, "scenario__batch": 8, "training__zero": 3,
+                                               "training__recompute": "full"}),
     "micro-batched pipeline, slow DRAM": (NODE, {"parallelism__pipeline": 2, "parallelism__microbatches": 2,
                                                  "scenario__batch": 8, "device__memory__dram__bandwidth": "1 GB/s"}),
 }

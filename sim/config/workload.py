@@ -97,8 +97,8 @@ class Training(Spec):
     master_weights: bool = Field(default=True, description="an fp32 copy of the weights in the optimizer state "
                                  "(mixed precision); the update writes it and the compute weights")
     precision: TrainingPrecision = Field(default_factory=TrainingPrecision)
-    zero: int = Field(default=0, ge=0, le=2, strict=True, description="ZeRO stage over the data-parallel replicas: "
-                      "1 shards the optimizer state, 2 the gradients too (stage 3, the weights, is not built yet)")
+    zero: int = Field(default=0, ge=0, le=3, strict=True, description="ZeRO stage over the data-parallel replicas: "
+                      "1 shards the optimizer state, 2 the gradients too, 3 (FSDP) the weights too")
     bucket: Bytes = Field(default=25 * 2 ** 20, description="data parallel: gradients are all-reduced in buckets "
                           "of at least this many bytes as backward produces them (PyTorch DDP's default: 25 MiB)")
     recompute: Literal["none", "selective", "full"] = Field(

@@ -28,6 +28,7 @@ optimizer state and master copy, and writes the weight, the state and the master
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 from sim.config.types import DTYPE_BYTES
@@ -67,7 +68,7 @@ class StepBuilder:
         d = b.data
         self.zero = tr.zero if d > 1 else 0
         self.state_share = 1 / d if self.zero >= 1 else 1.0
-        self.grad_share = 1 / d if self.zero >= 2 else 1.0
+        self.grad_share = 1 / d if self.zero >= 2 else 1.0  # stage 3 shards the weights too (the builder's)
         self.globals: dict[Tensor, None] = {}  # global weights' gradients, all-reduced at the end of backward
         self.wrote: set[str] = set()  # global weights whose gradient the step has written (tied tables)
         self._made: dict[tuple, tuple] = {}
@@ -219,7 +220,7 @@ class StepBuilder:
         def weight_grad(w: Tensor, nbytes: float) -> tuple[list[Access], list[Access]]:
             """The reads and writes of a weight's gradient: accumulated where already written."""
             g = self.grad_weight(w)
-            part = nbytes / w.bytes * w.elements * self.gb if w.bytes else 0.0  # the whole gradient
+            part = nbytes / self.b.full(w) * w.elements * self.gb if w.elements else 0.0  # the whole gradient
             again = accumulate or (w.scope == "global" and w.name in wrote)
             wrote.add(w.name)
             return ([Access(g, part)] if again else []), [Access(g, part)]
@@ -297,19 +298,53 @@ class StepBuilder:
         reads, writes, params = [], [], 0.0
         for w in weights:
             g, s = self.grad_weight(w), self.state_of(w)
-            reads += [Access(w, w.bytes * share), Access(g, w.elements * self.gb * share)]
+            reads += [Access(w, self.b.full(w) * share), Access(g, w.elements * self.gb * share)]
             reads += [Access(s, s.bytes)] if s else []
-            writes += [Access(w, w.bytes * share)] + ([Access(s, s.bytes)] if s else [])
+            writes += [Access(w, self.b.full(w) * share)] + ([Access(s, s.bytes)] if s else [])
             params += w.elements * share
         op = Op(name="update", kind="update", op_class="elementwise", engine="vector", phase="optimizer", step=0,
                 layer=0, dtype="fp32", flops=self.update_flops * params, reads=tuple(reads), writes=tuple(writes),
                 kernel="optimizer")
         ops = [self.b._interned_ops.setdefault(op, op)]
-        if self.zero:
-            full = tuple(Access(w, w.bytes) for w in weights)
+        if self.zero in (1, 2):  # ZeRO-3 keeps its weights sharded: the next forward gathers them
+            full = tuple(Access(w, self.b.full(w)) for w in weights)
             gather = Op(name="param_allgather", kind="param_allgather", op_class="collective", engine="link",
                         phase="optimizer", step=0, layer=0, dtype="", flops=0.0, reads=full, writes=full,
-                        collective=Collective("allgather", sum(w.bytes for w in weights), group="data"),
+                        collective=Collective("allgather", sum(self.b.full(w) for w in weights), group="data"),
                         kernel="allgather")
             ops.append(self.b._interned_ops.setdefault(gather, gather))
         return tuple(ops)
+
+    def gather_weights(self, blocks: list[Block]) -> list[Block]:
+        """ZeRO-3: every forward, recompute and backward block that reads weights gets them all-gathered
+        over the replicas first, by an op at the start of the block before it in the same pass (issued on
+        the comm stream, so the gather overlaps that block: FSDP's prefetch), or at its own start when it
+        opens its pass. Gathered weights are dropped after use (FSDP's reshard after forward), so
+        backward gathers them again."""
+        out: list[Block] = []
+        ahead: list[list[Op]] = [[] for _ in blocks]
+        for j, blk in enumerate(blocks):
+            if blk.phase == "optimizer":
+                continue
+            weights = {a.tensor: None for op in blk.ops if op.collective is None for a in op.reads
+                       if a.tensor.kind == "weight"}
+            if not weights:
+                continue
+            prev = blocks[j - 1] if j else None
+            host = j - 1 if prev is not None and (prev.seq, prev.micro, prev.phase != "optimizer") == (
+                blk.seq, blk.micro, True) else j
+            shift = blk.layer - blocks[host].layer
+            full = tuple(Access(w.shifted(-shift), self.b.full(w)) for w in weights)
+            op = Op(name=f"param_allgather_{blk.label}", kind="param_allgather", op_class="collective",
+                    engine="link", phase=blk.phase, step=0, layer=0, dtype="", flops=0.0, reads=full, writes=full,
+                    collective=Collective("allgather", sum(a.bytes for a in full), group="data"), kernel="allgather")
+            ahead[host].append(self.b._interned_ops.setdefault(op, op))
+        joined: dict[tuple, tuple] = {}
+        for blk, gathers in zip(blocks, ahead):
+            if not gathers:
+                out.append(blk)
+                continue
+            key = (blk.ops, *gathers)
+            ops = joined.setdefault(key, (*gathers, *blk.ops))
+            out.append(dataclasses.replace(blk, ops=ops))
+        return out

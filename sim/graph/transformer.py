@@ -93,6 +93,9 @@ class _Builder:
         # split into micro-batches, each its own chain of forward passes with its own KV cache
         self.microbatches = par.microbatches
         self.data = par.data
+        # ZeRO-3 (FSDP): each data-parallel replica holds 1/d of every weight, gathered before use
+        zero3 = sc.phase == "train" and workload.train.zero == 3 and par.data > 1
+        self.weight_share = 1 / par.data if zero3 else 1.0
         self.batch = sc.batch // (par.data * par.microbatches)
         self.micro = 0
         # per tensor-parallel rank (Megatron): heads, FFN columns and vocabulary rows are split;
@@ -131,7 +134,13 @@ class _Builder:
 
     # -- tensors -------------------------------------------------------------------------------
     def weight(self, name: str, elements: int, per_layer: bool = True) -> Tensor:
-        return Tensor(name, "weight", elements * self.wb, elements, "layer" if per_layer else "global")
+        """A weight as the device holds it: whole, or its 1/d shard under ZeRO-3 (`full` reads all of it)."""
+        return Tensor(name, "weight", elements * self.wb * self.weight_share, elements,
+                      "layer" if per_layer else "global")
+
+    def full(self, w: Tensor) -> float:
+        """All bytes of a weight (what an op reads of it, gathered first where it is sharded)."""
+        return w.elements * self.wb
 
     def kv(self, which: str) -> Tensor:
         if self.training:
@@ -187,14 +196,14 @@ class _Builder:
         flops = 2 * m_rows * n * k + (m_rows * n if bias else 0)
         op_class = "gemv" if self.phase == "decode" else "gemm"
         writes = out_kv if out_kv is not None else [self.act(kind, m_rows * n)]
-        return self.op(kind, op_class, flops, [x, Access(w, w.bytes)], writes, (1, m_rows, n, k),
+        return self.op(kind, op_class, flops, [x, Access(w, self.full(w))], writes, (1, m_rows, n, k),
                        kernel="linear" if bias else "matmul", layout=layout, epilogue=m_rows * n if bias else 0)
 
     def vector(self, kind: str, kernel: str, inputs: list[Access], out_elements: int, flops_per: float,
                weights: list[Tensor] = (), op_class: str = "elementwise", out_name: str | None = None,
                row: int = 0) -> Op:
         out = self.act(out_name or kind, out_elements)
-        reads = list(inputs) + [Access(w, w.bytes) for w in weights]
+        reads = list(inputs) + [Access(w, self.full(w)) for w in weights]
         return self.op(kind, op_class, flops_per * out_elements, reads, [out], kernel=kernel, row=row)
 
     def norm(self, kind: str, x: Access, w_name: str, per_layer: bool = True, out_name: str | None = None) -> Op:
@@ -237,6 +246,8 @@ def build_graph(workload: Workload) -> OpGraph:
             steps.backward(fwd, accumulate=i > 0, reduce=i == len(order) - 1 and par.data > 1)
             b.seq += 1
         steps.optimizer(first, b.seq)
+        if b.weight_share < 1:
+            b.blocks = steps.gather_weights(b.blocks)
         return OpGraph(b.blocks)
     if phase in ("decode", "generate"):
         b.phase = "decode"

@@ -22,7 +22,7 @@ from sim.graph.transformer import OpGraph
 from sim.mapping.collectives import CollectivePlan, plan_collective
 from sim.mapping.placement import Placement, place
 from sim.mapping.plan import OpPlan, Planner
-from sim.mapping.prefetch import insert_copies, staged, wanted
+from sim.mapping.prefetch import gather_buffer, insert_copies, staged, wanted
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,9 @@ def map_devices(graph: OpGraph, workload: Workload, hw: Hardware, hw_file: str =
         planning = placement
         if prefetch:  # weights in host memory, copied ahead into a staging buffer and read from there
             planning, placement = staged(placement, blocks, hw_file)
+        if workload.scenario.phase == "train" and workload.train.zero == 3 and par.data > 1:
+            placement = gather_buffer(placement, blocks, hw_file)  # FSDP's gathered weights, read from there
+            planning = dataclasses.replace(placement, home={**placement.home, "weight": next(iter(placement.staged))})
         placements[stage] = placement
         planner = Planner(hw, planning, hw_file, memo=memo)
         planned = planner.plan_blocks(blocks)

@@ -46,6 +46,23 @@ def staged(placement: Placement, blocks: list[Block], hw_file: str) -> tuple[Pla
     return dataclasses.replace(actual, home={**placement.home, "weight": level}), actual
 
 
+def gather_buffer(placement: Placement, blocks: list[Block], hw_file: str) -> Placement:
+    """ZeRO-3: the placement with room for two blocks' gathered weights (the one in use and the one being
+    prefetched) beside the weights' shards, shown as a staging buffer."""
+    buffer = 2 * max((_weight_bytes(b.ops) for b in blocks), default=0.0)
+    levels = list(placement.capacity)  # innermost first: from the weights' shards outward
+    outward = levels[levels.index(placement.home["weight"]):]
+    level = next((n for n in outward if n != HOST_LEVEL and placement.capacity[n] - placement.used[n] >= buffer),
+                 None)
+    if level is None:
+        free = ", ".join(f"{n} {fmt_bytes(placement.capacity[n] - placement.used[n])} free" for n in outward)
+        raise ConfigError(f"ZeRO-3's gathered weights ({fmt_bytes(buffer)}: two layers' weights) do not fit "
+                          f"beside the shards ({free})", hw_file, "device.memory")
+    used = dict(placement.used)
+    used[level] += buffer
+    return dataclasses.replace(placement, used=used, staged={level: buffer})
+
+
 def insert_copies(planned: list[tuple[Block, tuple[OpPlan, ...]]], placement: Placement,
                   hw: Hardware) -> list[tuple[Block, tuple[OpPlan, ...]]]:
     """The stage's blocks with their prefetch copies in front (see the module docstring)."""

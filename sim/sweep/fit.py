@@ -28,6 +28,8 @@ STRATEGIES: dict[str, list[tuple[str, object]]] = {
     "ZeRO-1": [("training.recompute", "none"), ("training.zero", 1)],
     "ZeRO-2": [("training.recompute", "none"), ("training.zero", 2)],
     "ZeRO-2 + full recompute": [("training.recompute", "full"), ("training.zero", 2)],
+    "ZeRO-3": [("training.recompute", "none"), ("training.zero", 3)],
+    "ZeRO-3 + full recompute": [("training.recompute", "full"), ("training.zero", 3)],
 }
 LIMIT = 1 << 16  # the largest candidate tried
 
