@@ -19,6 +19,7 @@ from sim.errors import ConfigError
 from sim.graph import build_graph
 from sim.mapping.parallel import stage_blocks
 from sim.mapping.placement import Placement, place
+from sim.mapping.prefetch import gather_buffer
 
 #: strategy -> training overrides
 STRATEGIES: dict[str, list[tuple[str, object]]] = {
@@ -46,9 +47,13 @@ class Fit:
 def placement_of(wl: Workload, hw: Hardware, hw_file: str) -> Placement | None:
     """The fullest stage's placement, or None where something does not fit in device memory."""
     graph = build_graph(wl)
+    zero3 = wl.train.zero == 3 and wl.parallelism.data > 1
     try:
-        placements = [place(stage_blocks(graph, s, wl.parallelism.pipeline), hw, hw_file)
-                      for s in range(wl.parallelism.pipeline)]
+        placements = []
+        for s in range(wl.parallelism.pipeline):
+            blocks = stage_blocks(graph, s, wl.parallelism.pipeline)
+            p = place(blocks, hw, hw_file)
+            placements.append(gather_buffer(p, blocks, hw_file) if zero3 else p)
     except ConfigError:
         return None
     fullest = max(placements, key=lambda p: p.footprint.total)
