@@ -6,6 +6,8 @@ prints (and writes) the tables of docs/training.md, every figure simulated:
    the step fits in HBM (or what spills to host memory) and the step time.
 2. The same with activation recomputation none / selective / full: the activations kept, the step time
    and the cost of recomputing (the study's "up to ~5x less activation memory for ~20% more compute").
+3. Llama-2-7B and -70B data-parallel over the 8 A100s of a node with ZeRO 0-3: per-GPU memory, whether
+   it fits, the step time and the communication exposed and hidden per GPU.
 """
 
 from __future__ import annotations
@@ -103,6 +105,36 @@ def recompute_table() -> Table:
     return t
 
 
+ZERO_MODELS = {
+    "Llama-2-7B, 8 x 4096 tokens": ("workloads/llama2-7b.yaml", [
+        ("scenario.phase", "train"), ("scenario.new_tokens", 0), ("scenario.prompt_tokens", 4096),
+        ("scenario.batch", 8), ("parallelism.data", 8), ("training.recompute", "full")]),
+    "Llama-2-70B, 8 x 4096 tokens": ("workloads/llama2-70b-tp8.yaml", [
+        ("scenario.phase", "train"), ("scenario.new_tokens", 0), ("scenario.prompt_tokens", 4096),
+        ("scenario.batch", 8), ("parallelism.tensor", 1), ("parallelism.data", 8), ("training.recompute", "full")]),
+}
+
+
+def zero_table() -> Table:
+    t = Table(title="ZeRO over 8 A100-80GB (one node, NVLink), mixed-precision AdamW, full recomputation: per GPU")
+    for col in ("model", "ZeRO", "weights", "gradients", "optimizer", "activations", "fits in HBM", "step",
+                "comm exposed / hidden", "MFU"):
+        t.add_column(col, justify="left" if col in ("model", "ZeRO", "fits in HBM") else "right")
+    for name, (path, base) in ZERO_MODELS.items():
+        for stage in range(4):
+            s, err = simulate(path, base + RECIPES["mixed-precision AdamW"] + [("training.zero", stage)])
+            if s is None:
+                t.add_row(name, str(stage), "", "", "", "", f"does not fit: {err}", "", "", "")
+                continue
+            mem, n = s["memory"], s["devices"]
+            t.add_row(name, str(stage), *(f"{mem[k] / GIB:.2f} GiB" for k in
+                                          ("weights_bytes", "gradients_bytes", "optimizer_bytes", "activations_bytes")),
+                      fits(s), fmt_time(s["step_s"]),
+                      f"{fmt_time(s['comm_exposed_s'] / n)} / {fmt_time(s['comm_hidden_s'] / n)}",
+                      f"{100 * s['mfu']:.1f}%")
+    return t
+
+
 def markdown(table: Table) -> str:
     cols = [c.header for c in table.columns]
     rows = zip(*[list(c._cells) for c in table.columns])
@@ -115,7 +147,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--markdown", type=Path, help="also write the tables into this Markdown file's marked block")
     args = parser.parse_args()
-    tables = [memory_table(), recompute_table()]
+    tables = [memory_table(), recompute_table(), zero_table()]
     console = Console(width=170)
     for t in tables:
         console.print(t)
