@@ -19,6 +19,7 @@ PASSES: dict[str, tuple[bool, str]] = {
     "prefill": (False, "a decoder's forward pass over the prompt, filling the KV cache"),
     "decode": (True, "one generated token per sequence, reading the KV cache"),
     "forward": (False, "a training step's forward pass"),
+    "recompute": (False, "a training step's forward ops run again in backward (activation recomputation)"),
     "backward": (False, "a training step's backward pass (activation and weight gradients)"),
     "optimizer": (False, "a training step's optimizer update"),
 }
