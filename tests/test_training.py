@@ -72,7 +72,9 @@ def test_recomputation_trades_activation_memory_for_compute():
     (a0, s0), (a1, s1), (a2, s2) = runs["none"], runs["selective"], runs["full"]
     assert a0 > a1 > a2 and a0 / a2 > 2
     assert s0["step_s"] < s1["step_s"] < s2["step_s"]
-    assert s0["hfu"] == pytest.approx(s0["mfu"]) and s2["hfu"] > s2["mfu"]
+    # without recomputation the executed FLOPs are the model's (3x forward) but for the backward's gradient
+    # additions and the loss's cheaper backward
+    assert s0["hfu"] == pytest.approx(s0["mfu"], rel=1e-2) and s2["hfu"] > 1.2 * s2["mfu"]
     assert s2["mfu"] == pytest.approx(s0["mfu"] * s0["step_s"] / s2["step_s"], rel=1e-9)  # same model FLOPs
 
 
@@ -139,8 +141,9 @@ def test_bert_trains_its_masked_lm_head_over_every_position():
     kinds = [op.kind for op in g.ops if op.phase == "forward" and op.layer == 2]
     assert kinds == ["mlm_dense", "mlm_act", "mlm_norm", "mlm_decoder", "loss"]
     assert matmul_flops(g, ("backward",)) == pytest.approx(2 * matmul_flops(g, ("forward",)), rel=1e-12)
-    writers = [op.kind for op in g.ops if any(a.tensor.name == "g_wte" for a in op.writes)]
-    assert writers == ["mlm_decoder_dw", "embed_bwd"]
+    writers = [op for op in g.ops if any(a.tensor.name == "g_wte" for a in op.writes)]
+    assert [op.kind for op in writers] == ["mlm_decoder_dw", "embed_bwd"]
+    assert any(a.tensor.name == "g_wte" for a in writers[1].reads)  # the second adds to the first's
     s = summarize(run(wl, hw))
     assert s["step_s"] > 0 and 0 < s["mfu"] < 1
 
@@ -227,3 +230,38 @@ def test_fit_finds_the_largest_batch_per_strategy():
     assert done.returncode == 0 and "full recompute" in done.stdout
     done = cli("fit", "workloads/gpt2.yaml")
     assert done.returncode == 2 and "scenario.phase" in done.stderr
+
+
+def test_gradients_meeting_at_a_fork_are_added_into_the_tensor_the_block_below_reads():
+    """A pre-norm layer's input feeds its attention norm and its residual: both gradients are added into
+    the gradient of the input itself (the previous layer's output, dl = -1), which the layer below reads;
+    Llama's gated FFN reads the norm's output twice (gate and up): their two gradients are added too."""
+    wl, _ = load(ROOT / "workloads/llama2-7b.yaml", **TRAIN, model__layers=2, model__hidden=256, model__heads=4,
+                 model__kv_heads=4, model__ffn=512, model__vocab=512, scenario__prompt_tokens=16, scenario__batch=1)
+    g = build_graph(wl)
+    bwd = [op for op in g.ops if op.phase == "backward" and op.layer == 1]
+    (into,) = [op for op in bwd if op.kind == "hidden_grad_add"]
+    assert into.writes[0].tensor.name.endswith("d_hidden.L0")  # the gradient of layer 0's output
+    below = [op for op in g.ops if op.phase == "backward" and op.layer == 0]
+    reads_below = {a.tensor.name for op in below for a in op.reads}
+    assert into.writes[0].tensor.name in reads_below
+    (ffn,) = [op for op in bwd if op.kind.startswith("ffn_norm") and op.kind.endswith("_grad_add")]
+    assert len({a.tensor.name for a in ffn.reads}) == 2  # two different parts, not one tensor twice
+
+
+def test_zero_3_gathers_a_recomputed_layer_once_and_zero_2_reduces_every_micro_batch():
+    """FSDP gathers a checkpointed layer's weights once for its recomputation and its backward together;
+    ZeRO-2 keeps only its shard of the gradients, so it reduce-scatters after each micro-batch (DDP and
+    ZeRO-1 only after the last)."""
+    from sim.config import load_hardware
+
+    node = load_hardware(DATA / "toy-node.yaml")
+    wl, _ = toy(model__layers=2, scenario__batch=8, parallelism__data=4, training__zero=3,
+                training__recompute="full")
+    gathers = [r for r in run(wl, node).ops if r.device == 0 and r.kind == "param_allgather" and r.name.endswith("L0")]
+    assert len(gathers) == 2  # for its forward, and (issued in the backward block above it) for both others
+    for stage, per_micro in ((1, 1), (2, 2)):
+        wl, _ = toy(model__layers=2, scenario__batch=8, parallelism__data=4, parallelism__microbatches=2,
+                    training__zero=stage, training__bucket="1 B")
+        reduced = {r.micro for r in run(wl, node).ops if r.device == 0 and r.kind == "grad_reducescatter"}
+        assert len(reduced) == per_micro

@@ -110,7 +110,7 @@ class StepBuilder:
                 if ops:
                     b.blocks.append(Block(phase, 0, blk.layer, blk.seq, ops, blk.last_layer, micro=blk.micro,
                                           microbatches=blk.microbatches))
-            self.wrote |= {a.tensor.name for op in made[2] for a in op.writes
+            self.wrote |= {a.tensor.name.removeprefix("g_") for op in made[2] for a in op.writes
                            if a.tensor.kind == "gradient" and a.tensor.scope == "global"}
 
     def _bucketed(self, blk: Block, ops: tuple[Op, ...], pending: list, final: bool) -> tuple[Op, ...]:
@@ -207,15 +207,25 @@ class StepBuilder:
             return Access(rename.get(ident(a.tensor), a.tensor), a.bytes)
 
         def give(t: Tensor, g: Tensor) -> None:
-            """`g` (flowing) is the gradient of `t`: added to what `t` already has."""
+            """`g` (flowing) is (a part of) the gradient of `t`: where `t` already has one, the two are added
+            into `t`'s own gradient tensor (the one the block that produced `t` reads)."""
             have = grads.get(ident(t))
             if have is None:
                 grads[ident(t)] = g
                 return
-            n = t.elements
-            acc = self._op(f"{t.name}_grad_add", "elementwise", n, [Access(have, have.bytes), Access(g, g.bytes)],
-                           [Access(have, have.bytes)], kernel="add")
+            total = self.grad_act(t)
+            acc = self._op(f"{t.name}_grad_add", "elementwise", t.elements,
+                           [Access(have, have.bytes), Access(g, g.bytes)], [Access(total, total.bytes)], kernel="add")
             out.append(acc)
+            grads[ident(t)] = total
+
+        def part(t: Tensor, kind: str) -> Tensor:
+            """A tensor for the gradient of `t` that op `kind` produces: `t`'s own where it is the first,
+            a part of its own to be added in where `t` already has one (a tensor read by two ops)."""
+            d = self.grad_act(t)
+            if ident(t) not in grads:
+                return d
+            return Tensor(f"{d.name}@{kind}", d.kind, d.bytes, d.elements, d.scope, d.dl)
 
         def weight_grad(w: Tensor, nbytes: float) -> tuple[list[Access], list[Access]]:
             """The reads and writes of a weight's gradient: accumulated where already written."""
@@ -249,7 +259,7 @@ class StepBuilder:
             if op.op_class in ("gemm", "gemv") and len(op.shape) == 4 and len(op.reads) >= 2:
                 batch, m, n, k = op.shape
                 x, w = op.reads[0], op.reads[1]
-                dx = self.grad_act(x.tensor)
+                dx = part(x.tensor, op.kind)
                 out.append(self._op(f"{op.kind}_dx", "gemm", 2 * batch * m * n * k, [*dy_reads, Access(w.tensor,
                                     w.bytes)], [Access(dx, dx.bytes)], (batch, m, k, n),
                                     layout="nk" if op.weight_layout == "kn" else "kn"))
@@ -260,23 +270,23 @@ class StepBuilder:
                 continue
             if op.op_class == "attention" and op.kind == "attention":  # fused: one op recomputing the scores
                 ins = [saved(a) for a in acts]
-                d_ins = [self.grad_act(a.tensor) for a in acts]
+                d_ins = [part(a.tensor, op.kind) for a in acts]
                 out.append(self._op("attention_bwd", "attention", FUSED_ATTENTION_BACKWARD * op.flops,
-                                    [*ins, Access(outs[0], outs[0].bytes), *dy_reads],
+                                    [*ins, saved(Access(outs[0], outs[0].bytes)), *dy_reads],
                                     [Access(d, d.bytes) for d in d_ins], op.shape, kernel="attention"))
                 for a, d in zip(acts, d_ins):
                     give(a.tensor, d)
                 continue
             if op.op_class == "attention":  # Y = A B: dA = dY Bᵀ, dB = Aᵀ dY
                 for mine, other in ((acts[0], acts[1]), (acts[1], acts[0])):
-                    d = self.grad_act(mine.tensor)
+                    d = part(mine.tensor, op.kind)
                     out.append(self._op(f"{op.kind}_d{mine.tensor.name}", "attention", op.flops,
                                         [*dy_reads, saved(other)], [Access(d, d.bytes)], op.shape))
                     give(mine.tensor, d)
                 continue
             # a vector op: its gradient from what it saved (softmax: its output) and dY
             needs = [Access(outs[0], op.writes[0].bytes)] if op.kind == "softmax" else acts
-            d_ins = [self.grad_act(a.tensor) for a in acts]
+            d_ins = [part(a.tensor, op.kind) for a in acts]
             reads, writes = [saved(a) for a in needs] + dy_reads, [Access(d, d.bytes) for d in d_ins]
             for w in weights:
                 if op.kernel == "gather":  # the lookup's rows of each table
@@ -331,6 +341,9 @@ class StepBuilder:
             if not weights:
                 continue
             prev = blocks[j - 1] if j else None
+            if blk.phase == "backward" and prev is not None and prev.phase == "recompute" and \
+                    (prev.layer, prev.seq) == (blk.layer, blk.seq):
+                continue  # the weights gathered for its recompute serve its backward too (one FSDP unit)
             host = j - 1 if prev is not None and (prev.seq, prev.micro, prev.phase != "optimizer") == (
                 blk.seq, blk.micro, True) else j
             shift = blk.layer - blocks[host].layer

@@ -243,7 +243,10 @@ def build_graph(workload: Workload) -> OpGraph:
             _forward(b, tokens=b.prompt, past=0, first=True)
             fwd = b.blocks[at:]
             first = first or fwd
-            steps.backward(fwd, accumulate=i > 0, reduce=i == len(order) - 1 and par.data > 1)
+            # gradients are reduced over the replicas after the last micro-batch (DDP's no_sync before it);
+            # ZeRO-2 and -3 keep only their shard, so they reduce-scatter after every micro-batch
+            last = i == len(order) - 1
+            steps.backward(fwd, accumulate=i > 0, reduce=par.data > 1 and (last or steps.zero >= 2))
             b.seq += 1
         steps.optimizer(first, b.seq)
         if b.weight_share < 1:

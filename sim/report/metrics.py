@@ -56,12 +56,16 @@ def _training(f) -> bool:
     return f.ctx.get("workload", {}).get("phase") == "train"
 
 
-def _utilization(f, passes: tuple[str, ...]) -> float | None:
-    """FLOPs of `passes` per second of the step over the devices' matrix peak (training only)."""
+def _utilization(f, model: bool) -> float | None:
+    """FLOPs per second of the step over the devices' matrix peak (training only): the model's (three times
+    the forward pass: a backward counted at twice it, however a kernel recomputes), or the hardware's (every
+    FLOP executed but the update's)."""
     if not _training(f) or not f.total:
         return None
-    hw = f.ctx["hardware"]
-    return sum(f.pass_flops.get(p, 0.0) for p in passes) / (f.total * hw["peak_flops"] * f.devices)
+    flops = f.pass_flops
+    done = 3 * flops.get("forward", 0.0) if model else sum(flops.get(p, 0.0) for p in ("forward", "backward",
+                                                                                        "recompute"))
+    return done / (f.total * f.ctx["hardware"]["peak_flops"] * f.devices)
 
 
 def _train_row(label: str, text: Callable[[dict], str]) -> Callable[[dict, dict], tuple[str, str] | None]:
@@ -91,13 +95,14 @@ RUN: list[Metric] = [
     Metric("samples_per_s", "1/s", "training: sequences per second (batch / step)",
            lambda f: f.ctx["workload"]["batch"] / f.total if _training(f) and f.total else None,
            _train_row("samples/s", lambda s: f"{s['samples_per_s']:.1f}")),
-    Metric("mfu", "fraction", "training: model FLOPs utilisation, the forward and backward FLOPs (without "
-           "recomputation or the update) per second over the devices' matrix peak",
-           lambda f: _utilization(f, ("forward", "backward")),
+    Metric("mfu", "fraction", "training: model FLOPs utilisation, three times the forward pass's FLOPs (the "
+           "backward counted at twice the forward, without any recomputation) per second of the step over the "
+           "devices' matrix peak", lambda f: _utilization(f, model=True),
            _train_row("MFU / HFU (model / hardware FLOPs utilisation)",
                       lambda s: f"{_pct(s['mfu'])} / {_pct(s['hfu'])}"), sweep=True),
-    Metric("hfu", "fraction", "training: hardware FLOPs utilisation, as `mfu` with the recomputed forward ops",
-           lambda f: _utilization(f, ("forward", "backward", "recompute")), sweep=True),
+    Metric("hfu", "fraction", "training: hardware FLOPs utilisation, every FLOP of forward, backward and "
+           "recomputation as executed (FlashAttention's backward recomputes its scores) per second over the peak",
+           lambda f: _utilization(f, model=False), sweep=True),
     Metric("tokens_per_s", "1/s", "generate: batch × new_tokens / total; decode: batch × new_tokens / decode "
            "time; encode/prefill/train: batch × prompt_tokens / total", lambda f: f.tokens_s,
            lambda s, c: ("tokens/s (generated)" if s["tpot_s"] is not None else "tokens/s (processed)",

@@ -101,6 +101,7 @@ def fit(workload_path: Path, hardware: Path | None, overrides: list, by: str = "
                 return False
             return placement_of(wl, hw, str(hw_path)) is not None
 
+        make(1)  # a setting that is wrong at any size is an error, not "does not fit"
         n = largest(fits, 1)
         if n < 1:
             out.append(Fit(strategy, 0, None, None, None))
