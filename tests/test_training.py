@@ -125,9 +125,15 @@ def test_a_step_that_does_not_fit_spills_its_optimizer_state_or_fails_in_one_lin
     assert len(done.stderr.strip().splitlines()) == 1
 
 
-def test_tensor_and_pipeline_parallel_training_are_refused_in_one_line():
-    done = cli("run", "workloads/gpt2-train.yaml", "--set", "parallelism.tensor=2")
-    assert done.returncode == 2 and "not built yet" in done.stderr
+@pytest.mark.parametrize("setting,says", [
+    ("parallelism.tensor=2", "not built yet"),
+    ("training.zero=2", "parallelism.data > 1"),  # nothing to shard over
+    ("training.state_multiple=3", "second_order"),  # would do nothing
+    ("training.zero=4", "training.zero"),
+])
+def test_training_settings_that_cannot_apply_are_refused_in_one_line(setting, says):
+    done = cli("run", "workloads/gpt2-train.yaml", "--set", setting)
+    assert done.returncode == 2 and says in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
 
 

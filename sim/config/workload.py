@@ -106,6 +106,13 @@ class Training(Spec):
         "region, recomputed in backward (selective, Megatron); each layer's input only, the rest recomputed "
         "(full)")
 
+    @model_validator(mode="after")
+    def _meaningful(self) -> Training:
+        if "state_multiple" in self.model_fields_set and self.optimizer != "second_order":
+            raise KeyedError("state_multiple", f"state_multiple sizes the second_order optimizer's state; "
+                             f"{self.optimizer!r} has its own")
+        return self
+
     def state_elements(self) -> float:
         """Optimizer state elements per parameter (master weights apart)."""
         return self.state_multiple if self.optimizer == "second_order" else OPTIMIZERS[self.optimizer][0]
@@ -178,6 +185,8 @@ class Workload(Spec):
         if self.training is not None and self.scenario.phase != "train":
             raise KeyedError("training", f"training settings need scenario.phase: train (not {self.scenario.phase!r})")
         par, m = self.parallelism, self.model
+        if self.training is not None and self.training.zero and par.data == 1:
+            raise KeyedError("training.zero", "ZeRO shards over data-parallel replicas: set parallelism.data > 1")
         if self.scenario.phase == "train" and (par.tensor > 1 or par.pipeline > 1):
             raise KeyedError("parallelism", "tensor- and pipeline-parallel training is not built yet: train on one "
                              "device or data-parallel replicas")
