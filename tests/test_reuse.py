@@ -46,6 +46,9 @@ CASES = {
     "ZeRO-3 training, full recompute": (NODE, {"scenario__phase": "train", "scenario__new_tokens": 0,
                                                "parallelism__data": 4, "scenario__batch": 8, "training__zero": 3,
                                                "training__recompute": "full"}),
+    "tensor x data parallel training": (NODE, {"scenario__phase": "train", "scenario__new_tokens": 0,
+                                               "parallelism__tensor": 2, "parallelism__data": 2,
+                                               "scenario__batch": 4, "training__zero": 1}),
     "micro-batched pipeline, slow DRAM": (NODE, {"parallelism__pipeline": 2, "parallelism__microbatches": 2,
                                                  "scenario__batch": 8, "device__memory__dram__bandwidth": "1 GB/s"}),
 }

@@ -126,7 +126,7 @@ def test_a_step_that_does_not_fit_spills_its_optimizer_state_or_fails_in_one_lin
 
 
 @pytest.mark.parametrize("setting,says", [
-    ("parallelism.tensor=2", "not built yet"),
+    ("parallelism.pipeline=2", "not built yet"),
     ("training.zero=2", "parallelism.data > 1"),  # nothing to shard over
     ("training.state_multiple=3", "second_order"),  # would do nothing
     ("training.zero=4", "training.zero"),
@@ -271,3 +271,26 @@ def test_zero_3_gathers_a_recomputed_layer_once_and_zero_2_reduces_every_micro_b
                     training__zero=stage, training__bucket="1 B")
         reduced = {r.micro for r in run(wl, node).ops if r.device == 0 and r.kind == "grad_reducescatter"}
         assert len(reduced) == per_micro
+
+
+def test_tensor_parallel_training_all_reduces_four_times_per_layer():
+    """Megatron (Shoeybi et al., 2019): with the attention and MLP split over t ranks, a layer all-reduces its
+    b·s·h activations twice in forward (after the row-parallel projections) and twice in backward (the
+    input gradients of the column-parallel ones: QKV and the MLP's first GEMM, Llama's gate and up sharing
+    one); each rank computes 1/t of the GEMMs' FLOPs."""
+    from sim.config import load_hardware
+
+    node = load_hardware(DATA / "toy-node.yaml")
+    layers, b, s, h = 3, 2, 8, 64
+    wl, _ = toy(model__layers=layers, parallelism__tensor=2)
+    one, _ = toy(model__layers=layers)
+    result = run(wl, node)
+    inner = [r for r in result.ops if r.device == 0 and 0 <= r.layer < layers and r.op_class == "collective"]
+    assert sorted(r.kind for r in inner if r.layer == 1) == sorted(
+        ["attn_allreduce", "ffn_allreduce", "attn_norm_grad_allreduce", "ffn_norm_grad_allreduce"])
+    assert all(sum(r.link_bytes.values()) == pytest.approx(2 * 1 / 2 * b * s * h * 2) for r in inner)
+    split, whole = build_graph(wl), build_graph(one)
+    assert matmul_flops(split, ("forward", "backward")) == pytest.approx(
+        matmul_flops(whole, ("forward", "backward")) / 2, rel=1e-12)
+    s2 = summarize(result)
+    assert s2["comm_exposed_s"] > 0 and s2["devices"] == 2

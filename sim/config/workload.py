@@ -187,9 +187,9 @@ class Workload(Spec):
         par, m = self.parallelism, self.model
         if self.training is not None and self.training.zero and par.data == 1:
             raise KeyedError("training.zero", "ZeRO shards over data-parallel replicas: set parallelism.data > 1")
-        if self.scenario.phase == "train" and (par.tensor > 1 or par.pipeline > 1):
-            raise KeyedError("parallelism", "tensor- and pipeline-parallel training is not built yet: train on one "
-                             "device or data-parallel replicas")
+        if self.scenario.phase == "train" and par.pipeline > 1:
+            raise KeyedError("parallelism.pipeline", "pipeline-parallel training is not built yet: train on one "
+                             "device, tensor- or data-parallel ranks")
         if m.heads % par.tensor or m.ffn % par.tensor:
             raise KeyedError("parallelism.tensor",
                              f"tensor ({par.tensor}) must divide heads ({m.heads}) and ffn ({m.ffn})")

@@ -43,6 +43,10 @@ VECTOR_BACKWARD = 2.0
 FUSED_ATTENTION_BACKWARD = 2.5
 LOSS_FLOPS = 5  # softmax cross-entropy per logit, forward
 LOSS_BACKWARD_FLOPS = 2  # softmax minus one-hot, per logit
+#: Under tensor parallelism (Megatron), the GEMMs whose weight is split by columns (output features, heads,
+#: vocabulary) read an input every rank holds whole: the gradient each rank computes for that input is a
+#: partial sum, all-reduced over the ranks (the backward of Megatron's `f` operator), once per input.
+COLUMN_PARALLEL = frozenset({"qkv", "ffn_up", "ffn_gate", "lm_head", "mlm_decoder"})
 
 
 def ident(t: Tensor) -> tuple:
@@ -235,8 +239,46 @@ class StepBuilder:
             wrote.add(w.name)
             return ([Access(g, part)] if again else []), [Access(g, part)]
 
+        # tensor parallel: each input of column-parallel GEMMs is all-reduced once its last one has given
+        # its part (Llama's gate and up share the norm's output)
+        tp = self.b.tp
+        col_inputs: dict[tuple, int] = {}
+        if tp > 1:
+            for op in ops:
+                if op.kind in COLUMN_PARALLEL and op.op_class in ("gemm", "gemv"):
+                    k = ident(op.reads[0].tensor)
+                    col_inputs[k] = col_inputs.get(k, 0) + 1
+        col_parts: dict[tuple, list[Tensor]] = {}
+
+        def reduce_partial(x: Tensor, dx: Tensor) -> Tensor | None:
+            """A column-parallel GEMM's partial input gradient: None until the input's last such part, then
+            their sum all-reduced over the tensor-parallel ranks."""
+            parts = col_parts.setdefault(ident(x), [])
+            parts.append(dx)
+            if len(parts) < col_inputs[ident(x)]:
+                return None
+            total = parts[0]
+            if len(parts) > 1:
+                total = Tensor(f"d_{x.name}@tp", dx.kind, dx.bytes, dx.elements, dx.scope, dx.dl)
+                out.append(self._op(f"{x.name}_tp_add", "elementwise", x.elements * (len(parts) - 1),
+                                    [Access(t, t.bytes) for t in parts], [Access(total, total.bytes)], kernel="add"))
+            buf = Access(total, total.bytes)
+            reduce = Op(name=f"{x.name}_grad_allreduce", kind=f"{x.name}_grad_allreduce", op_class="collective",
+                        engine="link", phase="backward", step=0, layer=0, dtype=self.b.dtype, flops=0.0,
+                        reads=(buf,), writes=(buf,), collective=Collective("allreduce", total.bytes),
+                        kernel="allreduce")
+            out.append(self.b._interned_ops.setdefault(reduce, reduce))
+            return total
+
         for op in reversed(ops):
-            if op.collective is not None:
+            if op.collective is not None:  # its backward: the gradient passes to its input (all-reduce: the
+                # sum's gradient is every rank's; all-gather: each rank's slice of the whole's)
+                outs = [a.tensor for a in op.writes if a.tensor.kind == "activation"]
+                dys = [grads.pop(ident(t)) for t in outs if ident(t) in grads]
+                if dys:
+                    for a in op.reads:
+                        if a.tensor.kind == "activation":
+                            give(a.tensor, dys[0])
                 continue
             outs = [a.tensor for a in op.writes if a.tensor.kind == "activation"]
             if op.kind == "loss":  # the gradient starts here
@@ -266,6 +308,10 @@ class StepBuilder:
                 extra, writes = weight_grad(w.tensor, w.bytes)
                 out.append(self._op(f"{op.kind}_dw", "gemm", 2 * batch * m * n * k + op.epilogue,  # + the bias's
                                     [saved(x), *dy_reads, *extra], writes, (batch, k, n, m), epilogue=op.epilogue))
+                if ident(x.tensor) in col_inputs:
+                    dx = reduce_partial(x.tensor, dx)
+                    if dx is None:
+                        continue
                 give(x.tensor, dx)
                 continue
             if op.op_class == "attention" and op.kind == "attention":  # fused: one op recomputing the scores

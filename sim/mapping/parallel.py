@@ -93,13 +93,17 @@ def map_devices(graph: OpGraph, workload: Workload, hw: Hardware, hw_file: str =
         colls = {op.collective for blk in blocks for op in blk.ops if op.collective is not None}
         # alike ranks share a stream unless pipeline sends pair them off (rank r to rank r of the next
         # stage): those transfers may end at different times on different routes
-        ranks = [tuple(range(tp))] if collapse and pp == 1 else [(r,) for r in range(tp)]
         # inference simulates one data-parallel replica (they are independent); training all of them, which
-        # meet in their gradients' collectives. Alike replicas share the program of their rank
+        # meet in their gradients' collectives. Alike replicas share the program of their rank, and alike
+        # ranks one program unless each rank has data-parallel collectives of its own (on other links)
         replicas = par.data if workload.scenario.phase == "train" else 1
+        ranks = [tuple(range(tp))] if collapse and pp == 1 and replicas == 1 else [(r,) for r in range(tp)]
         per = tp * pp
         for rs in ranks:
-            groups = [tuple(range(replicas))] if collapse else [(d,) for d in range(replicas)]
+            # one program for all replicas only where its collectives are all theirs (data parallel alone):
+            # with tensor parallelism too, a replica's ranks meet other links than another replica's
+            together = collapse and tp == 1
+            groups = [tuple(range(replicas))] if together else [(d,) for d in range(replicas)]
             for ds in groups:
                 plans = {c: _collective(c, stage, rs, tp, hw, placement.home["activation"], replicas, per)
                          for c in colls}
