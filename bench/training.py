@@ -8,6 +8,8 @@ prints (and writes) the tables of docs/training.md, every figure simulated:
    and the cost of recomputing (the study's "up to ~5x less activation memory for ~20% more compute").
 3. Llama-2-7B and -70B data-parallel over the 8 A100s of a node with ZeRO 0-3: per-GPU memory, whether
    it fits, the step time and the communication exposed and hidden per GPU.
+4. The published training steps of sim/data/published.yaml (BERT-Large pretraining from NVIDIA's
+   DeepLearningExamples, GPT-2 from llm.c), predicted, with the median and worst error.
 """
 
 from __future__ import annotations
@@ -135,11 +137,35 @@ def zero_table() -> Table:
     return t
 
 
+def validation_table() -> Table:
+    """The published training steps (sim/data/published.yaml, `kind: train`), predicted."""
+    from sim.validate.published import measured_seconds, predict_row, published_rows
+
+    t = Table(title="Predicted vs published training steps (shipped A100 model)")
+    for col in ("source", "case", "predicted", "published", "error"):
+        t.add_column(col, justify="left" if col in ("source", "case") else "right")
+    errors = []
+    for row in published_rows():
+        if row["kind"] != "train":
+            continue
+        _, predicted = predict_row(row)
+        measured = measured_seconds(row)
+        errors.append(predicted / measured - 1)
+        t.add_row(row["group"], row["name"], fmt_time(predicted), fmt_time(measured),
+                  f"{100 * (predicted / measured - 1):+.1f}%")
+    errors = sorted(abs(e) for e in errors)
+    median = errors[len(errors) // 2] if len(errors) % 2 else sum(errors[len(errors) // 2 - 1:][:2]) / 2
+    t.caption = f"median |error| {100 * median:.1f}%, worst {100 * errors[-1]:.1f}% over {len(errors)} steps"
+    return t
+
+
 def markdown(table: Table) -> str:
     cols = [c.header for c in table.columns]
     rows = zip(*[list(c._cells) for c in table.columns])
     lines = [f"**{table.title}**", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
+    if table.caption:
+        lines += ["", str(table.caption)]
     return "\n".join(lines)
 
 
@@ -147,7 +173,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--markdown", type=Path, help="also write the tables into this Markdown file's marked block")
     args = parser.parse_args()
-    tables = [memory_table(), recompute_table(), zero_table()]
+    tables = [memory_table(), recompute_table(), zero_table(), validation_table()]
     console = Console(width=170)
     for t in tables:
         console.print(t)

@@ -79,16 +79,17 @@ def test_allreduce_prediction_matches_the_ring_formula():
 
 def test_published_rows_cite_sources_and_convert_to_seconds():
     rows = published_rows()
-    assert {r["kind"] for r in rows} == {"matmul", "allreduce", "generate"}
+    assert {r["kind"] for r in rows} == {"matmul", "allreduce", "generate", "train"}
     for row in rows:
         assert measured_seconds(row) > 0 and row["source"].count("http") >= 1
         assert (ROOT / "hardware_models" / f"{row['hardware']}.yaml").exists()
-        if row["kind"] == "generate":
+        if row["kind"] in ("generate", "train"):
             assert (ROOT / "workloads" / f"{row['workload']}.yaml").exists()
     # the published figure, converted: nccl-tests busbw = algbw x 2(p-1)/p; a GEMM's FLOP/s; tokens/s
     assert measured_seconds({"bytes": 2**20, "devices": 8, "busbw": "1.75 GB/s"}) == pytest.approx(2**20 / 1e9)
     assert measured_seconds({"m": 10, "n": 10, "k": 10, "rate": "2 kFLOP/s"}) == pytest.approx(1.0)
     assert measured_seconds({"tokens": 200, "tokens_per_s": 100}) == pytest.approx(2.0)
+    assert measured_seconds({"samples": 8192, "samples_per_s": 580}) == pytest.approx(8192 / 580)  # a step
 
 
 def test_gpu_measurements_memwall_took_are_all_predicted():

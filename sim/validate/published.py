@@ -52,6 +52,8 @@ def measured_seconds(row: dict) -> float:
         return row["bytes"] * 2 * (p - 1) / p / parse_quantity(row["busbw"], Dim.BANDWIDTH)
     if "tokens_per_s" in row:
         return row["tokens"] / float(row["tokens_per_s"])
+    if "samples_per_s" in row:  # a training step of `samples` sequences
+        return row["samples"] / float(row["samples_per_s"])
     if "tokens_per_s_per_gpu" in row:  # every GPU of the tensor-parallel group counted
         gpus = (row.get("set") or {}).get("parallelism.tensor", 1)
         return row["tokens"] / (float(row["tokens_per_s_per_gpu"]) * gpus)
