@@ -54,8 +54,8 @@ def measured_seconds(row: dict) -> float:
         return row["tokens"] / float(row["tokens_per_s"])
     if "samples_per_s" in row:  # a training step of `samples` sequences
         return row["samples"] / float(row["samples_per_s"])
-    if "tokens_per_s_per_gpu" in row:  # every GPU of the tensor-parallel group counted
-        gpus = (row.get("set") or {}).get("parallelism.tensor", 1)
+    if "tokens_per_s_per_gpu" in row:  # every GPU counted: `gpus`, or the tensor-parallel group
+        gpus = row.get("gpus") or (row.get("set") or {}).get("parallelism.tensor", 1)
         return row["tokens"] / (float(row["tokens_per_s_per_gpu"]) * gpus)
     raise ValueError(f"published row {row.get('name')!r} has no measured figure")
 
