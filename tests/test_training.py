@@ -130,6 +130,7 @@ def test_a_step_that_does_not_fit_spills_its_optimizer_state_or_fails_in_one_lin
     ("training.zero=2", "parallelism.data > 1"),  # nothing to shard over
     ("training.state_multiple=3", "second_order"),  # would do nothing
     ("training.zero=4", "training.zero"),
+    ("scenario.precision.weights=fp32", "master"),  # the workload asks for a master copy of fp32 weights
 ])
 def test_training_settings_that_cannot_apply_are_refused_in_one_line(setting, says):
     done = cli("run", "workloads/gpt2-train.yaml", "--set", setting)

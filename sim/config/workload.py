@@ -94,8 +94,9 @@ class Training(Spec):
     optimizer: Literal["sgd", "momentum", "adam", "adamw", "adafactor", "second_order"] = "adamw"
     state_multiple: float = Field(default=4.0, gt=0, description="second_order: optimizer state per parameter, in "
                                   "multiples of the parameter count (Shampoo-style: 3-4)")
-    master_weights: bool = Field(default=True, description="an fp32 copy of the weights in the optimizer state "
-                                 "(mixed precision); the update writes it and the compute weights")
+    master_weights: bool | None = Field(default=None, description="an fp32 copy of the weights in the optimizer "
+                                        "state (mixed precision); the update writes it and the compute weights. "
+                                        "Default: where the weights are narrower than fp32")
     precision: TrainingPrecision = Field(default_factory=TrainingPrecision)
     zero: int = Field(default=0, ge=0, le=3, strict=True, description="ZeRO stage over the data-parallel replicas: "
                       "1 shards the optimizer state, 2 the gradients too, 3 (FSDP) the weights too")
@@ -185,6 +186,10 @@ class Workload(Spec):
         if self.training is not None and self.scenario.phase != "train":
             raise KeyedError("training", f"training settings need scenario.phase: train (not {self.scenario.phase!r})")
         par, m = self.parallelism, self.model
+        tr = self.training
+        if tr is not None and tr.master_weights and DTYPE_BYTES[self.scenario.precision.weights] >= 4:
+            raise KeyedError("training.master_weights", "the weights are fp32 already: an fp32 master copy would "
+                             "only add 4 bytes per parameter")
         if self.training is not None and self.training.zero and par.data == 1:
             raise KeyedError("training.zero", "ZeRO shards over data-parallel replicas: set parallelism.data > 1")
         if self.scenario.phase == "train" and par.pipeline > 1:

@@ -63,7 +63,8 @@ class StepBuilder:
         self.gb = DTYPE_BYTES[tr.precision.gradients or b.dtype]
         self.sb = DTYPE_BYTES[tr.precision.optimizer_state]
         self.state = tr.state_elements()
-        self.master = tr.master_weights
+        master = tr.master_weights
+        self.master = DTYPE_BYTES[b.scenario_weights] < 4 if master is None else master
         self.update_flops = OPTIMIZERS[tr.optimizer][1]
         self.recompute = tr.recompute
         self.bucket = tr.bucket

@@ -109,6 +109,7 @@ class _Builder:
         self.fused_attention = sc.attention == "fused"
         self.max_context = sc.prompt_tokens + sc.new_tokens
         self.wb = sc.precision.weight_bytes()
+        self.scenario_weights = sc.precision.weights
         self.ab = DTYPE_BYTES[sc.precision.activations]
         # a training step keeps no KV cache: K and V are activations of its forward pass
         self.training = sc.phase == "train"
