@@ -32,6 +32,7 @@ VARIANTS = [
     ("gpt2-train.yaml", None, {"parallelism.data": 8, "scenario.batch": 64}),
     ("bert-base.yaml", None, {"scenario.phase": "train", "scenario.batch": 32}),
     ("gpt2-train.yaml", None, {"parallelism.data": 8, "scenario.batch": 64, "training.zero": 3}),
+    ("gpt2-train.yaml", None, {"parallelism.pipeline": 4, "parallelism.microbatches": 8, "scenario.batch": 16}),
     ("llama2-7b.yaml", None, {"scenario.phase": "train", "scenario.new_tokens": 0, "scenario.prompt_tokens": 2048,
                               "scenario.batch": 8, "parallelism.tensor": 4, "parallelism.data": 2,
                               "training.recompute": "selective", "training.zero": 1}),

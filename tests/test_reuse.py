@@ -49,6 +49,9 @@ CASES = {
     "tensor x data parallel training": (NODE, {"scenario__phase": "train", "scenario__new_tokens": 0,
                                                "parallelism__tensor": 2, "parallelism__data": 2,
                                                "scenario__batch": 4, "training__zero": 1}),
+    "pipeline-parallel training, 1F1B": (NODE, {"scenario__phase": "train", "scenario__new_tokens": 0,
+                                                "parallelism__pipeline": 2, "parallelism__microbatches": 4,
+                                                "scenario__batch": 4, "training__recompute": "full"}),
     "micro-batched pipeline, slow DRAM": (NODE, {"parallelism__pipeline": 2, "parallelism__microbatches": 2,
                                                  "scenario__batch": 8, "device__memory__dram__bandwidth": "1 GB/s"}),
 }

@@ -126,7 +126,6 @@ def test_a_step_that_does_not_fit_spills_its_optimizer_state_or_fails_in_one_lin
 
 
 @pytest.mark.parametrize("setting,says", [
-    ("parallelism.pipeline=2", "not built yet"),
     ("training.zero=2", "parallelism.data > 1"),  # nothing to shard over
     ("training.state_multiple=3", "second_order"),  # would do nothing
     ("training.zero=4", "training.zero"),
@@ -295,3 +294,35 @@ def test_tensor_parallel_training_all_reduces_four_times_per_layer():
         matmul_flops(whole, ("forward", "backward")) / 2, rel=1e-12)
     s2 = summarize(result)
     assert s2["comm_exposed_s"] > 0 and s2["devices"] == 2
+
+
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+def test_pipeline_parallel_training_runs_its_schedule_and_fills_with_micro_batches(schedule):
+    """Four stages of two toy layers each (a small vocabulary, so that the embedding and head barely weigh)
+    over free links: each stage runs its micro-batches' forward and backward passes in its schedule's
+    order, activations go forward and their gradients back between stages, and the bubble falls with
+    the micro-batches towards (p - 1) / (m + p - 1)."""
+    from sim.config import load_hardware
+    from sim.graph.schedule import stage_order
+
+    hw = load_hardware(DATA / "toy-node.yaml", [("interconnect.link.bandwidth", "1 PB/s"),
+                                                ("interconnect.link.latency", "0 us")])
+    bubbles = []
+    for m in (1, 4, 8):
+        wl, _ = toy(model__layers=8, model__vocab=16, scenario__batch=8, parallelism__pipeline=4,
+                    parallelism__microbatches=m, parallelism__schedule=schedule)
+        result = run(wl, hw)
+        s = summarize(result)
+        bubbles.append(s["bubble_fraction"])
+        assert s["bubble_fraction"] == pytest.approx(3 / (m + 3), rel=0.25)
+        for stage in range(4):  # rank 0 of each stage is device `stage`
+            passes = []
+            for r in sorted((r for r in result.ops if r.device == stage and r.phase in ("forward", "backward")
+                             and r.op_class != "collective"), key=lambda r: r.start_s):
+                step = (r.micro, "F" if r.phase == "forward" else "B")
+                if not passes or passes[-1] != step:
+                    passes.append(step)
+            assert passes == stage_order(stage, 4, m, schedule)
+        sends = {r.kind for r in result.ops if r.op_class == "collective"}
+        assert {"send", "send_grad"} <= sends
+    assert bubbles[0] > bubbles[1] > bubbles[2]

@@ -192,9 +192,6 @@ class Workload(Spec):
                              "only add 4 bytes per parameter")
         if self.training is not None and self.training.zero and par.data == 1:
             raise KeyedError("training.zero", "ZeRO shards over data-parallel replicas: set parallelism.data > 1")
-        if self.scenario.phase == "train" and par.pipeline > 1:
-            raise KeyedError("parallelism.pipeline", "pipeline-parallel training is not built yet: train on one "
-                             "device, tensor- or data-parallel ranks")
         if m.heads % par.tensor or m.ffn % par.tensor:
             raise KeyedError("parallelism.tensor",
                              f"tensor ({par.tensor}) must divide heads ({m.heads}) and ffn ({m.ffn})")

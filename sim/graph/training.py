@@ -76,6 +76,7 @@ class StepBuilder:
         self.grad_share = 1 / d if self.zero >= 2 else 1.0  # stage 3 shards the weights too (the builder's)
         self.globals: dict[Tensor, None] = {}  # global weights' gradients, all-reduced at the end of backward
         self.wrote: set[str] = set()  # global weights whose gradient the step has written (tied tables)
+        self._stage = 0  # the pipeline stage of the ops being made
         self._made: dict[tuple, tuple] = {}
 
     # -- tensors ------------------------------------------------------------------------------------
@@ -110,6 +111,7 @@ class StepBuilder:
                 rename = self._renamed(blk.ops, mode)
                 again = tuple(self._again(op, rename) for op in blk.ops if ident(op.writes[0].tensor) in rename)
                 made = self._made[key] = (blk.ops, again, self._backward_ops(blk.ops, rename, accumulate))
+            self._stage = _own_stage(blk)
             grads = self._bucketed(blk, made[2], pending, final=blk is last) if reduce else made[2]
             for phase, ops in (("recompute", made[1]), ("backward", grads)):
                 if ops:
@@ -143,7 +145,7 @@ class StepBuilder:
             kind = "reducescatter" if self.zero else "allreduce"  # ZeRO keeps the shard it updates
             op = Op(name=f"grad_{kind}", kind=f"grad_{kind}", op_class="collective", engine="link",
                     phase="backward", step=0, layer=0, dtype=self.b.dtype, flops=0.0, reads=accesses, writes=accesses,
-                    collective=Collective(kind, nbytes, group="data"), kernel=kind)
+                    collective=Collective(kind, nbytes, group="data"), kernel=kind, stage=self._stage)
             made = self._made[key] = (None, (*ops, self.b._interned_ops.setdefault(op, op)))
         return made[1]
 
@@ -156,7 +158,8 @@ class StepBuilder:
             done |= {w.name for w in weights if w.scope == "global"}
             if not weights:
                 continue
-            key = ("update", tuple(weights))
+            self._stage = _own_stage(blk)
+            key = ("update", tuple(weights), self._stage)
             made = self._made.get(key)
             if made is None:
                 made = self._made[key] = (None, self._update(tuple(weights)))
@@ -168,8 +171,8 @@ class StepBuilder:
         matrix = op_class in ("gemm", "gemv", "attention")
         op = Op(name=kind, kind=kind, op_class=op_class, engine="matrix" if matrix else "vector", phase="backward",
                 step=0, layer=0, dtype=self.b.dtype, flops=float(flops), reads=tuple(reads), writes=tuple(writes),
-                shape=tuple(shape), kernel=kernel or ("matmul" if matrix else kind), weight_layout=layout, row=row,
-                epilogue=float(epilogue))
+                shape=tuple(shape), stage=self._stage, kernel=kernel or ("matmul" if matrix else kind),
+                weight_layout=layout, row=row, epilogue=float(epilogue))
         return self.b._interned_ops.setdefault(op, op)
 
     def _renamed(self, ops: tuple[Op, ...], mode: str) -> dict[tuple, Tensor]:
@@ -190,7 +193,7 @@ class StepBuilder:
             return tuple(Access(rename.get(ident(a.tensor), a.tensor), a.bytes) for a in accesses)
         again = Op(name=op.name, kind=op.kind, op_class=op.op_class, engine=op.engine, phase="recompute", step=0,
                    layer=0, dtype=op.dtype, flops=op.flops, reads=swap(op.reads), writes=swap(op.writes),
-                   shape=op.shape, kernel=op.kernel, weight_layout=op.weight_layout, row=op.row,
+                   shape=op.shape, stage=op.stage, kernel=op.kernel, weight_layout=op.weight_layout, row=op.row,
                    epilogue=op.epilogue)
         return self.b._interned_ops.setdefault(again, again)
 
@@ -267,15 +270,26 @@ class StepBuilder:
             reduce = Op(name=f"{x.name}_grad_allreduce", kind=f"{x.name}_grad_allreduce", op_class="collective",
                         engine="link", phase="backward", step=0, layer=0, dtype=self.b.dtype, flops=0.0,
                         reads=(buf,), writes=(buf,), collective=Collective("allreduce", total.bytes),
-                        kernel="allreduce")
+                        kernel="allreduce", stage=self._stage)
             out.append(self.b._interned_ops.setdefault(reduce, reduce))
             return total
 
         for op in reversed(ops):
+            self._stage = op.stage
             if op.collective is not None:  # its backward: the gradient passes to its input (all-reduce: the
-                # sum's gradient is every rank's; all-gather: each rank's slice of the whole's)
+                # sum's gradient is every rank's; all-gather: each rank's slice of the whole's; a pipeline
+                # send: the gradient goes back from the stage it was sent to)
                 outs = [a.tensor for a in op.writes if a.tensor.kind == "activation"]
                 dys = [grads.pop(ident(t)) for t in outs if ident(t) in grads]
+                if dys and op.collective.kind == "p2p":
+                    c = op.collective
+                    self._stage = c.dst_stage
+                    buf = Access(dys[0], dys[0].bytes)
+                    back = Op(name="send_grad", kind="send_grad", op_class="collective", engine="link",
+                              phase="backward", step=0, layer=0, dtype=self.b.dtype, flops=0.0, reads=(buf,),
+                              writes=(buf,), stage=c.dst_stage, kernel="p2p",
+                              collective=Collective("p2p", dys[0].bytes, c.dst_stage, c.src_stage))
+                    out.append(self.b._interned_ops.setdefault(back, back))
                 if dys:
                     for a in op.reads:
                         if a.tensor.kind == "activation":
@@ -361,14 +375,14 @@ class StepBuilder:
             params += w.elements * share
         op = Op(name="update", kind="update", op_class="elementwise", engine="vector", phase="optimizer", step=0,
                 layer=0, dtype="fp32", flops=self.update_flops * params, reads=tuple(reads), writes=tuple(writes),
-                kernel="optimizer")
+                kernel="optimizer", stage=self._stage)
         ops = [self.b._interned_ops.setdefault(op, op)]
         if self.zero in (1, 2):  # ZeRO-3 keeps its weights sharded: the next forward gathers them
             full = tuple(Access(w, self.b.full(w)) for w in weights)
             gather = Op(name="param_allgather", kind="param_allgather", op_class="collective", engine="link",
                         phase="optimizer", step=0, layer=0, dtype="", flops=0.0, reads=full, writes=full,
                         collective=Collective("allgather", sum(self.b.full(w) for w in weights), group="data"),
-                        kernel="allgather")
+                        kernel="allgather", stage=self._stage)
             ops.append(self.b._interned_ops.setdefault(gather, gather))
         return tuple(ops)
 
@@ -387,6 +401,7 @@ class StepBuilder:
                        if a.tensor.kind == "weight"}
             if not weights:
                 continue
+            self._stage = _own_stage(blk)
             prev = blocks[j - 1] if j else None
             if blk.phase == "backward" and prev is not None and prev.phase == "recompute" and \
                     (prev.layer, prev.seq) == (blk.layer, blk.seq):
@@ -397,7 +412,8 @@ class StepBuilder:
             full = tuple(Access(w.shifted(-shift), self.b.full(w)) for w in weights)
             op = Op(name=f"param_allgather_{blk.label}", kind="param_allgather", op_class="collective",
                     engine="link", phase=blk.phase, step=0, layer=0, dtype="", flops=0.0, reads=full, writes=full,
-                    collective=Collective("allgather", sum(a.bytes for a in full), group="data"), kernel="allgather")
+                    collective=Collective("allgather", sum(a.bytes for a in full), group="data"), kernel="allgather",
+                    stage=self._stage)
             ahead[host].append(self.b._interned_ops.setdefault(op, op))
         joined: dict[tuple, tuple] = {}
         for blk, gathers in zip(blocks, ahead):
@@ -408,3 +424,8 @@ class StepBuilder:
             ops = joined.setdefault(key, (*gathers, *blk.ops))
             out.append(dataclasses.replace(blk, ops=ops))
         return out
+
+
+def _own_stage(blk: Block) -> int:
+    """The pipeline stage a block's compute runs on (a block may open with a send from the stage before)."""
+    return max((op.stage for op in blk.ops if op.collective is None), default=0)

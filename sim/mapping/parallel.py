@@ -18,6 +18,7 @@ from sim.config.hardware import Hardware
 from sim.config.workload import Workload
 from sim.errors import ConfigError
 from sim.graph.ops import Block, Collective
+from sim.graph.schedule import stage_order
 from sim.graph.transformer import OpGraph
 from sim.mapping.collectives import CollectivePlan, plan_collective
 from sim.mapping.placement import Placement, place
@@ -37,9 +38,10 @@ class Program:
     collectives: dict[Collective, CollectivePlan]
 
 
-def stage_blocks(graph: OpGraph, stage: int, stages: int) -> list[Block]:
+def stage_blocks(graph: OpGraph, stage: int, stages: int, rank=None) -> list[Block]:
     """The blocks of one pipeline stage, each cut to the ops that stage runs (sends into it included).
-    Blocks that share ops keep sharing them after the cut."""
+    Blocks that share ops keep sharing them after the cut. `rank(block)`, where given, orders them first
+    (a training schedule's order of forward and backward passes), the graph's order within."""
     if stages == 1:
         return graph.blocks  # the whole graph (its footprint is then cached across runs)
     cut: dict[int, tuple] = {}
@@ -58,7 +60,7 @@ def stage_blocks(graph: OpGraph, stage: int, stages: int) -> list[Block]:
             # same micro-batch (the sampled token: the head of that micro-batch's last pass, not the head
             # of the pass that precedes the next one in the graph)
             at = latest[blk.micro] + 0.5 if known[2] and blk.micro in latest else float(i)
-            placed.append((at, dataclasses.replace(blk, ops=known[1])))
+            placed.append(((rank(blk), at) if rank is not None else at, dataclasses.replace(blk, ops=known[1])))
             latest[blk.micro] = i
     placed.sort(key=lambda x: x[0])
     return [b for _, b in placed]
@@ -76,7 +78,7 @@ def map_devices(graph: OpGraph, workload: Workload, hw: Hardware, hw_file: str =
     streams: list[Program] = []
     placements: dict[int, Placement] = {}
     for stage in range(pp):
-        blocks = stage_blocks(graph, stage, pp)
+        blocks = stage_blocks(graph, stage, pp, _schedule(workload, stage))
         placement = place(blocks, hw, hw_file)
         prefetch = wanted(placement, workload.scenario.offload_prefetch)
         planning = placement
@@ -123,3 +125,19 @@ def _collective(coll: Collective, stage: int, ranks: tuple[int, ...], tp: int, h
         return plan_collective(coll, tuple(stage * tp + r for r in range(tp)), hw, level)
     (rank,) = ranks
     return plan_collective(coll, (coll.src_stage * tp + rank, coll.dst_stage * tp + rank), hw, level)
+
+
+def _schedule(workload: Workload, stage: int):
+    """A training step's order of its micro-batches' forward and backward passes on `stage` (its schedule,
+    GPipe or 1F1B), the update last; None for inference (the graph's order)."""
+    par = workload.parallelism
+    if workload.scenario.phase != "train" or par.pipeline == 1:
+        return None
+    order = {step: i for i, step in enumerate(stage_order(stage, par.pipeline, par.microbatches, par.schedule))}
+    last = len(order)
+
+    def rank(blk: Block) -> int:
+        if blk.phase == "optimizer":
+            return last
+        return order[(blk.micro, "F" if blk.phase == "forward" else "B")]
+    return rank
