@@ -166,3 +166,57 @@ def test_machine_send_records_link_use(node):
     m.env.process(m.send(("0->1", "1->2"), 1 * MB, use))
     m.env.run()
     assert set(use) == {"0->1", "1->2"} and use["0->1"].bytes == 1 * MB
+
+
+def _two_nodes(**net):
+    """Two toy nodes of 2 devices behind a switch, each device with a 1 GB/s NIC."""
+    return load_hardware(NODE, [("devices", 2), ("nodes", 2), ("interconnect.topology", "switch"),
+                                ("network", {"link": {"bandwidth": net.get("bandwidth", "1 GB/s"),
+                                                      "latency": net.get("latency", "5 us")}})])
+
+
+def test_routes_stay_inside_a_node_and_cross_nodes_through_the_nics():
+    hw = _two_nodes()
+    assert route("switch", 2, 0, 1, 2) == ("0->switch0", "switch0->1")
+    assert route("switch", 2, 1, 2, 2) == ("1->net", "net->2")
+    assert route("ring", 8, 0, 4, 2) == ("0->1", "1->2", "2->3", "3->4")  # never a shortcut via the network
+    assert hw.total_devices == 4
+
+
+def test_allreduce_across_nodes_is_bound_by_the_nic():
+    """A 64 MB all-reduce over 2 x 2 devices: the ring would carry 2(p-1)/p x S = 96 MB through two
+    1 GB/s NICs; the binary tree (1->0, 2->0, 3->1) crosses nodes on two edges, each carrying S = 64 MB
+    once per direction, so the tree wins: 64 ms plus 2 log2(4) = 4 steps at the network's 5 us."""
+    plan = plan_collective(Collective("allreduce", 64 * MB), (0, 1, 2, 3), _two_nodes())
+    assert plan.kind == "allreduce/tree"
+    links = per_link(plan)
+    nics = {lnk: b for lnk, b in links.items() if "net" in lnk}
+    assert nics == {lnk: pytest.approx(64 * MB) for lnk in ("2->net", "net->0", "0->net", "net->2",
+                                                             "3->net", "net->1", "1->net", "net->3")}
+    assert plan.latency_s == pytest.approx(4 * 5e-6)
+    m = Machine(_two_nodes())
+    m.env.process(m.send(("1->net", "net->2"), 10 * MB, {}))
+    m.env.run()
+    assert m.env.now == pytest.approx(10e-3)  # 10 MB at the NIC's 1 GB/s
+
+
+def test_data_parallel_training_across_nodes_pays_for_the_network():
+    """Data-parallel training over 4 devices: gradients all-reduced over 2 nodes take longer than
+    inside one node, and less with a faster network; the forward and backward work is the same."""
+    wl, _ = load(DATA / "toy-gpt.yaml", parallelism__data=4, scenario__phase="train", scenario__new_tokens=0,
+                 scenario__batch=4)
+    one = summarize(run(wl, load_hardware(NODE, [("interconnect.topology", "switch")])))
+    slow = summarize(run(wl, _two_nodes()))
+    fast = summarize(run(wl, _two_nodes(bandwidth="100 GB/s", latency="1 us")))
+    comm = [s["classes"]["collective"]["time_s"] for s in (one, slow, fast)]
+    assert comm[1] > comm[2] and comm[1] > comm[0]
+    assert slow["step_s"] > fast["step_s"]
+    shares = slow["classes"]["collective"]["time_share"]
+    assert shares.get("link:net", 0) > 0.5 and "link:switch" not in shares  # its wires are the NICs
+
+
+def test_nodes_need_a_network():
+    from sim.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="network"):
+        load_hardware(NODE, [("nodes", 2)])

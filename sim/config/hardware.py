@@ -280,19 +280,33 @@ class Host(Spec):
     memory: HostMemory
 
 
+class Network(Spec):
+    """The scale-out network between nodes: each device's own NIC into one non-blocking fabric."""
+
+    link: Link = Field(description="each device's NIC: bandwidth per direction, latency through the fabric")
+
+
 class Hardware(Spec):
     name: str = Field(min_length=1)
     source: str = Field(min_length=1, description="public datasheet / whitepaper the figures come from")
     devices: Count = Field(description="devices per node")
+    nodes: Count = Field(default=1, description="nodes, joined by `network`")
     device: Device
     interconnect: Interconnect | None = None
+    network: Network | None = None
     host: Host | None = None
     calibration: dict[str, str] = Field(default_factory=dict, description="how each figure was measured")
+
+    @property
+    def total_devices(self) -> int:
+        return self.devices * self.nodes
 
     @model_validator(mode="after")
     def _links_for_many(self) -> Hardware:
         if self.devices > 1 and self.interconnect is None:
             raise ValueError(f"{self.devices} devices need an 'interconnect' section")
+        if self.nodes > 1 and (self.network is None or self.interconnect is None):
+            raise KeyedError("network", f"{self.nodes} nodes need a 'network' section (and an 'interconnect' one)")
         if HOST_LEVEL in self.device.memory:
             raise KeyedError(f"device.memory.{HOST_LEVEL}", f"'{HOST_LEVEL}' is reserved for host memory")
         return self

@@ -19,7 +19,7 @@ from sim.config.workload import Workload
 from sim.errors import ConfigError, KeyedError
 
 WORKLOAD_KEYS = ("name", "hardware", "model", "scenario", "parallelism", "training")
-HARDWARE_KEYS = ("devices", "device", "interconnect", "host", "source")
+HARDWARE_KEYS = ("devices", "nodes", "device", "interconnect", "network", "host", "source")
 
 
 #: libyaml's parser where PyYAML was built with it (sweeps read the same files for every point)

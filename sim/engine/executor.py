@@ -57,7 +57,7 @@ from sim.config.hardware import Hardware
 from sim.engine.machine import LevelUse, Machine
 from sim.engine.records import BlockRecord, OpRecord, RunResult
 from sim.graph.ops import Block, loose
-from sim.mapping.collectives import CollectivePlan
+from sim.mapping.collectives import NET, CollectivePlan
 from sim.mapping.parallel import Program
 from sim.mapping.plan import OpPlan
 
@@ -546,7 +546,8 @@ class Executor:
             del self._rendezvous[key]
         memory_s = rdv["memory_s"]
         wire = env.now - rdv["last"] - memory_s
-        stall = {"sync": rdv["last"] - arrived, f"link:{self.hw.interconnect.topology}": wire}
+        fabric = NET if plan.crosses_network else self.hw.interconnect.topology
+        stall = {"sync": rdv["last"] - arrived, f"link:{fabric}": wire}
         if memory_s > 0:
             stall[f"memory:{plan.level}"] = memory_s
         use, mem = rdv["use"], rdv["mem"]

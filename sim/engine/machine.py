@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import simpy
 
 from sim.config.hardware import Hardware, flat_bandwidths
-from sim.mapping.collectives import topology
+from sim.mapping.collectives import link_bandwidth, links_of
 
 COMPUTE_UNITS = ("matrix", "vector", "copy")  # "copy": a DMA engine, which computes nothing
 
@@ -49,21 +49,23 @@ class Machine:
     env: CountingEnvironment = field(default_factory=CountingEnvironment)
 
     def __post_init__(self) -> None:
-        n = self.hw.devices
+        n = self.hw.total_devices
         self.compute_free = {(d, u): 0.0 for d in range(n) for u in COMPUTE_UNITS}  # each unit's FIFO
         self.levels = self.hw.levels
         self._flat_bandwidth = flat_bandwidths(self.levels)
         self.free_at = {(d, name): 0.0 for d in range(n) for name in self.levels}  # each level's FIFO
         self.links: dict[str, simpy.Resource] = {}
+        self.link_bandwidth: dict[str, float] = {}
         if self.hw.interconnect is not None:
-            topo = topology(self.hw.interconnect.topology, n)
+            topo = links_of(self.hw)
             self.links = {data["id"]: simpy.Resource(self.env, 1) for _, _, data in topo.edges(data=True)}
+            self.link_bandwidth = {lnk: link_bandwidth(self.hw, lnk) for lnk in self.links}
 
     def send(self, links: tuple[str, ...], nbytes: float, use: dict[str, LevelUse]):
         """Process: hold every link of a route for nbytes / link bandwidth (cut-through). Links are
         requested in a global order so that crossing routes cannot deadlock."""
         env = self.env
-        bandwidth = self.hw.interconnect.link.effective_bandwidth
+        bandwidth = min(self.link_bandwidth[lnk] for lnk in links)  # cut-through: the route's slowest link
         requests = []
         for link in sorted(links):
             req = self.links[link].request()

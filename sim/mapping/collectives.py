@@ -27,6 +27,7 @@ from sim.config.hardware import Hardware
 from sim.graph.ops import COLLECTIVES, Collective
 
 SWITCH = "switch"
+NET = "net"  # the scale-out network between nodes
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,11 @@ class CollectivePlan:
     #: the memory level the participants' buffers live in: each transfer reads its bytes there on the
     #: sender and writes them there on the receiver (None: the links only)
     level: str | None = None
+
+    @functools.cached_property
+    def crosses_network(self) -> bool:
+        """Whether any transfer leaves its node (its wire time is then charged to `link:net`)."""
+        return any(NET in lnk.split("->") for t in self.transfers for lnk in t.links)
 
     @functools.cached_property
     def memory_bytes(self) -> dict[int, float]:
@@ -104,10 +110,46 @@ def topology(kind: str, n: int) -> nx.DiGraph:
     return g
 
 
+@lru_cache(maxsize=32)
+def cluster(kind: str, per_node: int, nodes: int = 1) -> nx.DiGraph:
+    """`nodes` nodes of `per_node` devices, each node's linked by `kind` (device d of node k is
+    k x per_node + d; a node's switch is `switch<k>`), and every device's NIC into one scale-out fabric
+    (`net`). A route prefers its node's own links: a NIC weighs more than any path inside a node."""
+    if nodes == 1:
+        return topology(kind, per_node)
+    g = nx.DiGraph()
+    g.add_nodes_from(range(per_node * nodes))
+    inner = topology(kind, per_node)
+    for k in range(nodes):
+        def name(v, k=k):
+            return v + k * per_node if isinstance(v, int) else f"{v}{k}"
+        for u, v in inner.edges():
+            g.add_edge(name(u), name(v), id=link_id(name(u), name(v)))
+    for d in range(per_node * nodes):
+        g.add_edge(d, NET, id=link_id(d, NET), weight=per_node)
+        g.add_edge(NET, d, id=link_id(NET, d), weight=per_node)
+    return g
+
+
+def links_of(hw: Hardware) -> nx.DiGraph:
+    """The hardware's links: its nodes' interconnects and, between nodes, the network."""
+    return cluster(hw.interconnect.topology, hw.devices, hw.nodes)
+
+
+def link_bandwidth(hw: Hardware, link: str) -> float:
+    """A link's achievable bandwidth: the network's for a NIC, the interconnect's otherwise."""
+    return (hw.network if NET in link.split("->") else hw.interconnect).link.effective_bandwidth
+
+
+def link_latency(hw: Hardware, link: str) -> float:
+    return (hw.network if link.startswith(NET) else hw.interconnect).link.latency
+
+
 @lru_cache(maxsize=4096)
-def route(kind: str, n: int, a: int, b: int) -> tuple[str, ...]:
-    g = topology(kind, n)
-    path = nx.shortest_path(g, a, b)
+def route(kind: str, n: int, a: int, b: int, nodes: int = 1) -> tuple[str, ...]:
+    """The links from device a to device b (n devices per node)."""
+    g = cluster(kind, n, nodes)
+    path = nx.shortest_path(g, a, b, weight="weight" if nodes > 1 else None)
     return tuple(g.edges[u, v]["id"] for u, v in zip(path, path[1:]))
 
 
@@ -138,11 +180,13 @@ def plan_collective(coll: Collective, group: tuple[int, ...], hw: Hardware, leve
 def _plan(kind: str, group: tuple[int, ...], moves: list[tuple[int, int, float]], steps: int,
           hw: Hardware, level: str | None = None) -> CollectivePlan:
     topo, n = hw.interconnect.topology, hw.devices
-    transfers = tuple(Transfer(a, b, route(topo, n, a, b), nbytes) for a, b, nbytes in moves)
-    # a step's latency counts the device-to-device hops of the longest route (a switch is one hop)
-    hops = max((sum(1 for lnk in t.links if not lnk.endswith(SWITCH)) for t in transfers), default=1)
+    transfers = tuple(Transfer(a, b, route(topo, n, a, b, hw.nodes), nbytes) for a, b, nbytes in moves)
+    # a step's latency is the longest route's: its hops into a device, each at its link's latency (a
+    # switch, or the network, is one hop)
+    hop = max((sum(link_latency(hw, lnk) for lnk in t.links if lnk.split("->")[1].isdigit())
+               for t in transfers), default=hw.interconnect.link.latency)
     ic = hw.interconnect
-    return CollectivePlan(kind, group, transfers, steps * hops * ic.link.latency + ic.collective_overhead, level)
+    return CollectivePlan(kind, group, transfers, steps * hop + ic.collective_overhead, level)
 
 
 def _estimate(c: CollectivePlan, hw: Hardware) -> float:
@@ -151,4 +195,4 @@ def _estimate(c: CollectivePlan, hw: Hardware) -> float:
     for t in c.transfers:
         for lnk in t.links:
             per_link[lnk] = per_link.get(lnk, 0.0) + t.bytes
-    return c.latency_s + max(per_link.values(), default=0.0) / hw.interconnect.link.effective_bandwidth
+    return c.latency_s + max((b / link_bandwidth(hw, lnk) for lnk, b in per_link.items()), default=0.0)

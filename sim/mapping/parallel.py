@@ -71,9 +71,9 @@ def map_devices(graph: OpGraph, workload: Workload, hw: Hardware, hw_file: str =
                 memo: bool = True) -> tuple[list[Program], dict[int, Placement]]:
     par = workload.parallelism
     tp, pp = par.tensor, par.pipeline
-    if par.devices > hw.devices:
+    if par.devices > hw.total_devices:
         raise ConfigError(
-            f"tensor x pipeline x data = {par.devices} devices, but the hardware has {hw.devices}",
+            f"tensor x pipeline x data = {par.devices} devices, but the hardware has {hw.total_devices}",
             workload_file, "parallelism")
     streams: list[Program] = []
     placements: dict[int, Placement] = {}

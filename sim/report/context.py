@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from sim.config.hardware import KERNEL_FALLBACK
 from sim.engine.records import RunResult
-from sim.mapping.collectives import topology
+from sim.mapping.collectives import links_of
 from sim.mapping.plan import matrix_peak
 
 
@@ -31,11 +31,11 @@ def context(result: RunResult) -> dict:
             "training": workload.train.model_dump() if sc.phase == "train" else None,
         },
         "hardware": {
-            "name": hw.name, "devices_per_node": hw.devices,
+            "name": hw.name, "devices_per_node": hw.devices, "nodes": hw.nodes,
             "devices_simulated": workload.parallelism.tensor * workload.parallelism.pipeline,
             "parallelism": workload.parallelism.model_dump(),
             "topology": hw.interconnect.topology if hw.interconnect else None,
-            "links": sorted(d["id"] for _, _, d in topology(hw.interconnect.topology, hw.devices).edges(data=True))
+            "links": sorted(d["id"] for _, _, d in links_of(hw).edges(data=True))
             if hw.interconnect else [],
             "peak_flops": peak, "peak_dtype": dtype, "vector_flops": hw.device.compute.vector,
             "dispatch_overhead_s": hw.device.dispatch_overhead, "launch_overhead_s": hw.device.launch_overhead,
