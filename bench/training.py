@@ -1,4 +1,5 @@
-"""Training on one GPU: what fits and what it costs. `python bench/training.py [--markdown docs/training.md]`
+"""Training on one GPU, a node and a cluster: what fits and what it costs.
+`python bench/training.py [--markdown docs/training.md]`
 prints (and writes) the tables of docs/training.md, every figure simulated:
 
 1. GPT-2 124M and Llama-2-7B on one A100-80GB under fp32 Adam, mixed-precision AdamW (bf16 weights,
@@ -8,7 +9,9 @@ prints (and writes) the tables of docs/training.md, every figure simulated:
    and the cost of recomputing (the study's "up to ~5x less activation memory for ~20% more compute").
 3. Llama-2-7B and -70B data-parallel over the 8 A100s of a node with ZeRO 0-3: per-GPU memory, whether
    it fits, the step time and the communication exposed and hidden per GPU.
-4. The published training steps of sim/data/published.yaml (BERT-Large pretraining from NVIDIA's
+4. GPT-3 175B with Megatron's 3D parallelism (tensor 8 inside a node, pipeline 8, data) over DGX A100
+   nodes joined by InfiniBand: step time, MFU and HFU, the pipeline bubble and the exposed communication.
+5. The published training steps of sim/data/published.yaml (BERT-Large pretraining from NVIDIA's
    DeepLearningExamples, GPT-2 from llm.c), predicted, with the median and worst error.
 """
 
@@ -51,9 +54,9 @@ RECIPES = {
 HARDWARE = "hardware_models/a100-sxm4-80gb.yaml"
 
 
-def simulate(path: str, overrides: list) -> tuple[dict | None, str]:
+def simulate(path: str, overrides: list, hw_overrides: list | None = None) -> tuple[dict | None, str]:
     wl, _ = load_workload(ROOT / path, overrides)
-    hw = load_hardware(ROOT / HARDWARE)
+    hw = load_hardware(ROOT / HARDWARE, hw_overrides or [])
     try:
         result = run(wl, hw)
     except ConfigError as e:
@@ -137,6 +140,41 @@ def zero_table() -> Table:
     return t
 
 
+GPT3 = [("name", "GPT-3 175B"), ("model.layers", 96), ("model.hidden", 12288), ("model.heads", 96),
+        ("model.ffn", 49152), ("model.vocab", 51200), ("model.max_positions", 2048),
+        ("scenario.prompt_tokens", 2048), ("parallelism.tensor", 8), ("parallelism.pipeline", 8),
+        ("parallelism.schedule", "1f1b"), ("training.recompute", "full")]
+#: a DGX A100 node's 8 single-port 200 Gb/s (25 GB/s) HDR InfiniBand HCAs, one per GPU (NVIDIA DGX A100 datasheet,
+#: https://www.nvidia.com/content/dam/en-zz/Solutions/Data-Center/nvidia-dgx-a100-datasheet.pdf); the
+#: fabric's 5 us per hop is an assumption (a round figure for NIC + switch + NCCL's proxy), not a measurement
+INFINIBAND = {"link": {"bandwidth": "25 GB/s", "latency": "5 us"}}
+GPT3_RUNS = [  # (data-parallel replicas, micro-batches of one sequence per replica, network)
+    (1, 8, INFINIBAND), (2, 32, INFINIBAND),  # and a 4x faster NIC:
+    (2, 32, {"link": {"bandwidth": "100 GB/s", "latency": "5 us"}}),
+]
+
+
+def gpt3_table() -> Table:
+    t = Table(title="GPT-3 175B on DGX A100 nodes (NVLink inside, InfiniBand between): tensor 8, pipeline 8, "
+                    "1F1B, mixed-precision AdamW, full recomputation")
+    for col in ("GPUs (nodes)", "data", "micro-batches", "NIC per GPU", "step", "samples/s", "MFU", "HFU",
+                "bubble", "comm exposed per GPU"):
+        t.add_column(col, justify="right")
+    for data, micro, net in GPT3_RUNS:
+        gpus = 64 * data
+        s, err = simulate("workloads/gpt2-train.yaml", GPT3 + RECIPES["mixed-precision AdamW"] + [
+            ("parallelism.data", data), ("parallelism.microbatches", micro), ("scenario.batch", data * micro)],
+            [("nodes", gpus // 8), ("network", net)])
+        if s is None:
+            t.add_row(f"{gpus} ({gpus // 8})", str(data), str(micro), net["link"]["bandwidth"], f"fails: {err}",
+                      "", "", "", "", "")
+            continue
+        t.add_row(f"{gpus} ({gpus // 8})", str(data), str(micro), net["link"]["bandwidth"], fmt_time(s["step_s"]),
+                  f"{s['samples_per_s']:.1f}", f"{100 * s['mfu']:.1f}%", f"{100 * s['hfu']:.1f}%",
+                  f"{100 * s['bubble_s'] / s['step_s']:.0f}%", fmt_time(s["comm_exposed_s"] / s["devices"]))
+    return t
+
+
 def validation_table() -> Table:
     """The published training steps (sim/data/published.yaml, `kind: train`), predicted."""
     from sim.validate.published import measured_seconds, predict_row, published_rows
@@ -173,7 +211,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--markdown", type=Path, help="also write the tables into this Markdown file's marked block")
     args = parser.parse_args()
-    tables = [memory_table(), recompute_table(), zero_table(), validation_table()]
+    tables = [memory_table(), recompute_table(), zero_table(), gpt3_table(), validation_table()]
     console = Console(width=170)
     for t in tables:
         console.print(t)
