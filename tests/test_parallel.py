@@ -7,7 +7,7 @@ from sim.config import load_hardware
 from sim.engine.machine import LevelUse, Machine
 from sim.graph import build_graph
 from sim.graph.ops import Collective
-from sim.mapping.collectives import plan_collective, route, topology
+from sim.mapping.collectives import plan_collective, rings, route, topology
 from sim.pipeline import run
 from sim.report import summarize
 
@@ -183,17 +183,18 @@ def test_routes_stay_inside_a_node_and_cross_nodes_through_the_nics():
     assert hw.total_devices == 4
 
 
-def test_allreduce_across_nodes_is_bound_by_the_nic():
-    """A 64 MB all-reduce over 2 x 2 devices: the ring would carry 2(p-1)/p x S = 96 MB through two
-    1 GB/s NICs; the binary tree (1->0, 2->0, 3->1) crosses nodes on two edges, each carrying S = 64 MB
-    once per direction, so the tree wins: 64 ms plus 2 log2(4) = 4 steps at the network's 5 us."""
+def test_allreduce_across_nodes_runs_one_ring_per_nic():
+    """A 64 MB all-reduce over 2 x 2 devices runs NCCL's two channels: ring 0 1 2 3 and ring 1 0 3 2,
+    each with half the buffer, so every NIC carries one ring's 2(p-1)/p x 32 MB = 48 MB each way (one
+    ring would load two NICs with 96 MB; the tree loads each with 64 MB): 48 ms at 1 GB/s, plus 6 steps
+    at the network's 5 us."""
+    assert rings((0, 1, 2, 3), 2) == [(0, 1, 2, 3), (1, 0, 3, 2)]
+    assert rings((0, 1, 2, 3), 4) == [(0, 1, 2, 3)]  # one node: one ring
     plan = plan_collective(Collective("allreduce", 64 * MB), (0, 1, 2, 3), _two_nodes())
-    assert plan.kind == "allreduce/tree"
-    links = per_link(plan)
-    nics = {lnk: b for lnk, b in links.items() if "net" in lnk}
-    assert nics == {lnk: pytest.approx(64 * MB) for lnk in ("2->net", "net->0", "0->net", "net->2",
-                                                             "3->net", "net->1", "1->net", "net->3")}
-    assert plan.latency_s == pytest.approx(4 * 5e-6)
+    assert plan.kind == "allreduce/ring"
+    nics = {lnk: b for lnk, b in per_link(plan).items() if "net" in lnk}
+    assert nics == {lnk: pytest.approx(48 * MB) for d in range(4) for lnk in (f"{d}->net", f"net->{d}")}
+    assert plan.latency_s == pytest.approx(6 * 5e-6)
     m = Machine(_two_nodes())
     m.env.process(m.send(("1->net", "net->2"), 10 * MB, {}))
     m.env.run()

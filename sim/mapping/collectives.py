@@ -160,21 +160,48 @@ def plan_collective(coll: Collective, group: tuple[int, ...], hw: Hardware, leve
     if coll.kind == "p2p":
         src, dst = group
         return _plan(coll.kind, group, [(src, dst, size)], 1, hw, level)
-    ring = list(zip(group, group[1:] + group[:1]))
+    ring = _ring_moves(group, hw)
     if coll.kind in ("allgather", "reducescatter"):
-        return _plan(coll.kind, group, [(a, b, (p - 1) / p * size) for a, b in ring], p - 1, hw, level)
+        return _plan(coll.kind, group, [(a, b, (p - 1) / p * share * size) for a, b, share in ring], p - 1, hw, level)
     if coll.kind == "alltoall":  # every device sends each other one its 1/p share, all at once
         return _plan(coll.kind, group, [(a, b, size / p) for a in group for b in group if a != b], 1, hw, level)
     if coll.kind != "allreduce":
         raise ValueError(f"unknown collective {coll.kind!r} (known: {', '.join(COLLECTIVES)})")
-    ring_plan = _plan("allreduce/ring", group, [(a, b, 2 * (p - 1) / p * size) for a, b in ring], 2 * (p - 1), hw,
-                      level)
+    ring_plan = _plan("allreduce/ring", group, [(a, b, 2 * (p - 1) / p * share * size) for a, b, share in ring],
+                      2 * (p - 1), hw, level)
     # binary tree: reduce towards the root, then broadcast back; each tree edge carries the whole
     # buffer once per direction, in 2 log2(p) latency steps. Like NCCL, take whichever is faster.
     edges = [(group[i], group[(i - 1) // 2], size) for i in range(1, p)]
     tree_plan = _plan("allreduce/tree", group, edges + [(b, a, s) for a, b, s in edges],
                       2 * ceil(log2(p)), hw, level)
     return min((ring_plan, tree_plan), key=lambda c: _estimate(c, hw))
+
+
+def rings(group: tuple[int, ...], per_node: int) -> list[tuple[int, ...]]:
+    """The rings a ring collective runs over `group`, each carrying an equal share of the buffer. Inside
+    one node, one ring in group order. Across nodes, NCCL's channels: as many rings as the group has
+    members per node, ring j entering each node at its j-th member and leaving from the one before, so
+    that every member's NIC carries one ring (one ring would load two NICs per node and leave the rest
+    idle)."""
+    by_node: dict[int, list[int]] = {}
+    for d in group:
+        by_node.setdefault(d // per_node, []).append(d)
+    nodes = list(by_node.values())
+    m = len(nodes[0])
+    if len(nodes) == 1 or m == 1 or any(len(members) != m for members in nodes):
+        return [group]
+    return [tuple(d for members in nodes for d in members[j:] + members[:j]) for j in range(m)]
+
+
+def _ring_moves(group: tuple[int, ...], hw: Hardware) -> list[tuple[int, int, float]]:
+    """(sender, receiver, fraction of the buffer) of the rings' neighbours, the rings' shares of the same
+    pair merged into one transfer."""
+    out: dict[tuple[int, int], float] = {}
+    rs = rings(group, hw.devices)
+    for r in rs:
+        for a, b in zip(r, r[1:] + r[:1]):
+            out[a, b] = out.get((a, b), 0.0) + 1 / len(rs)
+    return [(a, b, share) for (a, b), share in out.items()]
 
 
 def _plan(kind: str, group: tuple[int, ...], moves: list[tuple[int, int, float]], steps: int,
