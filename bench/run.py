@@ -9,6 +9,9 @@ per second and peak memory, against the targets of issue 6 (2 cores).
 (d) Llama-2-70B over a 4-stage pipeline fed 16 micro-batches (batch 16), decode of 64 tokens
     (without --full: 16): the multi-stream engine with stages interleaving; no target yet (issue 18
     asks that the others stay as fast as before it)
+(e) a GPT-3 175B training step on 1,024 GPUs (TP 8, PP 16, DP 8, 64 micro-batches of one 2048-token
+    sequence, 1F1B, full recomputation; DGX A100 nodes on 25 GB/s NICs)  target < 60 s and < 2 GiB
+    (without --full: DP 1, 16 micro-batches on 128 GPUs; --full runs it once, not --repeat times)
 
 (a) and (b) each run `--repeat` times (default 3), each time in a fresh process (nothing kept from an
 earlier run: a second run in one process would reuse the first one's graph and residency walk), and
@@ -35,10 +38,17 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sim.config import load_hardware, load_workload  # noqa: E402
+from sim.config import load_hardware, load_workload, split_overrides  # noqa: E402
 from sim.pipeline import run  # noqa: E402
 from sim.report import summarize  # noqa: E402
 from sim.sweep import load_sweep, run_sweep  # noqa: E402
+
+#: GPT-3 175B as Megatron-LM trains it (TP 8 in a DGX A100 node, PP 16, 1F1B, full recomputation), on the
+#: shipped A100 model with one 200 Gb/s (25 GB/s) HDR NIC per GPU (bench/training.py gives the sources)
+GPT3 = [("model.layers", 96), ("model.hidden", 12288), ("model.heads", 96), ("model.ffn", 49152),
+        ("model.vocab", 51200), ("model.max_positions", 2048), ("scenario.prompt_tokens", 2048),
+        ("parallelism.tensor", 8), ("parallelism.pipeline", 16), ("parallelism.schedule", "1f1b"),
+        ("training.recompute", "full"), ("network", {"link": {"bandwidth": "25 GB/s", "latency": "5 us"}})]
 
 
 def rss_mib() -> float:
@@ -48,8 +58,9 @@ def rss_mib() -> float:
 def single(path: str, overrides: list) -> tuple[int, int, float]:
     """A run and its summary, as `python -m sim run` does them (the op count is of simulated ops,
     every device counted)."""
-    wl, hw_path = load_workload(ROOT / path, overrides)
-    hw = load_hardware(hw_path)
+    work, hw_set = split_overrides(overrides)
+    wl, hw_path = load_workload(ROOT / path, work)
+    hw = load_hardware(hw_path, hw_set)
     t0 = time.perf_counter()
     result = run(wl, hw)
     summary = summarize(result)
@@ -103,9 +114,13 @@ def main() -> None:
         (f"(d) Llama-2 70B PP=4 m=16 decode {64 if full else 16} tokens", "workloads/llama2-70b-tp8.yaml",
          [("parallelism.tensor", 1), ("parallelism.pipeline", 4), ("parallelism.microbatches", 16),
           ("scenario.batch", 16), ("scenario.new_tokens", 64 if full else 16)], "-"),
+        (f"(e) GPT-3 175B train step, {1024 if full else 128} GPUs", "workloads/gpt2-train.yaml", GPT3 + [
+            ("parallelism.data", 8 if full else 1), ("parallelism.microbatches", 64 if full else 16),
+            ("scenario.batch", 512 if full else 16), ("nodes", 128 if full else 16)], "< 60 s, < 2 GiB (full)"),
     ]
     for label, path, overrides, target in cases:
-        runs = [fresh(path, overrides) for _ in range(max(1, args.repeat))]
+        repeat = 1 if full and label.startswith("(e)") else max(1, args.repeat)
+        runs = [fresh(path, overrides) for _ in range(repeat)]
         walls = [r["wall"] for r in runs]
         wall = statistics.median(walls)
         ops, events = runs[0]["ops"], runs[0]["events"]
