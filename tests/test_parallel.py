@@ -221,3 +221,19 @@ def test_nodes_need_a_network():
 
     with pytest.raises(ConfigError, match="network"):
         load_hardware(NODE, [("nodes", 2)])
+
+
+def test_each_data_parallel_replica_runs_its_tensor_parallel_collectives_on_its_own_devices(node):
+    """Training with tensor 2 x data 2 on 4 devices: replica 0 is devices 0-1, replica 1 devices 2-3;
+    each replica's tensor-parallel all-reduces are among its own ranks (and its HBM serves their
+    buffers), the gradients' all-reduce across the replicas' matching ranks."""
+    from sim.mapping.parallel import map_devices
+
+    wl, _ = load(DATA / "toy-gpt.yaml", parallelism__tensor=2, parallelism__data=2, scenario__phase="train",
+                 scenario__new_tokens=0, scenario__batch=2)
+    programs, _ = map_devices(build_graph(wl), wl, node)
+    for prog in programs:
+        (d,) = prog.devices
+        first = d - d % 2
+        assert {plan.group for c, plan in prog.collectives.items() if c.group != "data"} == {(first, first + 1)}
+        assert {plan.group for c, plan in prog.collectives.items() if c.group == "data"} == {(d % 2, d % 2 + 2)}

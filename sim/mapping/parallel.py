@@ -107,7 +107,8 @@ def map_devices(graph: OpGraph, workload: Workload, hw: Hardware, hw_file: str =
             together = collapse and tp == 1
             groups = [tuple(range(replicas))] if together else [(d,) for d in range(replicas)]
             for ds in groups:
-                plans = {c: _collective(c, stage, rs, tp, hw, placement.home["activation"], replicas, per)
+                plans = {c: _collective(c, stage, rs, tp, hw, placement.home["activation"], replicas, per,
+                                        0 if together else ds[0] * per)
                          for c in colls}
                 devices = tuple(d * per + stage * tp + r for d in ds for r in rs)
                 streams.append(Program(stage, devices, planned, plans))
@@ -115,16 +116,16 @@ def map_devices(graph: OpGraph, workload: Workload, hw: Hardware, hw_file: str =
 
 
 def _collective(coll: Collective, stage: int, ranks: tuple[int, ...], tp: int, hw: Hardware,
-                level: str, replicas: int = 1, per: int = 1) -> CollectivePlan:
+                level: str, replicas: int = 1, per: int = 1, base: int = 0) -> CollectivePlan:
     """A stage's collective over its tensor-parallel group or over the data-parallel replicas of its
-    (first) rank, or a pipeline send of rank r to rank r of the next stage; its buffers live where
-    activations do."""
+    (first) rank, or a pipeline send of rank r to rank r of the next stage, in the replica whose first
+    device is `base`; its buffers live where activations do."""
     if coll.group == "data":
         return plan_collective(coll, tuple(d * per + stage * tp + ranks[0] for d in range(replicas)), hw, level)
     if coll.kind != "p2p":
-        return plan_collective(coll, tuple(stage * tp + r for r in range(tp)), hw, level)
+        return plan_collective(coll, tuple(base + stage * tp + r for r in range(tp)), hw, level)
     (rank,) = ranks
-    return plan_collective(coll, (coll.src_stage * tp + rank, coll.dst_stage * tp + rank), hw, level)
+    return plan_collective(coll, (base + coll.src_stage * tp + rank, base + coll.dst_stage * tp + rank), hw, level)
 
 
 def _schedule(workload: Workload, stage: int):
