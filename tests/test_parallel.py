@@ -183,6 +183,24 @@ def test_routes_stay_inside_a_node_and_cross_nodes_through_the_nics():
     assert hw.total_devices == 4
 
 
+def test_routes_across_nodes_are_the_cluster_graphs_shortest_paths():
+    """`route` composes a node's routes without building the cluster's graph; it must take the same
+    links as a shortest path over that graph (NICs weighted above any path inside a node)."""
+    import networkx as nx
+
+    from sim.mapping.collectives import cluster
+
+    for kind in ("switch", "ring", "torus2d"):
+        g = cluster(kind, 4, 3)
+        for a in range(12):
+            for b in range(12):
+                if a != b:
+                    hops = route(kind, 4, a, b, 3)
+                    assert len(hops) == len(nx.shortest_path(g, a, b, weight="weight")) - 1, (kind, a, b)
+                    assert all(g.has_edge(*(int(v) if v.isdigit() else v for v in lnk.split("->")))
+                               for lnk in hops), (kind, a, b)
+
+
 def test_allreduce_across_nodes_runs_one_ring_per_nic():
     """A 64 MB all-reduce over 2 x 2 devices runs NCCL's two channels: ring 0 1 2 3 and ring 1 0 3 2,
     each with half the buffer, so every NIC carries one ring's 2(p-1)/p x 32 MB = 48 MB each way (one

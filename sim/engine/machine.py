@@ -11,12 +11,13 @@ latest landing. A compute unit is such a server too.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 import simpy
 
 from sim.config.hardware import Hardware, flat_bandwidths
-from sim.mapping.collectives import link_bandwidth, links_of
+from sim.mapping.collectives import link_bandwidth
 
 COMPUTE_UNITS = ("matrix", "vector", "copy")  # "copy": a DMA engine, which computes nothing
 
@@ -43,28 +44,40 @@ class CountingEnvironment(simpy.Environment):
         super().schedule(event, priority, delay)
 
 
+class _Links(dict):
+    """Link id -> its simpy resource (one transfer at a time), made on first use."""
+
+    def __init__(self, env: simpy.Environment):
+        super().__init__()
+        self.env = env
+
+    def __missing__(self, link: str) -> simpy.Resource:
+        res = self[link] = simpy.Resource(self.env, 1)
+        return res
+
+
 @dataclass
 class Machine:
     hw: Hardware
     env: CountingEnvironment = field(default_factory=CountingEnvironment)
 
     def __post_init__(self) -> None:
-        n = self.hw.total_devices
-        self.compute_free = {(d, u): 0.0 for d in range(n) for u in COMPUTE_UNITS}  # each unit's FIFO
+        # each compute unit's and memory level's FIFO, and each link, made when first used: a cluster's
+        # unused devices cost nothing
+        self.compute_free: dict[tuple, float] = defaultdict(float)
         self.levels = self.hw.levels
         self._flat_bandwidth = flat_bandwidths(self.levels)
-        self.free_at = {(d, name): 0.0 for d in range(n) for name in self.levels}  # each level's FIFO
-        self.links: dict[str, simpy.Resource] = {}
+        self.free_at: dict[tuple, float] = defaultdict(float)
+        self.links: dict[str, simpy.Resource] = _Links(self.env)
         self.link_bandwidth: dict[str, float] = {}
-        if self.hw.interconnect is not None:
-            topo = links_of(self.hw)
-            self.links = {data["id"]: simpy.Resource(self.env, 1) for _, _, data in topo.edges(data=True)}
-            self.link_bandwidth = {lnk: link_bandwidth(self.hw, lnk) for lnk in self.links}
 
     def send(self, links: tuple[str, ...], nbytes: float, use: dict[str, LevelUse]):
         """Process: hold every link of a route for nbytes / link bandwidth (cut-through). Links are
         requested in a global order so that crossing routes cannot deadlock."""
         env = self.env
+        for lnk in links:
+            if lnk not in self.link_bandwidth:
+                self.link_bandwidth[lnk] = link_bandwidth(self.hw, lnk)
         bandwidth = min(self.link_bandwidth[lnk] for lnk in links)  # cut-through: the route's slowest link
         requests = []
         for link in sorted(links):

@@ -131,11 +131,6 @@ def cluster(kind: str, per_node: int, nodes: int = 1) -> nx.DiGraph:
     return g
 
 
-def links_of(hw: Hardware) -> nx.DiGraph:
-    """The hardware's links: its nodes' interconnects and, between nodes, the network."""
-    return cluster(hw.interconnect.topology, hw.devices, hw.nodes)
-
-
 def link_bandwidth(hw: Hardware, link: str) -> float:
     """A link's achievable bandwidth: the network's for a NIC, the interconnect's otherwise."""
     return (hw.network if NET in link.split("->") else hw.interconnect).link.effective_bandwidth
@@ -147,9 +142,19 @@ def link_latency(hw: Hardware, link: str) -> float:
 
 @lru_cache(maxsize=4096)
 def route(kind: str, n: int, a: int, b: int, nodes: int = 1) -> tuple[str, ...]:
-    """The links from device a to device b (n devices per node)."""
-    g = cluster(kind, n, nodes)
-    path = nx.shortest_path(g, a, b, weight="weight" if nodes > 1 else None)
+    """The links from device a to device b (n devices per node): inside a node, the shortest path of its
+    topology; across nodes, a's NIC up and b's down (as `cluster`'s weights choose, without building
+    a cluster's graph)."""
+    if nodes > 1:
+        node = a // n
+        if b // n != node:
+            return link_id(a, NET), link_id(NET, b)
+
+        def name(v: str) -> str:
+            return str(int(v) + node * n) if v.isdigit() else f"{v}{node}"
+        return tuple(link_id(*map(name, lnk.split("->"))) for lnk in route(kind, n, a % n, b % n))
+    g = topology(kind, n)
+    path = nx.shortest_path(g, a, b)
     return tuple(g.edges[u, v]["id"] for u, v in zip(path, path[1:]))
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from sim.config.hardware import KERNEL_FALLBACK
 from sim.engine.records import RunResult
-from sim.mapping.collectives import links_of
+from sim.mapping.collectives import cluster
 from sim.mapping.plan import matrix_peak
 
 
@@ -35,8 +35,7 @@ def context(result: RunResult) -> dict:
             "devices_simulated": workload.parallelism.tensor * workload.parallelism.pipeline,
             "parallelism": workload.parallelism.model_dump(),
             "topology": hw.interconnect.topology if hw.interconnect else None,
-            "links": sorted(d["id"] for _, _, d in links_of(hw).edges(data=True))
-            if hw.interconnect else [],
+            "links": links(hw, workload.parallelism.devices),
             "peak_flops": peak, "peak_dtype": dtype, "vector_flops": hw.device.compute.vector,
             "dispatch_overhead_s": hw.device.dispatch_overhead, "launch_overhead_s": hw.device.launch_overhead,
             "dispatch_by_kernel_s": {k: own for k in sorted(set(hw.device.kernels) | set(KERNEL_FALLBACK))
@@ -66,3 +65,11 @@ def context(result: RunResult) -> dict:
             "used_bytes": dict(placement.used),
         },
     }
+
+
+def links(hw, devices: int) -> list[str]:
+    """Every physical link of the nodes the run's devices occupy (a cluster's other nodes do not appear)."""
+    if hw.interconnect is None:
+        return []
+    nodes = -(-devices // hw.devices)
+    return sorted(d["id"] for _, _, d in cluster(hw.interconnect.topology, hw.devices, nodes).edges(data=True))
