@@ -69,16 +69,15 @@ class Machine:
         self._flat_bandwidth = flat_bandwidths(self.levels)
         self.free_at: dict[tuple, float] = defaultdict(float)
         self.links: dict[str, simpy.Resource] = _Links(self.env)
-        self.link_bandwidth: dict[str, float] = {}
+        self._route_bandwidth: dict[tuple[str, ...], float] = {}  # cut-through: a route's slowest link
 
     def send(self, links: tuple[str, ...], nbytes: float, use: dict[str, LevelUse]):
         """Process: hold every link of a route for nbytes / link bandwidth (cut-through). Links are
         requested in a global order so that crossing routes cannot deadlock."""
         env = self.env
-        for lnk in links:
-            if lnk not in self.link_bandwidth:
-                self.link_bandwidth[lnk] = link_bandwidth(self.hw, lnk)
-        bandwidth = min(self.link_bandwidth[lnk] for lnk in links)  # cut-through: the route's slowest link
+        bandwidth = self._route_bandwidth.get(links)
+        if bandwidth is None:
+            bandwidth = self._route_bandwidth[links] = min(link_bandwidth(self.hw, lnk) for lnk in links)
         requests = []
         for link in sorted(links):
             req = self.links[link].request()

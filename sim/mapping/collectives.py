@@ -137,7 +137,8 @@ def link_bandwidth(hw: Hardware, link: str) -> float:
 
 
 def link_latency(hw: Hardware, link: str) -> float:
-    return (hw.network if link.startswith(NET) else hw.interconnect).link.latency
+    """The latency of a hop over `link`: the network's for a NIC, the interconnect's otherwise."""
+    return (hw.network if NET in link.split("->") else hw.interconnect).link.latency
 
 
 @lru_cache(maxsize=4096)
