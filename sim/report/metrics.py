@@ -124,7 +124,8 @@ RUN: list[Metric] = [
            lambda s, c: ("ops simulated / events", f"{s['ops']} / {s['events']}")),
     Metric("events", "", "simulation events the run cost", lambda f: f.result.events),
     Metric("time_share", "fraction", "of device time: `compute` busy, `overhead`, and stalls: "
-           "`memory:<level>`, `link:<topology>`, `sync` (waiting for peers of a collective)",
+           "`memory:<level>`, `link:<topology>` (`link:net` where a collective leaves its node), `sync` "
+           "(waiting for peers of a collective)",
            lambda f: f.everything["time_share"]),
     Metric("bound", "", "the resource that held the ops up longest (compute, overhead, a memory level's "
            "busy-or-stalled time, a link, sync)", lambda f: f.everything["bound"],
@@ -282,8 +283,8 @@ OP: list[OpField] = [
     OpField("overhead_s", "s", "device not working on it before it starts: waiting for the host to dispatch "
             "it, then the device's `launch_overhead` and, for matmul-like ops, `matmul_overhead`",
             get=lambda r, lv: r.overhead_s),
-    OpField("stall_s", "s", "per resource (`memory:<level>`, `link:<topology>`, `sync`): compute idle waiting on "
-            "it (CSV: `stall_<resource>_s`)", csv="stall", get=lambda r, key: r.stall_s.get(key, 0.0)),
+    OpField("stall_s", "s", "per resource (`memory:<level>`, `link:<topology>` or `link:net`, `sync`): compute idle "
+            "waiting on it (CSV: `stall_<resource>_s`)", csv="stall", get=lambda r, key: r.stall_s.get(key, 0.0)),
     OpField("exposed_s", "s", "collectives and copies: how much of their transfers the device's compute stream "
             "waited for (all of them for a collective run in line; none when hidden under compute)",
             get=lambda r, lv: r.exposed_s),
