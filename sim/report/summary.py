@@ -194,7 +194,9 @@ def summarize(result: RunResult, top: int = 10) -> dict:
     for (phase, kind), (totals, op_class) in by_kind.items():
         agg = totals.result(level)
         top_ops.append({**agg, "phase": phase, "kind": kind, "op_class": op_class, "share_of_total": share(agg)})
-    top_ops.sort(key=lambda a: (-a["time_s"], a["phase"], a["kind"]))
+    # times equal but for float rounding (summed in another order) rank by name: the order must not hinge
+    # on how many devices one record stood for
+    top_ops.sort(key=lambda a: (-float(f"{a['time_s']:.12g}"), a["phase"], a["kind"]))
 
     comm, exposed, bubble = overlap(runs.values(), len(devices), total)
     pass_flops = {p: t.flops for p, t in by_phase.items()}
