@@ -11,6 +11,9 @@ from sim.pipeline import run
 from sim.report import summarize
 
 NODE = DATA / "toy-node.yaml"
+#: toy nodes of 2 devices behind a switch, each device with a NIC into the network
+CLUSTER = {"devices": 2, "nodes": 4, "interconnect__topology": "switch",
+           "network": {"link": {"bandwidth": "2 GB/s", "latency": "5 us"}}}
 CACHE = DATA / "toy-cache-hw.yaml"
 
 CASES = {
@@ -52,6 +55,20 @@ CASES = {
     "pipeline-parallel training, 1F1B": (NODE, {"scenario__phase": "train", "scenario__new_tokens": 0,
                                                 "parallelism__pipeline": 2, "parallelism__microbatches": 4,
                                                 "scenario__batch": 4, "training__recompute": "full"}),
+    # Megatron's 3D layout on a cluster of switched nodes: one program stands for every rank of every replica
+    "tensor x pipeline x data training across nodes": (NODE, {
+        **CLUSTER, "scenario__phase": "train", "scenario__new_tokens": 0, "parallelism__tensor": 2,
+        "parallelism__pipeline": 2, "parallelism__data": 2, "parallelism__microbatches": 4, "scenario__batch": 8,
+        "parallelism__schedule": "1f1b", "training__recompute": "full", "training__bucket": "256 KiB"}),
+    # stages inside a node (their sends share the switch with the tensor-parallel all-reduces), replicas
+    # across nodes (gradients over the NICs)
+    "tensor x pipeline in a node x data across nodes": (NODE, {
+        **CLUSTER, "devices": 4, "nodes": 2, "scenario__phase": "train", "scenario__new_tokens": 0,
+        "parallelism__tensor": 2, "parallelism__pipeline": 2, "parallelism__data": 2,
+        "parallelism__microbatches": 2, "scenario__batch": 4, "training__zero": 2, "training__bucket": "64 KiB"}),
+    # a ring of 4 carrying 3 replicas: the gradients' ring is not symmetric, each device runs its own program
+    "data parallel on an asymmetric ring": (NODE, {"scenario__phase": "train", "scenario__new_tokens": 0,
+                                                  "parallelism__data": 3, "scenario__batch": 3}),
     "micro-batched pipeline, slow DRAM": (NODE, {"parallelism__pipeline": 2, "parallelism__microbatches": 2,
                                                  "scenario__batch": 8, "device__memory__dram__bandwidth": "1 GB/s"}),
 }
@@ -64,7 +81,7 @@ def close(a: float, b: float) -> bool:
 @pytest.mark.parametrize("case", CASES)
 def test_fast_path_equals_full_simulation(case):
     hw_file, overrides = CASES[case]
-    hardware = ("device", "host", "interconnect")
+    hardware = ("device", "host", "interconnect", "nodes", "network")
     hw_over = {k: v for k, v in overrides.items() if k.startswith(hardware)}
     wl_over = {k: v for k, v in overrides.items() if not k.startswith(hardware)}
     own_hw = hw_over if hw_file is None else {}

@@ -181,6 +181,23 @@ def test_data_parallel_gradients_are_all_reduced_in_buckets_under_backward():
     assert sum(r.kind == "grad_allreduce" for r in run(wl, node).ops if r.device == 0) == 1
 
 
+def test_each_pipeline_stage_all_reduces_its_own_gradients():
+    """Pipeline 2 x data 2, every gradient in one bucket: each stage all-reduces the gradients of the
+    weights it holds (its own footprint's), over its own replicas, at the end of its backward; none of a
+    stage's gradients waits for, or travels with, another stage's."""
+    from sim.config import load_hardware
+
+    node = load_hardware(DATA / "toy-node.yaml")
+    wl, _ = toy(model__layers=4, scenario__batch=4, parallelism__pipeline=2, parallelism__data=2,
+                parallelism__microbatches=2)
+    result = run(wl, node)
+    for stage, placement in result.placements.items():
+        reduces = [r for r in result.ops if r.kind == "grad_allreduce" and r.device == stage]
+        assert len(reduces) == 1
+        sent = sum(b for lnk, b in reduces[0].link_bytes.items() if lnk.startswith(f"{stage}->"))  # first hop
+        assert sent == pytest.approx(2 * 1 / 2 * placement.footprint.gradients)
+
+
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
 def test_zero_shards_state_and_gradients_and_moves_what_ddp_moves(stage):
     """Rajbhandari et al. (2020), with Ψ parameters over d = 4 replicas, mixed-precision Adam (fp16 weights

@@ -38,9 +38,8 @@ as one event (while something is in flight, they are simulated). The same holds 
 layer) given how far ahead the host is, provided it runs all its collectives in line, nothing of its
 device is in flight when it starts, nothing it reads is still being communicated, and its collectives
 cannot meet other traffic: one program stands for their whole group and their links carry no other
-group's transfers. And the ranks of a tensor-parallel stage run identical plans from identical starts,
-meeting only in collectives that release them together, so one program stands for all of them (their
-collectives' transfers are all simulated). All of this is exact up to float rounding (host lead
+group's transfers. And devices that the mapping proves alike (sim/mapping/symmetry.py) run one program
+for all of them: their collectives run as one, every transfer simulated. All of this is exact up to float rounding (host lead
 compared to 1 ps); `replay=False` simulates every op of every device event by event, and tests hold the
 two equal.
 

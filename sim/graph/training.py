@@ -102,7 +102,9 @@ class StepBuilder:
         b = self.b
         pending: list[tuple[Tensor, int]] = []  # gradients done but not yet all-reduced, with their layer
         last = fwd[0] if fwd else None
-        for blk in reversed(fwd):
+        stage_of = [_own_stage(blk) for blk in fwd]
+        for i in range(len(fwd) - 1, -1, -1):
+            blk = fwd[i]
             inner = 0 <= blk.layer < blk.last_layer
             mode = self.recompute if inner else "none"
             key = (id(blk.ops), mode, accumulate, tuple(sorted(self.wrote)))
@@ -111,8 +113,10 @@ class StepBuilder:
                 rename = self._renamed(blk.ops, mode)
                 again = tuple(self._again(op, rename) for op in blk.ops if ident(op.writes[0].tensor) in rename)
                 made = self._made[key] = (blk.ops, again, self._backward_ops(blk.ops, rename, accumulate))
-            self._stage = _own_stage(blk)
-            grads = self._bucketed(blk, made[2], pending, final=blk is last) if reduce else made[2]
+            self._stage = stage_of[i]
+            # a pipeline stage all-reduces its own gradients: its last backward block flushes its bucket
+            ends_stage = i == 0 or stage_of[i - 1] != stage_of[i]
+            grads = self._bucketed(blk, made[2], pending, final=blk is last, flush=ends_stage) if reduce else made[2]
             for phase, ops in (("recompute", made[1]), ("backward", grads)):
                 if ops:
                     b.blocks.append(Block(phase, 0, blk.layer, blk.seq, ops, blk.last_layer, micro=blk.micro,
@@ -120,10 +124,12 @@ class StepBuilder:
             self.wrote |= {a.tensor.name.removeprefix("g_") for op in made[2] for a in op.writes
                            if a.tensor.kind == "gradient" and a.tensor.scope == "global"}
 
-    def _bucketed(self, blk: Block, ops: tuple[Op, ...], pending: list, final: bool) -> tuple[Op, ...]:
+    def _bucketed(self, blk: Block, ops: tuple[Op, ...], pending: list, final: bool,
+                  flush: bool = False) -> tuple[Op, ...]:
         """The block's backward ops, followed by an all-reduce over the data-parallel replicas of the
-        gradients done so far once they fill a bucket (`training.bucket`), or at the end of backward.
-        A global weight's gradient (a tied embedding's) is only done at the end."""
+        gradients done so far once they fill a bucket (`training.bucket`), at the end of the stage's
+        backward (`flush`), or at the end of backward. A global weight's gradient (a tied embedding's) is
+        only done at the end of its stage's backward."""
         done = {}
         for op in ops:
             for a in op.writes:
@@ -131,11 +137,11 @@ class StepBuilder:
                     done[a.tensor] = None
         pending += [(t, blk.layer) for t in done if t.scope != "global"]
         self.globals.update(dict.fromkeys(t for t in done if t.scope == "global"))
-        if final:
+        if final or flush:  # a stage holding a global weight (a tied embedding) reduces its own copy's
             pending += [(t, blk.layer) for t in self.globals]
             self.globals.clear()
         nbytes = sum(t.elements * self.gb for t, _ in pending)  # whole gradients
-        if not pending or (nbytes < self.bucket and not final):
+        if not pending or (nbytes < self.bucket and not final and not flush):
             return ops
         accesses = tuple(Access(t.shifted(blk.layer - layer), t.elements * self.gb) for t, layer in pending)
         pending.clear()

@@ -1,12 +1,16 @@
 """Tensor / pipeline / data parallel mapping: which device runs which op, with which peers.
 
-Device `stage * tensor + rank` runs pipeline stage `stage` as tensor-parallel rank `rank` of the
-first data-parallel replica. Replicas are identical and independent in inference, so one is simulated
-and throughput counts all of them. Every rank of a stage runs the same shard ops; collectives name
-their group (the stage's ranks, or the matching ranks of two stages for a pipeline send).
+Device `replica * tensor * pipeline + stage * tensor + rank` runs pipeline stage `stage` as
+tensor-parallel rank `rank` of data-parallel replica `replica`. Inference replicas are identical and
+independent, so one is simulated and throughput counts all of them; a training step simulates every
+replica (they meet in their gradients' collectives). Every rank of a stage runs the same shard ops;
+collectives name their group (the stage's ranks, the matching ranks of the replicas, or the matching
+ranks of two stages for a pipeline send).
 
-The result is a list of `Program`s for the engine: one per stage, standing for all its ranks (they run
-identical plans; see the engine), or with `collapse=False` one per device.
+The result is a list of `Program`s for the engine. One program stands for several devices where that is
+proved exact (sim/mapping/symmetry.py: a shift of rank or replica maps the whole run onto itself, and
+the devices' collectives run as one without sharing a link): a GPT-3 step on 1,024 GPUs is 16 programs,
+one per stage. Otherwise, and with `collapse=False`, each device runs its own.
 """
 
 from __future__ import annotations
@@ -24,13 +28,15 @@ from sim.mapping.collectives import CollectivePlan, plan_collective
 from sim.mapping.placement import Placement, place
 from sim.mapping.plan import OpPlan, Planner
 from sim.mapping.prefetch import gather_buffer, insert_copies, staged, wanted
+from sim.mapping.symmetry import invariant, union
 
 
 @dataclass(frozen=True)
 class Program:
     """What a device runs: its blocks with their plans in program order (the order the host dispatches
-    them), run on `devices` (several: identical ranks, one simulation for all). The engine runs each op
-    on its plan's stream. `collectives` gives each collective op of the program its transfers."""
+    them), run on `devices` (several: devices proved alike, one simulation for all; the first is the one
+    simulated). The engine runs each op on its plan's stream. `collectives` gives each collective op of
+    the program its transfers (for several devices, the union of theirs)."""
 
     stage: int
     devices: tuple[int, ...]
@@ -75,8 +81,8 @@ def map_devices(graph: OpGraph, workload: Workload, hw: Hardware, hw_file: str =
         raise ConfigError(
             f"tensor x pipeline x data = {par.devices} devices, but the hardware has {hw.total_devices}",
             workload_file, "parallelism")
-    streams: list[Program] = []
     placements: dict[int, Placement] = {}
+    stages: list[tuple[list, list[Collective], str]] = []  # per stage: planned blocks, collectives, buffers
     for stage in range(pp):
         blocks = stage_blocks(graph, stage, pp, _schedule(workload, stage))
         placement = place(blocks, hw, hw_file)
@@ -92,40 +98,109 @@ def map_devices(graph: OpGraph, workload: Workload, hw: Hardware, hw_file: str =
         planned = planner.plan_blocks(blocks)
         if prefetch:
             planned = insert_copies(planned, planning, hw)
-        colls = {op.collective for blk in blocks for op in blk.ops if op.collective is not None}
-        # alike ranks share a stream unless pipeline sends pair them off (rank r to rank r of the next
-        # stage): those transfers may end at different times on different routes
-        # inference simulates one data-parallel replica (they are independent); training all of them, which
-        # meet in their gradients' collectives. Alike replicas share the program of their rank, and alike
-        # ranks one program unless each rank has data-parallel collectives of its own (on other links)
-        replicas = par.data if workload.scenario.phase == "train" else 1
-        ranks = [tuple(range(tp))] if collapse and pp == 1 and replicas == 1 else [(r,) for r in range(tp)]
-        per = tp * pp
-        for rs in ranks:
-            # one program for all replicas only where its collectives are all theirs (data parallel alone):
-            # with tensor parallelism too, a replica's ranks meet other links than another replica's
-            together = collapse and tp == 1
-            groups = [tuple(range(replicas))] if together else [(d,) for d in range(replicas)]
-            for ds in groups:
-                plans = {c: _collective(c, stage, rs, tp, hw, placement.home["activation"], replicas, per,
-                                        0 if together else ds[0] * per)
-                         for c in colls}
-                devices = tuple(d * per + stage * tp + r for d in ds for r in rs)
-                streams.append(Program(stage, devices, planned, plans))
-    return streams, placements
+        colls = sorted({op.collective for blk in blocks for op in blk.ops if op.collective is not None},
+                       key=lambda c: (c.kind, c.group, c.src_stage, c.dst_stage, c.bytes))
+        stages.append((planned, colls, placement.home["activation"]))
+    # inference simulates one data-parallel replica (they are independent); training all of them, which
+    # meet in their gradients' collectives
+    replicas = par.data if workload.scenario.phase == "train" else 1
+    layout = _Layout(tp, pp, replicas, hw, stages)
+    if collapse and pp == 1 and replicas == 1:
+        # one stage's ranks run identical plans and meet only in their own group's collectives, which
+        # release them together: one program stands for all of them, whatever the collectives' algorithm
+        planned, colls, level = stages[0]
+        devices = tuple(range(tp))
+        return [Program(0, devices, planned, {c: layout.plan(c, 0, 0, 0) for c in colls})], placements
+    copies = layout.copies() if collapse else [(0, 0)]
+    programs = []
+    for stage, (planned, colls, _) in enumerate(stages):
+        for k, q in layout.representatives(copies):
+            devices = tuple(layout.device(stage, k + dk, q + dq) for dk, dq in copies)
+            plans = {c: union(layout.plan(c, stage, k + dk, q + dq) for dk, dq in copies) for c in colls}
+            programs.append(Program(stage, devices, planned, plans))
+    return programs, placements
 
 
-def _collective(coll: Collective, stage: int, ranks: tuple[int, ...], tp: int, hw: Hardware,
-                level: str, replicas: int = 1, per: int = 1, base: int = 0) -> CollectivePlan:
-    """A stage's collective over its tensor-parallel group or over the data-parallel replicas of its
-    (first) rank, or a pipeline send of rank r to rank r of the next stage, in the replica whose first
-    device is `base`; its buffers live where activations do."""
+class _Layout:
+    """Where each rank of each stage of each replica runs, its collectives, and which devices one program
+    may stand for. Device `k * tp * pp + stage * tp + q` runs pipeline stage `stage` as tensor-parallel
+    rank `q` of data-parallel replica `k`."""
+
+    def __init__(self, tp: int, pp: int, replicas: int, hw: Hardware, stages: list):
+        self.tp, self.pp, self.replicas, self.hw, self.stages = tp, pp, replicas, hw, stages
+        self._plans: dict[tuple, CollectivePlan] = {}
+
+    def device(self, stage: int, k: int, q: int) -> int:
+        return (k % self.replicas) * self.tp * self.pp + stage * self.tp + q % self.tp
+
+    def plan(self, coll: Collective, stage: int, k: int, q: int) -> CollectivePlan:
+        """The collective as rank q of the stage in replica k takes part in it (one plan per group)."""
+        group = _group(coll, stage, q % self.tp, self.tp, self.replicas, self.tp * self.pp,
+                       (k % self.replicas) * self.tp * self.pp)
+        key = (coll.kind, coll.bytes, group)
+        known = self._plans.get(key)
+        if known is None:
+            level = self.stages[stage][2]
+            known = self._plans[key] = plan_collective(coll, group, self.hw, level)
+        return known
+
+    def copies(self) -> list[tuple[int, int]]:
+        """The (replica, rank) offsets one program stands for, the most that a relabelling proves alike:
+        all ranks of all replicas, or all ranks, or all replicas, or none. Their collectives' unions
+        must keep their parts on disjoint links."""
+        shifts = []
+        if self.tp > 1:
+            shifts.append((0, 1))
+        if self.replicas > 1:
+            shifts.append((1, 0))
+        ok = {s: self._invariant(*s) for s in shifts}
+        rank_ok, replica_ok = ok.get((0, 1), False), ok.get((1, 0), False)
+        candidates = []
+        if rank_ok and replica_ok:
+            candidates.append([(k, q) for k in range(self.replicas) for q in range(self.tp)])
+        if rank_ok:
+            candidates.append([(0, q) for q in range(self.tp)])
+        if replica_ok:
+            candidates.append([(k, 0) for k in range(self.replicas)])
+        for copies in candidates:
+            if self._unions_disjoint(copies):
+                return copies
+        return [(0, 0)]
+
+    def representatives(self, copies: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """The (replica, rank) each program runs as, one per class of devices it stands for."""
+        ks = range(self.replicas) if all(dk == 0 for dk, _ in copies) else range(1)
+        qs = range(self.tp) if all(dq == 0 for _, dq in copies) else range(1)
+        return [(k, q) for k in ks for q in qs]
+
+    def _invariant(self, dk: int, dq: int) -> bool:
+        """Whether shifting every device's replica by dk and rank by dq maps the run onto itself."""
+        def image(d: int) -> int:
+            per = self.tp * self.pp
+            k, rest = divmod(d, per)
+            stage, q = divmod(rest, self.tp)
+            return self.device(stage, k + dk, q + dq)
+
+        pairs = ((self.plan(c, stage, k, q), self.plan(c, stage, k + dk, q + dq))
+                 for stage, (_, colls, _) in enumerate(self.stages)
+                 for k in range(self.replicas) for q in range(self.tp) for c in colls)
+        return invariant(pairs, image, self.hw)
+
+    def _unions_disjoint(self, copies: list[tuple[int, int]]) -> bool:
+        return all(union(self.plan(c, stage, k + dk, q + dq) for dk, dq in copies) is not None
+                   for stage, (_, colls, _) in enumerate(self.stages) for c in colls
+                   for k, q in self.representatives(copies))
+
+
+def _group(coll: Collective, stage: int, rank: int, tp: int, replicas: int, per: int, base: int) -> tuple[int, ...]:
+    """Who takes part in a stage's collective: its tensor-parallel group, the data-parallel replicas of
+    rank `rank`, or (a pipeline send) rank `rank` of the two stages; in the replica whose first device
+    is `base`."""
     if coll.group == "data":
-        return plan_collective(coll, tuple(d * per + stage * tp + ranks[0] for d in range(replicas)), hw, level)
+        return tuple(d * per + stage * tp + rank for d in range(replicas))
     if coll.kind != "p2p":
-        return plan_collective(coll, tuple(base + stage * tp + r for r in range(tp)), hw, level)
-    (rank,) = ranks
-    return plan_collective(coll, (base + coll.src_stage * tp + rank, base + coll.dst_stage * tp + rank), hw, level)
+        return tuple(base + stage * tp + r for r in range(tp))
+    return (base + coll.src_stage * tp + rank, base + coll.dst_stage * tp + rank)
 
 
 def _schedule(workload: Workload, stage: int):
