@@ -285,7 +285,7 @@ class Executor:
                 if known is not None and known[0] is plans:
                     now += known[1]
                     host_free += 0.0 if sync else ahead
-                    self.records.append(BlockRecord(block, s.devices, start, known[2], known[1]))
+                    self.records.append(BlockRecord(block, s.devices, start, known[2], known[1], s.links))
                     continue
             records: list = [None] * len(plans)
             here: dict[int, Issued] = {}  # this block's ops issued on a comm or the copy stream
@@ -364,12 +364,12 @@ class Executor:
             if readies is not None:
                 host_free = readies[-1]
             if info.issued:
-                self.records.append((block, s.devices, start, records))
+                self.records.append((block, s.devices, start, records, s.links))
                 continue
             records = tuple(records)
             if key is not None:
                 self._blocks[key] = (plans, now - start, records)
-            self.records.append(BlockRecord(block, s.devices, start, records, now - start))
+            self.records.append(BlockRecord(block, s.devices, start, records, now - start, s.links))
         for waited in of_pass.values():  # the program ends when its last collective has
             for c in waited:
                 now = yield from self._wait(c, now)
@@ -570,7 +570,8 @@ class Executor:
             compute_s=0.0,
             stall_s={k: v for k, v in stall.items() if v > 0}, overhead_s=overhead_s,
             events=env.scheduled - first_event, link_bytes=link_bytes, level_busy_s=busy, level_span_s=span,
-            peers={d: links(d) for d in s.devices[1:]},
+            # devices proved alike sent what the first sent over the images of its links (`Program.links`)
+            peers={d: links(d) for d in s.devices[1:]} if s.links is None else {},
         )
 
     def _start_at_end_of_instant(self, key: tuple, plan: CollectivePlan, rdv: dict) -> None:
@@ -636,10 +637,10 @@ def _ident(a) -> tuple:
     return (t.name, t.dl, t.scope)
 
 
-def _finish(block: Block, devices: tuple[int, ...], start: float, records: list) -> BlockRecord:
+def _finish(block: Block, devices: tuple[int, ...], start: float, records: list, links) -> BlockRecord:
     """The record of a block that issued collectives on the comm stream, once they have ended."""
     ops = tuple(records)
-    return BlockRecord(block, devices, start, ops, max((r.end_s for r in ops), default=0.0))
+    return BlockRecord(block, devices, start, ops, max((r.end_s for r in ops), default=0.0), links)
 
 
 def _relative(r: OpRecord, t0: float) -> OpRecord:

@@ -106,6 +106,9 @@ class BlockRecord:
     start_s: float
     ops: tuple[OpRecord, ...]
     span_s: float  # from its start to the end of its last-ending op (a collective may outlast the rest)
+    #: devices proved alike (`Program.links`): per device, the name of each of the first device's links
+    #: for it; None where a collective's record keeps each device's figures (`OpRecord.peers`)
+    links: tuple[dict[str, str], ...] | None = None
 
     @property
     def end_s(self) -> float:
@@ -114,9 +117,12 @@ class BlockRecord:
     def expand(self) -> list[OpRecord]:
         """One absolute OpRecord per op per device."""
         blk, t0, out = self.block, self.start_s, []
-        for d in self.devices:
+        for i, d in enumerate(self.devices):
+            rename = self.links[i] if self.links is not None and i else None
             for r in self.ops:
                 links = r.peers.get(d)
+                if rename is not None and r.link_bytes:  # the first device's, over the images of its links
+                    links = _renamed(r, rename)
                 busy, span = (links[1], links[2]) if links else (r.level_busy_s, r.level_span_s)
                 began = t0 + r.start_s + r.overhead_s
                 out.append(replace(
@@ -128,6 +134,14 @@ class BlockRecord:
                     link_bytes=links[0] if links else r.link_bytes, level_busy_s=busy,
                     level_span_s={k: (began + a, began + b) for k, (a, b) in span.items()}))
         return out
+
+
+def _renamed(r: OpRecord, rename: dict[str, str]) -> tuple[dict, dict, dict]:
+    """A collective's (link bytes, busy, spans) with each link `link:X` renamed to `rename[X]`."""
+    def key(k: str) -> str:
+        return "link:" + rename[k[5:]] if k.startswith("link:") else k
+    return ({rename[k]: v for k, v in r.link_bytes.items()}, {key(k): v for k, v in r.level_busy_s.items()},
+            {key(k): v for k, v in r.level_span_s.items()})
 
 
 @dataclass

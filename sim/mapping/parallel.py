@@ -28,7 +28,7 @@ from sim.mapping.collectives import CollectivePlan, plan_collective
 from sim.mapping.placement import Placement, place
 from sim.mapping.plan import OpPlan, Planner
 from sim.mapping.prefetch import gather_buffer, insert_copies, staged, wanted
-from sim.mapping.symmetry import invariant, union
+from sim.mapping.symmetry import Relabelling, invariant, union
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,9 @@ class Program:
     devices: tuple[int, ...]
     blocks: list[tuple[Block, tuple[OpPlan, ...]]]
     collectives: dict[Collective, CollectivePlan]
+    #: devices proved alike: per device, the link each of the first device's links is to it (what it sent
+    #: over its links is the first device's, renamed); None where each device's figures are recorded
+    links: tuple[dict[str, str], ...] | None = None
 
 
 def stage_blocks(graph: OpGraph, stage: int, stages: int, rank=None) -> list[Block]:
@@ -117,7 +120,8 @@ def map_devices(graph: OpGraph, workload: Workload, hw: Hardware, hw_file: str =
         for k, q in layout.representatives(copies):
             devices = tuple(layout.device(stage, k + dk, q + dq) for dk, dq in copies)
             plans = {c: union(layout.plan(c, stage, k + dk, q + dq) for dk, dq in copies) for c in colls}
-            programs.append(Program(stage, devices, planned, plans))
+            links = layout.link_maps(devices[0], plans.values(), copies) if len(copies) > 1 else None
+            programs.append(Program(stage, devices, planned, plans, links))
     return programs, placements
 
 
@@ -129,6 +133,7 @@ class _Layout:
     def __init__(self, tp: int, pp: int, replicas: int, hw: Hardware, stages: list):
         self.tp, self.pp, self.replicas, self.hw, self.stages = tp, pp, replicas, hw, stages
         self._plans: dict[tuple, CollectivePlan] = {}
+        self._shifts: dict[tuple[int, int], Relabelling | None] = {}  # (dk, dq) -> its relabelling
 
     def device(self, stage: int, k: int, q: int) -> int:
         return (k % self.replicas) * self.tp * self.pp + stage * self.tp + q % self.tp
@@ -146,22 +151,28 @@ class _Layout:
 
     def copies(self) -> list[tuple[int, int]]:
         """The (replica, rank) offsets one program stands for, the most that a relabelling proves alike:
-        all ranks of all replicas, or all ranks, or all replicas, or none. Their collectives' unions
-        must keep their parts on disjoint links."""
-        shifts = []
+        every rank, and every `step`-th replica for the smallest step whose shift maps the run onto
+        itself (1, or the replicas a node holds when their rings cross nodes from different members);
+        failing that, ranks or replicas alone, or none. Their collectives' unions must keep their parts
+        on disjoint links."""
         if self.tp > 1:
-            shifts.append((0, 1))
-        if self.replicas > 1:
-            shifts.append((1, 0))
-        ok = {s: self._invariant(*s) for s in shifts}
-        rank_ok, replica_ok = ok.get((0, 1), False), ok.get((1, 0), False)
+            self._shifts[0, 1] = self._invariant(0, 1)
+        step = None
+        for a in range(1, self.replicas):
+            if self.replicas % a == 0:
+                self._shifts[a, 0] = self._invariant(a, 0)
+                if self._shifts[a, 0] is not None:
+                    step = a
+                    break
+        ranks = list(range(self.tp)) if self._shifts.get((0, 1)) is not None else None
+        replicas = list(range(0, self.replicas, step)) if step is not None else None
         candidates = []
-        if rank_ok and replica_ok:
-            candidates.append([(k, q) for k in range(self.replicas) for q in range(self.tp)])
-        if rank_ok:
-            candidates.append([(0, q) for q in range(self.tp)])
-        if replica_ok:
-            candidates.append([(k, 0) for k in range(self.replicas)])
+        if ranks and replicas:
+            candidates.append([(k, q) for k in replicas for q in ranks])
+        if ranks:
+            candidates.append([(0, q) for q in ranks])
+        if replicas:
+            candidates.append([(k, 0) for k in replicas])
         for copies in candidates:
             if self._unions_disjoint(copies):
                 return copies
@@ -169,11 +180,25 @@ class _Layout:
 
     def representatives(self, copies: list[tuple[int, int]]) -> list[tuple[int, int]]:
         """The (replica, rank) each program runs as, one per class of devices it stands for."""
-        ks = range(self.replicas) if all(dk == 0 for dk, _ in copies) else range(1)
+        step = next((dk for dk, _ in copies if dk), self.replicas)
         qs = range(self.tp) if all(dq == 0 for _, dq in copies) else range(1)
-        return [(k, q) for k in ks for q in qs]
+        return [(k, q) for k in range(step) for q in qs]
 
-    def _invariant(self, dk: int, dq: int) -> bool:
+    def link_maps(self, device: int, plans, copies: list[tuple[int, int]]) -> tuple[dict[str, str], ...]:
+        """Per copy, where each link `device` sends over goes under its relabelling (the shifts composed:
+        one rank, one replica step at a time)."""
+        mine = {lnk for plan in plans for t in plan.transfers if t.src == device for lnk in t.links}
+        step = next((dk for dk, _ in copies if dk), 0)
+        maps: dict[tuple[int, int], dict[str, str]] = {}
+        for dk, dq in copies:
+            if (dk, dq) == (0, 0):
+                maps[0, 0] = {lnk: lnk for lnk in mine}
+                continue
+            prev, shift = ((dk, dq - 1), self._shifts[0, 1]) if dq else ((dk - step, dq), self._shifts[step, 0])
+            maps[dk, dq] = {lnk: shift.links[to] for lnk, to in maps[prev].items()}
+        return tuple(maps[c] for c in copies)
+
+    def _invariant(self, dk: int, dq: int) -> Relabelling | None:
         """Whether shifting every device's replica by dk and rank by dq maps the run onto itself."""
         def image(d: int) -> int:
             per = self.tp * self.pp

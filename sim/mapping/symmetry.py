@@ -70,11 +70,11 @@ class Relabelling:
 
 
 def invariant(pairs: Iterable[tuple[CollectivePlan, CollectivePlan]], image: Callable[[int], int],
-              hw: Hardware) -> bool:
-    """Whether one relabelling with device permutation `image` maps every (plan of a device, plan of the
-    same collective on its image) pair of the run, the first onto the second."""
+              hw: Hardware) -> Relabelling | None:
+    """The relabelling with device permutation `image` that maps every (plan of a device, plan of the
+    same collective on its image) pair of the run, the first onto the second; None if there is none."""
     r = Relabelling(image, hw)
-    return all(r.maps(a, b) for a, b in pairs)
+    return r if all(r.maps(a, b) for a, b in pairs) else None
 
 
 def union(parts: Iterable[CollectivePlan]) -> CollectivePlan | None:

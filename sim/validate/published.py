@@ -54,10 +54,20 @@ def measured_seconds(row: dict) -> float:
         return row["tokens"] / float(row["tokens_per_s"])
     if "samples_per_s" in row:  # a training step of `samples` sequences
         return row["samples"] / float(row["samples_per_s"])
+    if "tflops_per_gpu" in row:  # Megatron-LM's achieved teraFLOP/s per GPU: its FLOPs per step over the time
+        return megatron_step_flops(row["set"]) / (float(row["tflops_per_gpu"]) * 1e12 * row["gpus"])
     if "tokens_per_s_per_gpu" in row:  # every GPU counted: `gpus`, or the tensor-parallel group
         gpus = row.get("gpus") or (row.get("set") or {}).get("parallelism.tensor", 1)
         return row["tokens"] / (float(row["tokens_per_s_per_gpu"]) * gpus)
     raise ValueError(f"published row {row.get('name')!r} has no measured figure")
+
+
+def megatron_step_flops(settings: dict) -> float:
+    """FLOPs of a GPT training step with full recomputation as Megatron-LM counts them (Narayanan et al.,
+    2021, eq. 3): 96 B s l h^2 (1 + s / 6h + V / 16 l h)."""
+    b, s = settings["scenario.batch"], settings["scenario.prompt_tokens"]
+    ll, h, v = settings["model.layers"], settings["model.hidden"], settings["model.vocab"]
+    return 96 * b * s * ll * h * h * (1 + s / (6 * h) + v / (16 * ll * h))
 
 
 def predict_row(row: dict, extra: list[tuple[str, object]] = ()) -> tuple[Hardware, float]:
