@@ -39,9 +39,9 @@ layer) given how far ahead the host is, provided it runs all its collectives in 
 device is in flight when it starts, nothing it reads is still being communicated, and its collectives
 cannot meet other traffic: one program stands for their whole group and their links carry no other
 group's transfers. And devices that the mapping proves alike (sim/mapping/symmetry.py) run one program
-for all of them: their collectives run as one, every transfer simulated. All of this is exact up to float rounding (host lead
-compared to 1 ps); `replay=False` simulates every op of every device event by event, and tests hold the
-two equal.
+for all of them: their collectives run as one, every transfer simulated. All of this is exact up to
+float rounding (host lead compared to 1 ps); `replay=False` simulates every op of every device event by
+event, and tests hold the two equal.
 
 A collective is a rendezvous: each participant's stream reaches it, waits for the others (`sync`:
 load imbalance, pipeline bubbles), then for the transfers over the links (`link:<topology>`).
