@@ -311,6 +311,12 @@ def test_tensor_parallel_training_all_reduces_four_times_per_layer():
         matmul_flops(whole, ("forward", "backward")) / 2, rel=1e-12)
     s2 = summarize(result)
     assert s2["comm_exposed_s"] > 0 and s2["devices"] == 2
+    # full recomputation runs the layer's forward again, all-reduces included (Korthikanti et al., 2022:
+    # 6 per layer instead of 4), each over the links
+    wl, _ = toy(model__layers=layers, parallelism__tensor=2, training__recompute="full")
+    again = [r for r in run(wl, node).ops if r.device == 0 and r.layer == 1 and r.op_class == "collective"]
+    assert sorted(r.phase for r in again) == ["backward", "backward", "forward", "forward", "recompute", "recompute"]
+    assert all(sum(r.link_bytes.values()) == pytest.approx(2 * 1 / 2 * b * s * h * 2) for r in again)
 
 
 @pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])

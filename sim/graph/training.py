@@ -197,10 +197,9 @@ class StepBuilder:
         """A forward op run again in backward, on what was kept or already recomputed."""
         def swap(accesses):
             return tuple(Access(rename.get(ident(a.tensor), a.tensor), a.bytes) for a in accesses)
-        again = Op(name=op.name, kind=op.kind, op_class=op.op_class, engine=op.engine, phase="recompute", step=0,
-                   layer=0, dtype=op.dtype, flops=op.flops, reads=swap(op.reads), writes=swap(op.writes),
-                   shape=op.shape, stage=op.stage, kernel=op.kernel, weight_layout=op.weight_layout, row=op.row,
-                   epilogue=op.epilogue)
+        # everything else as the forward op has it (a tensor-parallel all-reduce stays one)
+        again = dataclasses.replace(op, phase="recompute", step=0, layer=0, reads=swap(op.reads),
+                                    writes=swap(op.writes))
         return self.b._interned_ops.setdefault(again, again)
 
     def _backward_ops(self, ops: tuple[Op, ...], rename: dict, accumulate: bool) -> tuple[Op, ...]:
