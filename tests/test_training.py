@@ -78,6 +78,33 @@ def test_recomputation_trades_activation_memory_for_compute():
     assert s2["mfu"] == pytest.approx(s0["mfu"] * s0["step_s"] / s2["step_s"], rel=1e-9)  # same model FLOPs
 
 
+def test_dropout_keeps_a_byte_mask_per_element_and_backward_reads_it():
+    """Dropout 0.1 (BERT's, Megatron's GPT) on the toy layer (2 x 8 tokens, hidden 64, 4 heads; fp16): on
+    attention's probabilities (2 x 4 x 8 x 8 = 512 elements) and on each block's output before the
+    residual add (2 x 8 x 64 = 1,024): each reads its input and writes its output and a one-byte mask
+    (2 FLOPs per element), and its backward reads the mask and dY and writes dX (1 FLOP per element). Kept
+    for backward: the masks and the dropped probabilities; full recomputation keeps neither, selective
+    recomputation not the probabilities' (sequence-squared) ones. FlashAttention drops in its kernel."""
+    wl, _ = toy(training__dropout=0.1)
+    ops = {(op.phase, op.kind): op for op in build_graph(wl).ops if op.layer == 0}
+    for kind, n in (("probs_dropout", 512), ("attn_dropout", 1024), ("ffn_dropout", 1024)):
+        fwd, bwd = ops["forward", kind], ops["backward", f"{kind}_bwd"]
+        assert (fwd.flops, bwd.flops) == (2 * n, n)
+        assert [a.bytes for a in fwd.reads] == [2 * n] and [a.bytes for a in fwd.writes] == [2 * n, n]
+        assert sorted(a.bytes for a in bwd.reads) == [n, 2 * n] and [a.bytes for a in bwd.writes] == [2 * n]
+        assert f".{kind}_mask." in bwd.reads[0].tensor.name
+
+    def kept(**over):
+        wl, hw = toy(model__layers=2, **over)
+        return run(wl, hw).placement.footprint.activations
+    extra = {mode: kept(training__dropout=0.1, training__recompute=mode) - kept(training__recompute=mode)
+             for mode in ("none", "selective", "full")}
+    # full: one layer's again, during its backward; selective: the hidden states' masks, every layer's
+    assert extra["none"] > extra["selective"] > 0 and extra["none"] > extra["full"] > 0
+    wl, _ = toy(training__dropout=0.1, scenario__attention="fused")
+    assert not any(op.kind == "probs_dropout" for op in build_graph(wl).ops)
+
+
 def test_activations_ramp_through_forward_and_fall_through_backward():
     """The memory timeline peaks where forward ends and backward begins, and what the step holds all
     through (weights, gradients, optimizer state) is there from the start."""

@@ -102,6 +102,10 @@ class Training(Spec):
                       "1 shards the optimizer state, 2 the gradients too, 3 (FSDP) the weights too")
     bucket: Bytes = Field(default=25 * 2 ** 20, description="data parallel: gradients are all-reduced in buckets "
                           "of at least this many bytes as backward produces them (PyTorch DDP's default: 25 MiB)")
+    dropout: float = Field(default=0.0, ge=0, lt=1, description="dropout probability on attention's probabilities "
+                           "(unfused attention; FlashAttention drops inside its kernel) and on each block's output "
+                           "before the residual add, as BERT's and Megatron's GPT train (0.1); 0: none (Llama, "
+                           "nanoGPT / llm.c, MPT)")
     recompute: Literal["none", "selective", "full"] = Field(
         default="none", description="activations kept for backward: all (none); all but attention's softmax "
         "region, recomputed in backward (selective, Megatron); each layer's input only, the rest recomputed "

@@ -8,7 +8,7 @@ The backward of a block is derived from its forward ops, last to first, the way 
   forward FLOPs that recomputes the scores and reads Q, K, V, its output and dO;
 - a vector op (norm, activation, softmax, RoPE, tanh) one op of twice its forward FLOPs that reads what
   its gradient needs (its inputs, softmax its output) and dY, and writes the gradients of its inputs and of
-  its weights (a norm's gain and bias);
+  its weights (a norm's gain and bias); a dropout one of 1 FLOP per element that reads its mask and dY;
 - a residual add passes its gradient to both inputs; where two gradients meet (the residual stream and a
   branch) they are added (1 FLOP per element);
 - the embedding's lookup scatters its gradient into the tables' gradients (1 FLOP per element);
@@ -19,8 +19,8 @@ A gradient is a tensor of kind `activation` named `d_<name>` while it flows, and
 one (accumulation: a tied embedding, the micro-batches of gradient accumulation). What backward reads of
 the forward pass keeps those activations alive until then: the footprint's peak live set is what training
 stores. Recomputation renames what it recomputes (`r_<name>`): with `full`, a layer's ops run again before
-its backward from the layer's input (the only activation kept), with `selective` only attention's scores
-and softmax (the sequence-squared tensors).
+its backward from the layer's input (the only activation kept), with `selective` only attention's scores,
+softmax and its dropout (the sequence-squared tensors).
 
 The update is one memory-bound op per block over its weights: it reads each weight, its gradient, its
 optimizer state and master copy, and writes the weight, the state and the master copy.
@@ -186,7 +186,7 @@ class StepBuilder:
         if mode == "none":
             return {}
         if mode == "selective":
-            chosen = [op for op in ops if op.kind in ("scores", "softmax")]
+            chosen = [op for op in ops if op.kind in ("scores", "softmax", "probs_dropout")]
         else:
             chosen = [op for op in ops if op.collective is None]
         return {ident(a.tensor): Tensor(f"r_{a.tensor.name}", a.tensor.kind, a.tensor.bytes, a.tensor.elements,
@@ -211,7 +211,7 @@ class StepBuilder:
         if not any(op.kind == "loss" for op in ops):
             read_later: set[tuple] = set()
             for op in reversed(ops):
-                for a in op.writes:
+                for a in op.writes[:1] if op.kernel == "dropout" else op.writes:  # (a mask gets no gradient)
                     if a.tensor.kind == "activation" and ident(a.tensor) not in read_later:
                         grads.setdefault(ident(a.tensor), self.grad_act(a.tensor))
                 read_later |= {ident(a.tensor) for a in op.reads}
@@ -349,6 +349,13 @@ class StepBuilder:
                     out.append(self._op(f"{op.kind}_d{mine.tensor.name}", "attention", op.flops,
                                         [*dy_reads, saved(other)], [Access(d, d.bytes)], op.shape))
                     give(mine.tensor, d)
+                continue
+            if op.kernel == "dropout":  # dX = dY x mask / (1 - p): reads the mask it kept, 1 FLOP per element
+                (x,) = acts
+                d = part(x.tensor, op.kind)
+                out.append(self._op(f"{op.kind}_bwd", "elementwise", op.flops / 2, [saved(op.writes[1]), *dy_reads],
+                                    [Access(d, d.bytes)], kernel="dropout"))
+                give(x.tensor, d)
                 continue
             # a vector op: its gradient from what it saved (softmax: its output) and dY
             needs = [Access(outs[0], op.writes[0].bytes)] if op.kind == "softmax" else acts

@@ -2,7 +2,8 @@
 
 FLOP counts per element of the non-matmul ops are fixed conventions, stated in docs/model.md:
 layernorm 7, rmsnorm 4, softmax 5 (incl. the 1/sqrt(d) scale and mask), gelu 8 (tanh form),
-relu 1, SiLU-gate 5, residual add 1, RoPE 3. Matmuls count 2*M*N*K (+ M*N for a bias).
+relu 1, SiLU-gate 5, residual add 1, RoPE 3, dropout 2 (draw and scale). Matmuls count 2*M*N*K
+(+ M*N for a bias).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ NORM_FLOPS = {"layernorm": 7, "rmsnorm": 4}
 ACT_FLOPS = {"gelu": 8, "relu": 1, "silu": 5}  # silu counts x*sigmoid(x) times the gate
 SOFTMAX_FLOPS = 5
 ROPE_FLOPS = 3
+DROPOUT_FLOPS = 2
 #: The residual stream between blocks: the embedding's output and every layer's carry one name (the
 #: layer tells them apart), so the first layer's ops equal the others' and cache states seen from
 #: consecutive layers compare equal.
@@ -207,6 +209,15 @@ class _Builder:
         reads = list(inputs) + [Access(w, self.full(w)) for w in weights]
         return self.op(kind, op_class, flops_per * out_elements, reads, [out], kernel=kernel, row=row)
 
+    def dropout(self, kind: str, x: Access) -> Access:
+        """Training's dropout on `x` where `training.dropout` > 0 (else `x`): the output, and a one-byte
+        mask per element kept for backward (PyTorch's boolean mask; full recomputation draws it again)."""
+        if not self.training or self.training_spec.dropout == 0:
+            return x
+        n = x.tensor.elements
+        mask = Access(Tensor(f"{kind}_mask", "activation", n, n, "pass"), n)
+        return out(self.op(kind, "elementwise", DROPOUT_FLOPS * n, [x], [self.act(kind, n), mask], kernel="dropout"))
+
     def norm(self, kind: str, x: Access, w_name: str, per_layer: bool = True, out_name: str | None = None) -> Op:
         h = self.m.hidden
         n_params = h * (2 if self.m.norm == "layernorm" else 1)
@@ -351,11 +362,13 @@ def _layer(b: _Builder, x: Access, rows: int, tokens: int, past: int) -> Access:
         scores = b.op("scores", "attention", 2 * bh * tokens * ctx * d,
                       [q_in, k_read], [b.act("scores", score_elems)], (bh, tokens, ctx, d))
         soft = b.vector("softmax", "softmax", [out(scores)], score_elems, SOFTMAX_FLOPS, op_class="softmax")
+        probs = b.dropout("probs_dropout", out(soft))
         av = b.op("attn_v", "attention", 2 * bh * tokens * ctx * d,
-                  [out(soft), v_read], [b.act("attn", rows * heads * d)], (bh, tokens, d, ctx))
+                  [probs, v_read], [b.act("attn", rows * heads * d)], (bh, tokens, d, ctx))
     proj = out(b.linear("attn_out", out(av), h, "wo", rows))
     if b.tp > 1:  # row-parallel projection: partial sums meet in an all-reduce
         proj = out(b.collective("allreduce", proj, name="attn_allreduce"))
+    proj = b.dropout("attn_dropout", proj)  # on the whole hidden state, alike on every rank (Megatron)
     res1 = out(b.vector("residual", "add", [x, proj], rows * h, 1))
     if not pre:
         res1 = out(b.norm("attn_norm", res1, "ln1"))
@@ -371,6 +384,7 @@ def _layer(b: _Builder, x: Access, rows: int, tokens: int, past: int) -> Access:
     down = out(b.linear("ffn_down", out(act), h, "w_down", rows))
     if b.tp > 1:
         down = out(b.collective("allreduce", down, name="ffn_allreduce"))
+    down = b.dropout("ffn_dropout", down)
     res2 = out(b.vector("residual2", "add", [res1, down], rows * h, 1, out_name=HIDDEN if pre else None))
     if not pre:
         res2 = out(b.norm("ffn_norm", res2, "ln2", out_name=HIDDEN))
