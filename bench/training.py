@@ -9,10 +9,14 @@ prints (and writes) the tables of docs/training.md, every figure simulated:
    and the cost of recomputing (the study's "up to ~5x less activation memory for ~20% more compute").
 3. Llama-2-7B and -70B data-parallel over the 8 A100s of a node with ZeRO 0-3: per-GPU memory, whether
    it fits, the step time and the communication exposed and hidden per GPU.
-4. GPT-3 175B with Megatron's 3D parallelism (tensor 8 inside a node, pipeline 8, data) over DGX A100
-   nodes joined by InfiniBand: step time, MFU and HFU, the pipeline bubble and the exposed communication.
+4. GPT-3 175B with Megatron's 3D parallelism (tensor 8 inside a node, pipeline 8 or 16, data) over DGX
+   A100 nodes joined by InfiniBand, up to 1,024 GPUs: step time, TFLOP/s per GPU as Megatron counts it,
+   MFU and HFU, the pipeline bubble and the exposed communication.
 5. The published training steps of sim/data/published.yaml (BERT-Large pretraining from NVIDIA's
-   DeepLearningExamples, GPT-2 from llm.c), predicted, with the median and worst error.
+   DeepLearningExamples, GPT-2 from llm.c, MPT from LLM Foundry, GPT 1.7B-310B from Megatron-LM's weak
+   scaling on up to 1,920 GPUs), predicted, with the median and worst error.
+6. The published peak memory per GPU of training steps (llm.c's GPT-2 124M and 1558M with ZeRO-0 and -1),
+   against the simulated peak and its parts.
 """
 
 from __future__ import annotations
@@ -142,35 +146,45 @@ def zero_table() -> Table:
 
 GPT3 = [("name", "GPT-3 175B"), ("model.layers", 96), ("model.hidden", 12288), ("model.heads", 96),
         ("model.ffn", 49152), ("model.vocab", 51200), ("model.max_positions", 2048),
-        ("scenario.prompt_tokens", 2048), ("parallelism.tensor", 8), ("parallelism.pipeline", 8),
-        ("parallelism.schedule", "1f1b"), ("training.recompute", "full")]
+        ("scenario.prompt_tokens", 2048), ("parallelism.tensor", 8), ("parallelism.schedule", "1f1b"),
+        ("training.recompute", "full"), ("training.dropout", 0.1)]
 #: a DGX A100 node's 8 single-port 200 Gb/s (25 GB/s) HDR InfiniBand HCAs, one per GPU (NVIDIA DGX A100 datasheet,
 #: https://www.nvidia.com/content/dam/en-zz/Solutions/Data-Center/nvidia-dgx-a100-datasheet.pdf); the
 #: fabric's 5 us per hop is an assumption (a round figure for NIC + switch + NCCL's proxy), not a measurement
 INFINIBAND = {"link": {"bandwidth": "25 GB/s", "latency": "5 us"}}
-GPT3_RUNS = [  # (data-parallel replicas, micro-batches of one sequence per replica, network)
-    (1, 8, INFINIBAND), (2, 32, INFINIBAND),  # and a 4x faster NIC:
-    (2, 32, {"link": {"bandwidth": "100 GB/s", "latency": "5 us"}}),
+GPT3_RUNS = [  # (pipeline stages, data-parallel replicas, micro-batches of one sequence per replica, network)
+    (8, 1, 8, INFINIBAND), (8, 2, 32, INFINIBAND),  # and a 4x faster NIC:
+    (8, 2, 32, {"link": {"bandwidth": "100 GB/s", "latency": "5 us"}}),
+    # the batch and GPU count for which Megatron-LM reports 140 TFLOP/s per GPU (Narayanan et al., 2021, §5.1;
+    # its layout is not given there: tensor 8 x pipeline 16 as Megatron's GPT-3 175B example script)
+    (16, 8, 192, INFINIBAND),
 ]
 
 
 def gpt3_table() -> Table:
-    t = Table(title="GPT-3 175B on DGX A100 nodes (NVLink inside, InfiniBand between): tensor 8, pipeline 8, "
-                    "1F1B, mixed-precision AdamW, full recomputation")
-    for col in ("GPUs (nodes)", "data", "micro-batches", "NIC per GPU", "step", "samples/s", "MFU", "HFU",
-                "bubble", "comm exposed per GPU"):
+    from sim.validate.published import megatron_step_flops
+
+    t = Table(title="GPT-3 175B on DGX A100 nodes (NVLink inside, InfiniBand between): tensor 8 x pipeline x data, "
+                    "1F1B, mixed-precision AdamW, dropout 0.1, full recomputation")
+    for col in ("GPUs (nodes)", "pipeline x data", "micro-batches", "NIC per GPU", "step", "samples/s",
+                "TFLOP/s per GPU", "MFU", "HFU", "bubble", "comm exposed per GPU"):
         t.add_column(col, justify="right")
-    for data, micro, net in GPT3_RUNS:
-        gpus = 64 * data
+    for pipeline, data, micro, net in GPT3_RUNS:
+        gpus = 8 * pipeline * data
+        batch = data * micro
         s, err = simulate("workloads/gpt2-train.yaml", GPT3 + RECIPES["mixed-precision AdamW"] + [
-            ("parallelism.data", data), ("parallelism.microbatches", micro), ("scenario.batch", data * micro)],
-            [("nodes", gpus // 8), ("network", net)])
+            ("parallelism.pipeline", pipeline), ("parallelism.data", data), ("parallelism.microbatches", micro),
+            ("scenario.batch", batch)], [("nodes", gpus // 8), ("network", net)])
         if s is None:
-            t.add_row(f"{gpus} ({gpus // 8})", str(data), str(micro), net["link"]["bandwidth"], f"fails: {err}",
-                      "", "", "", "", "")
+            t.add_row(f"{gpus} ({gpus // 8})", f"{pipeline} x {data}", str(micro), net["link"]["bandwidth"],
+                      f"fails: {err}", "", "", "", "", "", "")
             continue
-        t.add_row(f"{gpus} ({gpus // 8})", str(data), str(micro), net["link"]["bandwidth"], fmt_time(s["step_s"]),
-                  f"{s['samples_per_s']:.1f}", f"{100 * s['mfu']:.1f}%", f"{100 * s['hfu']:.1f}%",
+        # Megatron's count (its eq. 3, recomputation included) per GPU, as its papers report throughput
+        flops = megatron_step_flops({"scenario.batch": batch, "scenario.prompt_tokens": 2048, "model.layers": 96,
+                                     "model.hidden": 12288, "model.vocab": 51200})
+        t.add_row(f"{gpus} ({gpus // 8})", f"{pipeline} x {data}", str(micro), net["link"]["bandwidth"],
+                  fmt_time(s["step_s"]), f"{s['samples_per_s']:.1f}", f"{flops / s['step_s'] / gpus / 1e12:.0f}",
+                  f"{100 * s['mfu']:.1f}%", f"{100 * s['hfu']:.1f}%",
                   f"{100 * s['bubble_s'] / s['step_s']:.0f}%", fmt_time(s["comm_exposed_s"] / s["devices"]))
     return t
 
@@ -191,10 +205,38 @@ def validation_table() -> Table:
         errors.append(predicted / measured - 1)
         t.add_row(row["group"], row["name"], fmt_time(predicted), fmt_time(measured),
                   f"{100 * (predicted / measured - 1):+.1f}%")
+    t.caption = _errors(errors, "steps")
+    return t
+
+
+def memory_validation_table() -> Table:
+    """The published peak memory per GPU of training steps (sim/data/published.yaml, `kind: train_memory`)
+    against the fullest device's simulated peak in HBM, with its parts."""
+    from sim.validate.published import measured_peak_bytes, predict_training, published_rows
+
+    t = Table(title="Predicted vs published peak memory per GPU (shipped A100 model)")
+    for col in ("source", "case", "weights", "gradients", "optimizer", "activations", "predicted", "published",
+                "error"):
+        t.add_column(col, justify="left" if col in ("source", "case") else "right")
+    errors = []
+    for row in published_rows():
+        if row["kind"] != "train_memory":
+            continue
+        peak = predict_training(row)["memory_peak"]["hbm"]
+        predicted, measured = peak["bytes"], measured_peak_bytes(row)
+        errors.append(predicted / measured - 1)
+        parts = (f"{peak['by_kind'].get(k, 0.0) / 2 ** 20:,.0f} MiB"
+                 for k in ("weight", "gradient", "optimizer_state", "activation"))
+        t.add_row(row["group"], row["name"], *parts, f"{predicted / 2 ** 20:,.0f} MiB",
+                  f"{measured / 2 ** 20:,.0f} MiB", f"{100 * (predicted / measured - 1):+.1f}%")
+    t.caption = _errors(errors, "peaks")
+    return t
+
+
+def _errors(errors: list[float], what: str) -> str:
     errors = sorted(abs(e) for e in errors)
     median = errors[len(errors) // 2] if len(errors) % 2 else sum(errors[len(errors) // 2 - 1:][:2]) / 2
-    t.caption = f"median |error| {100 * median:.1f}%, worst {100 * errors[-1]:.1f}% over {len(errors)} steps"
-    return t
+    return f"median |error| {100 * median:.1f}%, worst {100 * errors[-1]:.1f}% over {len(errors)} {what}"
 
 
 def markdown(table: Table) -> str:
@@ -211,7 +253,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--markdown", type=Path, help="also write the tables into this Markdown file's marked block")
     args = parser.parse_args()
-    tables = [memory_table(), recompute_table(), zero_table(), gpt3_table(), validation_table()]
+    tables = [memory_table(), recompute_table(), zero_table(), gpt3_table(), validation_table(),
+              memory_validation_table()]
     console = Console(width=170)
     for t in tables:
         console.print(t)

@@ -22,6 +22,7 @@ from sim.validate.published import (
 from sim.validate.published import (
     calibrations,
     measured_cases,
+    measured_peak_bytes,
     measured_seconds,
     predict_allreduce,
     predict_row,
@@ -79,17 +80,25 @@ def test_allreduce_prediction_matches_the_ring_formula():
 
 def test_published_rows_cite_sources_and_convert_to_seconds():
     rows = published_rows()
-    assert {r["kind"] for r in rows} == {"matmul", "allreduce", "generate", "train"}
+    assert {r["kind"] for r in rows} == {"matmul", "allreduce", "generate", "train", "train_memory"}
     for row in rows:
-        assert measured_seconds(row) > 0 and row["source"].count("http") >= 1
+        measured = measured_peak_bytes(row) if row["kind"] == "train_memory" else measured_seconds(row)
+        assert measured > 0 and row["source"].count("http") >= 1
         assert (ROOT / "hardware_models" / f"{row['hardware']}.yaml").exists()
-        if row["kind"] in ("generate", "train"):
+        if row["kind"] in ("generate", "train", "train_memory"):
             assert (ROOT / "workloads" / f"{row['workload']}.yaml").exists()
     # the published figure, converted: nccl-tests busbw = algbw x 2(p-1)/p; a GEMM's FLOP/s; tokens/s
     assert measured_seconds({"bytes": 2**20, "devices": 8, "busbw": "1.75 GB/s"}) == pytest.approx(2**20 / 1e9)
     assert measured_seconds({"m": 10, "n": 10, "k": 10, "rate": "2 kFLOP/s"}) == pytest.approx(1.0)
     assert measured_seconds({"tokens": 200, "tokens_per_s": 100}) == pytest.approx(2.0)
     assert measured_seconds({"samples": 8192, "samples_per_s": 580}) == pytest.approx(8192 / 580)  # a step
+    # Megatron-LM's achieved TFLOP/s per GPU, back to the step through its eq. 3: 96 B s l h^2 (1 + s/6h + V/16lh)
+    megatron = {"scenario.batch": 1536, "scenario.prompt_tokens": 2048, "model.layers": 96, "model.hidden": 12288,
+                "model.vocab": 51200}
+    flops = 96 * 1536 * 2048 * 96 * 12288 ** 2 * (1 + 2048 / (6 * 12288) + 51200 / (16 * 96 * 12288))
+    assert measured_seconds({"tflops_per_gpu": 140, "gpus": 1024, "set": megatron}) == pytest.approx(
+        flops / (140e12 * 1024))
+    assert measured_peak_bytes({"peak_mib_per_gpu": 100}) == 100 * 2 ** 20
 
 
 def test_gpu_measurements_memwall_took_are_all_predicted():

@@ -62,6 +62,19 @@ def measured_seconds(row: dict) -> float:
     raise ValueError(f"published row {row.get('name')!r} has no measured figure")
 
 
+def measured_peak_bytes(row: dict) -> float | None:
+    """A training row's published peak device memory per GPU, in bytes (None where it gives none)."""
+    return float(row["peak_mib_per_gpu"]) * 2 ** 20 if "peak_mib_per_gpu" in row else None
+
+
+def predict_training(row: dict) -> dict:
+    """The summary of a training row's step as the shipped hardware model runs it."""
+    work_set, hw_set = split_overrides(list((row.get("set") or {}).items()))
+    hw = load_hardware(ROOT / "hardware_models" / f"{row['hardware']}.yaml", hw_set)
+    wl, _ = load_workload(ROOT / "workloads" / f"{row['workload']}.yaml", work_set)
+    return summarize(run(wl, hw), top=0)
+
+
 def megatron_step_flops(settings: dict) -> float:
     """FLOPs of a GPT training step with full recomputation as Megatron-LM counts them (Narayanan et al.,
     2021, eq. 3): 96 B s l h^2 (1 + s / 6h + V / 16 l h)."""
@@ -113,7 +126,7 @@ def published_cases(path: Path = PUBLISHED) -> tuple[list[Case], list[str]]:
     frameworks = {f: framework_overrides(micro, f) for f in {r["framework"] for r in rows if "framework" in r}}
     cases = []
     for row in rows:
-        if row.get("role") == "calibration":
+        if row.get("role") == "calibration" or row["kind"] == "train_memory":  # (a memory row: bench/training.py)
             continue
         # its own series' calibrated cost, or the one it borrows from a microbenchmark series
         key, value, _ = fitted.get(row["series"], fitted.get(row.get("borrows"), (None, 0.0, 0)))
