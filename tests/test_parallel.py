@@ -202,21 +202,48 @@ def test_routes_across_nodes_are_the_cluster_graphs_shortest_paths():
 
 
 def test_allreduce_across_nodes_runs_one_ring_per_nic():
-    """A 64 MB all-reduce over 2 x 2 devices runs NCCL's two channels: ring 0 1 2 3 and ring 1 0 3 2,
+    """A 64 MB ring all-reduce over 2 x 2 devices runs NCCL's two channels: ring 0 1 2 3 and ring 1 0 3 2,
     each with half the buffer, so every NIC carries one ring's 2(p-1)/p x 32 MB = 48 MB each way (one
-    ring would load two NICs with 96 MB; the tree loads each with 64 MB): 48 ms at 1 GB/s, plus 6 steps
-    at the network's 5 us."""
+    ring would load two NICs with 96 MB), in 6 steps at the network's 5 us."""
+    from sim.mapping.collectives import _plan, _ring_moves
+
     assert rings((0, 1, 2, 3), 2) == [(0, 1, 2, 3), (1, 0, 3, 2)]
     assert rings((0, 1, 2, 3), 4) == [(0, 1, 2, 3)]  # one node: one ring
-    plan = plan_collective(Collective("allreduce", 64 * MB), (0, 1, 2, 3), _two_nodes())
-    assert plan.kind == "allreduce/ring"
+    hw = _two_nodes()
+    plan = _plan("allreduce/ring", (0, 1, 2, 3), [(a, b, 1.5 * share * 64 * MB) for a, b, share in
+                                                  _ring_moves((0, 1, 2, 3), hw)], 6, hw)
     nics = {lnk: b for lnk, b in per_link(plan).items() if "net" in lnk}
     assert nics == {lnk: pytest.approx(48 * MB) for d in range(4) for lnk in (f"{d}->net", f"net->{d}")}
     assert plan.latency_s == pytest.approx(6 * 5e-6)
-    m = Machine(_two_nodes())
+    m = Machine(hw)
     m.env.process(m.send(("1->net", "net->2"), 10 * MB, {}))
     m.env.run()
     assert m.env.now == pytest.approx(10e-3)  # 10 MB at the NIC's 1 GB/s
+
+
+def test_allreduce_across_nodes_takes_nccls_hierarchical_tree_where_faster():
+    """NCCL's tree across nodes: per channel (one per member of a node) a chain inside each node to the
+    node's channel head, whose NIC joins a double binary tree of the nodes, each tree carrying half the
+    channel's share, reduced up and broadcast down. Over 2 x 2 devices a 64 MB buffer crosses each NIC
+    as 32 MB each way (the least two nodes can exchange: the ring's 48 MB is more), in 2 (1 + 1) steps:
+    the tree is taken. Over 8 nodes of one device a small buffer takes it for its 2 log2(8) = 6 latency
+    steps against the ring's 14; a large one the ring, whose NICs carry less than the double tree's
+    busiest."""
+    hw = _two_nodes()
+    plan = plan_collective(Collective("allreduce", 64 * MB), (0, 1, 2, 3), hw)
+    assert plan.kind == "allreduce/tree"
+    nics = {lnk: b for lnk, b in per_link(plan).items() if "net" in lnk}
+    assert nics == {lnk: pytest.approx(32 * MB) for d in range(4) for lnk in (f"{d}->net", f"net->{d}")}
+    inside = {lnk: b for lnk, b in per_link(plan).items() if "switch" in lnk}
+    # the chains: channel 0's runs 1 -> 0 (reduce) and back, channel 1's 0 -> 1 and back, 32 MB each
+    assert inside == {lnk: pytest.approx(64 * MB) for d in range(4)
+                      for lnk in (f"{d}->switch{d // 2}", f"switch{d // 2}->{d}")}
+    assert plan.latency_s == pytest.approx(4 * 5e-6)
+    eight = load_hardware(NODE, [("devices", 1), ("nodes", 8), ("interconnect.topology", "switch"),
+                                 ("network", {"link": {"bandwidth": "1 GB/s", "latency": "5 us"}})])
+    small = plan_collective(Collective("allreduce", 1e3), tuple(range(8)), eight)
+    assert small.kind == "allreduce/tree" and small.latency_s == pytest.approx(6 * 5e-6)
+    assert plan_collective(Collective("allreduce", 64 * MB), tuple(range(8)), eight).kind == "allreduce/ring"
 
 
 def test_data_parallel_training_across_nodes_pays_for_the_network():

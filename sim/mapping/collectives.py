@@ -6,7 +6,8 @@ so transfers that share a link contend in its queue.
 
 Algorithms (ring over the group in device order, as NCCL does for bandwidth-bound messages):
 - all-reduce of S bytes over p devices: each device sends 2(p-1)/p * S to its ring successor, in
-  2(p-1) latency-bound steps (or a binary tree, whichever is faster);
+  2(p-1) latency-bound steps (or a tree, whichever is faster: a binary tree inside a node, NCCL's
+  hierarchical tree across nodes, `_tree_moves`);
 - all-gather to S bytes, and reduce-scatter from S bytes: (p-1)/p * S per device, p-1 steps;
 - all-to-all of S bytes per device: S/p to each other device directly, all at once, one step;
 - point-to-point: S bytes, one step.
@@ -175,12 +176,47 @@ def plan_collective(coll: Collective, group: tuple[int, ...], hw: Hardware, leve
         raise ValueError(f"unknown collective {coll.kind!r} (known: {', '.join(COLLECTIVES)})")
     ring_plan = _plan("allreduce/ring", group, [(a, b, 2 * (p - 1) / p * share * size) for a, b, share in ring],
                       2 * (p - 1), hw, level)
-    # binary tree: reduce towards the root, then broadcast back; each tree edge carries the whole
-    # buffer once per direction, in 2 log2(p) latency steps. Like NCCL, take whichever is faster.
-    edges = [(group[i], group[(i - 1) // 2], size) for i in range(1, p)]
-    tree_plan = _plan("allreduce/tree", group, edges + [(b, a, s) for a, b, s in edges],
-                      2 * ceil(log2(p)), hw, level)
-    return min((ring_plan, tree_plan), key=lambda c: _estimate(c, hw))
+    tree, steps = _tree_moves(group, hw, size)
+    tree_plan = _plan("allreduce/tree", group, tree, steps, hw, level)
+    return min((ring_plan, tree_plan), key=lambda c: _estimate(c, hw))  # like NCCL, whichever is faster
+
+
+def _tree_moves(group: tuple[int, ...], hw: Hardware, size: float) -> tuple[list[tuple[int, int, float]], int]:
+    """A tree all-reduce's (sender, receiver, bytes) and latency steps: reduce towards the root, then
+    broadcast back, each edge carrying the buffer once each way.
+
+    Inside one node, a binary tree over the group in 2 log2(p) steps. Across nodes, NCCL's hierarchical
+    tree: as many channels as the group has members per node, channel j carrying 1/m of the buffer through
+    a chain inside each node that ends at the node's j-th member, whose NIC joins the nodes in a double
+    binary tree (two trees, each carrying half the channel's data: one over the nodes in order, one in
+    reverse, so that a node that is a leaf of one is mostly interior in the other), in
+    2 (m - 1 + log2 nodes) steps."""
+    by_node: dict[int, list[int]] = {}
+    for d in group:
+        by_node.setdefault(d // hw.devices, []).append(d)
+    nodes = list(by_node.values())
+    m = len(nodes[0])
+    moves: dict[tuple[int, int], float] = {}
+
+    def both(a: int, b: int, nbytes: float) -> None:
+        moves[a, b] = moves.get((a, b), 0.0) + nbytes
+        moves[b, a] = moves.get((b, a), 0.0) + nbytes
+
+    if len(nodes) == 1 or any(len(members) != m for members in nodes):
+        for i in range(1, len(group)):
+            both(group[i], group[(i - 1) // 2], size)
+        return [(a, b, n) for (a, b), n in moves.items()], 2 * ceil(log2(len(group)))
+    for j in range(m):
+        share = size / m
+        for members in nodes:
+            chain = members[j:] + members[:j]  # ends (its root) at member j
+            for a, b in zip(chain[1:], chain[:-1]):
+                both(a, b, share)
+        heads = [members[j] for members in nodes]
+        for order in (heads, heads[::-1]):
+            for i in range(1, len(order)):
+                both(order[i], order[(i - 1) // 2], share / 2)
+    return [(a, b, n) for (a, b), n in moves.items()], 2 * (m - 1 + ceil(log2(len(nodes))))
 
 
 def rings(group: tuple[int, ...], per_node: int) -> list[tuple[int, ...]]:
