@@ -222,11 +222,10 @@ def memory_validation_table() -> Table:
     for row in published_rows():
         if row["kind"] != "train_memory":
             continue
-        peak = predict_training(row)["memory_peak"]["hbm"]
-        predicted, measured = peak["bytes"], measured_peak_bytes(row)
+        peak = predict_training(row)["memory"]["hbm"]
+        predicted, measured = peak["peak_bytes"], measured_peak_bytes(row)
         errors.append(predicted / measured - 1)
-        parts = (f"{peak['by_kind'].get(k, 0.0) / 2 ** 20:,.0f} MiB"
-                 for k in ("weight", "gradient", "optimizer_state", "activation"))
+        parts = (f"{peak.get(k, 0.0) / 2 ** 20:,.0f} MiB" for k in ("weights", "gradients", "optimizer", "activations"))
         t.add_row(row["group"], row["name"], *parts, f"{predicted / 2 ** 20:,.0f} MiB",
                   f"{measured / 2 ** 20:,.0f} MiB", f"{100 * (predicted / measured - 1):+.1f}%")
     t.caption = _errors(errors, "peaks")

@@ -156,7 +156,7 @@ def test_summary_totals_equal_sums_over_every_op_record(gpt2_a100):
 def test_memory_timeline_rises_and_falls_and_peaks_at_the_footprint():
     """Weights and the KV cache are held all run; activations rise through each pass and fall back to
     nothing; the timeline's peak is the footprint's (weights + KV cache + peak live activations), the
-    summary's `memory_peak` gives it by kind, and the trace carries it as counter tracks."""
+    summary's `memory.<level>` gives it by kind, and the trace carries it as counter tracks."""
     from sim.report import summarize, to_trace
     from sim.report.memory import memory_timeline
 
@@ -171,7 +171,10 @@ def test_memory_timeline_rises_and_falls_and_peaks_at_the_footprint():
     assert track["points"][-1][1]["activation"] == pytest.approx(0.0, abs=1e-9)
     times = [t for t, _ in track["points"]]
     assert times == sorted(times) and times[-1] <= summarize(result)["total_s"]
-    peak = summarize(result)["memory_peak"]
-    assert peak[result.placement.home["activation"]]["by_kind"]["activation"] == fp.activations
+    s = summarize(result)
+    level = s["memory"][result.placement.home["activation"]]
+    assert level["activations"] == fp.activations
+    assert level["peak_bytes"] == pytest.approx(sum(b for kind, b in held.items() if home[kind] == track["level"]))
+    assert s["peak_bytes"] == s["memory"][home["weight"]]["peak_bytes"]
     counters = [e for e in to_trace(result)["traceEvents"] if e["ph"] == "C"]
     assert counters and max(e["args"].get("activations", 0.0) for e in counters) == pytest.approx(fp.activations)

@@ -17,8 +17,13 @@ from sim.graph.ops import TENSOR_KINDS
 STAGING = "staging"
 
 
+#: a tensor kind's name among a level's peak parts in the summary (`memory.<level>`)
+PART = {"weight": "weights", "gradient": "gradients", "optimizer_state": "optimizer", "activation": "activations"}
+
+
 def peaks(result: RunResult) -> dict[str, dict]:
-    """Per memory level of the fullest device: its peak bytes and their breakdown by tensor kind."""
+    """Per memory level of the fullest device: its `peak_bytes` and their parts by tensor kind
+    (`weights`, `gradients`, `optimizer`, `activations`, `kv_cache`, `staging`)."""
     placement = result.placement
     if placement is None:
         return {}
@@ -29,9 +34,9 @@ def peaks(result: RunResult) -> dict[str, dict]:
     held += [(STAGING, level, nbytes) for level, nbytes in placement.staged.items()]
     for kind, level, nbytes in held:
         if nbytes:
-            entry = out.setdefault(level, {"bytes": 0.0, "by_kind": {}})
-            entry["bytes"] += nbytes
-            entry["by_kind"][kind] = nbytes
+            entry = out.setdefault(level, {"peak_bytes": 0.0})
+            entry["peak_bytes"] += nbytes
+            entry[PART.get(kind, kind)] = nbytes
     return out
 
 

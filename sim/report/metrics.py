@@ -168,6 +168,10 @@ RUN: list[Metric] = [
     Metric("activations_bytes", "B", "the activations' peak live set on one device (in training, what the "
            "forward pass keeps for backward at its peak)", lambda f: f.ctx.get("memory", {}).get("activations_bytes"),
            sweep=True),
+    Metric("peak_bytes", "B", "the fullest device's peak in the memory level its weights live in (device "
+           "memory), every part together (`memory.<level>` breaks it down)",
+           lambda f: f.peak.get(f.ctx.get("memory", {}).get("home", {}).get("weight"), {}).get("peak_bytes"),
+           sweep=True),
     Metric("balance_point_flop_per_byte", "FLOP/B", "matrix peak ÷ bandwidth of the balance level",
            lambda f: f.ctx.get("hardware", {}).get("balance_point_flop_per_byte"), sweep=True),
     Metric("achievable_balance_point_flop_per_byte", "FLOP/B", "the same with what the hardware file says is "
@@ -184,8 +188,9 @@ SECTIONS: list[Metric] = [
            "`op_class`"),
     Metric("memory", "B", "`weights_bytes`, `kv_cache_bytes`, `activations_bytes` (peak live), "
            "`optimizer_bytes`, `home` (tensor kind → level), `capacity_bytes`, `used_bytes` per level"),
-    Metric("memory_peak.<level>", "B", "the fullest device's peak on each memory level, `bytes` and `by_kind` "
-           "(`weight`, `kv_cache`, `activation`, ...): what is held all run plus the activations' peak live set"),
+    Metric("memory.<level>", "B", "the fullest device's peak on each memory level, `peak_bytes`, and its parts "
+           "`weights`, `gradients`, `optimizer`, `activations`, `kv_cache`, `staging`: what is held all run plus "
+           "the activations' peak live set"),
 ]
 
 AGGREGATE: list[Metric] = [

@@ -200,7 +200,8 @@ def summarize(result: RunResult, top: int = 10) -> dict:
 
     comm, exposed, bubble = overlap(runs.values(), len(devices), total)
     pass_flops = {p: t.flops for p, t in by_phase.items()}
-    facts = Facts(result=result, ctx=meta, level=level, total=total, device_time=device_time, pass_flops=pass_flops,
+    facts = Facts(peak=peaks(result),
+                  result=result, ctx=meta, level=level, total=total, device_time=device_time, pass_flops=pass_flops,
                   devices=len(devices), ttft=ttft, tpot=tpot, tokens_s=tokens_s, prefill_end=prefill_end,
                   decode_s=decode_s, everything=all_totals.result(level), ops=all_totals.ops, host_ops=host_ops,
                   host_s=host_s, paced_by=paced_by, comm=comm, exposed=exposed, bubble=bubble)
@@ -211,8 +212,7 @@ def summarize(result: RunResult, top: int = 10) -> dict:
         "classes": classes,
         "phases": phases,
         "top_ops": top_ops[:top],
-        "memory": meta.get("memory", {}),
-        "memory_peak": peaks(result),
+        "memory": {**meta.get("memory", {}), **facts.peak},
     }
 
 
@@ -240,6 +240,7 @@ class Facts:
     comm: float
     exposed: float
     bubble: float
+    peak: dict  # per memory level of the fullest device: `peak_bytes` and its parts (report.memory.peaks)
 
 
 def host_dispatch(blocks: list, hw: dict) -> tuple[int, float]:
