@@ -43,6 +43,12 @@ VARIANTS = [
     ("gpt2.yaml", None, {"device.memory.l2.capacity": "512 MiB", "device.memory.l2.pin": ["weight"],
                          "scenario.new_tokens": 8}),
     ("gpt2.yaml", "xeon-gold-6242.yaml", {"scenario.new_tokens": 8, "device.dispatch_mode": "sync"}),
+    # Megatron's 3D layout over two nodes joined by a network: tensor 4 x pipeline 2 x data 2, 1F1B, dropout,
+    # full recomputation (one program per stage stands for its 4 ranks of 2 replicas)
+    ("gpt2-train.yaml", None, {"parallelism.tensor": 4, "parallelism.pipeline": 2, "parallelism.data": 2,
+                               "parallelism.microbatches": 4, "parallelism.schedule": "1f1b", "scenario.batch": 8,
+                               "training.recompute": "full", "training.dropout": 0.1, "devices": 4, "nodes": 4,
+                               "network": {"link": {"bandwidth": "25 GB/s", "latency": "5 us"}}}),
 ]
 
 
