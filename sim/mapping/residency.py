@@ -177,9 +177,17 @@ class Residency:
         for cache in self._inside_of[home] if only is None else only:
             if cache.pin and kind in cache.pin:
                 before = cache.pinned.get(tensor, 0.0)
-                if cache.used - before + nbytes <= cache.capacity:
-                    cache.pinned[tensor] = max(nbytes, before)
-                    cache.pinned_bytes += cache.pinned[tensor] - before
+                want = nbytes if nbytes > before else before
+                if cache.pinned_bytes - before + want <= cache.capacity:
+                    # pinned ahead of everything unpinned: its own LRU copy goes, and what no longer fits
+                    # beside the pins is evicted (a table read a few rows at a time, then whole, is pinned
+                    # whole once it has been read whole)
+                    old = cache.lru.pop(tensor, None)
+                    if old is not None:
+                        cache.lru_bytes -= old.bytes
+                    cache.pinned[tensor] = want
+                    cache.pinned_bytes += want - before
+                    writebacks += self._evict(cache)
                     continue
             capacity = cache.capacity
             if nbytes > capacity - cache.pinned_bytes:
@@ -194,9 +202,16 @@ class Residency:
                 stale = old.dirty + nbytes if dirty else old.dirty
                 lru[tensor] = Entry(keep, stale if stale < keep else keep, home)
                 cache.lru_bytes += keep - old.bytes
-            while cache.lru_bytes + cache.pinned_bytes > capacity:
-                name, victim = cache.lru.popitem(last=False)
-                cache.lru_bytes -= victim.bytes
-                if victim.dirty:
-                    writebacks.append((cache.name, victim.home, victim.dirty))
+            writebacks += self._evict(cache)
+        return writebacks
+
+    @staticmethod
+    def _evict(cache: CacheLevel) -> list[tuple[str, str, float]]:
+        """Evict least recently used tensors until the cache's contents fit it; their dirty bytes."""
+        writebacks = []
+        while cache.lru_bytes + cache.pinned_bytes > cache.capacity and cache.lru:
+            _, victim = cache.lru.popitem(last=False)
+            cache.lru_bytes -= victim.bytes
+            if victim.dirty:
+                writebacks.append((cache.name, victim.home, victim.dirty))
         return writebacks
