@@ -47,6 +47,8 @@ def run(workload: Path, hardware: Path | None, overrides: tuple[str, ...], json_
     wl, default_hw = load_workload(workload, work_set)
     hw_path = hardware or default_hw
     hw = load_hardware(hw_path, hw_set)
+    for odd in hw.oddities():
+        click.echo(f"warning: {hw_path}: {odd}", err=True)
     result = run_pipeline(wl, hw, str(hw_path), str(workload), exact=exact)
     render(result, top=top)
     for path, write in ((json_out, write_json), (csv_out, write_csv), (trace_out, write_trace)):
@@ -172,15 +174,18 @@ def sweep(sweep_file: Path, out: Path, workers: int | None, scheduler: str | Non
     from sim.sweep import load_sweep, run_sweep
 
     spec = load_sweep(sweep_file)
-    failed = 0
+    failed, odd, first_odd = 0, 0, ""
     t0 = time.perf_counter()
     with Progress(TextColumn(f"[bold]{spec.name}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("ETA"), TimeRemainingColumn()) as progress:
         task = progress.add_task(spec.name, total=len(spec.points))
 
         def on_row(row: dict, done: int, total: int) -> None:
-            nonlocal failed
+            nonlocal failed, odd, first_odd
             failed += row.get("status") == "error"
+            if row.get("warning"):
+                odd += 1
+                first_odd = first_odd or f"point {row['point_id']}: {row['warning']}"
             progress.update(task, completed=done)
 
         csv_path, parquet_path, computed = run_sweep(spec, out, workers, scheduler, on_row)
@@ -190,6 +195,9 @@ def sweep(sweep_file: Path, out: Path, workers: int | None, scheduler: str | Non
     click.echo(f"{computed} points computed now, {len(spec.points) - computed} already in the table, "
                f"{failed} failed{rate}")
     click.echo(f"wrote {csv_path} and {parquet_path}")
+    if odd:
+        click.echo(f"warning: {odd} points describe a memory level faster than the one inside it (column "
+                   f"`warning`), e.g. {first_odd}", err=True)
 
 
 @cli.command()

@@ -18,6 +18,18 @@ def test_shipped_hardware_loads_and_cites_a_source(path):
     hw = load_hardware(path)
     assert len(hw.source) > 40
     assert hw.device.compute.peak
+    assert hw.oddities() == []  # every level slower than the one inside it
+
+
+def test_a_level_faster_than_the_one_inside_it_is_a_one_line_warning_and_the_run_goes_on():
+    """HBM at 10 TB/s behind a 5.5 TB/s L2 is valid YAML but no real hierarchy: `run` says so in one line
+    on stderr and still simulates (exit 0)."""
+    r = cli("run", str(ROOT / "workloads/gpt2.yaml"), "--set", "device.memory.hbm.bandwidth=10 TB/s",
+            "--set", "scenario.new_tokens=2")
+    assert r.returncode == 0, r.stderr
+    warnings = [line for line in r.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "device.memory.hbm: 10 TB/s is faster than the level inside it, l2" in warnings[0]
+    assert "End to end" in r.stdout
 
 
 @pytest.mark.parametrize("path", WORKLOADS, ids=lambda p: p.name)

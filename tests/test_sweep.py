@@ -82,6 +82,24 @@ def test_failed_point_records_its_error_and_the_sweep_goes_on(tmp_path):
     assert sum(r["status"] == "ok" for r in table) == 3
 
 
+def test_a_point_whose_outer_level_outruns_the_inner_one_runs_and_says_so(tmp_path):
+    """The toy's SRAM serves 100 GB/s: a DRAM axis reaching 200 GB/s makes machines no hierarchy builds.
+    Those points still run; their `warning` says which level, and the command prints one line for all."""
+    text = SWEEP.read_text().replace('{log: ["5 GB/s", "20 GB/s"], points: 3}', '["20 GB/s", "200 GB/s"]')
+    (tmp_path / "s.yaml").write_text(text)
+    shutil.copy(DATA / "toy-gpt.yaml", tmp_path)
+    shutil.copy(DATA / "toy-hw.yaml", tmp_path)
+    res = cli("sweep", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "out"), "--workers", "1")
+    assert res.returncode == 0, res.stderr
+    table = rows(tmp_path / "out" / "toy-sweep.csv")
+    assert all(r["status"] == "ok" for r in table)
+    odd = [r for r in table if r["warning"]]
+    assert {r["device.memory.dram.bandwidth"] for r in odd} == {"200 GB/s"} and len(odd) == 2
+    assert "device.memory.dram: 200 GB/s is faster than the level inside it, sram" in odd[0]["warning"]
+    assert [line for line in res.stderr.splitlines() if line.startswith("warning:")] == [
+        line for line in res.stderr.splitlines() if "2 points describe a memory level faster" in line]
+
+
 def test_parallel_and_dask_give_the_same_table(tmp_path):
     from distributed import LocalCluster
 

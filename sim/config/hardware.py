@@ -311,6 +311,23 @@ class Hardware(Spec):
             raise KeyedError(f"device.memory.{HOST_LEVEL}", f"'{HOST_LEVEL}' is reserved for host memory")
         return self
 
+    def oddities(self) -> list[str]:
+        """What is valid but physically odd, one line each (a warning; the run goes on): a memory level
+        faster than the level inside it, which no real hierarchy builds — usually a mistyped unit or a
+        sweep axis gone past its neighbour."""
+        from sim.config.units import fmt_si
+
+        out = []
+        levels = self.levels
+        names = list(levels)
+        for inner, outer in zip(names, names[1:]):
+            a, b = levels[inner], levels[outer]
+            key = f"device.memory.{outer}" if outer != HOST_LEVEL else "host"
+            if b.bandwidth > a.bandwidth:
+                out.append(f"{key}: {fmt_si(b.bandwidth, 'B/s')} is faster than the level inside it, {inner}, at "
+                           f"{fmt_si(a.bandwidth, 'B/s')}")
+        return out
+
     @property
     def levels(self) -> dict[str, MemoryLevel]:
         """The device's memory levels, innermost first, then host memory reached over the host link

@@ -24,7 +24,7 @@ OUTPUTS = sweep_columns()  # the registry's figures (sim/report/metrics.py)
 
 
 def columns(sweep: Sweep) -> list[str]:
-    return ["point_id", "status", "error", "workload", *sweep.axes, *OUTPUTS]
+    return ["point_id", "status", "error", "warning", "workload", *sweep.axes, *OUTPUTS]
 
 
 def evaluate(point: Point, base_year: float | None) -> dict[str, Any]:
@@ -50,7 +50,7 @@ def evaluate(point: Point, base_year: float | None) -> dict[str, Any]:
         return {**row, "status": "error", "error": str(e)}
     except Exception as e:  # a bug in one point must not stop the sweep; record it
         return {**row, "status": "error", "error": f"{type(e).__name__}: {e}"}
-    row.update(status="ok", error="", **{m.name: s[m.name] for m in RUN if m.sweep})
+    row.update(status="ok", error="", warning="; ".join(hw.oddities()), **{m.name: s[m.name] for m in RUN if m.sweep})
     for g in GROUPS:
         c = s["classes"].get(g)
         if c is not None:
