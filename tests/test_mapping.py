@@ -30,17 +30,37 @@ def test_gpt2_weights_live_in_sram_when_they_fit():
 
 
 def test_shrinking_sram_below_the_weights_brings_dram_stalls_back():
+    """GPT-2's 237 MiB of weights on the SRAM accelerator: in a 200 MiB SRAM what does not fit streams
+    from DRAM (the weights' home is DRAM, most of them are served from SRAM); with almost no SRAM all
+    of them do. Decode then stalls on DRAM, the more the less SRAM there is."""
     fits = run(*gpt2_on(SRAM))
-    spills = run(*gpt2_on(SRAM, device__memory__sram__capacity="200 MiB"))
-    assert spills.placement.home["weight"] == "dram"
+    part = run(*gpt2_on(SRAM, device__memory__sram__capacity="200 MiB"))
+    spills = run(*gpt2_on(SRAM, device__memory__sram__capacity="1 MiB"))
+    assert part.placement.home["weight"] == spills.placement.home["weight"] == "dram"
+    assert part.placement.partial["weight"]["sram"] > 0.75 * part.placement.footprint.weights
 
     def decode(result):
         ops = [r for r in result.ops if r.phase == "decode"]
         return sum(r.duration_s for r in ops), sum(r.stall_s.get("memory:dram", 0) for r in ops)
 
-    (t_fit, dram_fit), (t_spill, dram_spill) = decode(fits), decode(spills)
-    assert t_spill > 3 * t_fit
-    assert dram_spill > 0.5 * t_spill > dram_fit
+    (t_fit, dram_fit), (t_part, dram_part), (t_spill, dram_spill) = decode(fits), decode(part), decode(spills)
+    assert t_spill > 3 * t_fit and t_fit < t_part < t_spill
+    assert dram_spill > 0.5 * t_spill > dram_fit and dram_fit < dram_part < dram_spill
+
+
+def test_decode_time_falls_smoothly_as_sram_grows_towards_the_weights():
+    """Partial residency (issue 20): weights are placed tensor by tensor into the SRAM's room, the most
+    traffic per byte first, so every 32 MiB more SRAM serves another 32 MiB of weights from it: the DRAM
+    bytes and the time per token fall step by step from 8 MiB to the weights' size (they used to stay
+    flat until the weights fitted whole, then drop at once)."""
+    from sim.report import summarize
+
+    runs = [summarize(run(*gpt2_on(SRAM, device__memory__sram__capacity=f"{mib} MiB")))
+            for mib in range(8, 232, 32)]
+    tpot = [s["tpot_s"] for s in runs]
+    dram = [s["bytes_per_level"]["dram"] for s in runs]
+    assert all(b < 0.95 * a for a, b in zip(tpot, tpot[1:])), tpot
+    assert all(b < a - 25 * 2 ** 20 for a, b in zip(dram, dram[1:])), dram  # 4 steps x most of 32 MiB less
 
 
 def test_does_not_fit_is_a_config_error():

@@ -166,15 +166,16 @@ def test_memory_timeline_rises_and_falls_and_peaks_at_the_footprint():
     (track,) = [t for t in memory_timeline(result) if "activation" in t["points"][-1][1]]
     totals = [sum(kinds.values()) for _, kinds in track["points"]]
     home = result.placement.home
-    held = {"weight": fp.weights, "kv_cache": fp.kv_cache, "activation": fp.activations}
-    assert max(totals) == pytest.approx(sum(b for kind, b in held.items() if home[kind] == track["level"]))
+    # what the level holds: whole kinds, and the weights or KV caches placed there ahead of their home
+    at_level = result.placement.held()[track["level"]]
+    assert max(totals) == pytest.approx(sum(at_level.values()))
     assert track["points"][-1][1]["activation"] == pytest.approx(0.0, abs=1e-9)
     times = [t for t, _ in track["points"]]
     assert times == sorted(times) and times[-1] <= summarize(result)["total_s"]
     s = summarize(result)
     level = s["memory"][result.placement.home["activation"]]
     assert level["activations"] == fp.activations
-    assert level["peak_bytes"] == pytest.approx(sum(b for kind, b in held.items() if home[kind] == track["level"]))
+    assert level["peak_bytes"] == pytest.approx(sum(at_level.values()))
     assert s["peak_bytes"] == s["memory"][home["weight"]]["peak_bytes"]
     counters = [e for e in to_trace(result)["traceEvents"] if e["ph"] == "C"]
     assert counters and max(e["args"].get("activations", 0.0) for e in counters) == pytest.approx(fp.activations)

@@ -2,19 +2,25 @@
 
 Tensors are placed by class — weights first, then the KV cache, then the activations' peak live set —
 each class wholly into the innermost level that can hold tensors (`scratchpad` or `dram`, not a
-`cache`) and still has room. So a model whose weights fit in an on-chip SRAM is served from it, and one
-whose weights do not streams them from DRAM every step.
+`cache`) and still has room. Then the room a shared level has left is filled tensor by tensor with the
+weights and KV caches homed further out, those that save the most traffic per byte first (the bytes
+the run reads of a tensor over its size: a layer's weights once per pass, a lookup table only the rows
+it gathers): they are served from there and the rest streams from their home. So a model whose weights
+fit in an on-chip SRAM is served from it, and one whose weights do not streams from DRAM only what the
+SRAM could not take — decode time falls smoothly as the SRAM grows. A kind that must go to host memory
+goes whole (partial offload is not modelled), and a per-unit scratchpad holds a kind only whole.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sim.config.hardware import Hardware
+from sim.config.hardware import HOST_LEVEL, Hardware
 from sim.config.units import fmt_bytes
 from sim.errors import ConfigError
 from sim.graph.ops import TENSOR_KINDS, Block, Op, Tensor, loose
 from sim.graph.transformer import OpGraph
+from sim.mapping.tiling import reuse_factors
 
 KIND_ORDER = ("weight", "gradient", "optimizer_state", "kv_cache", "activation")
 LABEL = TENSOR_KINDS
@@ -48,6 +54,23 @@ class Placement:
     used: dict[str, float]  # bytes placed in each level
     #: weights in host memory prefetched to the device: level -> bytes of its staging buffer
     staged: dict[str, float] = field(default_factory=dict)
+    #: tensors served from a faster level than their kind's home (its room left after every kind was
+    #: placed whole): absolute tensor key -> level
+    split: dict[tuple, str] = field(default_factory=dict)
+    #: kind -> {level: bytes of that kind placed there ahead of its home}
+    partial: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def held(self) -> dict[str, dict[str, float]]:
+        """Level -> {kind: bytes} of what the placement puts there (a split kind in several levels)."""
+        out: dict[str, dict[str, float]] = {}
+        for kind, level in self.home.items():
+            moved = self.partial.get(kind, {})
+            rest = self.footprint.of(kind) - sum(moved.values())
+            if rest > 0:
+                out.setdefault(level, {})[kind] = rest
+            for inner, nbytes in moved.items():
+                out.setdefault(inner, {})[kind] = nbytes
+        return out
 
 
 def level_capacity(hw: Hardware, name: str) -> float:
@@ -176,4 +199,93 @@ def place(graph: OpGraph | list[Block] | list[Op], hw: Hardware, hw_file: str = 
             )
         home[kind] = spot
         used[spot] += need[kind]
-    return Placement(home=home, footprint=fp, capacity=capacity, used=used)
+    split, partial = _fill_room(graph, hw, home, homes, capacity, used)
+    return Placement(home=home, footprint=fp, capacity=capacity, used=used, split=split, partial=partial)
+
+
+#: the kinds placed tensor by tensor into the room faster levels have left
+SPLIT_KINDS = ("weight", "kv_cache")
+
+
+def _fill_room(blocks: list[Block], hw: Hardware, home: dict[str, str], homes: list[str],
+               capacity: dict[str, float], used: dict[str, float]) -> tuple[dict, dict]:
+    """Move weights and KV caches homed further out into the room shared levels inside their home have
+    left, the most traffic per byte first (updates `used`)."""
+    split: dict[tuple, str] = {}
+    partial: dict[str, dict[str, float]] = {}
+    for kind in SPLIT_KINDS:
+        outer = home.get(kind)
+        if outer is None or outer == HOST_LEVEL:
+            continue
+        inner = [n for n in homes[:homes.index(outer)]
+                 if hw.levels[n].scope == "shared" and capacity[n] - used[n] > 0]
+        if not inner:
+            continue
+        # the matmuls' tiles keep the room they need: a level filled to the brim would make them re-read
+        reserve = {n: _tile_room(blocks, capacity[n] - used[n]) for n in inner}
+        sizes, reads = _traffic_of(blocks, kind)
+        order = sorted(sizes, key=lambda k: (-reads.get(k, 0.0) / sizes[k] if sizes[k] else 0.0))
+        for key in order:
+            nbytes = sizes[key]
+            spot = next((n for n in inner if capacity[n] - used[n] - reserve[n] >= nbytes), None)
+            if spot is None or not nbytes:
+                continue
+            split[key] = spot
+            used[spot] += nbytes
+            used[outer] -= nbytes
+            partial.setdefault(kind, {})[spot] = partial.get(kind, {}).get(spot, 0.0) + nbytes
+    return split, partial
+
+
+def _tile_room(blocks: list[Block], free: float) -> float:
+    """The least room in a level that keeps every matmul's traffic through it (its operands' re-reads
+    under the best tiling, `reuse_factors`) what it is with `free` bytes: what a fill must leave."""
+    shapes = set()
+    seen: set[int] = set()
+    for blk in blocks:
+        if id(blk.ops) in seen:
+            continue
+        seen.add(id(blk.ops))
+        for op in blk.ops:
+            if len(op.shape) == 4 and len(op.reads) >= 2 and op.collective is None:
+                batch, m, n, k = op.shape
+                a = round(op.reads[0].bytes / (batch * m * k), 6)
+                b = round(op.reads[1].bytes / (batch * n * k), 6)
+                shapes.add((m, n, k, a, b))
+
+    def traffic(shape: tuple, room: float) -> float:
+        m, n, k, a, b = shape
+        fa, fb = reuse_factors(m, n, k, a, b, room)
+        return m * k * a * fa + k * n * b * fb
+
+    target = {sh: traffic(sh, free) for sh in shapes}
+    lo, hi = 0.0, free
+    if all(traffic(sh, lo) <= target[sh] for sh in shapes):
+        return 0.0
+    for _ in range(40):  # traffic never rises with room: bisect for where it reaches its value at `free`
+        mid = (lo + hi) / 2
+        if all(traffic(sh, mid) <= target[sh] for sh in shapes):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def _traffic_of(blocks: list[Block], kind: str) -> tuple[dict[tuple, float], dict[tuple, float]]:
+    """Each tensor of `kind` the blocks touch (absolute key, in first-use order): its size, and the bytes
+    the run reads of it."""
+    sizes: dict[tuple, float] = {}
+    reads: dict[tuple, float] = {}
+    per_ops: dict[int, tuple] = {}  # id(ops) -> (ops, [(tensor, bytes read)], [tensor])
+    for blk in blocks:
+        known = per_ops.get(id(blk.ops))
+        if known is None or known[0] is not blk.ops:
+            read = [(a.tensor, a.bytes) for op in blk.ops for a in op.reads if a.tensor.kind == kind]
+            touched = {a.tensor: None for op in blk.ops for a in op.reads + op.writes if a.tensor.kind == kind}
+            known = per_ops[id(blk.ops)] = (blk.ops, read, list(touched))
+        for t in known[2]:
+            sizes.setdefault(t.key(blk.layer, blk.seq), t.bytes)
+        for t, nbytes in known[1]:
+            k = t.key(blk.layer, blk.seq)
+            reads[k] = reads.get(k, 0.0) + nbytes
+    return sizes, reads

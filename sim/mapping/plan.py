@@ -164,6 +164,7 @@ class Planner:
         self._epilogue_for = dev.epilogue_for
         self._row_element_for = dev.row_element_for
         self._home = dict(placement.home)
+        self._split = placement.split  # tensors served from a faster level than their kind's home
         self._compute_of: dict[tuple, tuple] = {}
         self._factors_of: dict[tuple, list] = {}
         self._accesses: dict[int, tuple] = {}  # id(op) -> (op, its access specs)
@@ -211,7 +212,7 @@ class Planner:
         same structure (a sweep over bandwidths or FLOP/s walks once per process). An ops tuple's
         first block cannot find a memo entry and its last need not leave one, which spares
         snapshotting blocks that occur once."""
-        if not self.memo:
+        if not self.memo or self._split:  # (a split's homes differ by layer: no walk is another's)
             return [tuple(self.walk(op, b.layer, b.seq) for op in b.ops) for b in blocks]
         key = (id(blocks), len(blocks), self.structure)
         known = _WALKS.get(key)
@@ -306,9 +307,11 @@ class Planner:
         served: dict[str, float] = {}
         written: dict[str, float] = {}
         hits: dict[str, list[float]] = {}
-        read, write, path = self.residency.read, self.residency.write, self._path
+        read, write, path, split = self.residency.read, self.residency.write, self._path, self._split
         for name, dl, scope, kind, nbytes, home, routes in reads:
             key = (name, None, None) if scope == 0 else (name, layer + dl, seq if scope == 2 else None)
+            if split:
+                home = split.get(key, home)
             sources, writebacks, looked = read(key, kind, nbytes, home)
             for source, b in sources:
                 for lvl, reuse in routes[source]:
@@ -324,6 +327,8 @@ class Planner:
                     h[1] += n
         for name, dl, scope, kind, nbytes, home in writes:
             key = (name, None, None) if scope == 0 else (name, layer + dl, seq if scope == 2 else None)
+            if split:
+                home = split.get(key, home)
             landing, writebacks = write(key, kind, nbytes, home)
             for lvl in path[landing]:
                 written[lvl] = written.get(lvl, 0.0) + nbytes

@@ -61,6 +61,8 @@ def context(result: RunResult) -> dict:
             "optimizer_bytes": placement.footprint.optimizer,
             "gradients_bytes": placement.footprint.gradients,
             "home": dict(placement.home),
+            # weights / KV caches served from a faster level than their home, tensor by tensor
+            "partial_bytes": {kind: dict(levels) for kind, levels in placement.partial.items()},
             "capacity_bytes": dict(placement.capacity),
             "used_bytes": dict(placement.used),
         },

@@ -27,10 +27,8 @@ def peaks(result: RunResult) -> dict[str, dict]:
     placement = result.placement
     if placement is None:
         return {}
-    fp = placement.footprint
-    part = {kind: fp.of(kind) for kind in placement.home}
     out: dict[str, dict] = {}
-    held = [(kind, level, part.get(kind)) for kind, level in placement.home.items()]
+    held = [(kind, level, nbytes) for level, kinds in placement.held().items() for kind, nbytes in kinds.items()]
     held += [(STAGING, level, nbytes) for level, nbytes in placement.staged.items()]
     for kind, level, nbytes in held:
         if nbytes:
@@ -52,9 +50,6 @@ def memory_timeline(result: RunResult, limit: int = 4096) -> list[dict]:
         placement = result.placements.get(d // tp)
         if placement is None:
             continue
-        fp = placement.footprint
-        static = {"weight": fp.weights, "gradient": fp.gradients, "kv_cache": fp.kv_cache,
-                  "optimizer_state": fp.optimizer}
         act_level = placement.home["activation"]
         born: dict = {}
         last: dict = {}
@@ -81,9 +76,10 @@ def memory_timeline(result: RunResult, limit: int = 4096) -> list[dict]:
             deltas[t] += size[k]
             deltas[last[k]] -= size[k]
         levels: dict[str, dict[str, float]] = defaultdict(dict)
-        for kind, nbytes in static.items():
-            if nbytes:
-                levels[placement.home.get(kind, act_level)][kind] = nbytes
+        for level, kinds in placement.held().items():  # what is held all run
+            for kind, nbytes in kinds.items():
+                if kind != "activation" and nbytes:
+                    levels[level][kind] = nbytes
         for level, nbytes in placement.staged.items():
             levels[level][STAGING] = nbytes
         if deltas:

@@ -132,7 +132,10 @@ def render(result, console: Console | None = None, top: int = 10) -> None:
                              ("activations (peak live)", "activations_bytes", "activation")):
         if kind in ("gradient", "optimizer_state") and not mem.get(key):
             continue
-        fp.add_row(label, fmt_bytes(mem[key]), mem["home"].get(kind, "-"))
+        placed = mem["home"].get(kind, "-")
+        for inner, nbytes in mem.get("partial_bytes", {}).get(kind, {}).items():  # the part served from nearer
+            placed = f"{inner} {fmt_bytes(nbytes)}, the rest {placed}"
+        fp.add_row(label, fmt_bytes(mem[key]), placed)
     for name, cap in mem["capacity_bytes"].items():
         used = mem["used_bytes"][name]
         fp.add_row(f"{name} used / capacity", f"{fmt_bytes(used)} / {fmt_bytes(cap)}", _pct(used / cap))
