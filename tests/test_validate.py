@@ -230,6 +230,37 @@ def test_machine_drift_compares_the_machine_with_its_model():
     assert "after the live cases: GEMM peak" in drift_line(None, drift)  # calibrated between the cases
 
 
+@pytest.mark.parametrize("bursts", [1, 2])
+def test_calibration_measures_contradicting_figures_again_and_never_writes_them(monkeypatch, bursts):
+    """A burst of load can make a cold L3 read faster than L1 in one measurement: no hierarchy has that.
+    `calibrate` then measures everything once more; if the contradiction stays, it refuses in one line
+    (naming the level) rather than return a model that says it."""
+    from sim.errors import ConfigError
+
+    caches = [{"level": 1, "bytes": 32 << 10, "private": True}, {"level": 3, "bytes": 8 << 20, "private": False}]
+    calls = []
+
+    def figures(caches, cores, compiled, dram_bytes, progress, after):
+        calls.append(1)
+        l1 = 10e9 if len(calls) <= bursts else 200e9  # the first (and with 2, every) measurement contradicts
+        return {"l1.bw": l1, **{f"l3.size.{(8 << 20) // k}": 50e9 for k in cal.CACHE_FRACTIONS},
+                "l3.run.256": 25e9, "l3.run.1024": 40e9, "dram.copy": 10e9, "dram.gemv": 20e9, "fp32": 1e11,
+                "fp16": 1e9, "dispatch.add": 2e-6, "vector.add": 4e9, **{f"rows.{m}": 5e10 for m in cal.ROWS},
+                **{f"depth.{k}": 1e9 for k in cal.DEPTHS + (cal.MATRIX_SIZE,)},
+                **{f"cold.{s}": 10e9 for s in cal.COLD_SIZES}, **{f"dram.run.{n}": 5e9 for n in cal.RUN_COLUMNS}}
+
+    monkeypatch.setattr(cal, "os_caches", lambda: caches)
+    monkeypatch.setattr(cal, "_measure_once", figures)
+    monkeypatch.setattr(cal.native, "available", lambda: False)
+    if bursts == 1:
+        data = cal.calibrate(rounds=1)
+        assert len(calls) == 2 and cal.contradictions(data["device"]["memory"]) == []
+        return
+    with pytest.raises(ConfigError, match="l3 read at 50.0 GB/s, faster than l1 inside it at 10.0 GB/s") as err:
+        cal.calibrate(rounds=1)
+    assert err.value.key == "device.memory.l3.bandwidth" and len(calls) == 2
+
+
 @pytest.mark.parametrize("compiled", [True, False])
 def test_calibration_assembles_a_loadable_model_from_its_figures(tmp_path: Path, monkeypatch, compiled):
     """The YAML `calibrate` writes, from given figures: the median round of each (here the second of
