@@ -153,6 +153,22 @@ def test_summary_totals_equal_sums_over_every_op_record(gpt2_a100):
     assert s["bound"] == max(held.items(), key=lambda kv: (kv[1], kv[0]))[0]
 
 
+def test_memory_timeline_covers_every_replica_with_its_stage_s_placement():
+    """Pipeline 2 x data 2 training on the toy node: devices 0-1 are replica 0's stages, 2-3 replica 1's.
+    Each device's timeline is its own stage's (device 3 runs stage 1 like device 1), one per device."""
+    from sim.config import load_hardware
+    from sim.report.memory import memory_timeline
+
+    wl, _ = load(DATA / "toy-gpt.yaml", scenario__phase="train", scenario__new_tokens=0, model__layers=4,
+                 scenario__batch=4, parallelism__pipeline=2, parallelism__data=2, parallelism__microbatches=2)
+    result = run(wl, load_hardware(DATA / "toy-node.yaml"))
+    tracks = memory_timeline(result)
+    by_device = {d: [t for t in tracks if t["device"] == d] for d in range(4)}
+    assert all(by_device.values())
+    strip = [[{k: v for k, v in t.items() if k != "device"} for t in by_device[d]] for d in range(4)]
+    assert strip[0] == strip[2] and strip[1] == strip[3] and strip[0] != strip[1]
+
+
 def test_memory_timeline_rises_and_falls_and_peaks_at_the_footprint():
     """Weights and the KV cache are held all run; activations rise through each pass and fall back to
     nothing; the timeline's peak is the footprint's (weights + KV cache + peak live activations), the

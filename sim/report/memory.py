@@ -43,57 +43,67 @@ def memory_timeline(result: RunResult, limit: int = 4096) -> list[dict]:
     device and level that holds anything."""
     if result.spec is None or not result.placements:
         return []
-    tp = result.spec.parallelism.tensor
-    devices = sorted({d for b in result.blocks for d in b.devices})
-    out = []
-    for d in devices:
-        placement = result.placements.get(d // tp)
+    par = result.spec.parallelism
+    tp, per = par.tensor, par.tensor * par.pipeline
+    runs: dict[tuple[int, ...], list] = defaultdict(list)  # devices that ran alike -> their block records
+    for b in result.blocks:
+        runs[b.devices].append(b)
+    tracks: dict[int, list[dict]] = {}
+    for devices, blocks in runs.items():  # one timeline per group of alike devices, given to each of them
+        placement = result.placements.get((devices[0] % per) // tp)  # the device's pipeline stage
         if placement is None:
             continue
-        act_level = placement.home["activation"]
-        born: dict = {}
-        last: dict = {}
-        size: dict = {}
-        for b in result.blocks:
-            if d not in b.devices:
-                continue
-            blk, t0 = b.block, b.start_s
-            for op, r in zip(blk.ops, b.ops):
-                began, end = t0 + r.start_s + r.overhead_s, t0 + r.end_s
-                for a in op.writes:
-                    if a.tensor.kind == "activation":
-                        k = a.tensor.name if blk.bound else a.tensor.key(blk.layer, blk.seq)
-                        if k not in born:
-                            born[k], size[k] = began, a.tensor.bytes
-                        last[k] = max(last.get(k, end), end)
-                for a in op.reads:
-                    if a.tensor.kind == "activation":
-                        k = a.tensor.name if blk.bound else a.tensor.key(blk.layer, blk.seq)
-                        if k in born:
-                            last[k] = max(last[k], end)
-        deltas: dict[float, float] = defaultdict(float)
-        for k, t in born.items():
-            deltas[t] += size[k]
-            deltas[last[k]] -= size[k]
-        levels: dict[str, dict[str, float]] = defaultdict(dict)
-        for level, kinds in placement.held().items():  # what is held all run
-            for kind, nbytes in kinds.items():
-                if kind != "activation" and nbytes:
-                    levels[level][kind] = nbytes
-        for level, nbytes in placement.staged.items():
-            levels[level][STAGING] = nbytes
-        if deltas:
-            levels.setdefault(act_level, {})
-        for level, kinds in sorted(levels.items()):
-            base = dict(kinds)
-            points = [[0.0, {**base}]]
-            if level == act_level and deltas:
-                live = 0.0
-                for t in sorted(deltas):
-                    live += deltas[t]
-                    points.append([t, {**base, "activation": max(live, 0.0)}])
-            out.append({"device": d, "level": level, "capacity_bytes": placement.capacity.get(level),
-                        "points": _thin(points, limit)})
+        for track in _tracks(placement, blocks, limit):
+            for d in devices:
+                tracks.setdefault(d, []).append({"device": d, **track})
+    return [t for d in sorted(tracks) for t in tracks[d]]
+
+
+def _tracks(placement, blocks: list, limit: int) -> list[dict]:
+    """The timeline of each level one device's placement fills, from the block records it ran."""
+    out = []
+    act_level = placement.home["activation"]
+    born: dict = {}
+    last: dict = {}
+    size: dict = {}
+    for b in blocks:
+        blk, t0 = b.block, b.start_s
+        for op, r in zip(blk.ops, b.ops):
+            began, end = t0 + r.start_s + r.overhead_s, t0 + r.end_s
+            for a in op.writes:
+                if a.tensor.kind == "activation":
+                    k = a.tensor.name if blk.bound else a.tensor.key(blk.layer, blk.seq)
+                    if k not in born:
+                        born[k], size[k] = began, a.tensor.bytes
+                    last[k] = max(last.get(k, end), end)
+            for a in op.reads:
+                if a.tensor.kind == "activation":
+                    k = a.tensor.name if blk.bound else a.tensor.key(blk.layer, blk.seq)
+                    if k in born:
+                        last[k] = max(last[k], end)
+    deltas: dict[float, float] = defaultdict(float)
+    for k, t in born.items():
+        deltas[t] += size[k]
+        deltas[last[k]] -= size[k]
+    levels: dict[str, dict[str, float]] = defaultdict(dict)
+    for level, kinds in placement.held().items():  # what is held all run
+        for kind, nbytes in kinds.items():
+            if kind != "activation" and nbytes:
+                levels[level][kind] = nbytes
+    for level, nbytes in placement.staged.items():
+        levels[level][STAGING] = nbytes
+    if deltas:
+        levels.setdefault(act_level, {})
+    for level, kinds in sorted(levels.items()):
+        base = dict(kinds)
+        points = [[0.0, {**base}]]
+        if level == act_level and deltas:
+            live = 0.0
+            for t in sorted(deltas):
+                live += deltas[t]
+                points.append([t, {**base, "activation": max(live, 0.0)}])
+        out.append({"level": level, "capacity_bytes": placement.capacity.get(level),
+                    "points": _thin(points, limit)})
     return out
 
 
