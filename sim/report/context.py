@@ -32,7 +32,9 @@ def context(result: RunResult) -> dict:
         },
         "hardware": {
             "name": hw.name, "devices_per_node": hw.devices, "nodes": hw.nodes,
-            "devices_simulated": workload.parallelism.tensor * workload.parallelism.pipeline,
+            # inference simulates one data-parallel replica (they are independent), training every replica
+            "devices_simulated": workload.parallelism.tensor * workload.parallelism.pipeline * (
+                workload.parallelism.data if sc.phase == "train" else 1),
             "parallelism": workload.parallelism.model_dump(),
             "topology": hw.interconnect.topology if hw.interconnect else None,
             "links": links(hw, workload.parallelism.devices),

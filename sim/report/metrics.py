@@ -78,7 +78,8 @@ RUN: list[Metric] = [
     Metric("device_time_s", "s", "sum of op durations over all devices (= `total_s` on one device, unless "
            "collectives or prefetch copies overlap compute); class and phase shares are of this",
            lambda f: f.device_time),
-    Metric("devices", "", "devices simulated (one data-parallel replica)", lambda f: f.devices, sweep=True),
+    Metric("devices", "", "devices simulated (inference: one data-parallel replica, they are independent; "
+           "training: every replica)", lambda f: f.devices, sweep=True),
     Metric("ttft_s", "s", "time to first token: end of prefill (generate/prefill), end of the first step "
            "(decode), total (encode)", lambda f: f.ttft,
            lambda s, c: ("prefill = time to first token", fmt_time(s["ttft_s"]))
