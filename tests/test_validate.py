@@ -80,12 +80,12 @@ def test_allreduce_prediction_matches_the_ring_formula():
 
 def test_published_rows_cite_sources_and_convert_to_seconds():
     rows = published_rows()
-    assert {r["kind"] for r in rows} == {"matmul", "allreduce", "generate", "train", "train_memory"}
+    assert {r["kind"] for r in rows} == {"matmul", "allreduce", "generate", "train", "train_memory", "ratio"}
     for row in rows:
         measured = measured_peak_bytes(row) if row["kind"] == "train_memory" else measured_seconds(row)
         assert measured > 0 and row["source"].count("http") >= 1
         assert (ROOT / "hardware_models" / f"{row['hardware']}.yaml").exists()
-        if row["kind"] in ("generate", "train", "train_memory"):
+        if row["kind"] in ("generate", "train", "train_memory", "ratio"):
             assert (ROOT / "workloads" / f"{row['workload']}.yaml").exists()
     # the published figure, converted: nccl-tests busbw = algbw x 2(p-1)/p; a GEMM's FLOP/s; tokens/s
     assert measured_seconds({"bytes": 2**20, "devices": 8, "busbw": "1.75 GB/s"}) == pytest.approx(2**20 / 1e9)
@@ -99,6 +99,21 @@ def test_published_rows_cite_sources_and_convert_to_seconds():
     assert measured_seconds({"tflops_per_gpu": 140, "gpus": 1024, "set": megatron}) == pytest.approx(
         flops / (140e12 * 1024))
     assert measured_peak_bytes({"peak_mib_per_gpu": 100}) == 100 * 2 ** 20
+
+
+def test_a_ratio_row_is_a_latency_over_its_reference_case_s():
+    """The memory-wall study publishes CPU latency only normalised to BERT-Base at 128 tokens: such a row
+    is predicted as its case's time over the reference case's (the reference itself gives exactly 1), and
+    reported as a ratio, not in seconds."""
+    rows = [r for r in published_rows() if r["kind"] == "ratio"]
+    assert rows and all(r["reference"]["workload"] == "bert-base" for r in rows)
+    row = next(r for r in rows if r["name"] == "BERT-Base, 2048 tokens")
+    itself = {**row, "set": row["reference"]["set"], "normalized": 1}
+    assert predict_row(itself)[1] == pytest.approx(1.0, rel=1e-12)
+    assert 16 < predict_row(row)[1] < 64  # 16x the tokens: more than linear (attention), far from quadratic
+    assert measured_seconds({"normalized": 25}) == 25
+    case = Case("g", "n", 28.2, 25.0, unit="x")
+    assert (case.shown(case.predicted_s), f"{case.error:+.3f}") == ("28.2x", "+0.128")
 
 
 def test_gpu_measurements_memwall_took_are_all_predicted():

@@ -17,6 +17,7 @@ import numpy as np
 
 from sim.config import DTYPE_BYTES, load_workload
 from sim.config.hardware import Hardware
+from sim.config.units import fmt_time
 from sim.config.workload import Workload
 from sim.engine import simulate
 from sim.graph.ops import Access, Op, Tensor
@@ -40,6 +41,12 @@ class Case:
     measured_s: float
     source: str = "measured here"
     spread: float | None = None  # live cases: the interquartile range of its rounds / the median round
+    #: what predicted_s and measured_s are in: seconds, or "x" for a ratio (a latency over a reference
+    #: case's, where the source publishes only that)
+    unit: str = "s"
+
+    def shown(self, value: float) -> str:
+        return fmt_time(value) if self.unit == "s" else f"{value:.3g}{self.unit}"
 
     @property
     def error(self) -> float:

@@ -45,6 +45,8 @@ def measured_seconds(row: dict) -> float:
     """A row's measurement, converted from the figure its source publishes to seconds."""
     if "measured_s" in row:
         return float(row["measured_s"])
+    if "normalized" in row:  # a latency over the series' reference case's (a ratio, not seconds)
+        return float(row["normalized"])
     if "rate" in row:  # a matmul's achieved FLOP/s
         return 2.0 * row["m"] * row["n"] * row["k"] / parse_quantity(row["rate"], Dim.COMPUTE)
     if "busbw" in row:  # nccl-tests: busbw = algbw x 2(p-1)/p for an all-reduce
@@ -84,7 +86,12 @@ def megatron_step_flops(settings: dict) -> float:
 
 
 def predict_row(row: dict, extra: list[tuple[str, object]] = ()) -> tuple[Hardware, float]:
-    """The shipped hardware model's prediction of one row (with its `set` overrides, then `extra`)."""
+    """The shipped hardware model's prediction of one row (with its `set` overrides, then `extra`); for a
+    `ratio` row, its latency over that of the series' `reference` case."""
+    if row["kind"] == "ratio":
+        reference = {**row, **row["reference"], "kind": "generate"}
+        hw, mine = predict_row({**row, "kind": "generate"}, extra)
+        return hw, mine / predict_row(reference, extra)[1]
     work_set, hw_set = split_overrides(list((row.get("set") or {}).items()) + list(extra))
     hw = load_hardware(ROOT / "hardware_models" / f"{row['hardware']}.yaml", hw_set)
     if row["kind"] == "allreduce":
@@ -133,7 +140,8 @@ def published_cases(path: Path = PUBLISHED) -> tuple[list[Case], list[str]]:
         extra = [(key, f"{value * 1e6:.6f} us")] if key else []
         extra += frameworks.get(row.get("framework"), [])  # eager PyTorch's kernels, not a fused runtime's
         _, predicted = predict_row(row, extra)
-        cases.append(Case(row["group"], row["name"], predicted, measured_seconds(row), row["source"]))
+        cases.append(Case(row["group"], row["name"], predicted, measured_seconds(row), row["source"],
+                          unit="x" if row["kind"] == "ratio" else "s"))
     notes = [f"{key} = {fmt_time(value)} for {next(r['group'] for r in rows if r['series'] == s)!r}: the median of "
              f"measured minus predicted without it over its {n} calibration rows (not in the table)"
              for s, (key, value, n) in fitted.items()]

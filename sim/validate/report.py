@@ -7,7 +7,6 @@ import statistics
 from rich.console import Console
 from rich.table import Table
 
-from sim.config.units import fmt_time
 from sim.validate.cases import Case
 
 
@@ -35,7 +34,7 @@ def render(console: Console, title: str, cases: list[Case]) -> None:
     for col in ("group", "case", "predicted", "measured", "error", *(["spread"] if spread else [])):
         table.add_column(col, justify="left" if col in ("group", "case") else "right")
     for c in cases:
-        table.add_row(c.group, c.name, fmt_time(c.predicted_s), fmt_time(c.measured_s), f"{100 * c.error:+.1f}%",
+        table.add_row(c.group, c.name, c.shown(c.predicted_s), c.shown(c.measured_s), f"{100 * c.error:+.1f}%",
                       *([f"{100 * c.spread:.0f}%"] if spread else []))
     console.print(table)
     console.print(f"  {_summary(cases)}\n")
@@ -46,7 +45,7 @@ def _md_table(cases: list[Case], with_source: bool) -> str:
     head = "| group | case | predicted | measured | error |" + (" spread |" if spread else "") + (
         " source |" if with_source else "")
     rule = "|---|---|---:|---:|---:|" + ("---:|" if spread else "") + ("---|" if with_source else "")
-    rows = [f"| {c.group} | {c.name} | {fmt_time(c.predicted_s)} | {fmt_time(c.measured_s)} | {100 * c.error:+.1f}% |"
+    rows = [f"| {c.group} | {c.name} | {c.shown(c.predicted_s)} | {c.shown(c.measured_s)} | {100 * c.error:+.1f}% |"
             + (f" {100 * c.spread:.0f}% |" if spread else "") + (f" {c.source} |" if with_source else "")
             for c in cases]
     summary = _summary(cases)
