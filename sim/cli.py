@@ -25,9 +25,12 @@ def cli() -> None:
 @click.argument("workload", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--hardware", "hardware", type=click.Path(dir_okay=False, path_type=Path),
               help="Hardware YAML (default: the workload's `hardware:`).")
+@click.option("--runtime", "runtime", type=click.Path(dir_okay=False, path_type=Path),
+              help="Runtime YAML (runtimes/: what the software adds per op and step; default: the workload's "
+                   "`runtime:`, else the hardware file's own figures).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
-              help="Override any workload or hardware key, e.g. scenario.batch=8 or "
-                   "device.memory.hbm.bandwidth='4 TB/s'.")
+              help="Override any workload, hardware or runtime key, e.g. scenario.batch=8, "
+                   "device.memory.hbm.bandwidth='4 TB/s' or runtime.dispatch_overhead='5 us'.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write summary + op records.")
 @click.option("--csv", "csv_out", type=click.Path(dir_okay=False, path_type=Path), help="Write one row per op.")
 @click.option("--trace", "trace_out", type=click.Path(dir_okay=False, path_type=Path),
@@ -36,17 +39,18 @@ def cli() -> None:
 @click.option("--exact", is_flag=True,
               help="Plan and simulate every op of every device on its own, reusing nothing (slow; the "
                    "reference the default fast path is tested against).")
-def run(workload: Path, hardware: Path | None, overrides: tuple[str, ...], json_out: Path | None,
-        csv_out: Path | None, trace_out: Path | None, top: int, exact: bool) -> None:
+def run(workload: Path, hardware: Path | None, runtime: Path | None, overrides: tuple[str, ...],
+        json_out: Path | None, csv_out: Path | None, trace_out: Path | None, top: int, exact: bool) -> None:
     """Simulate WORKLOAD and print where the time goes."""
     from sim.config import load_hardware, load_workload, parse_overrides, split_overrides
+    from sim.config.loader import runtime_of
     from sim.pipeline import run as run_pipeline
     from sim.report import render, write_csv, write_json, write_trace
 
     work_set, hw_set = split_overrides(parse_overrides(list(overrides)))
     wl, default_hw = load_workload(workload, work_set)
     hw_path = hardware or default_hw
-    hw = load_hardware(hw_path, hw_set)
+    hw = load_hardware(hw_path, hw_set, runtime or runtime_of(workload, wl))
     for odd in hw.oddities():
         click.echo(f"warning: {hw_path}: {odd}", err=True)
     result = run_pipeline(wl, hw, str(hw_path), str(workload), exact=exact)

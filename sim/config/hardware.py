@@ -296,6 +296,8 @@ class Hardware(Spec):
     network: Network | None = None
     host: Host | None = None
     calibration: dict[str, str] = Field(default_factory=dict, description="how each figure was measured")
+    runtime: str = Field(default="", description="set by the loader: the name of the runtime applied onto the "
+                         "hardware file's software figures (none: the hardware file's own)")
 
     @property
     def total_devices(self) -> int:

@@ -15,10 +15,11 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from sim.config.hardware import Hardware
+from sim.config.runtime import Runtime, runtime_overrides
 from sim.config.workload import Workload
 from sim.errors import ConfigError, KeyedError
 
-WORKLOAD_KEYS = ("name", "hardware", "model", "scenario", "parallelism", "training")
+WORKLOAD_KEYS = ("name", "hardware", "runtime", "model", "scenario", "parallelism", "training")
 HARDWARE_KEYS = ("devices", "nodes", "device", "interconnect", "network", "host", "source")
 
 
@@ -66,6 +67,8 @@ def split_overrides(overrides: list[tuple[str, Any]]) -> tuple[list, list]:
         head, _, rest = key.partition(".")
         if head == "workload" and rest:
             work.append((rest, value))
+        elif head == "runtime" and rest:  # a key of the runtime, applied with it onto the hardware
+            hw.append((key, value))
         elif head == "hardware" and rest:
             hw.append((rest, value))
         elif head in WORKLOAD_KEYS:
@@ -145,9 +148,26 @@ def _suggest(cls: type[BaseModel], loc: list[str]) -> str:
     return f" (allowed: {', '.join(fields)}){hint}"
 
 
-def load_hardware(path: str | Path, overrides: list[tuple[str, Any]] = ()) -> Hardware:
-    data = apply_overrides(read_yaml(path), list(overrides), str(path))
+def load_hardware(path: str | Path, overrides: list[tuple[str, Any]] = (),
+                  runtime: str | Path | None = None) -> Hardware:
+    """The hardware file, with the `runtime` file's figures applied onto its software ones (and the
+    `runtime.*` overrides onto the runtime's), then the other overrides."""
+    own = [(k[len("runtime."):], v) for k, v in overrides if k.startswith("runtime.")]
+    data = read_yaml(path)
+    if runtime is not None or own:
+        where = str(runtime) if runtime is not None else "--set runtime"
+        raw = read_yaml(runtime) if runtime is not None else {"name": "--set runtime.*", "source": "--set"}
+        raw = apply_overrides(raw, own, where)
+        spec = validate(Runtime, raw, where)
+        data = apply_overrides(data, runtime_overrides(raw, data), str(path))
+        data["runtime"] = spec.name
+    data = apply_overrides(data, [(k, v) for k, v in overrides if not k.startswith("runtime.")], str(path))
     return validate(Hardware, data, str(path))
+
+
+def runtime_of(workload_path: str | Path, workload: Workload) -> Path | None:
+    """The workload's default runtime file (its `runtime:`, relative to it), or None."""
+    return None if workload.runtime is None else Path(workload_path).parent / workload.runtime
 
 
 def load_workload(path: str | Path, overrides: list[tuple[str, Any]] = ()) -> tuple[Workload, Path]:

@@ -170,6 +170,8 @@ class Parallelism(Spec):
 class Workload(Spec):
     name: str = Field(min_length=1)
     hardware: str = Field(min_length=1, description="default hardware YAML, relative to this file")
+    runtime: str | None = Field(default=None, min_length=1, description="default runtime YAML (runtimes/), relative to "
+                                "this file; none: the hardware file's own software figures")
     model: Model
     scenario: Scenario
     parallelism: Parallelism = Field(default_factory=Parallelism)

@@ -106,6 +106,8 @@ def render(result, console: Console | None = None, top: int = 10) -> None:
         f"{f' ({len(own)} kernels with their own)' if (own := hw.get('dispatch_by_kernel_s')) else ''}{fixed}"
     )
     out.print(f"  memory: {levels}")
+    if hw.get("runtime"):
+        out.print(f"  runtime: {hw['runtime']} (its software figures over the hardware file's)")
     balance = hw["balance_point_flop_per_byte"]
     achievable = hw.get("achievable_balance_point_flop_per_byte", balance)
     sustained = f"; {achievable:.1f} FLOP/B sustained / achievable" if abs(achievable - balance) > 0.05 else ""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from sim.config import load_hardware, load_workload
 from sim.config.hardware import HOST_LEVEL, Hardware
+from sim.config.loader import runtime_of
 from sim.config.workload import Workload
 from sim.errors import ConfigError
 from sim.graph import build_graph
@@ -83,7 +84,7 @@ def fit(workload_path: Path, hardware: Path | None, overrides: list, by: str = "
         raise ConfigError("fit answers for training steps; use scenario.phase: train", str(workload_path),
                           "scenario.phase")
     hw_path = hardware or default_hw
-    hw = load_hardware(hw_path)
+    hw = load_hardware(hw_path, runtime=runtime_of(workload_path, base))
     step = base.parallelism.data * base.parallelism.microbatches
     out = []
     for strategy, sets in STRATEGIES.items():

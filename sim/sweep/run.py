@@ -30,7 +30,7 @@ def columns(sweep: Sweep) -> list[str]:
 def evaluate(point: Point, base_year: float | None) -> dict[str, Any]:
     """Run one point; never raises (errors become the row's `error`)."""
     from sim.config import load_hardware, load_workload
-    from sim.config.loader import read_yaml, split_overrides
+    from sim.config.loader import read_yaml, runtime_of, split_overrides
     from sim.errors import ConfigError
     from sim.pipeline import run
     from sim.report import summarize
@@ -44,7 +44,7 @@ def evaluate(point: Point, base_year: float | None) -> dict[str, Any]:
         year = next((v for k, v in point.overrides if k == "year"), None)
         if year is not None:
             hw_set = year_overrides(read_yaml(hw_path), year, base_year) + hw_set
-        hw = load_hardware(hw_path, hw_set)
+        hw = load_hardware(hw_path, hw_set, runtime_of(point.workload, wl))
         s = summarize(run(wl, hw, str(hw_path), point.workload), top=0)
     except ConfigError as e:
         return {**row, "status": "error", "error": str(e)}
