@@ -213,6 +213,7 @@ def _fill_room(blocks: list[Block], hw: Hardware, home: dict[str, str], homes: l
     left, the most traffic per byte first (updates `used`)."""
     split: dict[tuple, str] = {}
     partial: dict[str, dict[str, float]] = {}
+    reserve: dict[str, float] = {}  # per level, fixed before any fill: the matmuls' tiles keep their room
     for kind in SPLIT_KINDS:
         outer = home.get(kind)
         if outer is None or outer == HOST_LEVEL:
@@ -222,7 +223,9 @@ def _fill_room(blocks: list[Block], hw: Hardware, home: dict[str, str], homes: l
         if not inner:
             continue
         # the matmuls' tiles keep the room they need: a level filled to the brim would make them re-read
-        reserve = {n: _tile_room(blocks, capacity[n] - used[n]) for n in inner}
+        for n in inner:
+            if n not in reserve:
+                reserve[n] = _tile_room(blocks, capacity[n] - used[n])
         sizes, reads = _traffic_of(blocks, kind)
         order = sorted(sizes, key=lambda k: (-reads.get(k, 0.0) / sizes[k] if sizes[k] else 0.0))
         for key in order:
