@@ -86,6 +86,10 @@ def test_bad_runtime_input_is_one_line_naming_the_runtime_file_and_key(tmp_path)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "typo.yaml: dispach_overhead" in r.stderr
     r = cli("run", str(DATA / "toy-gpt.yaml"), "--runtime", str(tmp_path / "missing.yaml"))
     assert r.returncode == 2 and "missing.yaml" in r.stderr and "Traceback" not in r.stderr
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"name: caf\xe9\nsource: x\n")
+    r = cli("run", str(DATA / "toy-gpt.yaml"), "--runtime", str(latin))
+    assert r.returncode == 2 and r.stderr.strip().endswith("latin.yaml: not UTF-8 text (byte 9)")
 
 
 def test_a_workload_names_its_default_runtime_and_runtime_replaces_it(tmp_path):
