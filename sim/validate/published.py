@@ -69,12 +69,20 @@ def measured_peak_bytes(row: dict) -> float | None:
     return float(row["peak_mib_per_gpu"]) * 2 ** 20 if "peak_mib_per_gpu" in row else None
 
 
-def predict_training(row: dict) -> dict:
-    """The summary of a training row's step as the shipped hardware model runs it."""
-    work_set, hw_set = split_overrides(list((row.get("set") or {}).items()))
-    hw = load_hardware(ROOT / "hardware_models" / f"{row['hardware']}.yaml", hw_set)
+def _machine(row: dict, extra: list[tuple[str, object]] = ()) -> tuple[Hardware, list]:
+    """A row's shipped hardware model with its `set` overrides (then `extra`), and its workload overrides."""
+    work_set, hw_set = split_overrides(list((row.get("set") or {}).items()) + list(extra))
+    return load_hardware(ROOT / "hardware_models" / f"{row['hardware']}.yaml", hw_set), work_set
+
+
+def _summary(row: dict, hw: Hardware, work_set: list) -> dict:
     wl, _ = load_workload(ROOT / "workloads" / f"{row['workload']}.yaml", work_set)
     return summarize(run(wl, hw), top=0)
+
+
+def predict_training(row: dict) -> dict:
+    """The summary of a training row's step as the shipped hardware model runs it."""
+    return _summary(row, *_machine(row))
 
 
 def megatron_step_flops(settings: dict) -> float:
@@ -92,15 +100,13 @@ def predict_row(row: dict, extra: list[tuple[str, object]] = ()) -> tuple[Hardwa
         reference = {**row, **row["reference"], "kind": "generate"}
         hw, mine = predict_row({**row, "kind": "generate"}, extra)
         return hw, mine / predict_row(reference, extra)[1]
-    work_set, hw_set = split_overrides(list((row.get("set") or {}).items()) + list(extra))
-    hw = load_hardware(ROOT / "hardware_models" / f"{row['hardware']}.yaml", hw_set)
+    hw, work_set = _machine(row, extra)
     if row["kind"] == "allreduce":
         return hw, predict_allreduce(hw, row["bytes"], row["devices"])
     if row["kind"] == "matmul":
         return hw, predict_matmul(hw, row["m"], row["n"], row["k"], row.get("dtype", "fp32"), row.get("out_dtype"),
                                   cold=row.get("caches") == "cold")
-    wl, _ = load_workload(ROOT / "workloads" / f"{row['workload']}.yaml", work_set)
-    return hw, summarize(run(wl, hw))["total_s"]
+    return hw, _summary(row, hw, work_set)["total_s"]
 
 
 def published_rows(path: Path = PUBLISHED) -> list[dict]:
