@@ -17,7 +17,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sim.config import load_hardware, load_workload  # noqa: E402
+from sim.config import load_hardware, load_run  # noqa: E402
 from sim.config.units import fmt_bytes, fmt_si, fmt_time  # noqa: E402
 from sim.pipeline import run  # noqa: E402
 from sim.report import summarize  # noqa: E402
@@ -27,16 +27,16 @@ BATCHES = [1, 8, 32, 64, 128, 192, 256, 384, 512]
 
 
 def sweep(hw_name: str) -> tuple[Table, int | None]:
-    hw = load_hardware(ROOT / "hardware_models" / f"{hw_name}.yaml")
-    table = Table(title=f"Llama-2 7B fp16 decode step, prompt 128, on {hw.name}")
+    hw_path = ROOT / "hardware_models" / f"{hw_name}.yaml"
+    table = Table(title=f"Llama-2 7B fp16 decode step, prompt 128, on {load_hardware(hw_path).name}")
     for col in ("batch", "GEMV FLOP/B", "GEMV bound", "GEMV busy", "GEMV TFLOP/s", "time/token", "tokens/s",
                 "KV cache"):
         table.add_column(col, justify="right")
     crossover = None
     for batch in BATCHES:
-        wl, _ = load_workload(ROOT / "workloads/llama2-7b.yaml", [
+        wl, hw, _ = load_run(ROOT / "workloads/llama2-7b.yaml", [
             ("scenario.phase", "decode"), ("scenario.batch", batch), ("scenario.prompt_tokens", 128),
-            ("scenario.new_tokens", 1)])
+            ("scenario.new_tokens", 1)], hw_path)
         result = run(wl, hw)
         s = summarize(result)
         gemv = s["classes"]["GEMV"]

@@ -646,13 +646,12 @@ def as_validation(hardware: str, env: dict, micro: dict, rows: list[dict]) -> di
     chip = env["device"].removeprefix("NVIDIA ")
     source = (f"memwall bench/gpu_measure.py on one {env['device']} (PyTorch {env['torch']}, CUDA {env['cuda']}), "
               f"{env['date']}: median of replays of a CUDA graph, timed with device events")
-    graph = {"device.dispatch_overhead": "0 us"}  # a graph replay launches all its kernels at once: no host cost
+    graph = {"runtime.graphs": True}  # a graph replay launches all its kernels at once: no host cost
+    # the runtime whose kernels each series ran (runtimes/*.yaml; their figures: sim/validate/gpu.py)
     series = {f"{hardware}-{key}": {"group": f"{chip} {group} (memwall)", **extra, "hardware": hardware,
+                                     "runtime": "eager-pytorch" if key == "forward" else "compiled",
                                      "set": graph, "source": source}
               for key, (group, extra) in SERIES.items() if any(r["series"] == key for r in rows)}
-    for key, framework in (("forward", "eager"), ("forward-compiled", "compiled")):  # whose kernels' fixed
-        if f"{hardware}-{key}" in series:                                              # times (sim/validate/gpu.py)
-            series[f"{hardware}-{key}"]["framework"] = framework
     cases = [{**r, "series": f"{hardware}-{r['series']}"} for r in rows]
     return {"environment": env, "microbenchmarks": micro, "series": series, "cases": cases}
 

@@ -13,7 +13,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sim.config import load_hardware, load_workload  # noqa: E402
+from sim.config import load_run  # noqa: E402
 from sim.config.units import fmt_time  # noqa: E402
 from sim.pipeline import run  # noqa: E402
 from sim.report import summarize  # noqa: E402
@@ -29,13 +29,13 @@ CASES = [
 
 
 def main() -> None:
-    wl, hw_path = load_workload(ROOT / "workloads/llama2-70b-tp8.yaml", [("scenario.new_tokens", 2)])
+    path = ROOT / "workloads/llama2-70b-tp8.yaml"
     table = Table(title="Llama-2 70B fp16, TP=8 on 8x A100 (switch), decode after 2048 tokens, batch 1")
     for col in ("link (per direction, latency)", "time/token", "tokens/s", "collective share", "link stall"):
         table.add_column(col, justify="right")
     for label, bandwidth, latency in CASES:
         overrides = [("interconnect.link.bandwidth", bandwidth), ("interconnect.link.latency", latency)]
-        hw = load_hardware(hw_path, overrides)
+        wl, hw, _ = load_run(path, [("scenario.new_tokens", 2), *overrides])
         s = summarize(run(wl, hw))
         coll = s["classes"]["collective"]
         link = sum(v for k, v in coll["time_share"].items() if k.startswith("link:")) * coll["share_of_total"]

@@ -38,7 +38,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sim.config import load_hardware, load_workload, split_overrides  # noqa: E402
+from sim.config import load_run  # noqa: E402
 from sim.pipeline import run  # noqa: E402
 from sim.report import summarize  # noqa: E402
 from sim.sweep import load_sweep, run_sweep  # noqa: E402
@@ -58,9 +58,7 @@ def rss_mib() -> float:
 def single(path: str, overrides: list) -> tuple[int, int, float]:
     """A run and its summary, as `python -m sim run` does them (the op count is of simulated ops,
     every device counted)."""
-    work, hw_set = split_overrides(overrides)
-    wl, hw_path = load_workload(ROOT / path, work)
-    hw = load_hardware(hw_path, hw_set)
+    wl, hw, _ = load_run(ROOT / path, overrides)
     t0 = time.perf_counter()
     result = run(wl, hw)
     summary = summarize(result)

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from sim.config import load_hardware, load_workload  # noqa: E402
+from sim.config import load_run  # noqa: E402
 from sim.config.units import fmt_bytes, fmt_time  # noqa: E402
 from sim.errors import ConfigError  # noqa: E402
 from sim.pipeline import run  # noqa: E402
@@ -59,8 +59,7 @@ HARDWARE = "hardware_models/a100-sxm4-80gb.yaml"
 
 
 def simulate(path: str, overrides: list, hw_overrides: list | None = None) -> tuple[dict | None, str]:
-    wl, _ = load_workload(ROOT / path, overrides)
-    hw = load_hardware(ROOT / HARDWARE, hw_overrides or [])
+    wl, hw, _ = load_run(ROOT / path, list(overrides) + list(hw_overrides or []), ROOT / HARDWARE)
     try:
         result = run(wl, hw)
     except ConfigError as e:

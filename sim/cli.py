@@ -42,15 +42,11 @@ def cli() -> None:
 def run(workload: Path, hardware: Path | None, runtime: Path | None, overrides: tuple[str, ...],
         json_out: Path | None, csv_out: Path | None, trace_out: Path | None, top: int, exact: bool) -> None:
     """Simulate WORKLOAD and print where the time goes."""
-    from sim.config import load_hardware, load_workload, parse_overrides, split_overrides
-    from sim.config.loader import runtime_of
+    from sim.config import load_run, parse_overrides
     from sim.pipeline import run as run_pipeline
     from sim.report import render, write_csv, write_json, write_trace
 
-    work_set, hw_set = split_overrides(parse_overrides(list(overrides)))
-    wl, default_hw = load_workload(workload, work_set)
-    hw_path = hardware or default_hw
-    hw = load_hardware(hw_path, hw_set, runtime or runtime_of(workload, wl))
+    wl, hw, hw_path = load_run(workload, parse_overrides(list(overrides)), hardware, runtime)
     for odd in hw.oddities():
         click.echo(f"warning: {hw_path}: {odd}", err=True)
     result = run_pipeline(wl, hw, str(hw_path), str(workload), exact=exact)

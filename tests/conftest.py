@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sim.config import load_hardware, load_workload
-from sim.config.loader import split_overrides
+from sim.config import load_run
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
@@ -15,10 +14,8 @@ DATA = Path(__file__).resolve().parent / "data"
 
 def load(workload: str | Path, **overrides):
     """Workload + its hardware, with `--set`-style overrides given as keyword 'a__b=value' pairs."""
-    items = [(k.replace("__", "."), v) for k, v in overrides.items()]
-    work, hw = split_overrides(items)
-    wl, hw_path = load_workload(workload, work)
-    return wl, load_hardware(hw_path, hw)
+    wl, hw, _ = load_run(workload, [(k.replace("__", "."), v) for k, v in overrides.items()])
+    return wl, hw
 
 
 def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:

@@ -1,12 +1,13 @@
-"""Runtimes, the third input family: the software's costs applied onto a hardware file's, by file, by a
-workload's default and by `--set runtime.*`; bad runtime input is one line naming the runtime file."""
+"""Runtimes, the third input family: the software's costs, per platform, applied onto a hardware file's,
+by file, by a workload's default and by `--set runtime.*`; bad runtime input is one line naming the
+runtime file."""
 
 from pathlib import Path
 
 import pytest
 
 from conftest import DATA, ROOT, cli, load
-from sim.config import load_hardware
+from sim.config import load_hardware, load_run
 from sim.errors import ConfigError
 from sim.pipeline import run
 from sim.report import summarize
@@ -15,19 +16,41 @@ TOY = DATA / "toy-hw.yaml"
 RUNTIMES = sorted((ROOT / "runtimes").glob("*.yaml"))
 
 
-def write(tmp_path: Path, text: str, name: str = "rt.yaml") -> Path:
+def write(tmp_path: Path, text: str, name: str = "rt.yaml", platform: str = "accelerator") -> Path:
+    """A runtime file with one platform's section (the toy machines' platform): `text`, indented."""
     path = tmp_path / name
-    path.write_text("name: test runtime\nsource: a test\n" + text)
+    body = "".join(f"    {line}\n" for line in text.splitlines())
+    path.write_text(f"name: test runtime\nsource: a test\nplatforms:\n  {platform}:\n{body}")
     return path
 
 
+HARDWARE = sorted((ROOT / "hardware_models").glob("*.yaml"))
+
+
 @pytest.mark.parametrize("path", RUNTIMES, ids=lambda p: p.name)
-def test_shipped_runtimes_load_onto_every_kind_of_hardware_and_cite_a_source(path):
+def test_shipped_runtimes_load_onto_the_hardware_of_their_platforms_and_cite_a_source(path):
     import yaml
 
     assert len(yaml.safe_load(path.read_text())["source"]) > 80
-    for hw_file in ("a100-sxm4-80gb.yaml", "h200-sxm.yaml", "xeon-gold-6242.yaml"):
-        assert load_hardware(ROOT / "hardware_models" / hw_file, runtime=path).runtime
+    platforms = set(yaml.safe_load(path.read_text())["platforms"])
+    for hw_file in HARDWARE:
+        if load_hardware(hw_file).device.platform in platforms:
+            assert load_hardware(hw_file, runtime=path).runtime
+        else:
+            with pytest.raises(ConfigError, match="platforms: no '"):
+                load_hardware(hw_file, runtime=path)
+
+
+@pytest.mark.parametrize("hw_file", HARDWARE, ids=lambda p: p.name)
+def test_shipped_hardware_files_hold_no_software_figures_and_every_workload_runs_on_them(hw_file):
+    """Hardware files keep only hardware; each shipped workload's default runtime covers each one's platform."""
+    dev = load_hardware(hw_file).device
+    assert (dev.dispatch_overhead, dev.launch_overhead, dev.step_overhead, dev.compute.matmul_overhead) == (0, 0, 0, 0)
+    links = load_hardware(hw_file).interconnect
+    assert dev.kernels == {} and (links is None or links.collective_overhead == 0)
+    for workload in sorted((ROOT / "workloads").glob("*.yaml")):
+        wl, hw, _ = load_run(workload, hardware=hw_file)
+        assert wl.runtime and hw.runtime
 
 
 def test_a_runtime_replaces_the_software_figures_and_leaves_the_rest(tmp_path):
@@ -79,11 +102,12 @@ def test_set_runtime_keys_override_the_runtime_file_or_make_one(tmp_path):
 
 def test_bad_runtime_input_is_one_line_naming_the_runtime_file_and_key(tmp_path):
     bad = write(tmp_path, "dispatch_overhead: 5 parsecs\n", "bad.yaml")
-    with pytest.raises(ConfigError, match="bad.yaml: dispatch_overhead"):
+    with pytest.raises(ConfigError, match="bad.yaml: platforms.accelerator.dispatch_overhead: unknown unit"):
         load_hardware(TOY, runtime=bad)
     typo = write(tmp_path, "dispach_overhead: 5 us\n", "typo.yaml")
     r = cli("run", str(DATA / "toy-gpt.yaml"), "--runtime", str(typo))
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "typo.yaml: dispach_overhead" in r.stderr
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert "typo.yaml: platforms.accelerator.dispach_overhead: unknown key" in r.stderr
     r = cli("run", str(DATA / "toy-gpt.yaml"), "--runtime", str(tmp_path / "missing.yaml"))
     assert r.returncode == 2 and "missing.yaml" in r.stderr and "Traceback" not in r.stderr
     latin = tmp_path / "latin.yaml"
@@ -105,3 +129,52 @@ def test_a_workload_names_its_default_runtime_and_runtime_replaces_it(tmp_path):
     assert default.returncode == replaced.returncode == 0, default.stderr + replaced.stderr
     assert "runtime: test runtime" in default.stdout and "host dispatch" in default.stdout
     assert "paced by                " in replaced.stdout and "host dispatch (a faster" not in replaced.stdout
+
+
+def test_each_platform_gets_its_own_section_and_a_missing_one_is_one_line(tmp_path):
+    """One runtime, two platforms: a CPU and a GPU each take their section's figures; a platform the
+    runtime does not name is refused naming the runtime, the hardware and what it has."""
+    rt = tmp_path / "two.yaml"
+    rt.write_text("name: two\nsource: a test\nplatforms:\n  cuda: {dispatch_overhead: 7 us}\n"
+                  "  cpu: {dispatch_overhead: 3 us, dispatch_mode: sync}\n")
+    gpu = load_hardware(ROOT / "hardware_models/h100-sxm.yaml", runtime=rt).device
+    cpu = load_hardware(ROOT / "hardware_models/xeon-gold-6242.yaml", runtime=rt).device
+    assert (gpu.dispatch_overhead, gpu.dispatch_mode) == (pytest.approx(7e-6), "async")
+    assert (cpu.dispatch_overhead, cpu.dispatch_mode) == (pytest.approx(3e-6), "sync")
+    # --set device.platform picks the section too
+    assert load_hardware(TOY, [("device.platform", "cpu")], runtime=rt).device.dispatch_overhead == pytest.approx(3e-6)
+    r = cli("run", str(DATA / "toy-gpt.yaml"), "--runtime", str(rt))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert "two.yaml: platforms: no 'accelerator' section" in r.stderr and "(it has cuda, cpu)" in r.stderr
+
+
+def test_a_runtime_extends_another_on_the_platforms_it_names(tmp_path):
+    """`extends` starts from the parent's figures, key by key and kernel field by field, on the child's
+    platforms only; a cycle is one line."""
+    (tmp_path / "base.yaml").write_text(
+        "name: base\nsource: a test\nplatforms:\n  accelerator: {dispatch_overhead: 2 us, launch_overhead: 1 us,"
+        " kernels: {gelu: {fixed: 3 us, dispatch: 4 us}}}\n  cpu: {dispatch_overhead: 9 us}\n")
+    child = write(tmp_path, "extends: base.yaml", "child.yaml")
+    child.write_text("name: child\nsource: a test\nextends: base.yaml\nplatforms:\n"
+                     "  accelerator: {dispatch_overhead: 5 us, kernels: {gelu: {fixed: 1 us}}}\n")
+    dev = load_hardware(TOY, runtime=child).device
+    assert (dev.dispatch_overhead, dev.launch_overhead) == (pytest.approx(5e-6), pytest.approx(1e-6))
+    assert (dev.kernels["gelu"].fixed, dev.kernels["gelu"].dispatch) == (pytest.approx(1e-6), pytest.approx(4e-6))
+    with pytest.raises(ConfigError, match="child.yaml: platforms: no 'cpu' section"):
+        load_hardware(TOY, [("device.platform", "cpu")], runtime=child)
+    (tmp_path / "a.yaml").write_text("name: a\nsource: x\nextends: b.yaml\nplatforms: {accelerator: {}}\n")
+    (tmp_path / "b.yaml").write_text("name: b\nsource: x\nextends: a.yaml\nplatforms: {accelerator: {}}\n")
+    with pytest.raises(ConfigError, match="extends: a.yaml extends this file again"):
+        load_hardware(TOY, runtime=tmp_path / "a.yaml")
+
+
+def test_shipped_runtimes_order_the_software_costs_of_a_small_decode():
+    """GPT-2 decode, batch 1, on the H200 model: eager PyTorch (host-paced) is slower than the compiled
+    runtime, which is no faster than the same kernels replayed from CUDA graphs (on the H200 the device's
+    launches outlast a compiled host's 2 us per kernel, so the two are equal)."""
+    times = {}
+    for name in ("eager-pytorch", "compiled", "cuda-graphs"):
+        wl, hw, _ = load_run(ROOT / "workloads/gpt2.yaml", [("scenario.new_tokens", 4)],
+                             ROOT / "hardware_models/h200-sxm.yaml", ROOT / f"runtimes/{name}.yaml")
+        times[name] = summarize(run(wl, hw))["tpot_s"]
+    assert times["eager-pytorch"] > 1.3 * times["compiled"] and times["compiled"] >= times["cuda-graphs"]

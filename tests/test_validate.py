@@ -15,7 +15,7 @@ from sim.validate import cases as live
 from sim.validate import native
 from sim.validate.calibrate import os_caches, typical_time, write_hardware
 from sim.validate.cases import Case, Timed, live_cases, machine_drift, matmul_op, predict_matmul
-from sim.validate.gpu import gpu_figures
+from sim.validate.gpu import gpu_figures, runtime_figures
 from sim.validate.published import (
     DATA as VALIDATION_DATA,
 )
@@ -125,7 +125,7 @@ def test_gpu_measurements_memwall_took_are_all_predicted():
     cases = measured_cases()
     assert len(cases) == len(rows) and all(c.predicted_s > 0 and c.measured_s > 0 for c in cases)
     forward = [r for r in rows if r["kind"] == "generate"]
-    assert forward and all(r["set"]["device.dispatch_overhead"] == "0 us" and "scenario.phase" in r["set"]
+    assert forward and all(r["set"]["runtime.graphs"] is True and "scenario.phase" in r["set"]
                            for r in forward)
 
 
@@ -135,7 +135,7 @@ def test_calibration_rows_fit_an_additive_cost_and_are_held_out(tmp_path: Path):
     hw = load_hardware(ROOT / "hardware_models/a100-sxm4-80gb.yaml")
     base = predict_allreduce(hw, 4096, 8)
     data = {"series": {"s": {"group": "g", "kind": "allreduce", "hardware": "a100-sxm4-80gb", "devices": 8,
-                             "calibrates": "interconnect.collective_overhead", "source": "http://x"}},
+                             "runtime": "compiled", "calibrates": "interconnect.collective_overhead", "source": "http://x"}},
             "cases": [{"series": "s", "name": "cal", "bytes": 4096, "measured_s": base + 30e-6, "role": "calibration"},
                       {"series": "s", "name": "held out", "bytes": 4096, "measured_s": base + 30e-6}]}
     path = tmp_path / "published.yaml"
@@ -363,28 +363,37 @@ def test_a_dtype_can_have_its_own_efficiency_table():
 
 
 def test_the_shipped_h200_model_takes_its_figures_from_the_shipped_microbenchmarks():
-    """The H200 model's launch and matmul overheads, each kernel's fixed time (a fused runtime's), L2 and
-    HBM latencies and HBM efficiency by size are what sim/validate/gpu.py derives from the
-    microbenchmarks memwall measured on an H200; the H100 model (the same chip) takes the same overheads."""
+    """The H200 model's L2 and HBM latencies and HBM efficiency by size are what sim/validate/gpu.py
+    derives from the microbenchmarks memwall measured on an H200."""
     micro = yaml.safe_load((VALIDATION_DATA / "measured-h200.yaml").read_text())["microbenchmarks"]
     hw = load_hardware(ROOT / "hardware_models/h200-sxm.yaml")
     fig = gpu_figures(micro, hw.levels["hbm"].bandwidth)
-    assert hw.device.launch_overhead == pytest.approx(fig["launch_overhead"])
-    assert hw.device.compute.matmul_overhead == pytest.approx(fig["matmul_overhead"])
-    fixed = {k: c.fixed for k, c in hw.device.kernels.items()}
-    assert fixed == pytest.approx(fig["kernel_fixed"]) and len(fixed) == 8
-    rows = {k: c.row_element for k, c in hw.device.kernels.items() if c.row_element}
-    assert rows == pytest.approx(fig["row_element"]) and set(rows) == {"layernorm", "rmsnorm"}
-    h100 = load_hardware(ROOT / "hardware_models/h100-sxm.yaml").device
-    assert h100.kernels == hw.device.kernels and h100.launch_overhead == hw.device.launch_overhead
-    assert h100.compute.matmul_overhead == hw.device.compute.matmul_overhead
     assert hw.levels["l2"].latency == pytest.approx(fig["l2_latency"])
     assert hw.levels["hbm"].latency == pytest.approx(fig["dram_latency"])
     assert hw.levels["hbm"].efficiency_by_size == pytest.approx(fig["efficiency_by_size"])
 
 
+@pytest.mark.parametrize("runtime,measured", [("compiled", "compiled"), ("eager-pytorch", "eager")])
+def test_the_shipped_runtimes_take_their_cuda_figures_from_the_shipped_microbenchmarks(runtime, measured):
+    """The compiled and eager PyTorch runtimes' launch and matmul overheads, each kernel's fixed time and
+    the norms' time per row element on a GPU, and eager PyTorch's dispatch, are what sim/validate/gpu.py
+    derives from the H200 microbenchmarks; the machine they land on has them."""
+    micro = yaml.safe_load((VALIDATION_DATA / "measured-h200.yaml").read_text())["microbenchmarks"]
+    fig = runtime_figures(micro, measured)
+    dev = load_hardware(ROOT / "hardware_models/h200-sxm.yaml", runtime=ROOT / f"runtimes/{runtime}.yaml").device
+    assert dev.launch_overhead == pytest.approx(fig["launch_overhead"])
+    assert dev.compute.matmul_overhead == pytest.approx(fig["matmul_overhead"])
+    fixed = {k: c.fixed for k, c in dev.kernels.items()}
+    assert fixed == pytest.approx(fig["kernel_fixed"]) and len(fixed) == 8
+    rows = {k: c.row_element for k, c in dev.kernels.items() if c.row_element}
+    assert rows == pytest.approx(fig["row_element"]) and set(rows) == {"layernorm", "rmsnorm"}
+    if "dispatch_overhead" in fig:
+        assert dev.dispatch_overhead == pytest.approx(fig["dispatch_overhead"])
+
+
 def test_gpu_figures_invert_the_engines_copy_time():
-    """A copy the engine would time at launch + latency + 2 S / (B x e) gives back e."""
+    """A copy the engine would time at launch + latency + 2 S / (B x e) gives back e; a runtime's kernel
+    fixed times are its tiny ops less one launch."""
     micro = {"tiny_kernel_in_graph_s": 1e-6, "tiny_op_in_graph_s": {"linear": 2.5e-6, "add": 1.5e-6},
              "compiled_tiny_op_in_graph_s": {"add": 1.2e-6},
              "load_latency_s_by_bytes": {1 << 20: 1e-7, 1 << 30: 4e-7},
@@ -392,28 +401,31 @@ def test_gpu_figures_invert_the_engines_copy_time():
              | {1 << 30: 1.0}}  # larger than the largest copy taken: left out
     fig = gpu_figures(micro, 1e12)
     assert fig["efficiency_by_size"] == {1 << 20: 0.5, 1 << 26: 0.8}
-    assert fig["matmul_overhead"] == pytest.approx(1.5e-6) and fig["dram_latency"] == pytest.approx(4e-7)
-    assert fig["kernel_fixed"] == {"add": pytest.approx(2e-7)}  # the fused runtime's op beyond the launch
-    assert fig["l2_latency"] == pytest.approx(1e-7) and fig["launch_overhead"] == pytest.approx(1e-6)
+    assert fig["dram_latency"] == pytest.approx(4e-7) and fig["l2_latency"] == pytest.approx(1e-7)
+    compiled = runtime_figures(micro, "compiled")
+    assert compiled["matmul_overhead"] == pytest.approx(1.5e-6) and compiled["launch_overhead"] == pytest.approx(1e-6)
+    assert compiled["kernel_fixed"] == {"add": pytest.approx(2e-7)}  # the fused runtime's op beyond the launch
+    assert runtime_figures({**micro, "tiny_kernel_eager_s": 7e-6}, "eager")["kernel_fixed"] == {
+        "add": pytest.approx(5e-7)}
 
 
 def test_eager_passes_take_the_eager_ops_fixed_times():
-    """The shipped H200 model's kernel fixed times are a fused runtime's (torch.compile's tiny ops); the
-    measured file's eager series is predicted with the same tiny ops launched kernel by kernel, less one
-    launch, and its compiled series with the shipped model as it is."""
-    from sim.validate.gpu import framework_overrides
+    """Eager PyTorch's kernel fixed times are its tiny ops launched kernel by kernel, less one launch; the
+    measured file's eager series runs under the eager runtime, its compiled series under the compiled
+    one, both replayed from graphs (no host dispatch)."""
     from sim.validate.published import published_rows
 
-    micro = {"tiny_kernel_in_graph_s": 1e-6, "tiny_op_in_graph_s": {"rope": 2.1e-5, "sdpa": 5e-6, "linear": 3e-6},
+    micro = {"tiny_kernel_in_graph_s": 1e-6, "tiny_kernel_eager_s": 7e-6,
+             "tiny_op_in_graph_s": {"rope": 2.1e-5, "sdpa": 5e-6, "linear": 3e-6},
+             "compiled_tiny_op_in_graph_s": {},
              "row_op_in_graph_s": {"eager": {"rms_norm": {64: 2e-6 + 64e-9, 4096: 2e-6 + 4096e-9},
                                              "softmax": {64: 2e-6, 4096: 3e-6}}}}
-    assert framework_overrides(micro, "eager") == [("device.kernels.rope.fixed", "20.0 us"),
-                                                   ("device.kernels.attention.fixed", "4.0 us"),
-                                                   ("device.kernels.rmsnorm.row_element", "1.00 ns")]
-    assert framework_overrides(micro, "compiled") == []
-    frameworks = {r["series"]: r.get("framework") for r in published_rows(VALIDATION_DATA / "measured-h200.yaml")
-                  if r["kind"] == "generate"}
-    assert frameworks == {"h200-sxm-forward": "eager", "h200-sxm-forward-compiled": "compiled"}
+    fig = runtime_figures(micro, "eager")
+    assert fig["kernel_fixed"] == {"rope": pytest.approx(2e-5), "attention": pytest.approx(4e-6)}
+    assert fig["row_element"] == {"rmsnorm": pytest.approx(1e-9)} and fig["dispatch_overhead"] == 7e-6
+    runtimes = {r["series"]: (r["runtime"], r["set"]["runtime.graphs"])
+                for r in published_rows(VALIDATION_DATA / "measured-h200.yaml") if r["kind"] == "generate"}
+    assert runtimes == {"h200-sxm-forward": ("eager-pytorch", True), "h200-sxm-forward-compiled": ("compiled", True)}
 
 
 def test_a_short_reduction_depth_lowers_the_matrix_efficiency():
@@ -465,8 +477,9 @@ def test_a_row_wise_reduction_computes_for_at_least_its_rows_serial_time():
 
     wl = load(ROOT / "workloads/llama2-7b.yaml", model__layers=1, scenario__phase="decode",
               scenario__prompt_tokens=8, scenario__new_tokens=1)[0]
-    h200 = ROOT / "hardware_models/h200-sxm.yaml"
-    base, slow = load_hardware(h200), load_hardware(h200, [("device.kernels.rmsnorm.row_element", "1 ns")])
+    h200, compiled = ROOT / "hardware_models/h200-sxm.yaml", ROOT / "runtimes/compiled.yaml"
+    base = load_hardware(h200, runtime=compiled)
+    slow = load_hardware(h200, [("device.kernels.rmsnorm.row_element", "1 ns")], compiled)
     ops = build_graph(wl).ops
     norm = next(o for o in ops if o.kind == "attn_norm")
     add = next(o for o in ops if o.kind == "residual")

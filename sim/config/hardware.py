@@ -18,6 +18,8 @@ from sim.errors import KeyedError
 HOST_LEVEL = "host"
 
 #: What a graph op computes (`Op.kernel`), as a framework calls it: the key of per-kernel costs.
+#: the software family a device runs (which section of a runtime file applies to it)
+Platform = Literal["cuda", "cpu", "tpu", "accelerator"]
 Kernel = Literal["matmul", "linear", "attention", "layernorm", "rmsnorm", "softmax", "gelu", "silu", "relu", "add",
                  "rope", "gather", "tanh"]
 
@@ -196,7 +198,11 @@ class KernelCost(Spec):
 class Device(Spec):
     compute: ComputeUnit
     memory: dict[str, MemoryLevel] = Field(min_length=1, description="innermost level first")
-    dispatch_overhead: Latency
+    platform: Platform = Field(
+        default="accelerator", description="the software family it runs (a runtime's `platforms` section "
+        "applies): cuda (an NVIDIA GPU), cpu, tpu, accelerator (a design of its own)")
+    dispatch_overhead: Latency = Field(
+        default=0.0, description="host time to dispatch one op (the runtime's figure; 0: no software)")
     dispatch_mode: Literal["async", "sync"] = Field(
         default="async",
         description="async: the host queues ops ahead of the device (GPU streams); sync: each op's dispatch "

@@ -9,13 +9,13 @@ import copy
 import difflib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from sim.config.hardware import Hardware
-from sim.config.runtime import Runtime, runtime_overrides
+from sim.config.hardware import Hardware, Platform
+from sim.config.runtime import FILE_KEYS, Runtime, merge, runtime_overrides
 from sim.config.workload import Workload
 from sim.errors import ConfigError, KeyedError
 
@@ -152,24 +152,68 @@ def _suggest(cls: type[BaseModel], loc: list[str]) -> str:
 
 def load_hardware(path: str | Path, overrides: list[tuple[str, Any]] = (),
                   runtime: str | Path | None = None) -> Hardware:
-    """The hardware file, with the `runtime` file's figures applied onto its software ones (and the
-    `runtime.*` overrides onto the runtime's), then the other overrides."""
+    """The hardware file, with the `runtime` file's section for its platform applied onto its software
+    figures (and the `runtime.*` overrides onto that section), then the other overrides."""
     own = [(k[len("runtime."):], v) for k, v in overrides if k.startswith("runtime.")]
+    rest = [(k, v) for k, v in overrides if not k.startswith("runtime.")]
     data = read_yaml(path)
     if runtime is not None or own:
-        where = str(runtime) if runtime is not None else "--set runtime"
-        raw = read_yaml(runtime) if runtime is not None else {"name": "--set runtime.*", "source": "--set"}
-        raw = apply_overrides(raw, own, where)
-        spec = validate(Runtime, raw, where)
-        data = apply_overrides(data, runtime_overrides(raw, data), str(path))
-        data["runtime"] = spec.name
-    data = apply_overrides(data, [(k, v) for k, v in overrides if not k.startswith("runtime.")], str(path))
+        machine = apply_overrides(data, rest, str(path))  # what the runtime lands on
+        device = machine.get("device")
+        platform = device.get("platform", "accelerator") if isinstance(device, dict) else "accelerator"
+        if platform in get_args(Platform):  # else the hardware's own validation names the bad platform
+            name, section = _runtime_section(runtime, own, platform, path)
+            data = apply_overrides(data, runtime_overrides(section, machine), str(path))
+            data["runtime"] = name
+    data = apply_overrides(data, rest, str(path))
     return validate(Hardware, data, str(path))
+
+
+def _runtime_section(runtime: str | Path | None, own: list[tuple[str, Any]], platform: str,
+                     hw_path: str | Path) -> tuple[str, dict[str, Any]]:
+    """The runtime's name and its (validated) figures for `platform`, `own` overrides applied: keys of
+    the file itself (`name`, `platforms.cpu...`) as written, any other key onto the platform's section."""
+    where = str(runtime) if runtime is not None else "--set runtime"
+    raw = read_runtime(runtime) if runtime is not None else {
+        "name": "--set runtime.*", "source": "--set", "platforms": {platform: {}}}
+    own = [(k if k.split(".")[0] in FILE_KEYS else f"platforms.{platform}.{k}", v) for k, v in own]
+    raw = apply_overrides(raw, own, where)
+    spec = validate(Runtime, raw, where)
+    if platform not in spec.platforms:
+        raise ConfigError(f"no {platform!r} section, the platform of {hw_path} (it has "
+                          f"{', '.join(spec.platforms)}): name another with --runtime", where, "platforms")
+    return spec.name, raw["platforms"][platform]
+
+
+def read_runtime(path: str | Path, inside: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A runtime file's data with the runtime it `extends` (relative to it) merged under it, for the
+    platforms this file names (it runs on those); each file validated on its own, so that an error names
+    the file it is in."""
+    path = Path(path)
+    raw = read_yaml(path)
+    validate(Runtime, raw, str(path))
+    if raw.get("extends") is None:
+        return raw
+    parent = path.parent / raw["extends"]
+    if parent.resolve() in inside + (path.resolve(),):
+        raise ConfigError(f"{raw['extends']} extends this file again (a cycle)", str(path), "extends")
+    base = read_runtime(parent, inside + (path.resolve(),))["platforms"]
+    return merge({"platforms": {p: base[p] for p in raw["platforms"] if p in base}}, raw)
 
 
 def runtime_of(workload_path: str | Path, workload: Workload) -> Path | None:
     """The workload's default runtime file (its `runtime:`, relative to it), or None."""
     return None if workload.runtime is None else Path(workload_path).parent / workload.runtime
+
+
+def load_run(workload: str | Path, overrides: list[tuple[str, Any]] = (), hardware: str | Path | None = None,
+             runtime: str | Path | None = None) -> tuple[Workload, Hardware, Path]:
+    """What one run needs, as `sim run` loads it: the workload (its overrides), the hardware (`hardware`,
+    else the workload's) with the runtime (`runtime`, else the workload's) applied, and the hardware path."""
+    work, hw_set = split_overrides(list(overrides))
+    wl, default = load_workload(workload, work)
+    hw_path = Path(hardware) if hardware is not None else default
+    return wl, load_hardware(hw_path, hw_set, runtime if runtime is not None else runtime_of(workload, wl)), hw_path
 
 
 def load_workload(path: str | Path, overrides: list[tuple[str, Any]] = ()) -> tuple[Workload, Path]:

@@ -2,12 +2,14 @@
 
 The same A100 runs a decode step in a few milliseconds under a fused serving runtime and several times
 that in eager PyTorch: the difference is software, so it is an input of its own (`runtimes/*.yaml`), not
-a property of the hardware. A runtime says what it knows — host dispatch per kernel, whether the host
-waits for each op, the device's gap between kernels, fixed per-kernel costs, a captured graph (no host
-dispatch per kernel), per-step host work, the collective library's fixed cost — and leaves the rest to
-the hardware file's figures. It is applied onto the hardware before validation, so the engine sees one
-machine; `--set runtime.<key>=...` overrides a key of it, a workload's `runtime:` names its default and
-`--runtime FILE` replaces that.
+a property of the hardware. A runtime says what it costs on each platform it runs on (`platforms.cuda`,
+`.cpu`, ...: eager PyTorch dispatches a CUDA kernel and a CPU op at different costs) — host dispatch per
+kernel, whether the host waits for each op, the device's gap between kernels, fixed per-kernel costs, a
+captured graph (no host dispatch per kernel), per-step host work, the collective library's fixed cost.
+The loader picks the section of the hardware's `device.platform` and applies it onto the hardware
+before validation, so the engine sees one machine; `--set runtime.<key>=...` overrides a key of that
+section, a workload's `runtime:` names its default and `--runtime FILE` replaces that. `extends: FILE`
+starts from another runtime's figures.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from sim.config.hardware import Kernel, KernelCost
+from sim.config.hardware import Kernel, KernelCost, Platform
 from sim.config.types import Latency, Spec
 
 #: runtime key -> where it goes in a hardware file
@@ -29,14 +31,18 @@ TO_HARDWARE = {
     "collective_overhead": "interconnect.collective_overhead",
 }
 
+#: keys of the runtime file itself; any other `runtime.<key>` override goes to the chosen platform's section
+FILE_KEYS = ("name", "source", "extends", "platforms")
 
-class Runtime(Spec):
-    name: str = Field(min_length=1)
-    source: str = Field(min_length=1, description="where its figures come from")
+
+class PlatformCosts(Spec):
+    """What the runtime costs on one platform."""
+
     dispatch_overhead: Latency | None = Field(
         default=None, description="host time to dispatch one kernel (replaces the hardware's)")
     dispatch_mode: Literal["async", "sync"] | None = Field(
-        default=None, description="async: the host queues kernels ahead of the device; sync: it waits for each")
+        default=None, description="async: the host queues kernels ahead of the device; sync: it waits for each "
+        "(a CPU: the dispatching thread runs the op)")
     launch_overhead: Latency | None = Field(
         default=None, description="device time between one kernel's end and the next one's start")
     step_overhead: Latency | None = Field(
@@ -51,18 +57,35 @@ class Runtime(Spec):
         "per kernel, whatever the hardware file or the kernels above say")
 
 
-def runtime_overrides(raw: dict[str, Any], hardware: dict[str, Any]) -> list[tuple[str, Any]]:
-    """The hardware overrides a (validated) runtime file's `raw` data amounts to on `hardware`'s data:
-    its figures as written (units and all), per kernel field by field; the collective cost only where
-    the hardware has an interconnect; and with `graphs`, no host dispatch for any kernel."""
+class Runtime(Spec):
+    name: str = Field(min_length=1)
+    source: str = Field(min_length=1, description="where its figures come from")
+    extends: str | None = Field(default=None, min_length=1, description="a runtime file (relative to this one) "
+                                "whose figures this one starts from on the platforms it names, key by key")
+    platforms: dict[Platform, PlatformCosts] = Field(
+        min_length=1, description="per platform it runs on (a hardware's `device.platform`), its costs there")
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` onto `base`, mappings key by key (a child runtime's kernel field over its parent's)."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def runtime_overrides(section: dict[str, Any], hardware: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The hardware overrides one (validated) platform `section` of a runtime file amounts to on
+    `hardware`'s data: its figures as written (units and all), per kernel field by field; the collective
+    cost only where the hardware has an interconnect; and with `graphs`, no host dispatch for any kernel."""
     out: list[tuple[str, Any]] = []
     for key, target in TO_HARDWARE.items():
-        if key in raw and (not target.startswith("interconnect.") or hardware.get("interconnect")):
-            out.append((target, raw[key]))
-    for kernel, costs in (raw.get("kernels") or {}).items():
+        if key in section and (not target.startswith("interconnect.") or hardware.get("interconnect")):
+            out.append((target, section[key]))
+    for kernel, costs in (section.get("kernels") or {}).items():
         out += [(f"device.kernels.{kernel}.{field}", value) for field, value in costs.items()]
-    if raw.get("graphs"):
-        kernels = set((hardware.get("device") or {}).get("kernels") or {}) | set(raw.get("kernels") or {})
+    if section.get("graphs"):
+        kernels = set((hardware.get("device") or {}).get("kernels") or {}) | set(section.get("kernels") or {})
         out.append(("device.dispatch_overhead", "0 s"))
         out += [(f"device.kernels.{kernel}.dispatch", "0 s") for kernel in sorted(kernels)]
     return out

@@ -1,7 +1,8 @@
-"""A GPU's hardware-model figures from memwall's own GPU microbenchmarks (the `microbenchmarks` that
-`bench/gpu_measure.py` writes into sim/data/measured-*.yaml), by the engine's formulas. The shipped
-model of that GPU takes these figures, and a test holds the two equal: nothing is tuned by hand, and
-none of them comes from the cases `validate` then predicts."""
+"""A GPU's hardware-model figures, and its runtimes' figures, from memwall's own GPU microbenchmarks (the
+`microbenchmarks` that `bench/gpu_measure.py` writes into sim/data/measured-*.yaml), by the engine's
+formulas. The shipped model of that GPU and the shipped runtimes' `cuda` sections take these figures,
+and tests hold them equal: nothing is tuned by hand, and none of them comes from the cases `validate`
+then predicts."""
 
 from __future__ import annotations
 
@@ -20,19 +21,11 @@ TINY_KERNELS = {"add": "add", "gelu": "gelu", "silu": "silu", "layer_norm": "lay
 
 
 def gpu_figures(micro: dict, dram_bandwidth: float) -> dict:
-    """- `launch_overhead`: a 1-element kernel replayed from a CUDA graph (nothing left but the launch);
-    - `matmul_overhead`: a 1 x 64 x 64 linear replayed from a graph, less the launch; `kernel_fixed`, the
-      same for each other op timed on a tiny input as a fused runtime runs it (torch.compile: add, GELU,
-      SwiGLU, the norms, softmax, RoPE, and the KV-cache write with fused attention over 16 keys): what
-      remains of an op with nothing to do beyond one launch (an op of several kernels keeps the others'
-      launches); `row_element`, the least-squares slope of a norm's time on one row over the row's
-      width (64 - 8192 elements), through torch.compile; `framework_overrides` gives eager PyTorch's
-      instead;
+    """The hardware's figures:
     - `l2_latency`, `dram_latency`: a pointer chase over a buffer the L2 holds, and over the largest;
     - `efficiency_by_size`: cold copies moving S bytes each way take launch + DRAM latency +
       2 S / (bandwidth x efficiency), as the engine times them: solved for the efficiency.
-    Rounded as a hardware file writes them (0.1 us, 10 ns, two decimals)."""
-    tiny = micro["tiny_op_in_graph_s"]  # eager: the linear is a cuBLAS call either way
+    Rounded as a hardware file writes them (10 ns, two decimals)."""
     chase = {int(size): t for size, t in micro["load_latency_s_by_bytes"].items()}
     launch = round(micro["tiny_kernel_in_graph_s"], 7)
     dram_latency = round(chase[max(chase)], 8)
@@ -41,15 +34,29 @@ def gpu_figures(micro: dict, dram_bandwidth: float) -> dict:
         size = int(size)
         if size <= LARGEST_COPY:
             efficiency[size] = round(min(1.0, 2 * size / (dram_bandwidth * (t - launch - dram_latency))), 2)
-    return {
-        "launch_overhead": launch,
-        "matmul_overhead": round(tiny["linear"] - launch, 7),
-        "kernel_fixed": kernel_fixed(micro["compiled_tiny_op_in_graph_s"], launch),
-        "row_element": row_element(micro, "compiled"),
-        "l2_latency": round(chase[min(chase)], 8),
-        "dram_latency": dram_latency,
-        "efficiency_by_size": efficiency,
-    }
+    return {"l2_latency": round(chase[min(chase)], 8), "dram_latency": dram_latency,
+            "efficiency_by_size": efficiency}
+
+
+def runtime_figures(micro: dict, runtime: str) -> dict:
+    """A runtime's figures on this GPU (`runtime`: "compiled", torch.compile's kernels; "eager", eager
+    PyTorch's):
+    - `launch_overhead`: a 1-element kernel replayed from a CUDA graph (nothing left but the launch);
+    - `matmul_overhead`: a 1 x 64 x 64 linear replayed from a graph, less the launch (a cuBLAS call
+      either way); `kernel_fixed`, the same for each other op timed on a tiny input as the runtime runs
+      it (add, GELU, SwiGLU, the norms, softmax, RoPE, and the KV-cache write with fused attention over
+      16 keys): what remains of an op with nothing to do beyond one launch (an op of several kernels
+      keeps the others' launches); `row_element`, the least-squares slope of a norm's time on one row
+      over the row's width (64 - 8192 elements);
+    - eager only, `dispatch_overhead`: one tiny kernel called eagerly, per call (the host's cost).
+    Rounded as a runtime file writes them (0.1 us, 0.01 ns)."""
+    launch = round(micro["tiny_kernel_in_graph_s"], 7)
+    tiny = micro["tiny_op_in_graph_s" if runtime == "eager" else "compiled_tiny_op_in_graph_s"]
+    out = {"launch_overhead": launch, "matmul_overhead": round(micro["tiny_op_in_graph_s"]["linear"] - launch, 7),
+           "kernel_fixed": kernel_fixed(tiny, launch), "row_element": row_element(micro, runtime)}
+    if runtime == "eager":
+        out["dispatch_overhead"] = round(micro["tiny_kernel_eager_s"], 7)
+    return out
 
 
 def kernel_fixed(tiny: dict[str, float], launch: float) -> dict[str, float]:
@@ -72,15 +79,3 @@ def row_element(micro: dict, framework: str) -> dict[str, float]:
             widths, times = zip(*((float(w), t) for w, t in rows[name].items()))
             out[kernel] = round(max(0.0, statistics.linear_regression(widths, times).slope), 11)
     return out
-
-
-def framework_overrides(micro: dict, framework: str) -> list[tuple[str, str]]:
-    """Hardware overrides for passes run by `framework`: the shipped model's kernel fixed times are a
-    fused runtime's (torch.compile's); eager PyTorch's are the same tiny ops launched kernel by kernel
-    (`tiny_op_in_graph_s`)."""
-    if framework != "eager":
-        return []
-    fixed = kernel_fixed(micro["tiny_op_in_graph_s"], round(micro["tiny_kernel_in_graph_s"], 7))
-    return ([(f"device.kernels.{kernel}.fixed", f"{t * 1e6:.1f} us") for kernel, t in fixed.items()]
-            + [(f"device.kernels.{kernel}.row_element", f"{t * 1e9:.2f} ns")
-               for kernel, t in row_element(micro, "eager").items()])

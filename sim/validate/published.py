@@ -21,7 +21,6 @@ from sim.mapping.plan import Planner
 from sim.pipeline import run
 from sim.report import summarize
 from sim.validate.cases import ROOT, Case, predict_matmul
-from sim.validate.gpu import framework_overrides
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 PUBLISHED = DATA / "published.yaml"
@@ -70,9 +69,11 @@ def measured_peak_bytes(row: dict) -> float | None:
 
 
 def _machine(row: dict, extra: list[tuple[str, object]] = ()) -> tuple[Hardware, list]:
-    """A row's shipped hardware model with its `set` overrides (then `extra`), and its workload overrides."""
+    """A row's shipped hardware model under the shipped runtime its source ran, with its `set`
+    overrides (then `extra`), and its workload overrides."""
     work_set, hw_set = split_overrides(list((row.get("set") or {}).items()) + list(extra))
-    return load_hardware(ROOT / "hardware_models" / f"{row['hardware']}.yaml", hw_set), work_set
+    return load_hardware(ROOT / "hardware_models" / f"{row['hardware']}.yaml", hw_set,
+                         ROOT / "runtimes" / f"{row['runtime']}.yaml"), work_set
 
 
 def _summary(row: dict, hw: Hardware, work_set: list) -> dict:
@@ -135,8 +136,6 @@ def published_cases(path: Path = PUBLISHED) -> tuple[list[Case], list[str]]:
     """Predicted vs published for every row that is not a calibration row, and a line per calibration."""
     rows = published_rows(path)
     fitted = calibrations(rows)
-    micro = yaml.safe_load(path.read_text()).get("microbenchmarks") or {}
-    frameworks = {f: framework_overrides(micro, f) for f in {r["framework"] for r in rows if "framework" in r}}
     cases = []
     for row in rows:
         if row.get("role") == "calibration" or row["kind"] == "train_memory":  # (a memory row: bench/training.py)
@@ -144,7 +143,6 @@ def published_cases(path: Path = PUBLISHED) -> tuple[list[Case], list[str]]:
         # its own series' calibrated cost, or the one it borrows from a microbenchmark series
         key, value, _ = fitted.get(row["series"], fitted.get(row.get("borrows"), (None, 0.0, 0)))
         extra = [(key, f"{value * 1e6:.6f} us")] if key else []
-        extra += frameworks.get(row.get("framework"), [])  # eager PyTorch's kernels, not a fused runtime's
         _, predicted = predict_row(row, extra)
         cases.append(Case(row["group"], row["name"], predicted, measured_seconds(row), row["source"],
                           unit="x" if row["kind"] == "ratio" else "s"))
