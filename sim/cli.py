@@ -60,20 +60,23 @@ def run(workload: Path, hardware: Path | None, runtime: Path | None, overrides: 
 @cli.command()
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("hardware_models/host.yaml"),
               show_default=True, help="Hardware YAML to write.")
-def calibrate(out: Path) -> None:
-    """Measure this machine with microbenchmarks and write a hardware model."""
+@click.option("--runtime-out", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("runtimes/host-numpy.yaml"), show_default=True,
+              help="Runtime YAML to write (the framework's costs on this machine).")
+def calibrate(out: Path, runtime_out: Path) -> None:
+    """Measure this machine with microbenchmarks and write a hardware model and a runtime (numpy's)."""
     from rich.console import Console
 
     from sim.config import load_hardware
     from sim.validate.calibrate import calibrate as measure
-    from sim.validate.calibrate import write_hardware
+    from sim.validate.calibrate import write_model
 
     console = Console(highlight=False)
     with console.status("calibrating") as status:
         data = measure(lambda msg: status.update(f"calibrating: {msg}"))
-    write_hardware(data, out)
-    load_hardware(out)  # what we wrote must load
-    console.print(f"wrote {out}")
+    write_model(data, out, runtime_out)
+    load_hardware(out, runtime=runtime_out)  # what we wrote must load
+    console.print(f"wrote {out} and {runtime_out}")
     for key, how in data["calibration"].items():
         console.print(f"  {key}: {how}")
 
@@ -82,6 +85,9 @@ def calibrate(out: Path) -> None:
 @click.option("--hardware", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("hardware_models/host.yaml"), show_default=True,
               help="Calibrated model of this machine (calibrated between the live cases' rounds if missing).")
+@click.option("--runtime", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("runtimes/host-numpy.yaml"), show_default=True,
+              help="Calibrated runtime of this machine (numpy's costs; written with --hardware).")
 @click.option("--quick", is_flag=True, help="Fewer, smaller live cases.")
 @click.option("--no-live", is_flag=True, help="Without the live cases on this machine.")
 @click.option("--no-published", is_flag=True, help="Without the published cases.")
@@ -94,7 +100,7 @@ def calibrate(out: Path) -> None:
 @click.option("--rounds", type=click.IntRange(min=1), default=None,
               help="Rounds of live timing (and of calibration with --calibrate); each figure is its median "
                    "round. [default: 16; fewer run faster and scatter more on a busy machine]")
-def validate(hardware: Path, quick: bool, no_live: bool, no_published: bool, no_measured: bool,
+def validate(hardware: Path, runtime: Path, quick: bool, no_live: bool, no_published: bool, no_measured: bool,
              markdown: Path | None, recalibrate: bool, rounds: int | None) -> None:
     """Predict, then measure: live cases on this machine, published cases on real accelerators, and
     GPU cases memwall measured with bench/gpu_measure.py."""
@@ -102,7 +108,7 @@ def validate(hardware: Path, quick: bool, no_live: bool, no_published: bool, no_
 
     from sim.config import load_hardware
     from sim.validate.calibrate import calibrate as measure
-    from sim.validate.calibrate import write_hardware
+    from sim.validate.calibrate import write_model
     from sim.validate.cases import ROUNDS, live_cases, live_timed, machine_drift, time_round
     from sim.validate.published import measured_cases, published_cases
     from sim.validate.report import drift_line, render, to_markdown
@@ -120,13 +126,13 @@ def validate(hardware: Path, quick: bool, no_live: bool, no_published: bool, no_
                 time_round(timed, times, stage)
 
             before = None
-            if recalibrate or not hardware.exists():
+            if recalibrate or not hardware.exists() or not runtime.exists():
                 data = measure(lambda msg: status.update(f"calibrating, {msg}"), rounds=rounds, between=case_round)
-                write_hardware(data, hardware)
-                hw = load_hardware(hardware)  # what we wrote must load
-                console.print(f"wrote {hardware} (calibrated between the live cases' rounds)")
+                write_model(data, hardware, runtime)
+                hw = load_hardware(hardware, runtime=runtime)  # what we wrote must load
+                console.print(f"wrote {hardware} and {runtime} (calibrated between the live cases' rounds)")
             else:
-                hw = load_hardware(hardware)
+                hw = load_hardware(hardware, runtime=runtime)
                 status.update("the machine against its calibration, before")
                 before = machine_drift(hw)
                 for r in range(rounds):
@@ -135,7 +141,7 @@ def validate(hardware: Path, quick: bool, no_live: bool, no_published: bool, no_
             live = live_cases(hw, timed, times)
             status.update("the machine against its calibration, after")
             after = machine_drift(hw)
-        render(console, f"Live cases on this machine (predicted with {hardware})", live)
+        render(console, f"Live cases on this machine (predicted with {hardware} under {runtime})", live)
         drift = drift_line(before, after)
         console.print(f"  {drift}\n")
     published, calibrated = ([], []) if no_published else published_cases()

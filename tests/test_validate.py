@@ -13,7 +13,7 @@ from sim.mapping import place
 from sim.validate import calibrate as cal
 from sim.validate import cases as live
 from sim.validate import native
-from sim.validate.calibrate import os_caches, typical_time, write_hardware
+from sim.validate.calibrate import os_caches, typical_time, write_model
 from sim.validate.cases import Case, Timed, live_cases, machine_drift, matmul_op, predict_matmul
 from sim.validate.gpu import gpu_figures, runtime_figures
 from sim.validate.published import (
@@ -213,8 +213,14 @@ def test_calibration_helpers(tmp_path: Path):
     assert typical_time(lambda: sum(range(100)), min_time=0.001, repeats=2) > 0
     assert all(c["bytes"] > 0 for c in os_caches())
     data = yaml.safe_load((DATA / "toy-hw.yaml").read_text())
-    write_hardware(data, tmp_path / "hw.yaml")
-    assert load_hardware(tmp_path / "hw.yaml").name == "toy"
+    write_model(data, tmp_path / "hw.yaml", tmp_path / "rt.yaml")
+    bare, hw = load_hardware(tmp_path / "hw.yaml"), load_hardware(tmp_path / "hw.yaml", runtime=tmp_path / "rt.yaml")
+    assert bare.name == "toy" and bare.device.platform == "cpu" and bare.device.dispatch_overhead == 0
+    assert hw.device.dispatch_overhead == pytest.approx(1e-6) and hw.runtime == "numpy on toy"
+    # an output that cannot be written leaves neither file
+    with pytest.raises(OSError):
+        write_model(data, tmp_path / "new-hw.yaml", tmp_path / "hw.yaml" / "rt.yaml")
+    assert not list(tmp_path.glob("new-hw.yaml*"))
 
 
 @pytest.mark.skipif(not native.available(), reason="no C compiler")
@@ -309,8 +315,9 @@ def test_calibration_assembles_a_loadable_model_from_its_figures(tmp_path: Path,
     stages = []
     data = cal.calibrate(rounds=3, between=lambda r, stage: stages.append((r, stage)))
     assert stages == [(r, stage) for r in range(3) for stage in cal.STAGES]
-    cal.write_hardware(data, tmp_path / "host.yaml")
-    hw = load_hardware(tmp_path / "host.yaml")
+    cal.write_model(data, tmp_path / "host.yaml", tmp_path / "host-numpy.yaml")
+    assert load_hardware(tmp_path / "host.yaml").device.kernels == {}  # the framework's costs: the runtime's
+    hw = load_hardware(tmp_path / "host.yaml", runtime=tmp_path / "host-numpy.yaml")
     dram = hw.levels["dram"]
     assert hw.levels["l1"].bandwidth == pytest.approx(200e9)
     assert dram.bandwidth == pytest.approx(50e9)  # the fastest figure, a cold 16 MiB GEMV's, unclipped ...

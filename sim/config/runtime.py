@@ -64,6 +64,8 @@ class Runtime(Spec):
                                 "whose figures this one starts from on the platforms it names, key by key")
     platforms: dict[Platform, PlatformCosts] = Field(
         min_length=1, description="per platform it runs on (a hardware's `device.platform`), its costs there")
+    calibration: dict[str, str] = Field(default_factory=dict, description="how each figure was measured "
+                                        "(`calibrate` writes it)")
 
 
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

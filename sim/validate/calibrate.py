@@ -602,9 +602,38 @@ def _clock_mhz() -> float:
     return 1000.0
 
 
-def write_hardware(data: dict, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("# Written by `python -m sim calibrate`; rerun it rather than editing by hand.\n"
-                   + yaml.safe_dump(data, sort_keys=False, width=110))
-    os.replace(tmp, out)
+#: what the runtime of the framework calibrated says (the rest describes the machine)
+RUNTIME_KEYS = ("dispatch_overhead", "dispatch_mode", "kernels")
+
+
+def split_runtime(data: dict, framework: str = "numpy") -> tuple[dict, dict]:
+    """`calibrate`'s model as a hardware file (the machine: `platform: cpu`, its compute and memory) and
+    a runtime file (the framework's costs on it: per-op dispatch, sync, each kernel's own costs)."""
+    device = {k: v for k, v in data["device"].items() if k not in RUNTIME_KEYS}
+    notes = data.get("calibration") or {}
+    hardware = {**data, "device": {"platform": "cpu", **device},
+                "calibration": {k: v for k, v in notes.items() if k.split(".")[-1] not in RUNTIME_KEYS}}
+    runtime = {"name": f"{framework} on {data['name'].removeprefix('this machine ')}",
+               "source": data["source"],
+               "calibration": {k: v for k, v in notes.items() if k.split(".")[-1] in RUNTIME_KEYS},
+               "platforms": {"cpu": {k: data["device"][k] for k in RUNTIME_KEYS if k in data["device"]}}}
+    return hardware, runtime
+
+
+def write_model(data: dict, hardware_out: Path, runtime_out: Path, framework: str = "numpy") -> None:
+    """Write the hardware and the runtime file `data` amounts to: both, or neither."""
+    hardware, runtime = split_runtime(data, framework)
+    done = []
+    try:
+        for out, doc in ((hardware_out, hardware), (runtime_out, runtime)):
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_name(out.name + ".tmp")
+            tmp.write_text("# Written by `python -m sim calibrate`; rerun it rather than editing by hand.\n"
+                           + yaml.safe_dump(doc, sort_keys=False, width=110))
+            done.append((tmp, out))
+    except OSError:
+        for tmp, _ in done:
+            tmp.unlink(missing_ok=True)
+        raise
+    for tmp, out in done:
+        os.replace(tmp, out)
