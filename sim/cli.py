@@ -57,24 +57,43 @@ def run(workload: Path, hardware: Path | None, runtime: Path | None, overrides: 
             click.echo(f"wrote {path}")
 
 
+def _framework(name: str) -> tuple:
+    """`name`'s kernels module and the default hardware and runtime files of this machine under it; one
+    line and exit 2 for a framework that is not installed."""
+    from sim.validate.kernels import kernels_of
+
+    kernels = kernels_of(name)
+    if kernels is None:
+        raise ConfigError(f"{name} is not installed here (pip install -e '.[{name}]')", "--framework")
+    suffix = "" if name == "numpy" else f"-{name}"
+    return kernels, Path(f"hardware_models/host{suffix}.yaml"), Path(f"runtimes/host-{name}.yaml")
+
+
+FRAMEWORK = click.option(
+    "--framework", type=click.Choice(["numpy", "torch"]), default="numpy", show_default=True,
+    help="What to measure this machine with (torch: eager PyTorch, installed with pip install -e '.[torch]').")
+
+
 @cli.command()
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("hardware_models/host.yaml"),
-              show_default=True, help="Hardware YAML to write.")
+@FRAMEWORK
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Hardware YAML to write. [default: hardware_models/host.yaml; host-torch.yaml with torch]")
 @click.option("--runtime-out", type=click.Path(dir_okay=False, path_type=Path),
-              default=Path("runtimes/host-numpy.yaml"), show_default=True,
-              help="Runtime YAML to write (the framework's costs on this machine).")
-def calibrate(out: Path, runtime_out: Path) -> None:
-    """Measure this machine with microbenchmarks and write a hardware model and a runtime (numpy's)."""
+              help="Runtime YAML to write (the framework's costs). [default: runtimes/host-<framework>.yaml]")
+def calibrate(framework: str, out: Path | None, runtime_out: Path | None) -> None:
+    """Measure this machine with microbenchmarks and write a hardware model and a runtime of it."""
     from rich.console import Console
 
     from sim.config import load_hardware
     from sim.validate.calibrate import calibrate as measure
     from sim.validate.calibrate import write_model
 
+    kernels, hw_default, rt_default = _framework(framework)
+    out, runtime_out = out or hw_default, runtime_out or rt_default
     console = Console(highlight=False)
     with console.status("calibrating") as status:
-        data = measure(lambda msg: status.update(f"calibrating: {msg}"))
-    write_model(data, out, runtime_out)
+        data = measure(lambda msg: status.update(f"calibrating: {msg}"), kern=kernels)
+    write_model(data, out, runtime_out, framework)
     load_hardware(out, runtime=runtime_out)  # what we wrote must load
     console.print(f"wrote {out} and {runtime_out}")
     for key, how in data["calibration"].items():
@@ -82,12 +101,13 @@ def calibrate(out: Path, runtime_out: Path) -> None:
 
 
 @cli.command()
+@FRAMEWORK
 @click.option("--hardware", type=click.Path(dir_okay=False, path_type=Path),
-              default=Path("hardware_models/host.yaml"), show_default=True,
-              help="Calibrated model of this machine (calibrated between the live cases' rounds if missing).")
+              help="Calibrated model of this machine (calibrated between the live cases' rounds if missing). "
+                   "[default: hardware_models/host.yaml; host-torch.yaml with torch]")
 @click.option("--runtime", type=click.Path(dir_okay=False, path_type=Path),
-              default=Path("runtimes/host-numpy.yaml"), show_default=True,
-              help="Calibrated runtime of this machine (numpy's costs; written with --hardware).")
+              help="Calibrated runtime of the framework on this machine (written with --hardware). "
+                   "[default: runtimes/host-<framework>.yaml]")
 @click.option("--quick", is_flag=True, help="Fewer, smaller live cases.")
 @click.option("--no-live", is_flag=True, help="Without the live cases on this machine.")
 @click.option("--no-published", is_flag=True, help="Without the published cases.")
@@ -100,8 +120,9 @@ def calibrate(out: Path, runtime_out: Path) -> None:
 @click.option("--rounds", type=click.IntRange(min=1), default=None,
               help="Rounds of live timing (and of calibration with --calibrate); each figure is its median "
                    "round. [default: 16; fewer run faster and scatter more on a busy machine]")
-def validate(hardware: Path, runtime: Path, quick: bool, no_live: bool, no_published: bool, no_measured: bool,
-             markdown: Path | None, recalibrate: bool, rounds: int | None) -> None:
+def validate(framework: str, hardware: Path | None, runtime: Path | None, quick: bool, no_live: bool,
+             no_published: bool, no_measured: bool, markdown: Path | None, recalibrate: bool,
+             rounds: int | None) -> None:
     """Predict, then measure: live cases on this machine, published cases on real accelerators, and
     GPU cases memwall measured with bench/gpu_measure.py."""
     from rich.console import Console
@@ -116,9 +137,11 @@ def validate(hardware: Path, runtime: Path, quick: bool, no_live: bool, no_publi
     console = Console(highlight=False, width=160)
     rounds = rounds or ROUNDS
     live, drift = [], ""
+    kernels, hw_default, rt_default = _framework(framework) if not no_live else (None, Path("-"), Path("-"))
+    hardware, runtime = hardware or hw_default, runtime or rt_default
     if not no_live:
         with console.status("live cases") as status:
-            timed = live_timed(quick)
+            timed = live_timed(quick, kernels)
             times: list[list[float]] = [[] for _ in timed]
 
             def case_round(r: int, stage: str | None = None) -> None:
@@ -127,21 +150,22 @@ def validate(hardware: Path, runtime: Path, quick: bool, no_live: bool, no_publi
 
             before = None
             if recalibrate or not hardware.exists() or not runtime.exists():
-                data = measure(lambda msg: status.update(f"calibrating, {msg}"), rounds=rounds, between=case_round)
-                write_model(data, hardware, runtime)
+                data = measure(lambda msg: status.update(f"calibrating, {msg}"), rounds=rounds, between=case_round,
+                               kern=kernels)
+                write_model(data, hardware, runtime, framework)
                 hw = load_hardware(hardware, runtime=runtime)  # what we wrote must load
                 console.print(f"wrote {hardware} and {runtime} (calibrated between the live cases' rounds)")
             else:
                 hw = load_hardware(hardware, runtime=runtime)
                 status.update("the machine against its calibration, before")
-                before = machine_drift(hw)
+                before = machine_drift(hw, kernels)
                 for r in range(rounds):
                     case_round(r)
             status.update("live cases: predicting")
             live = live_cases(hw, timed, times)
             status.update("the machine against its calibration, after")
-            after = machine_drift(hw)
-        render(console, f"Live cases on this machine (predicted with {hardware} under {runtime})", live)
+            after = machine_drift(hw, kernels)
+        render(console, f"Live cases on this machine ({framework}; predicted with {hardware} under {runtime})", live)
         drift = drift_line(before, after)
         console.print(f"  {drift}\n")
     published, calibrated = ([], []) if no_published else published_cases()

@@ -62,6 +62,36 @@ def test_gqa_reference_decodes():
     assert ref.forward(np.zeros((1, 1), np.int64), 4).shape == (1, 100)
 
 
+def test_the_reference_gives_the_same_logits_in_every_installed_framework():
+    """numpy and eager PyTorch run one definition of the model: the same weights give the same outputs
+    (GPT, Llama with GQA and RoPE, BERT); a framework that is not installed is skipped."""
+    from sim.validate.kernels import FRAMEWORKS, kernels_of
+
+    installed = [kernels_of(name) for name in FRAMEWORKS if kernels_of(name) is not None]
+    if len(installed) < 2:
+        pytest.skip("only numpy is installed")
+    for path, sets in (("workloads/gpt2.yaml", {}), ("workloads/bert-base.yaml", {"scenario__phase": "encode"}),
+                       ("workloads/llama2-7b.yaml", {"model__hidden": 128, "model__heads": 4, "model__kv_heads": 2,
+                                                     "model__ffn": 256})):
+        wl, _ = load(ROOT / path, model__layers=1, scenario__prompt_tokens=8, **sets)
+        outs = [np.asarray(Reference(wl.model, 1, 9, kernels=k).forward(np.zeros((1, 8), np.int64), 0))
+                for k in installed]
+        assert all(np.allclose(out, outs[0], atol=1e-4) for out in outs[1:]), path
+
+
+def test_a_framework_that_is_not_installed_is_one_line(tmp_path):
+    from sim.validate.kernels import kernels_of
+
+    if kernels_of("torch") is not None:
+        pytest.skip("PyTorch is installed here")
+    for command, out in (("calibrate", "--out"), ("validate", "--hardware")):
+        r = cli(command, "--framework", "torch", out, str(tmp_path / "hw.yaml"),
+                "--runtime-out" if command == "calibrate" else "--runtime", str(tmp_path / "rt.yaml"))
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+        assert "--framework: torch is not installed here" in r.stderr
+    assert not list(tmp_path.iterdir())
+
+
 def test_warm_matmul_prediction_hits_the_cache_cold_does_not():
     hw = load_hardware(DATA / "toy-cache-hw.yaml")
     # 64 x 64 fp32 weights (16 KiB) fit the 256 KiB L2: the second run reads them from there
@@ -132,7 +162,7 @@ def test_gpu_measurements_memwall_took_are_all_predicted():
 def test_calibration_rows_fit_an_additive_cost_and_are_held_out(tmp_path: Path):
     """A series' calibration rows set its additive parameter (median residual) and are not predicted;
     the other rows of the series are predicted with it."""
-    hw = load_hardware(ROOT / "hardware_models/a100-sxm4-80gb.yaml")
+    hw = load_hardware(ROOT / "hardware_models/a100-sxm4-80gb.yaml", runtime=ROOT / "runtimes/compiled.yaml")
     base = predict_allreduce(hw, 4096, 8)
     data = {"series": {"s": {"group": "g", "kind": "allreduce", "hardware": "a100-sxm4-80gb", "devices": 8,
                              "runtime": "compiled", "calibrates": "interconnect.collective_overhead", "source": "http://x"}},
@@ -216,7 +246,7 @@ def test_calibration_helpers(tmp_path: Path):
     write_model(data, tmp_path / "hw.yaml", tmp_path / "rt.yaml")
     bare, hw = load_hardware(tmp_path / "hw.yaml"), load_hardware(tmp_path / "hw.yaml", runtime=tmp_path / "rt.yaml")
     assert bare.name == "toy" and bare.device.platform == "cpu" and bare.device.dispatch_overhead == 0
-    assert hw.device.dispatch_overhead == pytest.approx(1e-6) and hw.runtime == "numpy on toy"
+    assert hw.device.dispatch_overhead == pytest.approx(1e-6) and hw.runtime == "numpy on this machine"
     # an output that cannot be written leaves neither file
     with pytest.raises(OSError):
         write_model(data, tmp_path / "new-hw.yaml", tmp_path / "hw.yaml" / "rt.yaml")
@@ -261,7 +291,7 @@ def test_calibration_measures_contradicting_figures_again_and_never_writes_them(
     caches = [{"level": 1, "bytes": 32 << 10, "private": True}, {"level": 3, "bytes": 8 << 20, "private": False}]
     calls = []
 
-    def figures(caches, cores, compiled, dram_bytes, progress, after):
+    def figures(caches, cores, compiled, dram_bytes, progress, after, kern=None):
         calls.append(1)
         l1 = 10e9 if len(calls) <= bursts else 200e9  # the first (and with 2, every) measurement contradicts
         return {"l1.bw": l1, **{f"l3.size.{(8 << 20) // k}": 50e9 for k in cal.CACHE_FRACTIONS},
@@ -291,7 +321,7 @@ def test_calibration_assembles_a_loadable_model_from_its_figures(tmp_path: Path,
     caches = [{"level": 1, "bytes": 32 << 10, "private": True}, {"level": 3, "bytes": 8 << 20, "private": False}]
     rounds = iter([3.0, 1.0, 2.0])
 
-    def figures(caches, cores, compiled, dram_bytes, progress, after):
+    def figures(caches, cores, compiled, dram_bytes, progress, after, kern=None):
         f = next(rounds)
         for stage in cal.STAGES:
             after(stage)

@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import yaml
@@ -128,8 +129,8 @@ def read_bandwidth(nbytes: int) -> float:
     return reps * a.nbytes / typical_time(lambda: np.sum(view, axis=0, out=out), repeats=3)
 
 
-def gemm_rate(dtype, n: int) -> float:
-    a, b = operand((n, n), dtype), operand((n, n), dtype, which=1)
+def gemm_rate(dtype, n: int, kern: ModuleType = k) -> float:
+    a, b = kern.array(operand((n, n), dtype)), kern.array(operand((n, n), dtype, which=1))
     return 2 * n**3 / typical_time(lambda: a @ b, repeats=3)
 
 
@@ -151,14 +152,13 @@ def rows_side(caches: list[dict]) -> int:
     return min(MATRIX_SIZE, max(768, side))
 
 
-def matrix_rates(side: int) -> dict[int, float]:
+def matrix_rates(side: int, kern: ModuleType = k) -> dict[int, float]:
     """GEMM FLOP/s by rows M on a `side` x `side` fp32 weight (`rows_side`)."""
-    k = n = side
-    w = operand((k, n), which=1)
+    w = kern.array(operand((side, side), which=1))
     out = {}
     for m in ROWS:
-        x = operand((m, k))
-        out[m] = 2 * m * n * k / typical_time(lambda x=x: x @ w, repeats=5)
+        x = kern.array(operand((m, side)))
+        out[m] = 2 * m * side * side / typical_time(lambda x=x: x @ w, repeats=5)
     return out
 
 
@@ -170,11 +170,11 @@ DEPTHS = (64, 128, 256)
 DEPTH_SIDE = 256
 
 
-def depth_rates() -> dict[int, float]:
+def depth_rates(kern: ModuleType = k) -> dict[int, float]:
     """GEMM FLOP/s of DEPTH_SIDE x K @ K x DEPTH_SIDE by reduction depth K (DEPTHS and MATRIX_SIZE)."""
     out = {}
     for depth in DEPTHS + (MATRIX_SIZE,):
-        x, w = operand((DEPTH_SIDE, depth)), operand((depth, DEPTH_SIDE), which=1)
+        x, w = kern.array(operand((DEPTH_SIDE, depth))), kern.array(operand((depth, DEPTH_SIDE), which=1))
         out[depth] = 2 * DEPTH_SIDE * DEPTH_SIDE * depth / typical_time(lambda x=x, w=w: x @ w, repeats=5)
     return out
 
@@ -185,18 +185,18 @@ def _weight_shape(nbytes: int, columns: int | None) -> tuple[int, int]:
     return max(1, nbytes // (4 * n)), n
 
 
-def gemv_time(nbytes: int, columns: int | None = None) -> float:
+def gemv_time(nbytes: int, columns: int | None = None, kern: ModuleType = k) -> float:
     """Seconds per call of a BLAS GEMV re-reading one fp32 weight of about `nbytes` (warm: where it
     fits, the cache holding it serves it), K x `columns` (square if None)."""
-    k, n = _weight_shape(nbytes, columns)
-    w, x = operand((k, n), which=1), operand((1, k))
+    rows, cols = _weight_shape(nbytes, columns)
+    w, x = kern.array(operand((rows, cols), which=1)), kern.array(operand((1, rows)))
     return typical_time(lambda: x @ w, repeats=3)
 
 
-def gemv_bandwidth(nbytes: int, columns: int | None = None, overhead: float = 0.0) -> float:
+def gemv_bandwidth(nbytes: int, columns: int | None = None, overhead: float = 0.0, kern: ModuleType = k) -> float:
     """Bytes per second of `gemv_time`'s GEMV, less the per-call framework cost `overhead`."""
-    k, n = _weight_shape(nbytes, columns)
-    return _net_rate(4 * k * n, gemv_time(nbytes, columns), overhead)
+    rows, cols = _weight_shape(nbytes, columns)
+    return _net_rate(4 * rows * cols, gemv_time(nbytes, columns, kern), overhead)
 
 
 def _net_rate(nbytes: int, per_call: float, overhead: float) -> float:
@@ -254,13 +254,15 @@ def cold_pool() -> ColdPool:
     return ColdPool(max(POOL_FACTOR * last_cache_bytes(os_caches()), 256 << 20))
 
 
-def cold_gemv_rate(nbytes: int, overhead: float = 0.0, repeats: int = 7, columns: int | None = None) -> float:
+def cold_gemv_rate(nbytes: int, overhead: float = 0.0, repeats: int = 7, columns: int | None = None,
+                   kern: ModuleType = k) -> float:
     """Bytes per second of one BLAS GEMV x @ W over an fp32 weight W of `nbytes` streamed from DRAM (a
     weight from the cold pool each call), less the per-call framework cost `overhead`: how fast one op
     moves that many bytes. W is K x `columns` (square if None): each of its rows is one contiguous run."""
-    k, n = _weight_shape(nbytes, columns)
-    pool, x = cold_pool(), operand((1, k))
-    return _net_rate(4 * k * n, typical_time(lambda: x @ pool.take(k, n), repeats=repeats), overhead)
+    rows, cols = _weight_shape(nbytes, columns)
+    pool, x = cold_pool(), kern.array(operand((1, rows)))
+    return _net_rate(4 * rows * cols, typical_time(lambda: x @ kern.array(pool.take(rows, cols)), repeats=repeats),
+                     overhead)
 
 
 #: Transfer sizes DRAM's `efficiency_by_size` is measured at, on weights with LONG_ROW columns (prefetchers
@@ -277,24 +279,28 @@ RUN_SIZE = 64 << 20
 assert RUN_SIZE in COLD_SIZES
 
 
-def _kernel_cases(n: int) -> dict[str, tuple[Callable[[], object], float]]:
-    """Per graph kernel, (the reference's call for one such op, its FLOPs by the graph's conventions) on
-    an (n/64) x 64 input; rope is two calls (the graph's one op rotates queries and keys)."""
+def _kernel_cases(n: int, kern: ModuleType = k) -> dict[str, tuple[Callable[[], object], float]]:
+    """Per graph kernel, (the reference's call for one such op in `kern`'s framework, its FLOPs by the
+    graph's conventions) on an (n/64) x 64 input; rope is two calls (the graph's one op rotates queries
+    and keys)."""
     rows, cols = max(1, n // 64), 64
-    x = np.ones((rows, cols), np.float32)
-    g, b = np.ones(cols, np.float32), np.zeros(cols, np.float32)
-    half = np.ones((max(1, rows // 2), cols), np.float32)
-    cos, sin = np.ones(cols // 2, np.float32), np.zeros(cols // 2, np.float32)
+    a = kern.array
+    x = a(np.ones((rows, cols), np.float32))
+    g, b = a(np.ones(cols, np.float32)), a(np.zeros(cols, np.float32))
+    half_rows = max(1, rows // 2)
+    half = a(np.ones((half_rows, cols), np.float32))
+    cos, sin = a(np.ones(cols // 2, np.float32)), a(np.zeros(cols // 2, np.float32))
     elems = rows * cols
+    k = kern  # the calls below are the framework's kernels
     return {
         "layernorm": (lambda: k.layernorm(x, g, b), NORM_FLOPS["layernorm"] * elems),
         "rmsnorm": (lambda: k.rmsnorm(x, g), NORM_FLOPS["rmsnorm"] * elems),
-        "softmax": (lambda: k.softmax(x.copy(), 0.125), SOFTMAX_FLOPS * elems),
+        "softmax": (lambda: k.softmax(k.copy(x), 0.125), SOFTMAX_FLOPS * elems),
         "gelu": (lambda: k.gelu(x), ACT_FLOPS["gelu"] * elems),
         "silu": (lambda: k.silu_gate(x, x), ACT_FLOPS["silu"] * elems),
         "relu": (lambda: k.relu(x), ACT_FLOPS["relu"] * elems),
         "add": (lambda: k.add(x, x), elems),
-        "rope": (lambda: (k.rope(half, cos, sin), k.rope(half, cos, sin)), ROPE_FLOPS * 2 * half.size),
+        "rope": (lambda: (k.rope(half, cos, sin), k.rope(half, cos, sin)), ROPE_FLOPS * 2 * half_rows * cols),
     }
 
 
@@ -303,13 +309,13 @@ def vector_elements(caches: list[dict]) -> int:
     return max(4096, next((c["bytes"] for c in caches if c["level"] == 2), 256 << 10) // 16)
 
 
-def kernel_rates(n: int, dispatch: dict[str, float]) -> dict[str, float]:
+def kernel_rates(n: int, dispatch: dict[str, float], kern: ModuleType = k) -> dict[str, float]:
     """Per kernel, graph FLOPs per second of its time beyond dispatch on `n` elements (the model adds
     the dispatch to every op; so does the measurement). Not larger than L2: a kernel timed alone on
     arrays over glibc's mmap threshold (128 KiB) faults its temporaries in afresh on every call, which
     inside a forward pass, with the heap grown, it does not."""
     return {name: flops / max(typical_time(fn) - dispatch[name], 1e-9)
-            for name, (fn, flops) in _kernel_cases(n).items()}
+            for name, (fn, flops) in _kernel_cases(n, kern).items()}
 
 
 #: Columns of the output the bias add's rate is measured on (a BERT / GPT-2 hidden size). With rows of a
@@ -319,28 +325,34 @@ def kernel_rates(n: int, dispatch: dict[str, float]) -> dict[str, float]:
 EPILOGUE_COLUMNS = 768
 
 
-def epilogue_rate(n: int) -> float:
-    """Elements per second of numpy's bias add `y += b` over an output of about `n` elements (L2-resident)
-    with EPILOGUE_COLUMNS columns, beyond the same call on 8 elements: the epilogue a biased linear runs
-    as a pass of its own after the product (the tiny call is part of the linear's dispatch)."""
-    cols = EPILOGUE_COLUMNS
-    y, b = np.ones((max(1, n // cols), cols), np.float32), np.ones(cols, np.float32)
-    y8, b8 = np.ones((1, 8), np.float32), np.ones(8, np.float32)
-    full, tiny = typical_time(lambda: np.add(y, b, out=y)), typical_time(lambda: np.add(y8, b8, out=y8))
-    return (y.size - 8) / max(full - tiny, 1e-9)
+def epilogue_rate(n: int, kern: ModuleType = k) -> float:
+    """Elements per second of the bias add `y += b` (in `kern`'s framework) over an output of about `n`
+    elements (L2-resident) with EPILOGUE_COLUMNS columns, beyond the same call on 8 elements: the
+    epilogue a biased linear runs as a pass of its own after the product (the tiny call is part of the
+    linear's dispatch)."""
+    cols, rows = EPILOGUE_COLUMNS, max(1, n // EPILOGUE_COLUMNS)
+    y, b = kern.array(np.ones((rows, cols), np.float32)), kern.array(np.ones(cols, np.float32))
+    y8, b8 = kern.array(np.ones((1, 8), np.float32)), kern.array(np.ones(8, np.float32))
+
+    def add(y, b):
+        y += b
+
+    full, tiny = typical_time(lambda: add(y, b)), typical_time(lambda: add(y8, b8))
+    return (rows * cols - 8) / max(full - tiny, 1e-9)
 
 
-def tiny_kernels() -> dict[str, Callable[[], object]]:
+def tiny_kernels(kern: ModuleType = k) -> dict[str, Callable[[], object]]:
     """Per kernel, its call on a tiny input, where only the framework's cost remains; matmul is a bare
-    1 x 8 x 8 `x @ w`, linear the same with a bias (two numpy calls: 2.6 against 4.5 us in a tight loop)."""
-    out = {name: fn for name, (fn, _) in _kernel_cases(64).items()}
-    w, x = np.ones((8, 8), np.float32), np.ones((1, 8), np.float32)
-    out["matmul"] = lambda: k.linear(x, w)
-    out["linear"] = lambda: k.linear(x, w, w[0])
+    1 x 8 x 8 `x @ w`, linear the same with a bias (two numpy calls: 2.6 against 4.5 us in a tight loop;
+    one addmm in PyTorch)."""
+    out = {name: fn for name, (fn, _) in _kernel_cases(64, kern).items()}
+    w, x = kern.array(np.ones((8, 8), np.float32)), kern.array(np.ones((1, 8), np.float32))
+    out["matmul"] = lambda: kern.linear(x, w)
+    out["linear"] = lambda: kern.linear(x, w, w[0])
     return out
 
 
-def kernel_dispatch(stream_bytes: int, calls: int = 20, batches: int = 3) -> dict[str, float]:
+def kernel_dispatch(stream_bytes: int, calls: int = 20, batches: int = 3, kern: ModuleType = k) -> dict[str, float]:
     """Per kernel, its tiny call's time right after a cold GEMV over `stream_bytes`: as ops run in a
     pass, after another op has streamed its weight through the caches and evicted the framework's own
     state. The mean over a batch of `calls` such calls, median batch — as `typical_time` keeps a batch's
@@ -350,14 +362,14 @@ def kernel_dispatch(stream_bytes: int, calls: int = 20, batches: int = 3) -> dic
     fastest: a layer norm 27 -> 38 us, an add 1 -> 3 us, the same in three repetitions), and a GPT-2
     decode step's layer norms took ~50 us each inside the pass."""
     rows, columns = _weight_shape(stream_bytes, 1024)
-    pool, x = cold_pool(), operand((1, rows))
+    pool, x = cold_pool(), kern.array(operand((1, rows)))
     out = {}
-    for name, fn in tiny_kernels().items():
+    for name, fn in tiny_kernels(kern).items():
         means = []
         for _ in range(batches):
             spent = 0.0
             for _ in range(calls):
-                x @ pool.take(rows, columns)
+                x @ kern.array(pool.take(rows, columns))
                 t0 = time.perf_counter()
                 fn()
                 spent += time.perf_counter() - t0
@@ -375,9 +387,10 @@ STAGES = ("caches", "gemm", "kernels", "dram")
 
 
 def _measure_once(caches: list[dict], cores: int, compiled: bool, dram_bytes: int,
-                  progress: Callable[[str], None], after: Callable[[str], None]) -> dict[str, float]:
-    """One round of every raw figure: rates in bytes or FLOPs per second, latencies in seconds;
-    `after(stage)` runs after each of STAGES."""
+                  progress: Callable[[str], None], after: Callable[[str], None],
+                  kern: ModuleType = k) -> dict[str, float]:
+    """One round of every raw figure, the matmuls and kernels in `kern`'s framework: rates in bytes or
+    FLOPs per second, latencies in seconds; `after(stage)` runs after each of STAGES."""
     out: dict[str, float] = {}
     warm: dict[str, tuple[int, int]] = {}  # a shared cache's GEMVs: figure -> (bytes, columns)
     for c in caches:
@@ -390,33 +403,33 @@ def _measure_once(caches: list[dict], cores: int, compiled: bool, dram_bytes: in
             level = {f"{name}.size.{c['bytes'] // f}": (c["bytes"] // f, CACHE_ROW) for f in CACHE_FRACTIONS} | {
                 f"{name}.run.{n}": (c["bytes"] // 4, n) for n in CACHE_RUN_COLUMNS}
             warm.update(level)
-            out.update({key: gemv_time(*shape) for key, shape in level.items()})
+            out.update({key: gemv_time(*shape, kern) for key, shape in level.items()})
         if compiled:
             out[f"{name}.lat"] = native.load_latency(c["bytes"] // (2 if c["private"] else 8))
     after("caches")
     progress("GEMM peak (fp32, fp16) and rate by rows")
-    out["fp32"], out["fp16"] = gemm_rate(np.float32, MATRIX_SIZE), gemm_rate(np.float16, 256)
-    out.update({f"rows.{m}": r for m, r in matrix_rates(rows_side(caches)).items()})
-    out.update({f"depth.{depth}": r for depth, r in depth_rates().items()})
+    out["fp32"], out["fp16"] = gemm_rate(np.float32, MATRIX_SIZE, kern), gemm_rate(np.float16, 256, kern)
+    out.update({f"rows.{m}": r for m, r in matrix_rates(rows_side(caches), kern).items()})
+    out.update({f"depth.{depth}": r for depth, r in depth_rates(kern).items()})
     after("gemm")
     progress("each kernel's dispatch and vector rate")
-    dispatch = kernel_dispatch(last_cache_bytes(caches) // 4)
+    dispatch = kernel_dispatch(last_cache_bytes(caches) // 4, kern=kern)
     out.update({f"dispatch.{name}": t for name, t in dispatch.items()})
-    hot = {name: typical_time(fn) for name, fn in tiny_kernels().items()}  # the rates' loops run hot
-    out.update({f"vector.{name}": r for name, r in kernel_rates(vector_elements(caches), hot).items()})
-    out["epilogue.linear"] = epilogue_rate(vector_elements(caches))
+    hot = {name: typical_time(fn) for name, fn in tiny_kernels(kern).items()}  # the rates' loops run hot
+    out.update({f"vector.{name}": r for name, r in kernel_rates(vector_elements(caches), hot, kern).items()})
+    out["epilogue.linear"] = epilogue_rate(vector_elements(caches), kern)
     for key, (nbytes, columns) in warm.items():  # net of dispatch, as DRAM's GEMVs are: the model adds it
         k, n = _weight_shape(nbytes, columns)
         out[key] = _net_rate(4 * k * n, out[key], dispatch["matmul"])
     after("kernels")
     progress("bandwidth and latency of DRAM (copy, GEMV, pointer chase), by transfer size and row length")
     out["dram.copy"] = copy_bandwidth(dram_bytes // cores, cores)
-    out["dram.gemv"] = cold_gemv_rate(dram_bytes, columns=LONG_ROW)
+    out["dram.gemv"] = cold_gemv_rate(dram_bytes, columns=LONG_ROW, kern=kern)
     if compiled:
         out["dram.lat"] = native.load_latency(dram_bytes)
     gemv = dispatch["matmul"]  # a GEMV op pays the matmul's dispatch in the model
-    out.update({f"cold.{size}": cold_gemv_rate(size, gemv, columns=LONG_ROW) for size in COLD_SIZES})
-    out.update({f"dram.run.{n}": cold_gemv_rate(RUN_SIZE, gemv, columns=n) for n in RUN_COLUMNS})
+    out.update({f"cold.{size}": cold_gemv_rate(size, gemv, columns=LONG_ROW, kern=kern) for size in COLD_SIZES})
+    out.update({f"dram.run.{n}": cold_gemv_rate(RUN_SIZE, gemv, columns=n, kern=kern) for n in RUN_COLUMNS})
     after("dram")
     return out
 
@@ -429,8 +442,10 @@ def _median_of_rounds(rounds: list[dict[str, float]]) -> dict[str, float]:
 
 
 def calibrate(progress: Callable[[str], None] = lambda _msg: None, rounds: int = ROUNDS,
-              between: Callable[[int, str], None] | None = None) -> dict:
-    """Measure, and return the hardware YAML as a dict. `between(r, stage)` runs after each stage of
+              between: Callable[[int, str], None] | None = None, kern: ModuleType = k) -> dict:
+    """Measure, with `kern`'s framework (numpy, or PyTorch: its matmuls and kernels; the caches and DRAM
+    also by C loops and numpy copies), and return the model as a hardware YAML dict with the framework's
+    costs in it (`split_runtime` makes the two files). `between(r, stage)` runs after each stage of
     round r (validation times its cases there, each group right after the figures it depends on most,
     so that calibration and cases see the machine in the same seconds)."""
     cores = cpu_count()
@@ -442,8 +457,9 @@ def calibrate(progress: Callable[[str], None] = lambda _msg: None, rounds: int =
         for r in range(rounds):
             measured.append(_measure_once(caches, cores, compiled, dram_bytes,
                                           lambda msg, r=r: progress(f"round {r + 1} of {rounds}: {msg}"),
-                                          lambda stage, r=r: between(r, stage) if between is not None else None))
-        data = _model(_median_of_rounds(measured), caches, cores, compiled, dram_bytes, rounds)
+                                          lambda stage, r=r: between(r, stage) if between is not None else None,
+                                          kern))
+        data = _model(_median_of_rounds(measured), caches, cores, compiled, dram_bytes, rounds, kern.NAME)
         odd = contradictions(data["device"]["memory"])
         if not odd:
             return data
@@ -467,7 +483,7 @@ def contradictions(memory: dict) -> list[tuple[str, str]]:
 
 
 def _model(fig: dict[str, float], caches: list[dict], cores: int, compiled: bool, dram_bytes: int,
-           rounds: int) -> dict:
+           rounds: int, framework: str = "numpy") -> dict:
     """The hardware YAML (a dict) the measured figures describe."""
     kept = f"median of {rounds} rounds"
     notes: dict[str, str] = {}
@@ -531,30 +547,30 @@ def _model(fig: dict[str, float], caches: list[dict], cores: int, compiled: bool
     efficiency = {m: round(min(1.0, fig[f"rows.{m}"] / fp32), 3) for m in ROWS}
     side = rows_side(caches)
     notes["device.compute.matrix_efficiency"] = (
-        f"numpy matmul M x {side} x {side} fp32 (a weight in a quarter of the last cache), rate / fp32 "
+        f"{framework} matmul M x {side} x {side} fp32 (a weight in a quarter of the last cache), rate / fp32 "
         f"peak; {kept}")
     by_depth = {d: round(min(1.0, fig[f"depth.{d}"] / fig[f"depth.{MATRIX_SIZE}"]), 3) for d in DEPTHS} | {
         MATRIX_SIZE: 1.0}
     notes["device.compute.matrix_efficiency_by_depth"] = (
-        f"numpy matmul {DEPTH_SIDE} x K x {DEPTH_SIDE} fp32 by K, rate / the same at K = {MATRIX_SIZE}; {kept}")
+        f"{framework} matmul {DEPTH_SIDE} x K x {DEPTH_SIDE} fp32 by K, rate / the same at K = {MATRIX_SIZE}; {kept}")
     notes["device.compute.peak"] = (
-        f"numpy matmul: fp32 {MATRIX_SIZE}^3, fp16 256^3 (numpy has no fp16 BLAS); {kept}")
-    kernels = sorted(name.split(".", 1)[1] for name in fig if name.startswith("dispatch."))
-    dispatch = {name: fig[f"dispatch.{name}"] for name in kernels}
-    rates = {name: fig[f"vector.{name}"] for name in kernels if f"vector.{name}" in fig}
+        f"{framework} matmul: fp32 {MATRIX_SIZE}^3, fp16 256^3; {kept}")
+    costs, rates = _costs(fig)
     n = vector_elements(caches)
     notes["device.kernels"] = (
-        f"each reference kernel (sim/validate/kernels.py; matmul: 1 x 8 x 8, linear: the same with a bias): "
+        f"each reference kernel in {framework} (sim/validate/{'' if framework == 'numpy' else framework + '_'}"
+        f"kernels.py; matmul: 1 x 8 x 8, linear: the same with a bias): "
         f"dispatch = its call on "
         f"64 elements right after a cold GEMV over a quarter of the last cache (the framework's state evicted, as "
         f"in a pass), mean of a batch of 20, median of 3; vector = graph FLOPs / (time - time on 64 elements, "
-        f"both in a loop) on {n} elements (L2-resident); linear's epilogue = elements / (time - time on 8 "
-        f"elements) of numpy's bias add y += b on about {n} elements, {EPILOGUE_COLUMNS} columns; {kept}")
+        f"both in a loop) on {n} elements (L2-resident); "
+        + f"linear's epilogue = elements / (time - time on 8 elements) of the bias add y += b on about {n} "
+        f"elements, {EPILOGUE_COLUMNS} columns; {kept}")
     notes["device.compute.vector"] = f"median of the kernels' vector rates (for ops without their own); {kept}"
     notes["device.dispatch_overhead"] = f"median of the kernels' dispatch (for ops without their own); {kept}"
     mhz = _clock_mhz()
     return {
-        "name": f"this machine ({platform.processor() or platform.machine()}, {cores} cores, numpy)",
+        "name": f"this machine ({platform.processor() or platform.machine()}, {cores} cores, {framework})",
         "source": f"measured by `python -m sim calibrate` on {time.strftime('%Y-%m-%d')}; see calibration",
         "devices": 1,
         "device": {
@@ -567,16 +583,28 @@ def _model(fig: dict[str, float], caches: list[dict], cores: int, compiled: bool
                 "matrix_efficiency_by_depth": by_depth,
             },
             "memory": memory,
-            "dispatch_overhead": f"{float(np.median(list(dispatch.values()))) * 1e6:.3f} us",
-            "dispatch_mode": "sync",
-            "kernels": {name: {"dispatch": f"{dispatch[name] * 1e6:.3f} us"}
-                        | ({"vector": f"{rates[name] / 1e9:.3f} GFLOP/s"} if name in rates else {})
-                        | ({"epilogue": f"{fig[f'epilogue.{name}'] / 1e9:.3f} GFLOP/s"} if f"epilogue.{name}" in fig
-                           else {})
-                        for name in kernels},
+            **costs,
         },
         "calibration": notes,
     }
+
+
+def _costs(fig: dict[str, float]) -> tuple[dict, dict[str, float]]:
+    """The framework's per-op costs as a device's software keys: the median kernel's dispatch for ops
+    without their own, synchronous (a CPU runs the op on the dispatching thread), each kernel's
+    dispatch, vector rate and epilogue; and its vector rates by kernel."""
+    kernels = sorted(name.split(".", 1)[1] for name in fig if name.startswith("dispatch."))
+    dispatch = {name: fig[f"dispatch.{name}"] for name in kernels}
+    rates = {name: fig[f"vector.{name}"] for name in kernels if f"vector.{name}" in fig}
+    epilogue = {name: fig[f"epilogue.{name}"] for name in kernels if f"epilogue.{name}" in fig}
+    return {
+        "dispatch_overhead": f"{float(np.median(list(dispatch.values()))) * 1e6:.3f} us",
+        "dispatch_mode": "sync",
+        "kernels": {name: {"dispatch": f"{dispatch[name] * 1e6:.3f} us"}
+                    | ({"vector": f"{rates[name] / 1e9:.3f} GFLOP/s"} if name in rates else {})
+                    | ({"epilogue": f"{epilogue[name] / 1e9:.3f} GFLOP/s"} if name in epilogue else {})
+                    for name in kernels},
+    }, rates
 
 
 def _size_key(nbytes: int) -> str:
@@ -607,13 +635,14 @@ RUNTIME_KEYS = ("dispatch_overhead", "dispatch_mode", "kernels")
 
 
 def split_runtime(data: dict, framework: str = "numpy") -> tuple[dict, dict]:
-    """`calibrate`'s model as a hardware file (the machine: `platform: cpu`, its compute and memory) and
-    a runtime file (the framework's costs on it: per-op dispatch, sync, each kernel's own costs)."""
+    """`calibrate`'s model as a hardware file (the machine: `platform: cpu`, its compute and memory as
+    `framework`'s matmuls reach them) and a runtime file (the framework's costs on it: per-op dispatch,
+    sync, each kernel's own costs)."""
     device = {k: v for k, v in data["device"].items() if k not in RUNTIME_KEYS}
     notes = data.get("calibration") or {}
     hardware = {**data, "device": {"platform": "cpu", **device},
                 "calibration": {k: v for k, v in notes.items() if k.split(".")[-1] not in RUNTIME_KEYS}}
-    runtime = {"name": f"{framework} on {data['name'].removeprefix('this machine ')}",
+    runtime = {"name": f"{framework} on this machine",
                "source": data["source"],
                "calibration": {k: v for k, v in notes.items() if k.split(".")[-1] in RUNTIME_KEYS},
                "platforms": {"cpu": {k: data["device"][k] for k in RUNTIME_KEYS if k in data["device"]}}}
@@ -622,10 +651,9 @@ def split_runtime(data: dict, framework: str = "numpy") -> tuple[dict, dict]:
 
 def write_model(data: dict, hardware_out: Path, runtime_out: Path, framework: str = "numpy") -> None:
     """Write the hardware and the runtime file `data` amounts to: both, or neither."""
-    hardware, runtime = split_runtime(data, framework)
     done = []
     try:
-        for out, doc in ((hardware_out, hardware), (runtime_out, runtime)):
+        for out, doc in zip((hardware_out, runtime_out), split_runtime(data, framework)):
             out.parent.mkdir(parents=True, exist_ok=True)
             tmp = out.with_name(out.name + ".tmp")
             tmp.write_text("# Written by `python -m sim calibrate`; rerun it rather than editing by hand.\n"

@@ -1,8 +1,9 @@
 """`python -m sim validate`, live: predicted vs measured on this machine, case by case.
 
-Live cases are timed here, now, with numpy (the median of repeated runs over several rounds; warm caches,
-as the simulation of the same sequence run twice sees them, or a cold weight where the case says so)
-and predicted with the calibrated host model. Published cases (measurements on real accelerators) are
+Live cases are timed here, now, with numpy or (`--framework torch`) eager PyTorch (the median of repeated
+runs over several rounds; warm caches, as the simulation of the same sequence run twice sees them, or a
+cold weight where the case says so) and predicted with the host model and runtime calibrated with that
+framework. Published cases (measurements on real accelerators) are
 in `published`.
 """
 
@@ -12,6 +13,7 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
@@ -26,6 +28,7 @@ from sim.mapping.plan import Planner
 from sim.pipeline import run
 from sim.report import summarize
 from sim.validate import calibrate as cal
+from sim.validate import kernels as numpy_kernels
 from sim.validate.reference import Reference
 from sim.validate.timing import typical_time
 
@@ -90,14 +93,14 @@ class Timed:
     stage: str = "kernels"  # the calibration stage (`calibrate.STAGES`) whose figures it depends on most
 
 
-def _cold(x: np.ndarray, k: int, n: int) -> Callable[[], object]:
+def _cold(x, k: int, n: int, kernels: ModuleType = numpy_kernels) -> Callable[[], object]:
     """x @ W with each call's W the least recently used weight of calibration's cold pool, so that it
     streams from DRAM whatever the caches' replacement policy."""
     pool = cal.cold_pool()
-    return lambda: x @ pool.take(k, n)
+    return lambda: x @ kernels.array(pool.take(k, n))
 
 
-def matmul_cases(quick: bool) -> list[Timed]:
+def matmul_cases(quick: bool, kernels: ModuleType = numpy_kernels) -> list[Timed]:
     """The GEMM sweep (weight warm in cache, as a timing loop leaves it), and GEMVs of GPT-2 and Llama
     shapes cold (a decode step reads each weight once, after all the others) and, where the weight fits
     in half the last-level cache, warm too. A warm GEMV of a weight larger than the cache would time the
@@ -105,10 +108,10 @@ def matmul_cases(quick: bool) -> list[Timed]:
     memwall does not model (see docs/model.md)."""
     last_cache = cal.last_cache_bytes(cal.os_caches())
     cases = []
-    k_n = 1024
+    k_n, a, fw = 1024, kernels.array, kernels.NAME
     for m in (1, 16, 64, 256, 1024) if quick else (1, 16, 64, 256, 1024, 4096):
-        x, w = np.ones((m, k_n), np.float32), np.ones((k_n, k_n), np.float32)
-        cases.append(Timed("GEMM sweep (K = N = 1024, fp32)", f"M = {m}",
+        x, w = a(np.ones((m, k_n), np.float32)), a(np.ones((k_n, k_n), np.float32))
+        cases.append(Timed(f"GEMM sweep (K = N = 1024, fp32, {fw})", f"M = {m}",
                            lambda hw, m=m: predict_matmul(hw, m, k_n, k_n), lambda x=x, w=w: x @ w,
                            "caches" if m == 1 else "gemm"))
     shapes = [("GPT-2 qkv 768x2304", 768, 2304), ("GPT-2 ffn up 768x3072", 768, 3072),
@@ -116,15 +119,15 @@ def matmul_cases(quick: bool) -> list[Timed]:
               ("Llama-7B attn out 4096x4096", 4096, 4096), ("Llama-7B ffn up 4096x11008", 4096, 11008),
               ("Llama-7B ffn down 11008x4096", 11008, 4096)]
     for name, k, n in shapes[:5] if quick else shapes:
-        x = np.ones((1, k), np.float32)
+        x = a(np.ones((1, k), np.float32))
         if 4 * k * n <= last_cache // 2:
-            w = np.ones((k, n), np.float32)
-            cases.append(Timed("GEMV (fp32), weight warm in cache", name,
+            w = a(np.ones((k, n), np.float32))
+            cases.append(Timed(f"GEMV (fp32, {fw}), weight warm in cache", name,
                                lambda hw, k=k, n=n: predict_matmul(hw, 1, n, k), lambda x=x, w=w: x @ w,
                                "caches"))
-        cases.append(Timed("GEMV (fp32), weight cold (from DRAM)", name,
+        cases.append(Timed(f"GEMV (fp32, {fw}), weight cold (from DRAM)", name,
                            lambda hw, k=k, n=n: predict_matmul(hw, 1, n, k, cold=True),
-                           _cold(x, k, n), "dram"))
+                           _cold(x, k, n, kernels), "dram"))
     return cases
 
 
@@ -137,7 +140,9 @@ def _workload(path: str, phase: str, prompt: int, new: int, **model) -> Workload
     return load_workload(ROOT / path, sets)[0]
 
 
-def forward_cases(quick: bool) -> list[Timed]:
+def forward_cases(quick: bool, kernels: ModuleType = numpy_kernels) -> list[Timed]:
+    """GPT-2 / BERT / Llama-style forward passes (prefill, and decode with a KV cache), written with
+    `kernels`' framework (numpy, or eager PyTorch)."""
     small_llama = {"layers": 8, "hidden": 1024, "heads": 16, "kv_heads": 4, "ffn": 2816}
     specs = [
         ("BERT-Base encode, 128 tokens", "workloads/bert-base.yaml", "encode", 128, 0, {}),
@@ -152,31 +157,34 @@ def forward_cases(quick: bool) -> list[Timed]:
     cases = []
     for name, path, phase, prompt, new, model in specs:
         wl = _workload(path, phase, prompt, new, **model)
-        ref = Reference(wl.model, 1, prompt + new + 1)
+        ref = Reference(wl.model, 1, prompt + new + 1, kernels=kernels)
         if phase == "decode":
             ref.forward(np.zeros((1, prompt), np.int64), 0)  # fill the cache once
             fn = lambda ref=ref, p=prompt: ref.forward(np.zeros((1, 1), np.int64), p)  # noqa: E731
         else:
             fn = lambda ref=ref, p=prompt: ref.forward(np.zeros((1, p), np.int64), 0)  # noqa: E731
-        cases.append(Timed("Transformer forward (numpy, fp32)", name,
+        cases.append(Timed(f"Transformer forward ({kernels.NAME}, fp32)", name,
                            lambda hw, wl=wl: summarize(run(wl, hw))["total_s"], fn))
     return cases
 
 
 
-def machine_drift(hw: Hardware) -> dict[str, float]:
+def machine_drift(hw: Hardware, kernels: ModuleType = numpy_kernels) -> dict[str, float]:
     """The machine now against its calibration: three of calibration's microbenchmarks again (GEMM
-    peak, the shared cache's and DRAM's bandwidth), each as now / calibrated. On a shared machine they
-    move by tens of percent within minutes; a case's error cannot be smaller than that."""
-    out = {"GEMM peak": cal.gemm_rate(np.float32, cal.MATRIX_SIZE) / hw.device.compute.peak["fp32"]}
+    peak, the shared cache's and DRAM's bandwidth, in `kernels`' framework as calibrated), each as now /
+    calibrated. On a shared machine they move by tens of percent within minutes; a case's error cannot
+    be smaller than that."""
+    out = {"GEMM peak": cal.gemm_rate(np.float32, cal.MATRIX_SIZE, kernels) / hw.device.compute.peak["fp32"]}
     gemv = hw.device.dispatch_for("matmul")  # calibration's shared-cache GEMVs are net of it
     shared = [(n, lvl) for n, lvl in hw.levels.items() if lvl.kind == "cache" and lvl.scope == "shared"]
     for name, lvl in shared:
         quarter = int(lvl.capacity) // 4
-        out[f"{name} bandwidth"] = cal.gemv_bandwidth(quarter, cal.CACHE_ROW, gemv) / lvl.bandwidth_for(quarter)
+        out[f"{name} bandwidth"] = (cal.gemv_bandwidth(quarter, cal.CACHE_ROW, gemv, kernels)
+                                    / lvl.bandwidth_for(quarter))
     dram = next((lvl for lvl in hw.levels.values() if lvl.kind == "dram"), None)
     if dram is not None:
-        out["DRAM bandwidth"] = cal.cold_gemv_rate(256 << 20, columns=cal.LONG_ROW) / dram.bandwidth_for(256 << 20)
+        out["DRAM bandwidth"] = (cal.cold_gemv_rate(256 << 20, columns=cal.LONG_ROW, kern=kernels)
+                                 / dram.bandwidth_for(256 << 20))
     return out
 
 
@@ -188,9 +196,9 @@ def machine_drift(hw: Hardware) -> dict[str, float]:
 ROUNDS = 16
 
 
-def live_timed(quick: bool = False) -> list[Timed]:
-    """Every live case, ready to time and to predict."""
-    return matmul_cases(quick) + forward_cases(quick)
+def live_timed(quick: bool = False, kernels: ModuleType = numpy_kernels) -> list[Timed]:
+    """Every live case in `kernels`' framework, ready to time and to predict."""
+    return matmul_cases(quick, kernels) + forward_cases(quick, kernels)
 
 
 def time_round(timed: list[Timed], times: list[list[float]], stage: str | None = None) -> None:
@@ -204,9 +212,10 @@ def time_round(timed: list[Timed], times: list[list[float]], stage: str | None =
 
 
 def live_cases(hw: Hardware, timed: list[Timed], times: list[list[float]]) -> list[Case]:
-    """Each case predicted with `hw` against its median round, as calibration keeps each
-    microbenchmark's median round: both describe the machine as it ran in the same minutes. Each case
-    also carries the spread of its rounds, the noise its error is measured against."""
+    """Each case predicted with `hw` (the machine under the cases' framework's runtime) against its
+    median round, as calibration keeps each microbenchmark's median round: both describe the machine as
+    it ran in the same minutes. Each case also carries the spread of its rounds, the noise its error is
+    measured against."""
     return [Case(c.group, c.name, c.predict(hw), statistics.median(t), spread=spread(t)) for c, t in zip(timed, times)]
 
 

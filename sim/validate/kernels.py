@@ -1,4 +1,5 @@
-"""The numpy kernels of the reference Transformer: one function per graph op kind.
+"""The numpy kernels of the reference Transformer: one function per graph op kind, and the few array
+operations the reference needs beside them (`torch_kernels` is the same interface in PyTorch).
 
 They are what `calibrate` times to learn this machine's per-op framework cost and vector rate, and
 what `validate` runs end to end — so prediction and measurement share one definition of "an op".
@@ -6,9 +7,40 @@ what `validate` runs end to end — so prediction and measurement share one defi
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
+
 import numpy as np
 
 SQRT_2_OVER_PI = np.float32(np.sqrt(2.0 / np.pi))
+NAME = "numpy"
+#: the frameworks the reference runs in, each with its kernels module
+FRAMEWORKS = {"numpy": "sim.validate.kernels", "torch": "sim.validate.torch_kernels"}
+
+
+def kernels_of(framework: str) -> ModuleType | None:
+    """The kernels module of `framework`; None where the framework is not installed."""
+    try:
+        return importlib.import_module(FRAMEWORKS[framework])
+    except ImportError:
+        return None
+
+
+def array(x: np.ndarray) -> np.ndarray:
+    """This framework's array of a numpy array (the reference builds its weights with numpy)."""
+    return x
+
+
+def permute(x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    return x.transpose(axes)
+
+
+def copy(x: np.ndarray) -> np.ndarray:
+    return x.copy()
+
+
+def tanh(x: np.ndarray) -> np.ndarray:
+    return np.tanh(x)
 
 
 def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
