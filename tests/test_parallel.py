@@ -282,3 +282,49 @@ def test_each_data_parallel_replica_runs_its_tensor_parallel_collectives_on_its_
         first = d - d % 2
         assert {plan.group for c, plan in prog.collectives.items() if c.group != "data"} == {(first, first + 1)}
         assert {plan.group for c, plan in prog.collectives.items() if c.group == "data"} == {(d % 2, d % 2 + 2)}
+
+
+#: a library of two protocols on the toy node: one of low latency that carries data on half the link's
+#: bandwidth (NCCL's LL), one of full bandwidth and higher latency (Simple)
+PROTOCOLS = {"interconnect.library": {"protocols": {"LL": {"launch": "2 us", "step": "0.5 us", "bandwidth": 0.5},
+                                                    "Simple": {"launch": "8 us", "step": "3 us"}}}}
+
+
+def test_a_collective_takes_the_protocol_of_least_time_by_message_size(node):
+    """Ring all-reduce over 4 devices on 10 GB/s links (1 us hops), 6 steps: with LL a call costs 2 us +
+    6 x max(1, 0.5) us and moves twice the bytes on the wire; with Simple 8 us + 6 x 3 us at full rate.
+    8 KB: LL (8 + 1.2 us) beats Simple (26 + 1.2 us); 64 MB: Simple (26 us + 9.6 ms) beats LL (19.2 ms).
+    The data read and written stay the buffer's bytes whatever the wire carries."""
+    hw = load_hardware(NODE, list(PROTOCOLS.items()))
+    small = plan_collective(Collective("allreduce", 8e3), (0, 1, 2, 3), hw)
+    assert small.kind == "allreduce/ring/LL" and small.latency_s == pytest.approx(2e-6 + 6 * 1e-6)
+    assert all(t.wire_bytes == pytest.approx(2 * t.bytes) for t in small.transfers)
+    large = plan_collective(Collective("allreduce", 64 * MB), (0, 1, 2, 3), hw)
+    assert large.kind == "allreduce/ring/Simple" and large.latency_s == pytest.approx(8e-6 + 6 * 3e-6)
+    assert all(t.wire is None for t in large.transfers)
+    assert large.memory_bytes == plan_collective(Collective("allreduce", 64 * MB), (0, 1, 2, 3), node).memory_bytes
+    # the engine takes what the plan says: the wire bytes over the links, then the latency
+    from sim.validate.published import predict_allreduce
+
+    assert predict_allreduce(hw, 64 * MB, 4) == pytest.approx(26e-6 + 2 * 3 / 4 * 64 * MB / 10e9, rel=1e-6)
+    assert predict_allreduce(hw, 8e3, 4) == pytest.approx(8e-6 + 2 * 2 * 3 / 4 * 8e3 / 10e9, rel=1e-6)
+
+
+def test_an_all_reduce_in_the_switch_sends_each_buffer_up_once(node):
+    """Where the switch reduces (NVLink SHARP) and the library can use it, a large all-reduce sends each
+    device's buffer up its link and the result down at once: S / (bandwidth x share) against the ring's
+    2 (p-1)/p S / bandwidth; small messages keep the ring (the in-switch call's latency is higher). A switch
+    that cannot reduce, or a library without the algorithm, never takes it."""
+    sets = [("interconnect.topology", "switch"), ("interconnect.in_switch_reduction", True),
+            ("interconnect.library", {"protocols": {"Simple": {}},
+                                      "in_switch": {"launch": "0 us", "step": "25 us", "bandwidth": 0.8}})]
+    hw = load_hardware(NODE, sets)
+    big = plan_collective(Collective("allreduce", 64 * MB), (0, 1, 2, 3), hw)
+    assert big.kind == "allreduce/switch" and big.latency_s == pytest.approx(25e-6)
+    assert [t.links for t in big.transfers] == [(f"{d}->switch", f"switch->{d}") for d in range(4)]
+    assert all(t.wire_bytes == pytest.approx(64 * MB / 0.8) for t in big.transfers)
+    assert big.memory_bytes == {d: pytest.approx(2 * 64 * MB) for d in range(4)}  # its buffer read, the sum written
+    assert plan_collective(Collective("allreduce", 8e3), (0, 1, 2, 3), hw).kind != "allreduce/switch"
+    for off in ([("interconnect.in_switch_reduction", False)], [("interconnect.library.in_switch", None)]):
+        assert plan_collective(Collective("allreduce", 64 * MB), (0, 1, 2, 3),
+                               load_hardware(NODE, sets + off)).kind != "allreduce/switch"

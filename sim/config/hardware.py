@@ -267,12 +267,43 @@ class Device(Spec):
         return self
 
 
+class Protocol(Spec):
+    """How a collective library moves data (NCCL's LL, LL128, Simple): what each call and each algorithm
+    step costs, and how much of a link's bandwidth carries data."""
+
+    launch: Latency = Field(default=0.0, description="fixed latency of a call (NCCL's base latency)")
+    step: Latency = Field(default=0.0, description="latency of one algorithm step between devices of a node "
+                          "(NCCL's NVLink hardware latency); a step takes the longer of this and its links'")
+    net_step: Latency | None = Field(default=None, description="the same for a step over the network "
+                                     "(default: `step`)")
+    bandwidth: float = Field(default=1.0, gt=0, le=1, description="share of a link's bandwidth that carries "
+                             "data (LL: 0.5, its 8-byte lines carry 4 bytes and a flag)")
+
+
+class CollectiveLibrary(Spec):
+    """A collective library's cost model: its protocols, the fastest taken per call (as NCCL's tuner
+    does), and its in-switch algorithm where the switch can reduce."""
+
+    protocols: dict[str, Protocol] = Field(
+        default_factory=lambda: {"simple": Protocol()}, min_length=1,
+        description="by name; each collective takes the algorithm and protocol of least estimated time")
+    in_switch: Protocol | None = Field(
+        default=None, description="an all-reduce inside one node reduced in the switch (NCCL's NVLS), where "
+        "`interconnect.in_switch_reduction`: each device sends its buffer up once and receives the result")
+
+
 class Interconnect(Spec):
     topology: Literal["switch", "ring", "tree", "torus2d", "mesh2d", "torus3d"]
     link: Link
+    in_switch_reduction: bool = Field(
+        default=False, description="the switch reduces and multicasts (NVLink SHARP on third-generation "
+        "NVSwitch): all-reduces may run in the switch (the runtime's `collectives.in_switch`)")
     collective_overhead: Latency = Field(
         default=0.0, description="fixed software cost of each collective (library launch and handshake), "
         "on top of its per-step link latencies")
+    library: CollectiveLibrary = Field(
+        default_factory=CollectiveLibrary, description="the collective library's protocols (the runtime's "
+        "`collectives`; default: one protocol at the links' latency and full bandwidth)")
 
 
 class HostMemory(Spec):

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from sim.config.hardware import Kernel, KernelCost, Platform
+from sim.config.hardware import CollectiveLibrary, Kernel, KernelCost, Platform
 from sim.config.types import Latency, Spec
 
 #: runtime key -> where it goes in a hardware file
@@ -29,6 +29,7 @@ TO_HARDWARE = {
     "step_overhead": "device.step_overhead",
     "matmul_overhead": "device.compute.matmul_overhead",
     "collective_overhead": "interconnect.collective_overhead",
+    "collectives": "interconnect.library",
 }
 
 #: keys of the runtime file itself; any other `runtime.<key>` override goes to the chosen platform's section
@@ -50,6 +51,9 @@ class PlatformCosts(Spec):
     matmul_overhead: Latency | None = Field(default=None, description="a matmul kernel's fixed device time")
     collective_overhead: Latency | None = Field(
         default=None, description="the collective library's fixed cost per call (where the hardware has links)")
+    collectives: CollectiveLibrary | None = Field(
+        default=None, description="the collective library's protocols (NCCL's LL, LL128, Simple) and in-switch "
+        "algorithm, each call taking the fastest (where the hardware has links)")
     kernels: dict[Kernel, KernelCost] = Field(
         default_factory=dict, description="per kernel, the runtime's own costs (merged over the hardware's)")
     graphs: bool = Field(

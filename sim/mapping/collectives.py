@@ -10,9 +10,15 @@ Algorithms (ring over the group in device order, as NCCL does for bandwidth-boun
   hierarchical tree across nodes, `_tree_moves`);
 - all-gather to S bytes, and reduce-scatter from S bytes: (p-1)/p * S per device, p-1 steps;
 - all-to-all of S bytes per device: S/p to each other device directly, all at once, one step;
-- point-to-point: S bytes, one step.
+- point-to-point: S bytes, one step;
+- all-reduce in the switch (NVLink SHARP, NCCL's NVLS), where the interconnect reduces and the runtime's
+  library has such an algorithm: each device sends S up and receives the reduced S, at once, one step.
 The ring's steps are merged into one transfer per device carrying all its bytes (bounded events); the
-per-step latency is added once per step.
+per-step latency is added once per step. The library's protocols (`interconnect.library`, from the
+runtime: NCCL's LL, LL128, Simple) each add a fixed latency per call, set a floor under each step's
+latency, and carry data on a share of the links' bandwidth (a transfer holds its links for its bytes over
+that share); every collective takes the algorithm and protocol of least uncontended time, as NCCL's tuner
+does with the same kind of model.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from math import ceil, isqrt, log2
 
 import networkx as nx
 
-from sim.config.hardware import Hardware
+from sim.config.hardware import Hardware, Protocol
 from sim.graph.ops import COLLECTIVES, Collective
 
 SWITCH = "switch"
@@ -36,7 +42,12 @@ class Transfer:
     src: int
     dst: int
     links: tuple[str, ...]
-    bytes: float
+    bytes: float  # the data moved: read on the sender, written on the receiver
+    wire: float | None = None  # bytes on the links, where the protocol sends more (LL's flags); None: `bytes`
+
+    @property
+    def wire_bytes(self) -> float:
+        return self.bytes if self.wire is None else self.wire
 
 
 @dataclass(frozen=True)
@@ -161,24 +172,43 @@ def route(kind: str, n: int, a: int, b: int, nodes: int = 1) -> tuple[str, ...]:
 
 
 def plan_collective(coll: Collective, group: tuple[int, ...], hw: Hardware, level: str | None = None) -> CollectivePlan:
-    """The collective's transfers over `group`, its buffers in memory level `level` (see CollectivePlan)."""
+    """The collective's transfers over `group`, its buffers in memory level `level` (see CollectivePlan):
+    of its algorithms and the library's protocols, the fastest uncontended."""
     assert hw.interconnect is not None, "a collective needs an interconnect"
     p, size = len(group), coll.bytes
     if coll.kind == "p2p":
         src, dst = group
-        return _plan(coll.kind, group, [(src, dst, size)], 1, hw, level)
+        return _fastest(coll.kind, group, [(src, dst, size)], 1, hw, level)
     ring = _ring_moves(group, hw)
     if coll.kind in ("allgather", "reducescatter"):
-        return _plan(coll.kind, group, [(a, b, (p - 1) / p * share * size) for a, b, share in ring], p - 1, hw, level)
+        return _fastest(coll.kind, group, [(a, b, (p - 1) / p * share * size) for a, b, share in ring], p - 1, hw,
+                        level)
     if coll.kind == "alltoall":  # every device sends each other one its 1/p share, all at once
-        return _plan(coll.kind, group, [(a, b, size / p) for a in group for b in group if a != b], 1, hw, level)
+        return _fastest(coll.kind, group, [(a, b, size / p) for a in group for b in group if a != b], 1, hw, level)
     if coll.kind != "allreduce":
         raise ValueError(f"unknown collective {coll.kind!r} (known: {', '.join(COLLECTIVES)})")
-    ring_plan = _plan("allreduce/ring", group, [(a, b, 2 * (p - 1) / p * share * size) for a, b, share in ring],
-                      2 * (p - 1), hw, level)
     tree, steps = _tree_moves(group, hw, size)
-    tree_plan = _plan("allreduce/tree", group, tree, steps, hw, level)
-    return min((ring_plan, tree_plan), key=lambda c: _estimate(c, hw))  # like NCCL, whichever is faster
+    plans = [_fastest("allreduce/ring", group, [(a, b, 2 * (p - 1) / p * share * size) for a, b, share in ring],
+                      2 * (p - 1), hw, level),
+             _fastest("allreduce/tree", group, tree, steps, hw, level)]
+    ic = hw.interconnect
+    if ic.in_switch_reduction and ic.library.in_switch is not None and ic.topology == "switch" \
+            and len({d // hw.devices for d in group}) == 1:
+        plans.append(_in_switch(group, size, hw, level))
+    return min(plans, key=lambda c: _estimate(c, hw))  # like NCCL, whichever is faster
+
+
+def _in_switch(group: tuple[int, ...], size: float, hw: Hardware, level: str | None) -> CollectivePlan:
+    """An all-reduce the switch computes: each device's buffer up its link and the result down it, at
+    once (one transfer holding both directions of the device's link), in one step of the library's
+    in-switch protocol."""
+    proto, node = hw.interconnect.library.in_switch, group[0] // hw.devices
+    switch = SWITCH if hw.nodes == 1 else f"{SWITCH}{node}"
+    transfers = tuple(Transfer(d, d, (link_id(d, switch), link_id(switch, d)), size, size / proto.bandwidth)
+                      for d in group)
+    hop = hw.interconnect.link.latency
+    latency = proto.launch + max(hop, proto.step) + hw.interconnect.collective_overhead
+    return CollectivePlan("allreduce/switch", group, transfers, latency, level)
 
 
 def _tree_moves(group: tuple[int, ...], hw: Hardware, size: float) -> tuple[list[tuple[int, int, float]], int]:
@@ -246,16 +276,31 @@ def _ring_moves(group: tuple[int, ...], hw: Hardware) -> list[tuple[int, int, fl
     return [(a, b, share) for (a, b), share in out.items()]
 
 
+def _fastest(kind: str, group: tuple[int, ...], moves: list[tuple[int, int, float]], steps: int,
+             hw: Hardware, level: str | None = None) -> CollectivePlan:
+    """The algorithm's plan under each of the library's protocols, the fastest uncontended (named
+    `kind/protocol` where the library has several)."""
+    library = hw.interconnect.library.protocols
+    plans = [_plan(kind if len(library) == 1 else f"{kind}/{name}", group, moves, steps, hw, level, proto)
+             for name, proto in library.items()]
+    return min(plans, key=lambda c: _estimate(c, hw))
+
+
 def _plan(kind: str, group: tuple[int, ...], moves: list[tuple[int, int, float]], steps: int,
-          hw: Hardware, level: str | None = None) -> CollectivePlan:
+          hw: Hardware, level: str | None = None, proto: Protocol | None = None) -> CollectivePlan:
     topo, n = hw.interconnect.topology, hw.devices
-    transfers = tuple(Transfer(a, b, route(topo, n, a, b, hw.nodes), nbytes) for a, b, nbytes in moves)
+    proto = proto or Protocol()
+    transfers = tuple(Transfer(a, b, route(topo, n, a, b, hw.nodes), nbytes,
+                               None if proto.bandwidth == 1 else nbytes / proto.bandwidth) for a, b, nbytes in moves)
     # a step's latency is the longest route's: its hops into a device, each at its link's latency (a
-    # switch, or the network, is one hop)
+    # switch, or the network, is one hop), or the protocol's per step where longer
     hop = max((sum(link_latency(hw, lnk) for lnk in t.links if lnk.split("->")[1].isdigit())
                for t in transfers), default=hw.interconnect.link.latency)
+    net = any(NET in lnk.split("->") for t in transfers for lnk in t.links)
+    floor = proto.net_step if net and proto.net_step is not None else proto.step
     ic = hw.interconnect
-    return CollectivePlan(kind, group, transfers, steps * hop + ic.collective_overhead, level)
+    return CollectivePlan(kind, group, transfers, proto.launch + steps * max(hop, floor) + ic.collective_overhead,
+                          level)
 
 
 def _estimate(c: CollectivePlan, hw: Hardware) -> float:
@@ -263,5 +308,5 @@ def _estimate(c: CollectivePlan, hw: Hardware) -> float:
     per_link: dict[str, float] = {}
     for t in c.transfers:
         for lnk in t.links:
-            per_link[lnk] = per_link.get(lnk, 0.0) + t.bytes
+            per_link[lnk] = per_link.get(lnk, 0.0) + t.wire_bytes
     return c.latency_s + max((b / link_bandwidth(hw, lnk) for lnk, b in per_link.items()), default=0.0)

@@ -48,7 +48,7 @@ class Relabelling:
             return False
         for t in a.transfers:
             u = theirs.get((f(t.src), f(t.dst)))
-            if u is None or u.bytes != t.bytes or len(u.links) != len(t.links):
+            if u is None or (u.bytes, u.wire) != (t.bytes, t.wire) or len(u.links) != len(t.links):
                 return False
             for la, lb in zip(t.links, u.links):
                 if not self._link(la, lb):
