@@ -178,3 +178,23 @@ def test_shipped_runtimes_order_the_software_costs_of_a_small_decode():
                              ROOT / "hardware_models/h200-sxm.yaml", ROOT / f"runtimes/{name}.yaml")
         times[name] = summarize(run(wl, hw))["tpot_s"]
     assert times["eager-pytorch"] > 1.3 * times["compiled"] and times["compiled"] >= times["cuda-graphs"]
+
+
+def test_a_fused_serving_runtime_drops_the_launches_of_what_it_fuses():
+    """Under runtimes/serving.yaml, RoPE, the residual add and GELU pay no launch or fixed time of their
+    own (they run inside a neighbouring kernel); every other kernel keeps the CUDA-graph runtime's, and a
+    Llama decode step is faster by the launches it drops, no more."""
+    h200 = ROOT / "hardware_models/h200-sxm.yaml"
+    graphs = load_hardware(h200, runtime=ROOT / "runtimes/cuda-graphs.yaml").device
+    serving = load_hardware(h200, runtime=ROOT / "runtimes/serving.yaml").device
+    for kernel in ("rope", "add", "gelu"):
+        assert (serving.launch_for(kernel), serving.fixed_for(kernel, False)) == (0, 0)
+        assert graphs.launch_for(kernel) == graphs.launch_overhead > 0
+    assert serving.launch_for("rmsnorm") == graphs.launch_for("rmsnorm") and serving.dispatch_overhead == 0
+    sets = [("model.layers", 2), ("scenario.new_tokens", 4)]
+    times = {}
+    for name in ("cuda-graphs", "serving"):
+        wl, hw, _ = load_run(ROOT / "workloads/llama2-7b.yaml", sets, h200, ROOT / f"runtimes/{name}.yaml")
+        times[name] = summarize(run(wl, hw))["tpot_s"]
+    per_layer = graphs.launch_overhead * 3 + graphs.fixed_for("rope", False) + 2 * graphs.fixed_for("add", False)
+    assert times["serving"] < times["cuda-graphs"] <= times["serving"] + 2 * per_layer + 1e-9

@@ -179,6 +179,10 @@ class KernelCost(Spec):
 
     dispatch: Latency | None = Field(
         default=None, description="host time to dispatch one such op, in place of `dispatch_overhead`")
+    launch: Latency | None = Field(
+        default=None, description="device time before such an op starts, in place of `launch_overhead` (0: the "
+        "runtime runs it inside a neighbouring kernel, which a fused serving runtime does with RoPE or a "
+        "residual add)")
     vector: FlopRate | None = Field(
         default=None, description="rate in the graph's FLOPs, in place of `compute.vector`")
     fixed: Latency | None = Field(
@@ -222,8 +226,8 @@ class Device(Spec):
         "library calls, a GELU's tanh costs more per element than an add's sum")
 
     def own(self, kernel: str, field: str) -> float | None:
-        """`kernel`'s own `field` cost (`dispatch`, `vector`, `fixed`, `epilogue`), or its `KERNEL_FALLBACK`'s; None
-        where neither has one."""
+        """`kernel`'s own `field` cost (`dispatch`, `launch`, `vector`, `fixed`, `epilogue`), or its
+        `KERNEL_FALLBACK`'s; None where neither has one."""
         while kernel:
             cost = self.kernels.get(kernel)
             if cost is not None and getattr(cost, field) is not None:
@@ -235,6 +239,11 @@ class Device(Spec):
         """Host dispatch time of one op computing `kernel`."""
         own = self.own(kernel, "dispatch")
         return self.dispatch_overhead if own is None else own
+
+    def launch_for(self, kernel: str) -> float:
+        """Device time before an op computing `kernel` starts (its kernel's launch)."""
+        own = self.own(kernel, "launch")
+        return self.launch_overhead if own is None else own
 
     def fixed_for(self, kernel: str, matrix: bool) -> float:
         """Device time of an op computing `kernel` beyond the launch (`matrix`: a matmul-like op)."""

@@ -154,7 +154,7 @@ class Planner:
         self._flat_bandwidth = flat_bandwidths(self.levels)
         self._overhead = dev.dispatch_overhead
         self._dispatch_for = dev.dispatch_for
-        self._launch = dev.launch_overhead
+        self._launch_for = dev.launch_for
         self._fixed_for = dev.fixed_for
         # block tiles' operands come from the innermost shared level (a GPU's L2)
         feed = next((lvl for lvl in self.levels.values() if lvl.scope == "shared"), None)
@@ -386,7 +386,8 @@ class Planner:
         return OpPlan(op=op, unit=unit, compute_s=compute_s, utilization=util, loads=t.loads, stores=t.stores,
                       hits=t.hits, chunks=chunk_schedule(compute_s, memory_s, latency_s),
                       overhead_s=self._dispatch_for(op.kernel),
-                      launch_s=self._launch + self._fixed_for(op.kernel, op.engine == "matrix"), run_bytes=run)
+                      launch_s=self._launch_for(op.kernel) + self._fixed_for(op.kernel, op.engine == "matrix"),
+                      run_bytes=run)
 
     def _compute(self, op: Op) -> tuple[str, float, float]:
         """Matmul-like ops run on the matrix engine or the vector units, whichever is faster (a GEMV
