@@ -27,7 +27,7 @@ def cli() -> None:
               help="Hardware YAML (default: the workload's `hardware:`).")
 @click.option("--runtime", "runtime", type=click.Path(dir_okay=False, path_type=Path),
               help="Runtime YAML (runtimes/: what the software adds per op and step; default: the workload's "
-                   "`runtime:`, else the hardware file's own figures).")
+                   "`runtime:`, else none: the hardware file's own software figures, if any).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
               help="Override any workload, hardware or runtime key, e.g. scenario.batch=8, "
                    "device.memory.hbm.bandwidth='4 TB/s' or runtime.dispatch_overhead='5 us'.")
@@ -149,7 +149,11 @@ def validate(framework: str, hardware: Path | None, runtime: Path | None, quick:
                 time_round(timed, times, stage)
 
             before = None
-            if recalibrate or not hardware.exists() or not runtime.exists():
+            if not recalibrate and hardware.exists() != runtime.exists():  # never overwrite half a model
+                have, lack = (hardware, runtime) if hardware.exists() else (runtime, hardware)
+                raise ConfigError(f"missing beside {have} (they are written together): calibrate both with "
+                                  f"--calibrate", str(lack))
+            if recalibrate or not hardware.exists():
                 data = measure(lambda msg: status.update(f"calibrating, {msg}"), rounds=rounds, between=case_round,
                                kern=kernels)
                 write_model(data, hardware, runtime, framework)
@@ -234,10 +238,13 @@ def sweep(sweep_file: Path, out: Path, workers: int | None, scheduler: str | Non
 @click.argument("workload", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--hardware", type=click.Path(dir_okay=False, path_type=Path),
               help="Hardware YAML (default: the workload's `hardware:`).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a workload key.")
+@click.option("--runtime", type=click.Path(dir_okay=False, path_type=Path),
+              help="Runtime YAML (default: the workload's `runtime:`).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
+              help="Override a workload, hardware or runtime key, as `run` takes them.")
 @click.option("--by", type=click.Choice(["batch", "layers"]), default="batch", show_default=True,
               help="Grow the global batch, or the model's layers at its batch.")
-def fit(workload: Path, hardware: Path | None, overrides: tuple[str, ...], by: str) -> None:
+def fit(workload: Path, hardware: Path | None, runtime: Path | None, overrides: tuple[str, ...], by: str) -> None:
     """The largest batch (or model) whose training step fits in device memory, per memory-saving strategy."""
     from rich.console import Console
     from rich.table import Table
@@ -246,7 +253,7 @@ def fit(workload: Path, hardware: Path | None, overrides: tuple[str, ...], by: s
     from sim.config.units import fmt_bytes, fmt_time
     from sim.sweep.fit import fit as search
 
-    fits = search(workload, hardware, parse_overrides(list(overrides)), by)
+    fits = search(workload, hardware, parse_overrides(list(overrides)), by, runtime)
     t = Table(title=f"What fits in device memory: the largest {'global batch' if by == 'batch' else 'layers'} "
                     f"per strategy ({workload.name})")
     for col in ("strategy", f"largest {by}", "weights", "gradients", "optimizer", "activations", "step"):

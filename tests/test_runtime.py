@@ -47,7 +47,8 @@ def test_shipped_hardware_files_hold_no_software_figures_and_every_workload_runs
     dev = load_hardware(hw_file).device
     assert (dev.dispatch_overhead, dev.launch_overhead, dev.step_overhead, dev.compute.matmul_overhead) == (0, 0, 0, 0)
     links = load_hardware(hw_file).interconnect
-    assert dev.kernels == {} and (links is None or links.collective_overhead == 0)
+    assert dev.kernels == {} and dev.dispatch_mode == "async"  # the defaults: no software
+    assert links is None or (links.collective_overhead == 0 and list(links.library.protocols) == ["simple"])
     for workload in sorted((ROOT / "workloads").glob("*.yaml")):
         wl, hw, _ = load_run(workload, hardware=hw_file)
         assert wl.runtime and hw.runtime
@@ -198,3 +199,24 @@ def test_a_fused_serving_runtime_drops_the_launches_of_what_it_fuses():
         times[name] = summarize(run(wl, hw))["tpot_s"]
     per_layer = graphs.launch_overhead * 3 + graphs.fixed_for("rope", False) + 2 * graphs.fixed_for("add", False)
     assert times["serving"] < times["cuda-graphs"] <= times["serving"] + 2 * per_layer + 1e-9
+
+
+def test_set_runtime_keys_never_make_a_platform_the_runtime_lacks_nor_change_what_it_extends():
+    """`--set runtime.<key>` changes the chosen platform's section; on hardware of a platform the runtime
+    has no section for it is the same one-line refusal as without it; `runtime.extends` cannot be set."""
+    xeon, graphs = ROOT / "hardware_models/xeon-gold-6242.yaml", ROOT / "runtimes/cuda-graphs.yaml"
+    with pytest.raises(ConfigError, match="no 'cpu' section"):
+        load_hardware(xeon, [("runtime.dispatch_overhead", "1 us")], graphs)
+    with pytest.raises(ConfigError, match="runtime.extends: cannot be set"):
+        load_hardware(ROOT / "hardware_models/h100-sxm.yaml", [("runtime.extends", "eager-pytorch.yaml")], graphs)
+
+
+def test_a_child_runtime_replaces_its_parents_collective_library_whole(tmp_path):
+    """A collective library is one model: a child naming its own protocols drops the parent's."""
+    base = ROOT / "runtimes/compiled.yaml"
+    child = tmp_path / "one-protocol.yaml"
+    child.write_text(f"name: child\nsource: a test\nextends: {base}\nplatforms:\n  cuda:\n"
+                     "    collectives: {protocols: {Simple: {launch: 1 us}}}\n")
+    lib = load_hardware(ROOT / "hardware_models/h100-sxm.yaml", runtime=child).interconnect.library
+    assert list(lib.protocols) == ["Simple"] and lib.in_switch is None
+    assert lib.protocols["Simple"].launch == pytest.approx(1e-6)

@@ -64,7 +64,8 @@ def test_gqa_reference_decodes():
 
 def test_the_reference_gives_the_same_logits_in_every_installed_framework():
     """numpy and eager PyTorch run one definition of the model: the same weights give the same outputs
-    (GPT, Llama with GQA and RoPE, BERT); a framework that is not installed is skipped."""
+    (GPT, Llama with GQA and RoPE, BERT). Runs only where PyTorch is installed (`pip install -e
+    '.[torch]'`; the CI installs none, and skips it)."""
     from sim.validate.kernels import FRAMEWORKS, kernels_of
 
     installed = [kernels_of(name) for name in FRAMEWORKS if kernels_of(name) is not None]

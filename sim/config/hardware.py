@@ -17,9 +17,9 @@ from sim.errors import KeyedError
 
 HOST_LEVEL = "host"
 
-#: What a graph op computes (`Op.kernel`), as a framework calls it: the key of per-kernel costs.
 #: the software family a device runs (which section of a runtime file applies to it)
 Platform = Literal["cuda", "cpu", "tpu", "accelerator"]
+#: What a graph op computes (`Op.kernel`), as a framework calls it: the key of per-kernel costs.
 Kernel = Literal["matmul", "linear", "attention", "layernorm", "rmsnorm", "softmax", "gelu", "silu", "relu", "add",
                  "rope", "gather", "tanh"]
 

@@ -135,13 +135,13 @@ def _suggest(cls: type[BaseModel], loc: list[str]) -> str:
     model: Any = cls
     for part in loc[:-1]:
         fields = getattr(model, "model_fields", None)
-        if fields is None or part not in fields:
-            # dict-valued fields (memory levels, peaks) are keyed by user names
+        if fields is None:  # a dict of plain values (peaks): keyed by user names, valued by its last argument
             args = getattr(model, "__args__", ())
             model = args[-1] if args else None
-            continue
-        model = fields[part].annotation
-        model = next((a for a in getattr(model, "__args__", ()) if hasattr(a, "model_fields")), model)
+        elif part in fields:  # a dict of models (memory levels, platforms) resolves to its value model here
+            model = fields[part].annotation
+            model = next((a for a in getattr(model, "__args__", ()) if hasattr(a, "model_fields")), model)
+        # else: a user-named key of such a dict (`l2`, `cuda`): its value model is already `model`
     fields = list(getattr(model, "model_fields", {}) or [])
     if not fields:
         return ""
@@ -176,12 +176,14 @@ def _runtime_section(runtime: str | Path | None, own: list[tuple[str, Any]], pla
     where = str(runtime) if runtime is not None else "--set runtime"
     raw = read_runtime(runtime) if runtime is not None else {
         "name": "--set runtime.*", "source": "--set", "platforms": {platform: {}}}
+    if platform not in (raw.get("platforms") or {}):  # a --set key must not make a section the file lacks
+        raise ConfigError(f"no {platform!r} section, the platform of {hw_path} (it has "
+                          f"{', '.join(raw['platforms'])}): name another with --runtime", where, "platforms")
+    if any(k.split(".")[0] == "extends" for k, _ in own):
+        raise ConfigError("cannot be set (name the runtime to start from with --runtime)", "--set", "runtime.extends")
     own = [(k if k.split(".")[0] in FILE_KEYS else f"platforms.{platform}.{k}", v) for k, v in own]
     raw = apply_overrides(raw, own, where)
     spec = validate(Runtime, raw, where)
-    if platform not in spec.platforms:
-        raise ConfigError(f"no {platform!r} section, the platform of {hw_path} (it has "
-                          f"{', '.join(spec.platforms)}): name another with --runtime", where, "platforms")
     return spec.name, raw["platforms"][platform]
 
 

@@ -72,11 +72,18 @@ class Runtime(Spec):
                                         "(`calibrate` writes it)")
 
 
+#: keys a child runtime replaces whole rather than merges into its parent's (a collective library's
+#: protocols are one model: a child naming its own drops the parent's)
+WHOLE = ("collectives",)
+
+
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """`over` onto `base`, mappings key by key (a child runtime's kernel field over its parent's)."""
+    """`over` onto `base`, mappings key by key (a child runtime's kernel field over its parent's), but
+    the `WHOLE` keys replaced as a whole."""
     out = dict(base)
     for key, value in over.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        nested = isinstance(value, dict) and isinstance(out.get(key), dict) and key not in WHOLE
+        out[key] = merge(out[key], value) if nested else value
     return out
 
 

@@ -610,7 +610,8 @@ class Executor:
             for d, nbytes in plan.memory_bytes.items():
                 use = rdv["mem"][d] = LevelUse()
                 memory_done = max(memory_done, m.move(d, plan.level, nbytes, use)[1] - latency)
-        sends = [env.process(m.send(t.links, t.wire_bytes, rdv["use"].setdefault(t.src, {}))) for t in plan.transfers]
+        sends = [env.process(m.send(t.links, t.wire_bytes, rdv["use"].setdefault(t.src, {}), t.bytes))
+                 for t in plan.transfers]
         yield env.all_of(sends)
         if memory_done > env.now:
             rdv["memory_s"] = memory_done - env.now

@@ -71,9 +71,10 @@ class Machine:
         self.links: dict[str, simpy.Resource] = _Links(self.env)
         self._route_bandwidth: dict[tuple[str, ...], float] = {}  # cut-through: a route's slowest link
 
-    def send(self, links: tuple[str, ...], nbytes: float, use: dict[str, LevelUse]):
-        """Process: hold every link of a route for nbytes / link bandwidth (cut-through). Links are
-        requested in a global order so that crossing routes cannot deadlock."""
+    def send(self, links: tuple[str, ...], nbytes: float, use: dict[str, LevelUse], data: float | None = None):
+        """Process: hold every link of a route for nbytes / link bandwidth (cut-through), `nbytes` being
+        what the wire carries and `data` (default: the same) the bytes sent, which the links' use counts.
+        Links are requested in a global order so that crossing routes cannot deadlock."""
         env = self.env
         bandwidth = self._route_bandwidth.get(links)
         if bandwidth is None:
@@ -88,7 +89,7 @@ class Machine:
         for link, req in requests:
             self.links[link].release(req)
             u = use.setdefault(link, LevelUse())
-            u.bytes += nbytes
+            u.bytes += nbytes if data is None else data
             u.busy_s += env.now - granted
             u.first_s = min(u.first_s, granted)
             u.last_s = env.now

@@ -67,7 +67,7 @@ def insert_copies(planned: list[tuple[Block, tuple[OpPlan, ...]]], placement: Pl
                   hw: Hardware) -> list[tuple[Block, tuple[OpPlan, ...]]]:
     """The stage's blocks with their prefetch copies in front (see the module docstring)."""
     level = next(iter(placement.staged))
-    dispatch, launch = hw.device.dispatch_for(COPY), hw.device.launch_overhead
+    dispatch, launch = hw.device.dispatch_for(COPY), hw.device.launch_for(COPY)
     made: dict[tuple, tuple] = {}
     out: list[tuple[Block, tuple[OpPlan, ...]]] = []
     ahead: list[list[tuple[Op, OpPlan]]] = [[] for _ in planned]  # the copies each block starts with

@@ -12,9 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sim.config import load_hardware, load_workload
+from sim.config import load_run, load_workload, split_overrides
 from sim.config.hardware import HOST_LEVEL, Hardware
-from sim.config.loader import runtime_of
 from sim.config.workload import Workload
 from sim.errors import ConfigError
 from sim.graph import build_graph
@@ -75,16 +74,17 @@ def largest(fits: Callable[[int], bool], start: int) -> int:
     return lo
 
 
-def fit(workload_path: Path, hardware: Path | None, overrides: list, by: str = "batch") -> list[Fit]:
+def fit(workload_path: Path, hardware: Path | None, overrides: list, by: str = "batch",
+        runtime: Path | None = None) -> list[Fit]:
+    """`overrides` as `sim run` takes them (workload, hardware and `runtime.` keys)."""
     from sim.pipeline import run
     from sim.report import summarize
 
-    base, default_hw = load_workload(workload_path, overrides)
+    base, hw, hw_path = load_run(workload_path, overrides, hardware, runtime)
     if base.scenario.phase != "train":
         raise ConfigError("fit answers for training steps; use scenario.phase: train", str(workload_path),
                           "scenario.phase")
-    hw_path = hardware or default_hw
-    hw = load_hardware(hw_path, runtime=runtime_of(workload_path, base))
+    overrides = split_overrides(overrides)[0]  # the workload's, for each size tried
     step = base.parallelism.data * base.parallelism.microbatches
     out = []
     for strategy, sets in STRATEGIES.items():
