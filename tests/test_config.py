@@ -155,3 +155,21 @@ def test_bad_input_writes_nothing(tmp_path):
 
 def test_config_error_message_shape():
     assert str(ConfigError("bad", "f.yaml", "a.b")) == "f.yaml: a.b: bad"
+
+
+def test_a_key_written_twice_is_one_line_naming_the_file_and_line(tmp_path):
+    """YAML would keep the second silently; every input file refuses it (a hardware file, a runtime, a
+    workload), while a key brought in by a `<<: *anchor` merge may still be overridden."""
+    from sim.config import load_hardware
+
+    hw = tmp_path / "hw.yaml"
+    hw.write_text((DATA / "toy-hw.yaml").read_text() + "devices: 2\n")
+    with pytest.raises(ConfigError, match=r"hw.yaml: line \d+, column 1: malformed YAML: duplicate key 'devices'"):
+        load_hardware(hw)
+    r = cli("run", str(DATA / "toy-gpt.yaml"), "--hardware", str(hw))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "duplicate key 'devices'" in r.stderr
+    from sim.config.loader import read_yaml
+
+    over = tmp_path / "over.yaml"
+    over.write_text("a: &a {x: 1, y: 2}\nb: {<<: *a, y: 3}\n")
+    assert read_yaml(over)["b"] == {"x": 1, "y": 3}

@@ -23,8 +23,24 @@ WORKLOAD_KEYS = ("name", "hardware", "runtime", "model", "scenario", "parallelis
 HARDWARE_KEYS = ("devices", "nodes", "device", "interconnect", "network", "host", "source")
 
 
-#: libyaml's parser where PyYAML was built with it (sweeps read the same files for every point)
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml's parser where PyYAML has it
+    """A safe loader that refuses a key written twice in one mapping (YAML keeps the last silently: a
+    pasted `bandwidth:` would quietly replace the first). Keys a `<<: *anchor` merge brings in may be
+    overridden, as YAML means them to be."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key = self.construct_object(key_node)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+_LOADER = _Loader
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
