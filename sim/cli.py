@@ -31,10 +31,11 @@ def cli() -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
               help="Override any workload, hardware or runtime key, e.g. scenario.batch=8, "
                    "device.memory.hbm.bandwidth='4 TB/s' or runtime.dispatch_overhead='5 us'.")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write summary + op records.")
-@click.option("--csv", "csv_out", type=click.Path(dir_okay=False, path_type=Path), help="Write one row per op.")
-@click.option("--trace", "trace_out", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write a Chrome/Perfetto trace.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path),
+              help="Write summary + op records ('-': to standard output, instead of the report).")
+@click.option("--csv", "csv_out", type=click.Path(path_type=Path), help="Write one row per op ('-': to stdout).")
+@click.option("--trace", "trace_out", type=click.Path(path_type=Path),
+              help="Write a Chrome/Perfetto trace ('-': to stdout).")
 @click.option("--top", default=10, show_default=True, help="Operators listed in the top table.")
 @click.option("--exact", is_flag=True,
               help="Plan and simulate every op of every device on its own, reusing nothing (slow; the "
@@ -44,17 +45,26 @@ def run(workload: Path, hardware: Path | None, runtime: Path | None, overrides: 
     """Simulate WORKLOAD and print where the time goes."""
     from sim.config import load_run, parse_overrides
     from sim.pipeline import run as run_pipeline
-    from sim.report import render, write_csv, write_json, write_trace
+    from sim.report import render
+    from sim.report.export import RENDER, STDOUT, check_outputs, write_outputs
 
+    outputs = {"--json": json_out, "--csv": csv_out, "--trace": trace_out}
+    check_outputs(outputs)  # before the work, not after it
+    to_stdout = [option for option, path in outputs.items() if path == STDOUT]
+    if len(to_stdout) > 1:
+        raise ConfigError("only one output can go to standard output", " and ".join(to_stdout))
     wl, hw, hw_path = load_run(workload, parse_overrides(list(overrides)), hardware, runtime)
     for odd in hw.oddities():
         click.echo(f"warning: {hw_path}: {odd}", err=True)
     result = run_pipeline(wl, hw, str(hw_path), str(workload), exact=exact)
-    render(result, top=top)
-    for path, write in ((json_out, write_json), (csv_out, write_csv), (trace_out, write_trace)):
-        if path is not None:
-            write(result, path)
-            click.echo(f"wrote {path}")
+    if not to_stdout:
+        render(result, top=top)
+    files = {path: RENDER[option](result) for option, path in outputs.items() if path not in (None, STDOUT)}
+    write_outputs(files)
+    for option in to_stdout:
+        click.echo(RENDER[option](result), nl=False)
+    for path in files:
+        click.echo(f"wrote {path}", err=bool(to_stdout))
 
 
 def _framework(name: str) -> tuple:

@@ -195,3 +195,28 @@ def test_memory_timeline_rises_and_falls_and_peaks_at_the_footprint():
     assert s["peak_bytes"] == s["memory"][home["weight"]]["peak_bytes"]
     counters = [e for e in to_trace(result)["traceEvents"] if e["ph"] == "C"]
     assert counters and max(e["args"].get("activations", 0.0) for e in counters) == pytest.approx(fp.activations)
+
+
+def test_outputs_are_checked_before_the_run_and_written_all_or_none(tmp_path):
+    """A directory, a path under a file or one path named twice is one line and exit 2 before any work;
+    a set of outputs one of which cannot be written leaves none of them (and no temporary file)."""
+    import json
+
+    from sim.errors import ConfigError
+    from sim.report.export import write_outputs
+
+    wl = str(DATA / "toy-gpt.yaml")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    twice = ("--json", str(tmp_path / "x.json"), "--trace", str(tmp_path / "x.json"))
+    for args, says in ((("--json", str(tmp_path)), "is a directory"),
+                       (("--csv", str(blocker / "ops.csv")), "is not a folder"), (twice, "also named by")):
+        r = cli("run", wl, *args)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and says in r.stderr, r.stderr
+        assert "memwall" not in r.stdout  # refused before the run and its report
+    good = tmp_path / "good.json"
+    with pytest.raises(ConfigError, match="cannot write"):
+        write_outputs({good: "{}", blocker / "sub" / "bad.csv": "x"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+    r = cli("run", wl, "--json", "-")  # standard output: the JSON alone, no report
+    assert r.returncode == 0 and json.loads(r.stdout)["summary"]["total_s"] > 0

@@ -1,6 +1,8 @@
 """Machine-readable outputs: JSON summary + op records, CSV of op records, Chrome/Perfetto trace.
 
-Files are written whole to a temporary name and renamed, so a failure never leaves half a file.
+Outputs are checked before a run (`check_outputs`) and written together (`write_outputs`): each whole to
+a temporary file of an unpredictable name, created exclusively beside it, and renamed into place only
+once every one of them is written, so a failure leaves no half file and no output of the set.
 """
 
 from __future__ import annotations
@@ -9,21 +11,62 @@ import csv
 import io
 import json
 import os
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from sim.engine.records import RunResult
+from sim.errors import ConfigError
 from sim.report.context import context
 from sim.report.memory import kind_label, memory_timeline
 from sim.report.metrics import op_columns
 from sim.report.summary import balance_level, summarize
 
+#: the output name that means standard output
+STDOUT = Path("-")
+
+
+def check_outputs(paths: dict[str, Path | None]) -> None:
+    """Refuse, before any work, outputs that cannot be written (`paths`: option -> path): a directory, a
+    path under a file, a folder that does not let us write, one path named twice."""
+    seen: dict[Path, str] = {}
+    for option, path in paths.items():
+        if path is None or path == STDOUT:
+            continue
+        if path.resolve() in seen:
+            raise ConfigError(f"also named by {seen[path.resolve()]}", str(path), option)
+        seen[path.resolve()] = option
+        if path.is_dir():
+            raise ConfigError("is a directory (name a file)", str(path), option)
+        folder = next((p for p in path.resolve().parents if p.exists()), None)
+        if folder is None or not folder.is_dir():
+            raise ConfigError(f"cannot be written: {folder} is not a folder", str(path), option)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise ConfigError(f"cannot be written: no permission in {folder}", str(path), option)
+
+
+def write_outputs(texts: dict[Path, str]) -> None:
+    """Write every file (path -> its text) or none: each to an exclusive temporary file beside it, then
+    all renamed into place; on a failure the temporary files are removed and nothing is replaced."""
+    done: list[tuple[str, Path]] = []
+    path = None
+    try:
+        for path, text in texts.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            done.append((tmp, path))
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+    except OSError as e:
+        for tmp, _ in done:
+            Path(tmp).unlink(missing_ok=True)
+        raise ConfigError(f"cannot write ({e.strerror or e}); nothing written", str(path)) from None
+    for tmp, path in done:
+        os.replace(tmp, path)
+
 
 def _write(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_outputs({Path(path): text})
 
 
 def to_json(result: RunResult) -> str:
@@ -105,6 +148,10 @@ def to_trace(result: RunResult) -> dict:
             "otherData": {"workload": result.name, "hardware": result.hardware}}
 
 
+def to_trace_text(result: RunResult) -> str:
+    return json.dumps(to_trace(result), separators=(",", ":")) + "\n"
+
+
 def write_json(result: RunResult, path: str | Path) -> None:
     _write(path, to_json(result))
 
@@ -114,4 +161,8 @@ def write_csv(result: RunResult, path: str | Path) -> None:
 
 
 def write_trace(result: RunResult, path: str | Path) -> None:
-    _write(path, json.dumps(to_trace(result), separators=(",", ":")) + "\n")
+    _write(path, to_trace_text(result))
+
+
+#: each output option's text
+RENDER: dict[str, Callable[[RunResult], str]] = {"--json": to_json, "--csv": to_csv, "--trace": to_trace_text}
