@@ -137,3 +137,33 @@ def test_pareto_front():
 
     df = pd.DataFrame({"x": [1, 2, 3, 2], "y": [3, 1, 0.5, 2]})
     assert sorted(pareto_front(df, "x", "y").index) == [0, 1, 2]
+
+
+def test_a_sweeps_files_stay_inside_out_and_its_points_do_not_depend_on_the_checkouts_path(tmp_path):
+    """`name` names files inside --out only (a path is one line, exit 2); the same sweep in two copies
+    of a checkout has the same point ids, so a table resumes from either."""
+    for bad in ("/tmp/x/pwn", "../up", "a/b", ".hidden"):
+        text = SWEEP.read_text().replace("name: toy-sweep", f"name: {bad!r}")
+        (tmp_path / "bad.yaml").write_text(text)
+        with pytest.raises(ConfigError, match="bad.yaml: name: expected a plain file name"):
+            load_sweep(tmp_path / "bad.yaml")
+    ids = []
+    for copy in ("one", "two/deeper"):
+        folder = tmp_path / copy
+        folder.mkdir(parents=True)
+        for f in ("toy-sweep.yaml", "toy-gpt.yaml", "toy-hw.yaml"):
+            shutil.copy(DATA / f, folder)
+        ids.append([p.id for p in load_sweep(folder / "toy-sweep.yaml").points])
+    assert ids[0] == ids[1]
+
+
+def test_two_sweeps_never_write_one_table_at_once(tmp_path):
+    """While one sweep holds the table's lock, another on the same --out refuses in one line (it lost
+    rows by interleaving before); the lock goes with the first, and no temporary file is left behind."""
+    from sim.sweep.run import _locked
+
+    sweep = load_sweep(SWEEP)
+    with _locked(tmp_path, sweep.name), pytest.raises(ConfigError, match="another sweep is writing this table"):
+        run_sweep(sweep, tmp_path, workers=1)
+    csv_path, _, count = run_sweep(sweep, tmp_path, workers=1)
+    assert count == len(sweep.points) and not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))

@@ -11,8 +11,10 @@ from __future__ import annotations
 import csv
 import io
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -79,14 +81,26 @@ def read_rows(path: Path, header: list[str]) -> list[dict[str, str]]:
     return [dict(zip(header, r)) for r in lines[1:] if len(r) == len(header)]
 
 
+@contextmanager
+def _replacing(path: Path) -> Iterator[Path]:
+    """A temporary file beside `path`, created exclusively under an unpredictable name (never one a
+    planted link could point elsewhere), renamed onto `path` when the block succeeds, removed when not."""
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _write_table(path: Path, header: list[str], rows: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
+    with _replacing(path) as tmp, tmp.open("w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(header)
         for r in rows:
             w.writerow([_cell(r.get(c)) for c in header])
-    os.replace(tmp, path)
 
 
 def write_parquet(csv_path: Path, parquet_path: Path) -> None:
@@ -94,9 +108,26 @@ def write_parquet(csv_path: Path, parquet_path: Path) -> None:
     import pyarrow.parquet as pq
 
     table = pacsv.read_csv(csv_path, convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
-    tmp = parquet_path.with_name(parquet_path.name + ".tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, parquet_path)
+    with _replacing(parquet_path) as tmp:
+        pq.write_table(table, tmp)
+
+
+@contextmanager
+def _locked(out_dir: Path, name: str) -> Iterator[None]:
+    """Hold the sweep's lock in `out_dir` for the run: a second sweep writing the same table refuses in
+    one line rather than interleave its rows with ours (rows were lost that way)."""
+    import fcntl
+
+    lock = (out_dir / f".{name}.lock").open("a")
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError("another sweep is writing this table; wait for it to end or choose another --out",
+                              str(out_dir / f"{name}.csv")) from None
+        yield
+    finally:
+        lock.close()
 
 
 def _local(points: list[Point], base_year, workers: int) -> Iterator[dict]:
@@ -125,6 +156,12 @@ def run_sweep(sweep: Sweep, out_dir: Path, workers: int | None = None, scheduler
               flush_every: int = 25) -> tuple[Path, Path, int]:
     """Run the points not already in the table; return (csv, parquet, points computed now)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(out_dir, sweep.name):
+        return _run_sweep(sweep, out_dir, workers, scheduler, on_row, flush_every)
+
+
+def _run_sweep(sweep: Sweep, out_dir: Path, workers: int | None, scheduler: str | None,
+               on_row: Callable[[dict, int, int], None], flush_every: int) -> tuple[Path, Path, int]:
     csv_path, parquet_path = out_dir / f"{sweep.name}.csv", out_dir / f"{sweep.name}.parquet"
     header = columns(sweep)
     done = read_rows(csv_path, header)

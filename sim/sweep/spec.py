@@ -25,6 +25,7 @@ import hashlib
 import itertools
 import json
 import math
+import os
 import random
 import re
 from dataclasses import dataclass
@@ -102,9 +103,17 @@ def _sample(spec: dict, rng: random.Random, file: str, key: str) -> Any:
     return _fmt(x, u1, all(isinstance(e, int) for e in spec[kind]))
 
 
-def point_id(workload: str, hardware: str | None, overrides) -> str:
-    text = json.dumps([workload, hardware, [list(o) for o in overrides]], sort_keys=True, default=str)
+def point_id(workload: str, hardware: str | None, overrides, base: Path | None = None) -> str:
+    """A point's identity: its files relative to the sweep file's folder (`base`), so that a table made
+    in one checkout resumes in another, and its overrides."""
+    def rel(p: str | None) -> str | None:
+        return p if p is None or base is None else os.path.relpath(p, base)
+    text = json.dumps([rel(workload), rel(hardware), [list(o) for o in overrides]], sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+#: a sweep's name names its output files inside --out: a plain file stem
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 def load_sweep(path: str | Path) -> Sweep:
@@ -158,8 +167,12 @@ def load_sweep(path: str | Path) -> Sweep:
             if "year" in row:
                 overrides += (("year", row["year"]),)
             hw = str((path.parent / row["hardware_file"]).resolve()) if "hardware_file" in row else hardware
-            points.append(Point(point_id(wl, hw, overrides), wl, hw, row, overrides))
-    return Sweep(data.get("name") or path.stem, path, list(axes_spec), points, base_year)
+            points.append(Point(point_id(wl, hw, overrides, path.parent.resolve()), wl, hw, row, overrides))
+    name = data.get("name") or path.stem
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise ConfigError(f"expected a plain file name (letters, digits, '.', '_', '-'; it names the tables "
+                          f"inside --out), got {str(name)[:60]!r}", file, "name")
+    return Sweep(name, path, list(axes_spec), points, base_year)
 
 
 def year_overrides(hw_data: dict, year: float, base_year: float) -> list[tuple[str, Any]]:
