@@ -144,7 +144,7 @@ def test_bad_set_and_missing_file(tmp_path):
     r = cli("run", str(DATA / "toy-gpt.yaml"), "--set", "scenario.batch")
     assert r.returncode == 2 and "expected KEY.PATH=VALUE" in r.stderr
     r = cli("run", str(tmp_path / "nope.yaml"))
-    assert r.returncode == 2 and "nope.yaml: cannot read file" in r.stderr
+    assert r.returncode == 2 and "nope.yaml: no such file" in r.stderr
 
 
 def test_bad_input_writes_nothing(tmp_path):
@@ -173,3 +173,29 @@ def test_a_key_written_twice_is_one_line_naming_the_file_and_line(tmp_path):
     over = tmp_path / "over.yaml"
     over.write_text("a: &a {x: 1, y: 2}\nb: {<<: *a, y: 3}\n")
     assert read_yaml(over)["b"] == {"x": 1, "y": 3}
+
+
+@pytest.mark.parametrize("setting,says", [
+    ("model.layers=1000000000000", "model.layers: Input should be less than or equal to 1000000000"),
+    ("model.layers=100000000", "model.layers: about 1.3e+11 ops to simulate"),
+    ("scenario.new_tokens=1000000000", "scenario.new_tokens: about"),
+    ("device.memory.hbm.bandwidth=1e400 GB/s", "device.memory.hbm.bandwidth: '1e400 GB/s' is beyond any machine"),
+    ("device.memory.hbm.bandwidth=.inf", "device.memory.hbm.bandwidth: inf is beyond any machine"),
+    ("device.memory.hbm.capacity=1e308", "device.memory.hbm.capacity: '1e308' is beyond any machine"),
+    ("name=" + "[" * 900 + "1" + "]" * 900, "--set: name: nested deeper than 32 levels"),
+    ("hardware=/dev/zero", "/dev/zero: not a regular file"),
+])
+def test_input_beyond_reason_is_one_line_and_exit_2_before_any_work(setting, says):
+    """Absurd sizes, infinities, work no run could finish, nesting that would exhaust the stack and a
+    read that never ends: each is refused in one line naming the file (or --set) and the key."""
+    r = cli("run", str(ROOT / "workloads/gpt2.yaml"), "--set", setting)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and says in r.stderr, r.stderr[:300]
+
+
+def test_files_too_deep_or_with_numbers_too_long_are_one_line(tmp_path):
+    deep, big = tmp_path / "deep.yaml", tmp_path / "big.yaml"
+    deep.write_text("a: " + "[" * 900 + "1" + "]" * 900 + "\n")
+    big.write_text("name: x\nsource: y\ndevices: " + "9" * 5000 + "\n")
+    for path, says in ((deep, "nested deeper than 32 levels"), (big, "a number of more than 4,300 digits")):
+        r = cli("run", str(DATA / "toy-gpt.yaml"), "--hardware", str(path))
+        assert r.returncode == 2 and r.stderr.strip().endswith(f"{path.name}: {says}"), r.stderr[:300]

@@ -116,7 +116,7 @@ def test_bad_sweep_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="axes.scenario.batch"):
         load_sweep(tmp_path / "s.yaml")
     r = cli("sweep", str(tmp_path / "nope.yaml"))
-    assert r.returncode == 2 and "cannot read file" in r.stderr
+    assert r.returncode == 2 and "nope.yaml: no such file" in r.stderr
 
 
 def test_plots_from_a_table(tmp_path):

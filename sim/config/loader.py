@@ -43,21 +43,59 @@ class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml's parse
 _LOADER = _Loader
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
+#: the largest input file read, and the deepest nesting taken: far beyond any real description
+MAX_FILE_BYTES = 16 << 20
+MAX_DEPTH = 32
+
+
+def read_text(path: Path) -> str:
+    """A regular file's text (not a device or a pipe whose read never ends), of bounded size, as UTF-8."""
     try:
-        text = path.read_text(encoding="utf-8")
+        if not path.is_file():
+            raise ConfigError("not a regular file" if path.exists() else "no such file", str(path))
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise ConfigError(f"larger than {MAX_FILE_BYTES >> 20} MiB: not a description memwall reads", str(path))
+        return path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"cannot read file ({e.strerror})", str(path)) from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"not UTF-8 text (byte {e.start})", str(path)) from None
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """YAML text to data; every failure (malformed, a key twice, a number past Python's digit limit,
+    nesting past MAX_DEPTH) is one ConfigError naming `where`."""
     try:
         data = yaml.load(text, Loader=_LOADER)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
+        at = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
         problem = getattr(e, "problem", None) or "malformed YAML"
-        raise ConfigError(f"malformed YAML: {problem}", str(path), where) from None
+        raise ConfigError(f"malformed YAML: {problem}", where, at) from None
+    except ValueError:  # int('9' * 5000): past Python's digit limit
+        raise ConfigError("a number of more than 4,300 digits", where) from None
+    except RecursionError:
+        raise ConfigError(f"nested deeper than {MAX_DEPTH} levels", where) from None
+    check_depth(data, where)
+    return data
+
+
+def check_depth(data: Any, where: str) -> None:
+    """Refuse nesting deeper than MAX_DEPTH (copying and validating it would exhaust the stack)."""
+    stack = [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"nested deeper than {MAX_DEPTH} levels", where)
+        if isinstance(node, dict):
+            stack += [(v, depth + 1) for v in node.values()]
+        elif isinstance(node, list):
+            stack += [(v, depth + 1) for v in node]
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    data = parse_yaml(read_text(path), str(path))
     if not isinstance(data, dict):
         raise ConfigError("expected a mapping of keys at the top level", str(path))
     return data
@@ -71,8 +109,10 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
         if not sep or not key.strip():
             raise ConfigError(f"expected KEY.PATH=VALUE, got {item!r}", "--set")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else raw
-        except yaml.YAMLError:
+            value = parse_yaml(raw, "--set") if raw.strip() else raw
+        except ConfigError as e:
+            if "malformed YAML" not in str(e):
+                raise ConfigError(str(e).split(": ", 1)[-1], "--set", key.strip()) from None
             value = raw
         out.append((key.strip(), value))
     return out
@@ -250,12 +290,18 @@ def _model_from_hf(model: dict[str, Any], workload_path: Path) -> dict[str, Any]
     from sim.config.hf import model_from_hf_config
 
     hf_path = workload_path.parent / str(model["hf_config"])
+    if not hf_path.exists():
+        raise ConfigError(f"no such config.json: {hf_path}", str(workload_path), "model.hf_config")
+    text = read_text(hf_path)
     try:
-        hf = json.loads(hf_path.read_text())
-    except OSError as e:
-        raise ConfigError(f"cannot read config.json ({e.strerror})", str(workload_path), "model.hf_config") from None
+        hf = json.loads(text)
     except json.JSONDecodeError as e:
         raise ConfigError(f"malformed JSON: {e.msg} at line {e.lineno}", str(hf_path)) from None
+    except (ValueError, RecursionError) as e:  # a number past the digit limit; nesting past the stack
+        raise ConfigError(f"unreadable JSON ({type(e).__name__})", str(hf_path)) from None
+    check_depth(hf, str(hf_path))
+    if not isinstance(hf, dict):
+        raise ConfigError("expected a JSON object at the top level", str(hf_path))
     mapped = model_from_hf_config(hf, str(hf_path))
     mapped.update({k: v for k, v in model.items() if k != "hf_config"})
     return mapped

@@ -18,7 +18,8 @@ Bandwidth = Annotated[float, _quantity(Dim.BANDWIDTH), Field(gt=0)]
 Latency = Annotated[float, _quantity(Dim.TIME), Field(ge=0)]
 Frequency = Annotated[float, _quantity(Dim.FREQUENCY), Field(gt=0)]
 FlopRate = Annotated[float, _quantity(Dim.COMPUTE), Field(gt=0)]
-Count = Annotated[int, Field(gt=0, strict=True)]
+#: a count of anything (devices, layers, tokens, a batch): at most a billion, far beyond any run that ends
+Count = Annotated[int, Field(gt=0, le=10**9, strict=True)]
 
 Dtype = Literal["fp32", "tf32", "fp16", "bf16", "fp8", "int8", "int4"]
 

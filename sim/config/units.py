@@ -8,6 +8,7 @@ dimension and a value in the wrong dimension is rejected. Plain numbers are take
 
 from __future__ import annotations
 
+import math
 import re
 from enum import Enum
 
@@ -41,7 +42,30 @@ _QUANTITY = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*([A-Z
 
 
 def parse_quantity(value: object, dim: Dim) -> float:
-    """Return `value` in SI units of `dim`; raise ValueError with a user-facing reason."""
+    """Return `value` in SI units of `dim`; raise ValueError with a user-facing reason (also for a value
+    no machine has: infinite, or beyond `LIMIT`, which would overflow the arithmetic downstream)."""
+    out = _parse(value, dim)
+    if not math.isfinite(out) or abs(out) > LIMIT[dim]:
+        raise ValueError(f"{short(value)} is beyond any machine (at most {LIMIT_TEXT[dim]})")
+    return out
+
+
+#: the largest value of each dimension memwall takes (SI): far beyond any machine, far below overflow
+LIMIT = {Dim.BYTES: 2.0**80, Dim.BANDWIDTH: 1e18, Dim.TIME: 1e7, Dim.FREQUENCY: 1e12, Dim.COMPUTE: 1e21}
+LIMIT_TEXT = {Dim.BYTES: "1 YiB", Dim.BANDWIDTH: "1 EB/s", Dim.TIME: "1e7 s", Dim.FREQUENCY: "1 THz",
+              Dim.COMPUTE: "1e21 FLOP/s"}
+
+
+def short(value: object, limit: int = 40) -> str:
+    """`value` for a message, cut to `limit` characters (a number too long to print says so)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int past Python's digit limit
+        return "a number of thousands of digits"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _parse(value: object, dim: Dim) -> float:
     if isinstance(value, bool):
         raise ValueError(f"expected a {dim.value} quantity, got a boolean")
     if isinstance(value, (int, float)):

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from sim.config.loader import read_yaml
+from sim.config.units import short
 from sim.errors import ConfigError
 
 #: Memory-wall trend rates per two years (Gholami et al., "AI and Memory Wall", IEEE Micro 2024).
@@ -83,9 +84,11 @@ def _range(spec: dict, file: str, key: str) -> list[Any]:
     (lo, u1), (hi, u2) = _split(ends[0], file, key), _split(ends[1], file, key)
     if u1 != u2:
         raise ConfigError(f"both ends need the same unit ({u1!r} vs {u2!r})", file, key)
-    n = int(spec["points"])
-    if n < 1 or (kind == "log" and (lo <= 0 or hi <= 0)):
-        raise ConfigError("points must be >= 1 and log ends > 0", file, key)
+    n = spec["points"]
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_POINTS:
+        raise ConfigError(f"points: expected a whole number from 1 to {MAX_POINTS:,}, got {short(n)}", file, key)
+    if kind == "log" and (lo <= 0 or hi <= 0):
+        raise ConfigError("log ends must be > 0", file, key)
     integer = all(isinstance(e, int) for e in ends)
     if n == 1:
         return [_fmt(lo, u1, integer)]
@@ -112,6 +115,9 @@ def point_id(workload: str, hardware: str | None, overrides, base: Path | None =
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
+#: the most points a sweep may have (a grid's product, or samples): a million runs is already days of work
+MAX_POINTS = 1_000_000
+
 #: a sweep's name names its output files inside --out: a plain file stem
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
@@ -137,9 +143,15 @@ def load_sweep(path: str | Path) -> Sweep:
         raise ConfigError("the 'year' axis needs base_year (the year the hardware describes)", file, "base_year")
 
     rows: list[dict[str, Any]] = []
-    if data.get("samples"):
-        rng = random.Random(data.get("seed", 0))
-        for _ in range(int(data["samples"])):
+    if data.get("samples") is not None:
+        samples, seed = data["samples"], data.get("seed", 0)
+        if not isinstance(samples, int) or isinstance(samples, bool) or not 1 <= samples <= MAX_POINTS:
+            raise ConfigError(f"expected a whole number from 1 to {MAX_POINTS:,}, got {short(samples)}", file,
+                              "samples")
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ConfigError(f"expected a whole number, got {short(seed)}", file, "seed")
+        rng = random.Random(seed)
+        for _ in range(samples):
             row = {}
             for key, spec in axes_spec.items():
                 if isinstance(spec, list):
@@ -158,6 +170,10 @@ def load_sweep(path: str | Path) -> Sweep:
                 values[key] = _range(spec, file, f"axes.{key}")
             else:
                 raise ConfigError("expected a list, {log: ...} or {linear: ...}", file, f"axes.{key}")
+        size = math.prod(len(v) for v in values.values()) * len(workloads)
+        if size > MAX_POINTS:
+            raise ConfigError(f"{size:,} points: beyond reason (at most {MAX_POINTS:,}); use samples: or fewer values",
+                              file, "axes")
         rows = [dict(zip(values, combo)) for combo in itertools.product(*values.values())]
 
     points = []
