@@ -218,15 +218,16 @@ def sweep(sweep_file: Path, out: Path, workers: int | None, scheduler: str | Non
     from sim.sweep import load_sweep, run_sweep
 
     spec = load_sweep(sweep_file)
-    failed, odd, first_odd = 0, 0, ""
+    failed, odd, first_odd, first_error = 0, 0, "", ""
     t0 = time.perf_counter()
     with Progress(TextColumn(f"[bold]{spec.name}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("ETA"), TimeRemainingColumn()) as progress:
         task = progress.add_task(spec.name, total=len(spec.points))
 
         def on_row(row: dict, done: int, total: int) -> None:
-            nonlocal failed, odd, first_odd
+            nonlocal failed, odd, first_odd, first_error
             failed += row.get("status") == "error"
+            first_error = first_error or (row.get("error") if row.get("status") == "error" else "")
             if row.get("warning"):
                 odd += 1
                 first_odd = first_odd or f"point {row['point_id']}: {row['warning']}"
@@ -242,6 +243,8 @@ def sweep(sweep_file: Path, out: Path, workers: int | None, scheduler: str | Non
     if odd:
         click.echo(f"warning: {odd} points describe a memory level faster than the one inside it (column "
                    f"`warning`), e.g. {first_odd}", err=True)
+    if computed and failed == computed:  # nothing ran: a script must not take the table for results
+        raise ConfigError(f"every point computed now failed (column `error`), e.g. {first_error}", str(sweep_file))
 
 
 @cli.command()

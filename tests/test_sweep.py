@@ -167,3 +167,36 @@ def test_two_sweeps_never_write_one_table_at_once(tmp_path):
         run_sweep(sweep, tmp_path, workers=1)
     csv_path, _, count = run_sweep(sweep, tmp_path, workers=1)
     assert count == len(sweep.points) and not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("change,key", [
+    (("set: {scenario.new_tokens: 2}", "set: [1]"), "set"),
+    (("workload: toy-gpt.yaml", "workloads: 5"), "workloads"),
+    (("workload: toy-gpt.yaml", "workloads: toy-gpt.yaml"), "workloads"),
+    (("workload: toy-gpt.yaml", "workload: toy-gpt.yaml\nhardware: [x]"), "hardware"),
+    (("points: 3}", "points: abc}"), "axes.device.memory.dram.bandwidth"),
+    (("points: 3}", "points: 1000000000}"), "axes.device.memory.dram.bandwidth"),
+    (("scenario.batch: [1, 2]", "scenario.batch: [1, 1]"), "axes.scenario.batch"),
+    (('{log: ["5 GB/s", "20 GB/s"], points: 3}', "{loguniform: [-1, 5]}"), "axes.device.memory.dram.bandwidth"),
+    (("name: toy-sweep", "name: toy-sweep\nseed: {a: 1}"), "seed"),
+])
+def test_a_sweep_file_of_the_wrong_shape_is_one_line_naming_the_key(tmp_path, change, key):
+    text = SWEEP.read_text()
+    assert change[0] in text
+    text = text.replace(change[0], change[1])
+    (tmp_path / "s.yaml").write_text(text + ("samples: 3\n" if "loguniform" in text or "seed" in text else ""))
+    for f in ("toy-gpt.yaml", "toy-hw.yaml"):
+        shutil.copy(DATA / f, tmp_path)
+    r = cli("sweep", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "out"), "--workers", "1")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and f"s.yaml: {key}:" in r.stderr, r.stderr
+
+
+def test_a_sweep_whose_every_point_failed_exits_2(tmp_path):
+    text = SWEEP.read_text().replace("scenario.batch: [1, 2]", "scenario.batch: [3, 5]")  # 3 and 5 heads don't divide
+    (tmp_path / "s.yaml").write_text(text.replace("set: {scenario.new_tokens: 2}",
+                                                  "set: {scenario.new_tokens: 2, parallelism.tensor: 3}"))
+    for f in ("toy-gpt.yaml", "toy-hw.yaml"):
+        shutil.copy(DATA / f, tmp_path)
+    r = cli("sweep", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "out"), "--workers", "1")
+    assert r.returncode == 2 and "every point computed now failed" in r.stderr
+    assert (tmp_path / "out" / "toy-sweep.csv").exists()  # the table, with its errors, is still written

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from sim.config.units import short
 from sim.errors import ConfigError
 from sim.report.metrics import GROUP_COLUMNS, GROUPS, RUN, sweep_columns
 from sim.sweep.spec import Point, Sweep, year_overrides
@@ -145,7 +146,11 @@ def _dask(points: list[Point], base_year, address: str) -> Iterator[dict]:
     from distributed import Client
     from distributed import as_completed as dask_completed
 
-    with Client(address) as client:
+    try:
+        client = Client(address, timeout="10s")
+    except (OSError, TimeoutError, ValueError) as e:  # unreachable, refused, a malformed address
+        raise ConfigError(f"cannot reach the Dask scheduler ({short(str(e), 100)})", "--scheduler", address) from None
+    with client:
         futures = client.map(evaluate, points, base_year=base_year, pure=False)
         for fut in dask_completed(futures):
             yield fut.result()

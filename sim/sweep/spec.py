@@ -99,9 +99,18 @@ def _range(spec: dict, file: str, key: str) -> list[Any]:
     return [_fmt(x, u1, integer) for x in xs]
 
 
+def _path_text(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
 def _sample(spec: dict, rng: random.Random, file: str, key: str) -> Any:
     kind = "loguniform" if "loguniform" in spec else "uniform"
-    (lo, u1), (hi, _) = (_split(e, file, key) for e in spec[kind])
+    ends = spec[kind]
+    if not isinstance(ends, list) or len(ends) != 2:
+        raise ConfigError(f"write {{{kind}: [low, high]}}", file, key)
+    (lo, u1), (hi, _) = (_split(e, file, key) for e in ends)
+    if kind == "loguniform" and (lo <= 0 or hi <= 0):
+        raise ConfigError("loguniform ends must be > 0", file, key)
     x = math.exp(rng.uniform(math.log(lo), math.log(hi))) if kind == "loguniform" else rng.uniform(lo, hi)
     return _fmt(x, u1, all(isinstance(e, int) for e in spec[kind]))
 
@@ -131,6 +140,15 @@ def load_sweep(path: str | Path) -> Sweep:
         raise ConfigError(f"unknown key (allowed: {', '.join(sorted(SWEEP_KEYS))})", file, sorted(unknown)[0])
     if ("workload" in data) == ("workloads" in data):
         raise ConfigError("give exactly one of 'workload' or 'workloads'", file, "workload")
+    if "workload" in data and not _path_text(data["workload"]):
+        raise ConfigError(f"expected a workload file, got {short(data['workload'])}", file, "workload")
+    if "workloads" in data and (not isinstance(data["workloads"], list) or not data["workloads"]
+                                or not all(_path_text(w) for w in data["workloads"])):
+        raise ConfigError(f"expected a list of workload files, got {short(data['workloads'])}", file, "workloads")
+    if data.get("hardware") is not None and not _path_text(data["hardware"]):
+        raise ConfigError(f"expected a hardware file, got {short(data['hardware'])}", file, "hardware")
+    if not isinstance(data.get("set") or {}, dict):
+        raise ConfigError(f"expected a mapping of KEY.PATH: value, got {short(data['set'])}", file, "set")
     workloads = [data["workload"]] if "workload" in data else list(data["workloads"])
     workloads = [str((path.parent / w).resolve()) for w in workloads]
     hardware = str((path.parent / data["hardware"]).resolve()) if data.get("hardware") else None
@@ -138,6 +156,10 @@ def load_sweep(path: str | Path) -> Sweep:
     axes_spec: dict = data.get("axes") or {}
     if not isinstance(axes_spec, dict) or not axes_spec:
         raise ConfigError("expected a mapping of at least one axis", file, "axes")
+    for key, spec in axes_spec.items():
+        if isinstance(spec, list) and (not spec or len({repr(v) for v in spec}) != len(spec)):
+            raise ConfigError("expected distinct values (a value twice would run, and list, a point twice)", file,
+                              f"axes.{key}")
     base_year = data.get("base_year")
     if "year" in axes_spec and base_year is None:
         raise ConfigError("the 'year' axis needs base_year (the year the hardware describes)", file, "base_year")
