@@ -40,8 +40,11 @@ import statistics
 import time
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
+try:
+    import torch
+    import torch.nn.functional as F
+except ImportError:  # one line, not a traceback: this script measures a GPU through PyTorch
+    raise SystemExit("bench/gpu_measure.py needs PyTorch (pip install -e '.[torch]') and a CUDA GPU") from None
 import yaml
 
 DT = torch.bfloat16

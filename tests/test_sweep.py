@@ -200,3 +200,12 @@ def test_a_sweep_whose_every_point_failed_exits_2(tmp_path):
     r = cli("sweep", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "out"), "--workers", "1")
     assert r.returncode == 2 and "every point computed now failed" in r.stderr
     assert (tmp_path / "out" / "toy-sweep.csv").exists()  # the table, with its errors, is still written
+
+
+def test_plot_of_a_file_that_is_not_a_sweep_table_is_one_line(tmp_path):
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    (tmp_path / "junk.parquet").write_bytes(b"\x00not parquet\xff" * 8)
+    for name, says in (("other.csv", "not a sweep table"), ("junk.parquet", "not a readable sweep table")):
+        r = cli("plot", str(tmp_path / name), "--pareto", "a", "b", "--out", str(tmp_path / "p.png"))
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and says in r.stderr, r.stderr
+    assert not (tmp_path / "p.png").exists()

@@ -21,11 +21,21 @@ def numeric(value) -> float:
 
 
 def load_table(path: str | Path) -> pd.DataFrame:
+    """A sweep table's points that ran; anything that is not a readable sweep table is one ConfigError."""
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         raise ConfigError("no such sweep table", str(path))
-    df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
-    return df[df["status"] == "ok"]
+    try:
+        df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    except Exception as e:  # pandas and pyarrow raise many kinds for a file that is not a table
+        raise ConfigError(f"not a readable sweep table ({type(e).__name__})", str(path)) from None
+    if not {"point_id", "status"} <= set(df.columns):
+        raise ConfigError("not a sweep table (no point_id and status columns; `python -m sim sweep` writes "
+                          "them)", str(path))
+    ok = df[df["status"] == "ok"]
+    if ok.empty:
+        raise ConfigError("no point of this table ran (column `error` says why)", str(path))
+    return ok
 
 
 def _need(df: pd.DataFrame, cols: list[str], path: str) -> None:
