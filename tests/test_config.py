@@ -199,3 +199,23 @@ def test_files_too_deep_or_with_numbers_too_long_are_one_line(tmp_path):
     for path, says in ((deep, "nested deeper than 32 levels"), (big, "a number of more than 4,300 digits")):
         r = cli("run", str(DATA / "toy-gpt.yaml"), "--hardware", str(path))
         assert r.returncode == 2 and r.stderr.strip().endswith(f"{path.name}: {says}"), r.stderr[:300]
+
+
+@pytest.mark.parametrize("edit,says", [
+    (lambda c: c.update(model_type=["llama"]), "config.json: model_type: unsupported model_type ['llama']"),
+    (lambda c: c.update(hidden_act={"a": 1}), "config.json: hidden_act: unsupported activation {'a': 1}"),
+    (lambda c: c.update(num_hidden_layers="40"), "config.json: num_hidden_layers: expected a whole number"),
+    (lambda c: c.update(hidden_size=10**400), "config.json: hidden_size: expected a whole number"),
+])
+def test_a_bad_config_json_names_itself_and_its_own_key(tmp_path, edit, says):
+    import json
+
+    hf = json.loads((ROOT / "workloads/hf/llama-2-13b-config.json").read_text())
+    edit(hf)
+    (tmp_path / "config.json").write_text(json.dumps(hf))
+    text = (ROOT / "workloads/llama2-13b-int4.yaml").read_text().replace("hf/llama-2-13b-config.json", "config.json")
+    wl = tmp_path / "wl.yaml"
+    wl.write_text(text.replace("../hardware_models/", str(ROOT / "hardware_models") + "/").replace(
+        "../runtimes/", str(ROOT / "runtimes") + "/"))
+    r = cli("run", str(wl))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and says in r.stderr, r.stderr

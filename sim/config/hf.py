@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sim.config.units import short
 from sim.errors import ConfigError
 
 # our key -> candidate HF keys, first present wins
@@ -21,21 +22,26 @@ _ACTIVATION = {"gelu": "gelu", "gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", 
 
 
 def model_from_hf_config(hf: dict[str, Any], file: str) -> dict[str, Any]:
+    """Errors name the config.json and its own key (`num_hidden_layers`), not the workload's."""
     model_type = hf.get("model_type")
-    if model_type not in _FAMILY:
+    if not isinstance(model_type, str) or model_type not in _FAMILY:
         supported = ", ".join(_FAMILY)
-        raise ConfigError(f"unsupported model_type {model_type!r} (supported: {supported})", file, "model_type")
+        raise ConfigError(f"unsupported model_type {short(model_type)} (supported: {supported})", file, "model_type")
     family = _FAMILY[model_type]
     out: dict[str, Any] = {"family": family}
     for key, candidates in _KEYS.items():
-        value = next((hf[c] for c in candidates if hf.get(c) is not None), None)
-        if value is not None:
+        found = next((c for c in candidates if hf.get(c) is not None), None)
+        if found is not None:
+            value = hf[found]
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= 10**9:
+                raise ConfigError(f"expected a whole number from 1 to 1e9, got {short(value)}", file, found)
             out[key] = value
     if "ffn" not in out and "hidden" in out:
         out["ffn"] = 4 * out["hidden"]  # GPT-2 convention: n_inner null means 4 * n_embd
-    act = hf.get("hidden_act") or hf.get("activation_function")
-    if act not in _ACTIVATION:
-        raise ConfigError(f"unsupported activation {act!r}", file, "hidden_act")
+    act_key = "hidden_act" if hf.get("hidden_act") is not None else "activation_function"
+    act = hf.get(act_key)
+    if not isinstance(act, str) or act not in _ACTIVATION:
+        raise ConfigError(f"unsupported activation {short(act)} (supported: {', '.join(_ACTIVATION)})", file, act_key)
     out["activation"] = _ACTIVATION[act]
     out["norm"] = "rmsnorm" if family == "llama" else "layernorm"
     return out
