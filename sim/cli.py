@@ -306,6 +306,58 @@ def plot(table: Path, heatmap, line, hue, pareto, logx: bool, logy: bool, out: P
     click.echo(f"wrote {out}")
 
 
+#: the shipped input files, by family, beside the package
+SHIPPED = {"hardware": "hardware_models", "workloads": "workloads", "runtimes": "runtimes", "sweeps": "sweeps"}
+
+
+def describe(path: Path) -> str:
+    """One line about an input file: the first sentence of its leading comment, else its `name`."""
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    comment = " ".join(ln.lstrip("# ").strip() for ln in lines[:6] if ln.startswith("#"))
+    if comment:
+        first = comment.split(". ")[0].rstrip(".")
+        return first if len(first) <= 110 else first[:107] + "..."
+    name = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("name:")), "")
+    return name.strip("'\"")
+
+
+@cli.command(name="list")
+def list_inputs() -> None:
+    """The shipped hardware, workloads, runtimes and sweeps, one line each."""
+    root = Path(__file__).resolve().parents[1]
+    for family, folder in SHIPPED.items():
+        files = sorted(p for p in (root / folder).glob("*.yaml") if not p.name.startswith("host"))
+        click.echo(f"{family} ({folder}/):")
+        width = max((len(p.name) for p in files), default=0)
+        for p in files:
+            click.echo(f"  {p.name:<{width}}  {describe(p)}")
+
+
+@cli.command()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Write hardware.schema.json, workload.schema.json, runtime.schema.json there (default: print "
+                   "all three as one JSON object).")
+def schema(out: Path | None) -> None:
+    """JSON Schema of the input files, for editor completion and checking (from the validating models)."""
+    import json
+
+    from sim.config.hardware import Hardware
+    from sim.config.runtime import Runtime
+    from sim.config.workload import Workload
+    from sim.report.export import check_outputs, write_outputs
+
+    schemas = {name: cls.model_json_schema(mode="validation") for name, cls in
+               (("hardware", Hardware), ("workload", Workload), ("runtime", Runtime))}
+    if out is None:
+        click.echo(json.dumps(schemas, indent=1))
+        return
+    files = {out / f"{name}.schema.json": json.dumps(s, indent=1) + "\n" for name, s in schemas.items()}
+    check_outputs({f"--out {p.name}": p for p in files})
+    write_outputs(files)
+    for p in files:
+        click.echo(f"wrote {p}")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         cli.main(args=argv, prog_name="python -m sim", standalone_mode=False)

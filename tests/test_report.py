@@ -220,3 +220,28 @@ def test_outputs_are_checked_before_the_run_and_written_all_or_none(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
     r = cli("run", wl, "--json", "-")  # standard output: the JSON alone, no report
     assert r.returncode == 0 and json.loads(r.stdout)["summary"]["total_s"] > 0
+
+
+def test_list_names_every_shipped_input_with_a_line_about_it():
+    r = cli("list")
+    assert r.returncode == 0
+    for folder in ("hardware_models", "workloads", "runtimes", "sweeps"):
+        for path in (ROOT / folder).glob("*.yaml"):
+            if not path.name.startswith("host"):
+                line = next(ln for ln in r.stdout.splitlines() if ln.strip().startswith(path.name))
+                assert len(line.split(path.name, 1)[1].strip()) > 5, line
+
+
+def test_schema_describes_the_input_files_and_accepts_quantities_with_units(tmp_path):
+    """The JSON Schema of each input family, from the validating models: a quantity may be a number or a
+    string with its unit; unknown keys are refused (additionalProperties false)."""
+    import json
+
+    r = cli("schema", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    hw = json.loads((tmp_path / "hardware.schema.json").read_text())
+    level = hw["$defs"]["MemoryLevel"]
+    assert {"type": "string"} in level["properties"]["bandwidth"]["anyOf"] and level["additionalProperties"] is False
+    runtime = json.loads((tmp_path / "runtime.schema.json").read_text())
+    assert "platforms" in runtime["required"]
+    assert "scenario" in json.loads((tmp_path / "workload.schema.json").read_text())["properties"]

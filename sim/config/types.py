@@ -10,7 +10,8 @@ from sim.config.units import Dim, parse_quantity
 
 
 def _quantity(dim: Dim) -> BeforeValidator:
-    return BeforeValidator(lambda v: parse_quantity(v, dim))
+    """A number in SI units, or a string with its unit ("3.35 TB/s"): the JSON schema says both."""
+    return BeforeValidator(lambda v: parse_quantity(v, dim), json_schema_input_type=float | str)
 
 
 Bytes = Annotated[float, _quantity(Dim.BYTES), Field(gt=0)]
