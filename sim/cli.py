@@ -306,6 +306,27 @@ def plot(table: Path, heatmap, line, hue, pareto, logx: bool, logy: bool, out: P
     click.echo(f"wrote {out}")
 
 
+@cli.command()
+@click.argument("workload", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("hardware", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--runtime", type=click.Path(dir_okay=False, path_type=Path),
+              help="Runtime YAML for every run (default: the workload's `runtime:`).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a key for every run.")
+def compare(workload: Path, hardware: tuple[Path, ...], runtime: Path | None, overrides: tuple[str, ...]) -> None:
+    """Run WORKLOAD on each HARDWARE and print the end-to-end figures side by side, with ratios to the first."""
+    from sim.config import load_run, parse_overrides
+    from sim.pipeline import run as run_pipeline
+    from sim.report.terminal import render_comparison
+
+    sets = parse_overrides(list(overrides))
+    loaded = [load_run(workload, sets, hw, runtime) for hw in hardware]  # every input checked before any run
+    results = [run_pipeline(wl, hw, str(path), str(workload)) for wl, hw, path in loaded]
+    labels = [path.stem for path in hardware]
+    if len(set(labels)) < len(labels):
+        labels = [str(path) for path in hardware]
+    render_comparison(results, labels)
+
+
 #: the shipped input files, by family, beside the package
 SHIPPED = {"hardware": "hardware_models", "workloads": "workloads", "runtimes": "runtimes", "sweeps": "sweeps"}
 

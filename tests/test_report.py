@@ -245,3 +245,20 @@ def test_schema_describes_the_input_files_and_accepts_quantities_with_units(tmp_
     runtime = json.loads((tmp_path / "runtime.schema.json").read_text())
     assert "platforms" in runtime["required"]
     assert "scenario" in json.loads((tmp_path / "workload.schema.json").read_text())["properties"]
+
+
+def test_compare_runs_a_workload_on_each_machine_side_by_side_with_ratios(tmp_path):
+    """`compare` prints each machine's end-to-end figures and each over the first's (2x the DRAM bandwidth
+    of the toy machine: a decode-bound run takes less time, ratio < 1); a bad machine file is refused
+    before any run."""
+    fast = tmp_path / "fast.yaml"
+    fast.write_text((DATA / "toy-hw.yaml").read_text().replace("bandwidth: 10 GB/s", "bandwidth: 20 GB/s"))
+    assert "bandwidth: 20 GB/s" in fast.read_text()
+    r = cli("compare", str(DATA / "toy-gpt.yaml"), str(DATA / "toy-hw.yaml"), str(fast))
+    assert r.returncode == 0, r.stderr
+    total = next(ln for ln in r.stdout.splitlines() if ln.strip().startswith("total time"))
+    assert total.split()[-1].endswith("x") and float(total.split()[-1][:-1]) < 1
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\n")
+    r = cli("compare", str(DATA / "toy-gpt.yaml"), str(DATA / "toy-hw.yaml"), str(bad))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "bad.yaml" in r.stderr

@@ -157,3 +157,30 @@ def render(result, console: Console | None = None, top: int = 10) -> None:
     tops = {f"{a['phase']} {a['kind']} x{a['ops']}": a for a in s["top_ops"]}
     out.print(_breakdown_table(f"Top {len(tops)} operators (summed over layers and steps)", tops, cols, peak,
                                achievable, level))
+
+
+def render_comparison(results: list, labels: list[str], console: Console | None = None) -> None:
+    """The end-to-end table of several runs side by side (one column per run, as `render` prints each)
+    and, for each figure with a number, every run's over the first's."""
+    out = console or Console(width=WIDTH, highlight=False)
+    runs = [(summarize(r, top=0), context(r)) for r in results]
+    t = Table(title=f"{runs[0][1]['workload']['name']}: {' vs '.join(labels)}", box=box.SIMPLE_HEAVY,
+              title_justify="left", pad_edge=False)
+    t.add_column("figure")
+    for label in labels:
+        t.add_column(label, justify="right")
+    for label in labels[1:]:
+        t.add_column(f"{label} / {labels[0]}", justify="right")
+    for metric in RUN:
+        rows = [metric.row(s, c) if metric.row is not None else None for s, c in runs]
+        if all(row is None for row in rows):
+            continue
+        name = next(row[0] for row in rows if row is not None)
+        values = [s.get(metric.name) for s, _ in runs]
+        ratios = []
+        for v in values[1:]:
+            base = values[0]
+            numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (v, base))
+            ratios.append(f"{v / base:.2f}x" if numeric and base else "")
+        t.add_row(name, *[row[1] if row else "-" for row in rows], *ratios)
+    out.print(t)
