@@ -36,23 +36,26 @@ def cli() -> None:
 @click.option("--csv", "csv_out", type=click.Path(path_type=Path), help="Write one row per op ('-': to stdout).")
 @click.option("--trace", "trace_out", type=click.Path(path_type=Path),
               help="Write a Chrome/Perfetto trace ('-': to stdout).")
+@click.option("--roofline", "roofline_out", type=click.Path(path_type=Path),
+              help="Write a roofline plot (PNG): the ops per class and phase on the machine's roofs.")
 @click.option("--top", default=10, show_default=True, help="Operators listed in the top table.")
 @click.option("--exact", is_flag=True,
               help="Plan and simulate every op of every device on its own, reusing nothing (slow; the "
                    "reference the default fast path is tested against).")
 def run(workload: Path, hardware: Path | None, runtime: Path | None, overrides: tuple[str, ...],
-        json_out: Path | None, csv_out: Path | None, trace_out: Path | None, top: int, exact: bool) -> None:
+        json_out: Path | None, csv_out: Path | None, trace_out: Path | None, roofline_out: Path | None, top: int,
+        exact: bool) -> None:
     """Simulate WORKLOAD and print where the time goes."""
     from sim.config import load_run, parse_overrides
     from sim.pipeline import run as run_pipeline
     from sim.report import render
     from sim.report.export import RENDER, STDOUT, check_outputs, write_outputs
 
-    outputs = {"--json": json_out, "--csv": csv_out, "--trace": trace_out}
+    outputs = {"--json": json_out, "--csv": csv_out, "--trace": trace_out, "--roofline": roofline_out}
     check_outputs(outputs)  # before the work, not after it
     to_stdout = [option for option, path in outputs.items() if path == STDOUT]
-    if len(to_stdout) > 1:
-        raise ConfigError("only one output can go to standard output", " and ".join(to_stdout))
+    if len(to_stdout) > 1 or "--roofline" in to_stdout:
+        raise ConfigError("only one text output can go to standard output", " and ".join(to_stdout))
     wl, hw, hw_path = load_run(workload, parse_overrides(list(overrides)), hardware, runtime)
     for odd in hw.oddities():
         click.echo(f"warning: {hw_path}: {odd}", err=True)
@@ -62,7 +65,7 @@ def run(workload: Path, hardware: Path | None, runtime: Path | None, overrides: 
     files = {path: RENDER[option](result) for option, path in outputs.items() if path not in (None, STDOUT)}
     write_outputs(files)
     for option in to_stdout:
-        click.echo(RENDER[option](result), nl=False)
+        click.echo(RENDER[option](result), nl=False)  # text (the plot is refused above)
     for path in files:
         click.echo(f"wrote {path}", err=bool(to_stdout))
 
@@ -287,15 +290,20 @@ def fit(workload: Path, hardware: Path | None, runtime: Path | None, overrides: 
 @click.option("--line", nargs=2, metavar="X Y", help="Y over axis X.")
 @click.option("--hue", default=None, help="With --line: one line per value of this column.")
 @click.option("--pareto", nargs=2, metavar="X Y", help="Pareto front of X and Y (both minimised).")
+@click.option("--roofline", is_flag=True, help="TABLE is a run's --json: its roofline (ops per class and phase "
+              "on the machine's roofs).")
 @click.option("--logx", is_flag=True)
 @click.option("--logy", is_flag=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="PNG to write.")
-def plot(table: Path, heatmap, line, hue, pareto, logx: bool, logy: bool, out: Path) -> None:
-    """Plot a sweep table (CSV or Parquet)."""
+def plot(table: Path, heatmap, line, hue, pareto, roofline: bool, logx: bool, logy: bool, out: Path) -> None:
+    """Plot a sweep table (CSV or Parquet), or a run's roofline from its --json."""
     from sim.sweep import plots
 
-    if sum(x is not None for x in (heatmap, line, pareto)) != 1:
-        raise click.UsageError("give exactly one of --heatmap, --line, --pareto")
+    if sum(x is not None for x in (heatmap, line, pareto)) + roofline != 1:
+        raise ConfigError("give exactly one of --heatmap, --line, --pareto, --roofline", "plot")
+    if roofline:
+        _roofline_of_json(table, out)
+        return
     out.parent.mkdir(parents=True, exist_ok=True)
     if heatmap:
         plots.heatmap(str(table), *heatmap, str(out))
@@ -325,6 +333,25 @@ def compare(workload: Path, hardware: tuple[Path, ...], runtime: Path | None, ov
     if len(set(labels)) < len(labels):
         labels = [str(path) for path in hardware]
     render_comparison(results, labels)
+
+
+def _roofline_of_json(path: Path, out: Path) -> None:
+    """The roofline of a run saved with --json (its op records and hardware context)."""
+    import json
+
+    from sim.config.loader import read_text
+    from sim.report.export import check_outputs, write_outputs
+    from sim.report.roofline import roofline_png
+
+    check_outputs({"--out": out})
+    try:
+        doc = json.loads(read_text(path))
+        ops, ctx = doc["ops"], doc["context"]
+        png = roofline_png(ops, ctx["hardware"], f"{ctx['workload']['name']} on {ctx['hardware']['name']}")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise ConfigError("not a run's --json (no ops and context)", str(path)) from None
+    write_outputs({out: png})
+    click.echo(f"wrote {out}")
 
 
 #: the shipped input files, by family, beside the package

@@ -262,3 +262,28 @@ def test_compare_runs_a_workload_on_each_machine_side_by_side_with_ratios(tmp_pa
     bad.write_text("name: x\n")
     r = cli("compare", str(DATA / "toy-gpt.yaml"), str(DATA / "toy-hw.yaml"), str(bad))
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "bad.yaml" in r.stderr
+
+
+def test_roofline_points_are_each_class_and_phase_intensity_and_rate():
+    """A point is a class's ops in one phase: FLOPs over bytes at the level, FLOPs over their time; ops
+    without FLOPs (copies) or bytes there are left out."""
+    from sim.report.roofline import points
+
+    ops = [{"op_class": "gemm", "phase": "prefill", "flops": 8e9, "bytes": {"hbm": 1e7}, "duration_s": 1e-3},
+           {"op_class": "gemm", "phase": "prefill", "flops": 2e9, "bytes": {"hbm": 0.0}, "duration_s": 1e-3},
+           {"op_class": "gemv", "phase": "decode", "flops": 1e6, "bytes": {"hbm": 5e5}, "duration_s": 2e-3},
+           {"op_class": "copy", "phase": "decode", "flops": 0.0, "bytes": {"hbm": 1e6}, "duration_s": 1e-3}]
+    got = {(p["class"], p["phase"]): p for p in points(ops, "hbm")}
+    assert set(got) == {("GEMM", "prefill"), ("GEMV", "decode")}
+    assert got["GEMM", "prefill"]["intensity"] == pytest.approx(1e3) and got["GEMM", "prefill"]["flops_per_s"] == 5e12
+    assert got["GEMV", "decode"]["intensity"] == pytest.approx(2.0) and got["GEMV", "decode"]["share"] == 0.4
+
+
+def test_roofline_from_a_run_and_from_its_saved_json(tmp_path):
+    png, saved, again = tmp_path / "r.png", tmp_path / "run.json", tmp_path / "again.png"
+    r = cli("run", str(DATA / "toy-gpt.yaml"), "--roofline", str(png), "--json", str(saved))
+    assert r.returncode == 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", r.stderr
+    r = cli("plot", str(saved), "--roofline", "--out", str(again))
+    assert r.returncode == 0 and again.read_bytes()[:4] == b"\x89PNG"
+    r = cli("plot", str(DATA / "toy-gpt.yaml"), "--roofline", "--out", str(tmp_path / "x.png"))
+    assert r.returncode == 2 and "not a run's --json" in r.stderr and not (tmp_path / "x.png").exists()

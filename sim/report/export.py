@@ -45,7 +45,7 @@ def check_outputs(paths: dict[str, Path | None]) -> None:
             raise ConfigError(f"cannot be written: no permission in {folder}", str(path), option)
 
 
-def write_outputs(texts: dict[Path, str]) -> None:
+def write_outputs(texts: dict[Path, str | bytes]) -> None:
     """Write every file (path -> its text) or none: each to an exclusive temporary file beside it, then
     all renamed into place; on a failure the temporary files are removed and nothing is replaced."""
     done: list[tuple[str, Path]] = []
@@ -55,8 +55,8 @@ def write_outputs(texts: dict[Path, str]) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
             done.append((tmp, path))
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
+            with os.fdopen(fd, "wb") as f:
+                f.write(text if isinstance(text, bytes) else text.encode("utf-8"))
     except OSError as e:
         for tmp, _ in done:
             Path(tmp).unlink(missing_ok=True)
@@ -164,5 +164,15 @@ def write_trace(result: RunResult, path: str | Path) -> None:
     _write(path, to_trace_text(result))
 
 
-#: each output option's text
-RENDER: dict[str, Callable[[RunResult], str]] = {"--json": to_json, "--csv": to_csv, "--trace": to_trace_text}
+def to_roofline(result: RunResult) -> bytes:
+    from sim.report.roofline import roofline_png
+
+    level = balance_level(result)
+    meta = context(result)
+    return roofline_png([r.to_dict(level) for r in result.ops], meta["hardware"],
+                        f"{meta['workload']['name']} on {meta['hardware']['name']}")
+
+
+#: each output option's content
+RENDER: dict[str, Callable[[RunResult], str | bytes]] = {"--json": to_json, "--csv": to_csv,
+                                                         "--trace": to_trace_text, "--roofline": to_roofline}
