@@ -60,6 +60,7 @@ def run(workload: Path, hardware: Path | None, runtime: Path | None, overrides: 
     for odd in hw.oddities():
         click.echo(f"warning: {hw_path}: {odd}", err=True)
     result = run_pipeline(wl, hw, str(hw_path), str(workload), exact=exact)
+    result.overrides = list(overrides)
     if not to_stdout:
         render(result, top=top)
     files = {path: RENDER[option](result) for option, path in outputs.items() if path not in (None, STDOUT)}

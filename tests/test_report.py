@@ -287,3 +287,30 @@ def test_roofline_from_a_run_and_from_its_saved_json(tmp_path):
     assert r.returncode == 0 and again.read_bytes()[:4] == b"\x89PNG"
     r = cli("plot", str(DATA / "toy-gpt.yaml"), "--roofline", "--out", str(tmp_path / "x.png"))
     assert r.returncode == 2 and "not a run's --json" in r.stderr and not (tmp_path / "x.png").exists()
+
+
+def test_a_narrow_terminal_folds_the_report_and_cuts_no_figure(toy):
+    """On a terminal of 80 columns the tables wrap and fold; no figure ends in an ellipsis."""
+    import io
+
+    from rich.console import Console
+
+    from sim.pipeline import run
+    from sim.report import render
+
+    buf = io.StringIO()
+    render(run(*toy), console=Console(file=buf, width=80, highlight=False))
+    text = buf.getvalue()
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+    assert "total time" in text
+
+
+def test_the_report_says_which_settings_it_ran_with(tmp_path):
+    """A title from the file is not taken for its unchanged settings: the overrides are printed under it
+    and kept in the JSON's context."""
+    import json
+
+    out = tmp_path / "run.json"
+    r = cli("run", str(DATA / "toy-gpt.yaml"), "--set", "scenario.batch=2", "--json", str(out))
+    assert r.returncode == 0 and "with --set: scenario.batch=2" in r.stdout.splitlines()[1]
+    assert json.loads(out.read_text())["context"]["overrides"] == ["scenario.batch=2"]

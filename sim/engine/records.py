@@ -156,6 +156,9 @@ class RunResult:
     #: tensor placement per pipeline stage (empty for hand-made ops)
     placements: dict[int, Placement] = field(default_factory=dict)
     hw_file: str = "hardware"  # where the hardware came from, for messages
+    #: the `--set` overrides the inputs were loaded with ("key=value"), so that a report's title is not
+    #: taken for the file's unchanged settings
+    overrides: list[str] = field(default_factory=list)
 
     @property
     def hardware(self) -> str:

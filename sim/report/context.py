@@ -21,6 +21,7 @@ def context(result: RunResult) -> dict:
     dram = placement.home["weight"]  # the balance point that matters is against where weights stream from
     peak = matrix_peak(hw, dtype, hw_file)
     return {
+        "overrides": list(result.overrides),
         "workload": {
             "name": workload.name,
             "family": m.family, "layers": m.layers, "hidden": m.hidden, "heads": m.heads,

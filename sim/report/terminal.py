@@ -3,6 +3,8 @@ table contrasting GEMM, GEMV, attention and the rest — where the time went and
 
 from __future__ import annotations
 
+import sys
+
 from rich import box
 from rich.console import Console
 from rich.table import Table
@@ -13,7 +15,29 @@ from sim.report.metrics import RUN
 from sim.report.metrics import _pct as _pct
 from sim.report.summary import summarize
 
-WIDTH = 170
+WIDTH = 170  # the report's width where it is not a terminal (a file, a pipe): nothing wraps
+
+
+def report_console() -> Console:
+    """The report's console: the terminal's own width where it prints to one (tables then wrap their
+    text and fold their numbers rather than cut them), WIDTH otherwise (the same bytes whatever the
+    terminal the command was started from)."""
+    return Console(highlight=False, width=None if sys.stdout.isatty() else WIDTH)
+
+
+class _FittingConsole:
+    """Prints tables so that no figure is cut: every column folds instead of ending in an ellipsis."""
+
+    def __init__(self, out: Console):
+        self.out = out
+
+    def print(self, *objects, **kwargs) -> None:
+        for obj in objects:
+            if isinstance(obj, Table):
+                for column in obj.columns:
+                    column.overflow = "fold"
+                    column.no_wrap = False
+        self.out.print(*objects, **kwargs)
 
 
 def _share_columns(summary: dict) -> list[str]:
@@ -77,10 +101,12 @@ def render(result, console: Console | None = None, top: int = 10) -> None:
     s = summarize(result, top=top)
     meta = context(result)
     wl, hw, mem = meta["workload"], meta["hardware"], meta["memory"]
-    out = console or Console(width=WIDTH, highlight=False)
+    out = _FittingConsole(console or report_console())
     p = wl["precision"]
 
     out.print(f"[bold]memwall[/bold] — {wl['name']}  on  {hw['name']}")
+    if meta.get("overrides"):
+        out.print(f"  with --set: {', '.join(meta['overrides'])} (the figures below are of these settings)")
     out.print(
         f"  model: {wl['family']}, {wl['layers']} layers, hidden {wl['hidden']}, {wl['heads']} heads "
         f"({wl['kv_heads']} KV), ffn {wl['ffn']}, vocab {wl['vocab']}; "
@@ -162,7 +188,7 @@ def render(result, console: Console | None = None, top: int = 10) -> None:
 def render_comparison(results: list, labels: list[str], console: Console | None = None) -> None:
     """The end-to-end table of several runs side by side (one column per run, as `render` prints each)
     and, for each figure with a number, every run's over the first's."""
-    out = console or Console(width=WIDTH, highlight=False)
+    out = _FittingConsole(console or report_console())
     runs = [(summarize(r, top=0), context(r)) for r in results]
     t = Table(title=f"{runs[0][1]['workload']['name']}: {' vs '.join(labels)}", box=box.SIMPLE_HEAVY,
               title_justify="left", pad_edge=False)
