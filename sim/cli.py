@@ -415,8 +415,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except click.exceptions.Abort:
         return 130
-    except click.ClickException as e:
-        e.show()
+    except click.ClickException as e:  # one line, as for bad input files (not click's usage block)
+        hint = f" (see {e.ctx.command_path} --help)" if getattr(e, "ctx", None) is not None else ""
+        click.echo(f"error: {e.format_message()}{hint}", err=True)
         return EXIT_BAD_INPUT
     return 0
 

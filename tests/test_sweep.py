@@ -209,3 +209,13 @@ def test_plot_of_a_file_that_is_not_a_sweep_table_is_one_line(tmp_path):
         r = cli("plot", str(tmp_path / name), "--pareto", "a", "b", "--out", str(tmp_path / "p.png"))
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and says in r.stderr, r.stderr
     assert not (tmp_path / "p.png").exists()
+
+
+def test_an_out_that_cannot_take_the_table_is_one_line(tmp_path):
+    """--out naming a file, or a folder under a file: one line, exit 2, not click's usage block nor a
+    traceback."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for out in (blocker, blocker / "sub"):
+        r = cli("sweep", str(SWEEP), "--out", str(out), "--workers", "1")
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr

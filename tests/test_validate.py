@@ -538,3 +538,18 @@ def test_markdown_tables_give_live_cases_their_spread_and_published_ones_their_s
            "median (median over cases), 20% (most)." in text
     assert "| p | c | 2.000 s | 1.000 s | +100.0% | a paper |" in text
     assert "Median |error| 100.0%, worst 100.0% over 1 cases." in text
+
+
+@pytest.mark.skipif(not native.available(), reason="no C compiler")
+def test_calibration_leaves_no_build_folder_behind(tmp_path, monkeypatch):
+    """The C microbenchmarks are compiled into a temporary folder that is removed once the library is
+    loaded (it stays mapped)."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    native._library.cache_clear()
+    try:
+        assert native.available() and native.load_latency(1 << 16, steps=1000) > 0
+        assert not list(tmp_path.iterdir())
+    finally:
+        native._library.cache_clear()

@@ -160,9 +160,13 @@ def run_sweep(sweep: Sweep, out_dir: Path, workers: int | None = None, scheduler
               on_row: Callable[[dict, int, int], None] = lambda row, done, total: None,
               flush_every: int = 25) -> tuple[Path, Path, int]:
     """Run the points not already in the table; return (csv, parquet, points computed now)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(out_dir, sweep.name):
-        return _run_sweep(sweep, out_dir, workers, scheduler, on_row, flush_every)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with _locked(out_dir, sweep.name):
+            return _run_sweep(sweep, out_dir, workers, scheduler, on_row, flush_every)
+    except OSError as e:  # a full or read-only disk, --out a file: the rows written so far stay, and resume
+        raise ConfigError(f"cannot write ({e.strerror or e}); the table keeps the rows written so far and a "
+                          f"rerun resumes from them", str(out_dir)) from None
 
 
 def _run_sweep(sweep: Sweep, out_dir: Path, workers: int | None, scheduler: str | None,

@@ -57,18 +57,21 @@ def _library() -> ctypes.CDLL | None:
     if cc is None:
         return None
     folder = Path(tempfile.mkdtemp(prefix="memwall-calibrate-"))
-    src, lib = folder / "bench.c", folder / "bench.so"
-    src.write_text(SOURCE)
-    for flags in (["-O2", "-march=native"], ["-O2"]):
-        done = subprocess.run([cc, *flags, "-shared", "-fPIC", "-o", str(lib), str(src)], capture_output=True)
-        if done.returncode == 0:
-            break
-    else:
-        return None
-    try:
-        dll = ctypes.CDLL(str(lib))
-    except OSError:
-        return None
+    try:  # the library stays mapped once loaded: its build folder goes whatever happens
+        src, lib = folder / "bench.c", folder / "bench.so"
+        src.write_text(SOURCE)
+        for flags in (["-O2", "-march=native"], ["-O2"]):
+            done = subprocess.run([cc, *flags, "-shared", "-fPIC", "-o", str(lib), str(src)], capture_output=True)
+            if done.returncode == 0:
+                break
+        else:
+            return None
+        try:
+            dll = ctypes.CDLL(str(lib))
+        except OSError:
+            return None
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     dll.read_sum.restype, dll.read_sum.argtypes = ctypes.c_float, [ctypes.c_void_p, ctypes.c_long, ctypes.c_long]
     dll.chase.restype, dll.chase.argtypes = ctypes.c_long, [ctypes.c_void_p, ctypes.c_long]
     return dll
