@@ -219,3 +219,18 @@ def test_an_out_that_cannot_take_the_table_is_one_line(tmp_path):
     for out in (blocker, blocker / "sub"):
         r = cli("sweep", str(SWEEP), "--out", str(out), "--workers", "1")
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+
+
+def test_a_line_over_one_axis_holds_the_others_and_says_so(tmp_path):
+    """Over bandwidth in a bandwidth x batch table, a line without a hue keeps the first batch's points
+    (it would zig-zag between batches) and its title says it; labels carry units from the registry."""
+    import pandas as pd
+
+    from sim.sweep import plots
+
+    csv_path, _, _ = run_sweep(load_sweep(SWEEP), tmp_path, workers=1)
+    df = pd.read_csv(csv_path)
+    held, text = plots._hold(df, ["device.memory.dram.bandwidth", "workload"])
+    assert set(held["scenario.batch"]) == {1} and len(held) == 3 and text == "held: scenario.batch = 1"
+    assert plots._label("tpot_s") == "tpot_s [s]" and plots._label("device.memory.dram.bandwidth",
+                                                                     df["device.memory.dram.bandwidth"]).endswith("[GB/s]")

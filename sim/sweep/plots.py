@@ -11,7 +11,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from sim.errors import ConfigError  # noqa: E402
+from sim.report.metrics import GROUP_COLUMNS, GROUPS, RUN, sweep_columns  # noqa: E402
 from sim.sweep.spec import _NUM_UNIT  # noqa: E402
+
+#: a sweep table's columns before its axes, and each figure's unit (the metric registry's)
+IDENTITY = ("point_id", "status", "error", "warning", "workload")
+UNITS = {m.name: m.unit for m in RUN if m.sweep} | {f"{g}_{m.name}": m.unit for g in GROUPS for m in GROUP_COLUMNS}
 
 
 def numeric(value) -> float:
@@ -44,9 +49,37 @@ def _need(df: pd.DataFrame, cols: list[str], path: str) -> None:
         raise ConfigError(f"no column {missing[0]!r} (columns: {', '.join(df.columns)})", path)
 
 
-def _label(col: str, values) -> str:
+def _label(col: str, values=()) -> str:
+    """A column's name with its unit: a figure's from the registry, an axis's from its values ("5 GB/s")."""
+    if col in UNITS:
+        unit = UNITS[col]
+        return col if unit in ("", "-", "text") else f"{col} [{unit}]"
     units = {str(v).split(" ", 1)[1] for v in values if isinstance(v, str) and " " in str(v)}
     return f"{col} [{units.pop()}]" if len(units) == 1 else col
+
+
+def _readable(value) -> str:
+    """A legend entry: a file path by its name, anything else as it is."""
+    text = str(value)
+    return Path(text).stem if "/" in text and text.endswith((".yaml", ".yml")) else text
+
+
+def _axes(df: pd.DataFrame) -> list[str]:
+    outputs = set(sweep_columns())
+    return [c for c in df.columns if c not in IDENTITY and c not in outputs]
+
+
+def _hold(df: pd.DataFrame, free: list[str]) -> tuple[pd.DataFrame, str]:
+    """The rows where every axis but `free` is at its first value (in table order), and what was held
+    fixed, for the title: a line over one axis of a many-axis table must not mix the others' points."""
+    held = []
+    for col in _axes(df):
+        if col in free or df[col].nunique() <= 1:
+            continue
+        first = df[col].iloc[0]
+        df = df[df[col] == first]
+        held.append(f"{col} = {_readable(first)}")
+    return df, ("held: " + ", ".join(held)) if held else ""
 
 
 def heatmap(path: str, x: str, y: str, z: str, out: str, facet: str | None = "workload") -> None:
@@ -62,8 +95,8 @@ def heatmap(path: str, x: str, y: str, z: str, out: str, facet: str | None = "wo
         ax.set_yticks(range(len(grid.index)), [f"{v:g}" for v in grid.index])
         ax.set_xlabel(_label(x, df[x]))
         ax.set_ylabel(_label(y, df[y]))
-        ax.set_title(f"{z}" + (f" — {name}" if name is not None else ""))
-        fig.colorbar(im, ax=ax)
+        ax.set_title(f"{z} over {x} and {y}" + (f" — {_readable(name)}" if name is not None else ""), fontsize=9)
+        fig.colorbar(im, ax=ax).set_label(_label(z))
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
@@ -73,18 +106,22 @@ def lines(path: str, x: str, y: str, out: str, hue: str | None = None, logx: boo
           logy: bool = False) -> None:
     df = load_table(path)
     _need(df, [x, y] + ([hue] if hue else []), path)
+    df, held = _hold(df, [x, hue, "workload"] if hue else [x, "workload"])
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for name, part in (df.groupby(hue) if hue else [(None, df)]):
+    groups = list(df.groupby(hue)) if hue else (list(df.groupby("workload")) if df["workload"].nunique() > 1
+                                                else [(None, df)])
+    for name, part in groups:
         part = part.assign(_x=part[x].map(numeric)).sort_values("_x")
-        ax.plot(part["_x"], part[y], marker="o", label=None if name is None else str(name))
+        ax.plot(part["_x"], part[y], marker="o", label=None if name is None else _readable(name))
     ax.set_xlabel(_label(x, df[x]))
-    ax.set_ylabel(y)
+    ax.set_ylabel(_label(y))
+    ax.set_title(f"{y} over {x}" + (f"\n{held}" if held else ""), fontsize=9)
     if logx:
         ax.set_xscale("log")
     if logy:
         ax.set_yscale("log")
-    if hue:
-        ax.legend(title=hue)
+    if len(groups) > 1:
+        ax.legend(title=hue or "workload", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
@@ -110,8 +147,9 @@ def pareto(path: str, x: str, y: str, out: str) -> pd.DataFrame:
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     ax.scatter(df[x], df[y], s=12, alpha=0.5, label="points")
     ax.plot(front[x], front[y], color="C3", marker="o", label="Pareto front")
-    ax.set_xlabel(x)
-    ax.set_ylabel(y)
+    ax.set_xlabel(_label(x))
+    ax.set_ylabel(_label(y))
+    ax.set_title(f"Pareto front of {x} and {y} (both minimised)", fontsize=9)
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
