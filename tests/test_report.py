@@ -314,3 +314,14 @@ def test_the_report_says_which_settings_it_ran_with(tmp_path):
     r = cli("run", str(DATA / "toy-gpt.yaml"), "--set", "scenario.batch=2", "--json", str(out))
     assert r.returncode == 0 and "with --set: scenario.batch=2" in r.stdout.splitlines()[1]
     assert json.loads(out.read_text())["context"]["overrides"] == ["scenario.batch=2"]
+
+
+def test_a_many_device_report_says_which_figures_are_wall_clock_and_which_summed():
+    r = cli("run", str(DATA / "toy-gpt.yaml"), "--hardware", str(DATA / "toy-node.yaml"),
+            "--set", "parallelism.tensor=2")
+    assert r.returncode == 0, r.stderr
+    text = " ".join(r.stdout.split())
+    assert "times are wall-clock; FLOPs, bytes, ops and communication are summed over the 2 devices" in text
+    assert "Memory footprint vs capacity (per device: the fullest)" in text
+    one = cli("run", str(DATA / "toy-gpt.yaml"))
+    assert "wall-clock" not in one.stdout and "(per device" not in one.stdout

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from sim.config.hardware import Hardware, Platform
 from sim.config.runtime import FILE_KEYS, Runtime, merge, runtime_overrides
+from sim.config.units import short
 from sim.config.workload import Workload
 from sim.errors import ConfigError, KeyedError
 
@@ -182,7 +183,7 @@ def _to_config_error(e: ValidationError, cls: type[BaseModel], data: Any, file: 
     else:
         problem = err["msg"].removeprefix("Value error, ")
         if "input" in err and kind != "value_error" and not isinstance(err["input"], (dict, list)):
-            problem += f" (got {err['input']!r})"
+            problem += f" (got {short(err['input'], 60)})"
     return ConfigError(problem, file, ".".join(loc) or "(top level)")
 
 

@@ -141,7 +141,10 @@ def render(result, console: Console | None = None, top: int = 10) -> None:
               f"{sustained})")
 
     out.print()
-    e2e = Table(title="End to end", box=box.SIMPLE_HEAVY, title_justify="left", pad_edge=False, show_header=False)
+    many = s.get("devices", 1) > 1
+    e2e = Table(title="End to end", box=box.SIMPLE_HEAVY, title_justify="left", pad_edge=False, show_header=False,
+                caption=(f"times are wall-clock; FLOPs, bytes, ops and communication are summed over the "
+                         f"{s['devices']} devices" if many else None), caption_justify="left")
     e2e.add_column("figure")
     e2e.add_column("value", justify="right")
     for metric in RUN:  # the registry's rows, in its order
@@ -151,7 +154,8 @@ def render(result, console: Console | None = None, top: int = 10) -> None:
     level = hw["balance_level"]
     out.print(e2e)
 
-    fp = Table(title="Memory footprint vs capacity", box=box.SIMPLE_HEAVY, title_justify="left", pad_edge=False)
+    fp = Table(title="Memory footprint vs capacity" + (" (per device: the fullest)" if many else ""),
+               box=box.SIMPLE_HEAVY, title_justify="left", pad_edge=False)
     for col in ("", "bytes", "placed in"):
         fp.add_column(col, justify="right" if col == "bytes" else "left")
     for label, key, kind in (("weights", "weights_bytes", "weight"), ("gradients", "gradients_bytes", "gradient"),
