@@ -6,6 +6,8 @@ Bad input of any kind ends in one line on stderr naming file, key and problem, a
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -59,7 +61,8 @@ def run(workload: Path, hardware: Path | None, runtime: Path | None, overrides: 
     wl, hw, hw_path = load_run(workload, parse_overrides(list(overrides)), hardware, runtime)
     for odd in hw.oddities():
         click.echo(f"warning: {hw_path}: {odd}", err=True)
-    result = run_pipeline(wl, hw, str(hw_path), str(workload), exact=exact)
+    with _working(f"simulating {wl.name} on {hw.name}"):
+        result = run_pipeline(wl, hw, str(hw_path), str(workload), exact=exact)
     result.overrides = list(overrides)
     if not to_stdout:
         render(result, top=top)
@@ -69,6 +72,19 @@ def run(workload: Path, hardware: Path | None, runtime: Path | None, overrides: 
         click.echo(RENDER[option](result), nl=False)  # text (the plot is refused above)
     for path in files:
         click.echo(f"wrote {path}", err=bool(to_stdout))
+
+
+@contextmanager
+def _working(what: str) -> Iterator[None]:
+    """A spinner on stderr while a long step runs, where stderr is a terminal; silent otherwise (a pipe,
+    a file, CI)."""
+    if not sys.stderr.isatty():
+        yield
+        return
+    from rich.console import Console
+
+    with Console(stderr=True).status(what):
+        yield
 
 
 def _framework(name: str) -> tuple:
@@ -329,7 +345,10 @@ def compare(workload: Path, hardware: tuple[Path, ...], runtime: Path | None, ov
 
     sets = parse_overrides(list(overrides))
     loaded = [load_run(workload, sets, hw, runtime) for hw in hardware]  # every input checked before any run
-    results = [run_pipeline(wl, hw, str(path), str(workload)) for wl, hw, path in loaded]
+    results = []
+    for wl, hw, path in loaded:
+        with _working(f"simulating {wl.name} on {hw.name}"):
+            results.append(run_pipeline(wl, hw, str(path), str(workload)))
     labels = [path.stem for path in hardware]
     if len(set(labels)) < len(labels):
         labels = [str(path) for path in hardware]
