@@ -234,3 +234,15 @@ def test_a_line_over_one_axis_holds_the_others_and_says_so(tmp_path):
     assert set(held["scenario.batch"]) == {1} and len(held) == 3 and text == "held: scenario.batch = 1"
     assert plots._label("tpot_s") == "tpot_s [s]" and plots._label("device.memory.dram.bandwidth",
                                                                      df["device.memory.dram.bandwidth"]).endswith("[GB/s]")
+
+
+def test_aliases_that_expand_into_millions_of_values_are_one_line(tmp_path):
+    """A "billion laughs" in a sweep's `set` (aliases of aliases) is refused before anything expands it."""
+    laughs = ["a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    for i, name in enumerate("bcdefgh"):
+        prev = "abcdefgh"[i]
+        laughs.append(f"{name}: &{name} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]")
+    text = SWEEP.read_text().replace("set: {scenario.new_tokens: 2}", "set:\n  " + "\n  ".join(laughs))
+    (tmp_path / "laughs.yaml").write_text(text)
+    with pytest.raises(ConfigError, match="more than 200,000 values once its aliases are expanded"):
+        load_sweep(tmp_path / "laughs.yaml")

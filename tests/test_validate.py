@@ -249,7 +249,9 @@ def test_calibration_helpers(tmp_path: Path):
     assert bare.name == "toy" and bare.device.platform == "cpu" and bare.device.dispatch_overhead == 0
     assert hw.device.dispatch_overhead == pytest.approx(1e-6) and hw.runtime == "numpy on this machine"
     # an output that cannot be written leaves neither file
-    with pytest.raises(OSError):
+    from sim.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot write"):
         write_model(data, tmp_path / "new-hw.yaml", tmp_path / "hw.yaml" / "rt.yaml")
     assert not list(tmp_path.glob("new-hw.yaml*"))
 

@@ -47,6 +47,7 @@ _LOADER = _Loader
 #: the largest input file read, and the deepest nesting taken: far beyond any real description
 MAX_FILE_BYTES = 16 << 20
 MAX_DEPTH = 32
+MAX_VALUES = 200_000
 
 
 def read_text(path: Path) -> str:
@@ -82,12 +83,16 @@ def parse_yaml(text: str, where: str) -> Any:
 
 
 def check_depth(data: Any, where: str) -> None:
-    """Refuse nesting deeper than MAX_DEPTH (copying and validating it would exhaust the stack)."""
-    stack = [(data, 1)]
+    """Refuse nesting deeper than MAX_DEPTH (copying and validating it would exhaust the stack) and more
+    than MAX_VALUES values counted as copied (YAML aliases of aliases, "billion laughs", expand so)."""
+    stack, seen = [(data, 1)], 0
     while stack:
         node, depth = stack.pop()
+        seen += 1
         if depth > MAX_DEPTH:
             raise ConfigError(f"nested deeper than {MAX_DEPTH} levels", where)
+        if seen > MAX_VALUES:
+            raise ConfigError(f"more than {MAX_VALUES:,} values once its aliases are expanded", where)
         if isinstance(node, dict):
             stack += [(v, depth + 1) for v in node.values()]
         elif isinstance(node, list):

@@ -650,18 +650,10 @@ def split_runtime(data: dict, framework: str = "numpy") -> tuple[dict, dict]:
 
 
 def write_model(data: dict, hardware_out: Path, runtime_out: Path, framework: str = "numpy") -> None:
-    """Write the hardware and the runtime file `data` amounts to: both, or neither."""
-    done = []
-    try:
-        for out, doc in zip((hardware_out, runtime_out), split_runtime(data, framework)):
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_name(out.name + ".tmp")
-            tmp.write_text("# Written by `python -m sim calibrate`; rerun it rather than editing by hand.\n"
-                           + yaml.safe_dump(doc, sort_keys=False, width=110))
-            done.append((tmp, out))
-    except OSError:
-        for tmp, _ in done:
-            tmp.unlink(missing_ok=True)
-        raise
-    for tmp, out in done:
-        os.replace(tmp, out)
+    """Write the hardware and the runtime file `data` amounts to: both, or neither (through exclusive
+    temporary files; a failure is one ConfigError)."""
+    from sim.report.export import write_outputs
+
+    head = "# Written by `python -m sim calibrate`; rerun it rather than editing by hand.\n"
+    write_outputs({out: head + yaml.safe_dump(doc, sort_keys=False, width=110)
+                   for out, doc in zip((hardware_out, runtime_out), split_runtime(data, framework))})
