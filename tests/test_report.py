@@ -325,3 +325,17 @@ def test_a_many_device_report_says_which_figures_are_wall_clock_and_which_summed
     assert "Memory footprint vs capacity (per device: the fullest)" in text
     one = cli("run", str(DATA / "toy-gpt.yaml"))
     assert "wall-clock" not in one.stdout and "(per device" not in one.stdout
+
+
+def test_json_output_is_json_even_where_a_figure_has_no_finite_value(toy, monkeypatch):
+    """JSON has no Infinity or NaN: such a figure is written null."""
+    import json
+
+    from sim.pipeline import run
+    from sim.report import export
+
+    result = run(*toy)
+    real = export.summarize
+    monkeypatch.setattr(export, "summarize", lambda r: {**real(r), "mfu": float("inf"), "hfu": float("nan")})
+    doc = json.loads(export.to_json(result), parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))
+    assert doc["summary"]["mfu"] is None and doc["summary"]["hfu"] is None and doc["summary"]["total_s"] > 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -73,7 +74,21 @@ def to_json(result: RunResult) -> str:
     level = balance_level(result)
     doc = {"summary": summarize(result), "context": context(result), "memory_timeline": memory_timeline(result),
            "ops": [r.to_dict(level) for r in result.ops]}
-    return json.dumps(doc, indent=1, sort_keys=False) + "\n"
+    text = json.dumps(doc, indent=1, sort_keys=False)
+    if "Infinity" in text or "NaN" in text:  # not JSON: a figure with no finite value is null
+        text = json.dumps(_finite(doc), indent=1, sort_keys=False, allow_nan=False)
+    return text + "\n"
+
+
+def _finite(value):
+    """`value` with every infinite or NaN float made None (JSON has neither)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def csv_columns(result: RunResult) -> tuple[list[str], list[str]]:
