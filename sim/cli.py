@@ -158,12 +158,14 @@ def validate(framework: str, hardware: Path | None, runtime: Path | None, quick:
     from rich.console import Console
 
     from sim.config import load_hardware
+    from sim.report.export import check_outputs, write_outputs
     from sim.validate.calibrate import calibrate as measure
     from sim.validate.calibrate import write_model
     from sim.validate.cases import ROUNDS, live_cases, live_timed, machine_drift, time_round
     from sim.validate.published import measured_cases, published_cases
     from sim.validate.report import drift_line, render, to_markdown
 
+    check_outputs({"--markdown": markdown})  # before minutes of measuring, not after
     console = Console(highlight=False, width=160)
     rounds = rounds or ROUNDS
     live, drift = [], ""
@@ -211,7 +213,7 @@ def validate(framework: str, hardware: Path | None, runtime: Path | None, quick:
     if measured:
         render(console, "GPU cases measured by memwall (bench/gpu_measure.py; shipped hardware models)", measured)
     if markdown is not None:
-        markdown.write_text(to_markdown(live, published, str(hardware), calibrated, drift, measured))
+        write_outputs({markdown: to_markdown(live, published, str(hardware), calibrated, drift, measured)})
         console.print(f"wrote {markdown}")
 
 
@@ -321,7 +323,9 @@ def plot(table: Path, heatmap, line, hue, pareto, roofline: bool, logx: bool, lo
     if roofline:
         _roofline_of_json(table, out)
         return
-    out.parent.mkdir(parents=True, exist_ok=True)
+    from sim.report.export import check_outputs
+
+    check_outputs({"--out": out})
     if heatmap:
         plots.heatmap(str(table), *heatmap, str(out))
     elif line:

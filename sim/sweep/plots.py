@@ -43,6 +43,19 @@ def load_table(path: str | Path) -> pd.DataFrame:
     return ok
 
 
+def _save(fig, out: str) -> None:
+    """The figure as a PNG at `out`, whole or not at all (the run outputs' exclusive temporary file)."""
+    import io
+
+    from sim.report.export import write_outputs
+
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    write_outputs({Path(out): buf.getvalue()})
+
+
 def _need(df: pd.DataFrame, cols: list[str], path: str) -> None:
     missing = [c for c in cols if c not in df.columns]
     if missing:
@@ -97,9 +110,7 @@ def heatmap(path: str, x: str, y: str, z: str, out: str, facet: str | None = "wo
         ax.set_ylabel(_label(y, df[y]))
         ax.set_title(f"{z} over {x} and {y}" + (f" — {_readable(name)}" if name is not None else ""), fontsize=9)
         fig.colorbar(im, ax=ax).set_label(_label(z))
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    _save(fig, out)
 
 
 def lines(path: str, x: str, y: str, out: str, hue: str | None = None, logx: bool = False,
@@ -123,9 +134,7 @@ def lines(path: str, x: str, y: str, out: str, hue: str | None = None, logx: boo
     if len(groups) > 1:
         ax.legend(title=hue or "workload", fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    _save(fig, out)
 
 
 def pareto_front(df: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
@@ -152,7 +161,5 @@ def pareto(path: str, x: str, y: str, out: str) -> pd.DataFrame:
     ax.set_title(f"Pareto front of {x} and {y} (both minimised)", fontsize=9)
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    _save(fig, out)
     return front
