@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from sim.config.units import short
 from sim.errors import ConfigError
 
 EXIT_BAD_INPUT = 2
@@ -54,11 +55,16 @@ def run(workload: Path, hardware: Path | None, runtime: Path | None, overrides: 
     from sim.report.export import RENDER, STDOUT, check_outputs, write_outputs
 
     outputs = {"--json": json_out, "--csv": csv_out, "--trace": trace_out, "--roofline": roofline_out}
-    check_outputs(outputs)  # before the work, not after it
     to_stdout = [option for option, path in outputs.items() if path == STDOUT]
-    if len(to_stdout) > 1 or "--roofline" in to_stdout:
-        raise ConfigError("only one text output can go to standard output", " and ".join(to_stdout))
-    wl, hw, hw_path = load_run(workload, parse_overrides(list(overrides)), hardware, runtime)
+    if "--roofline" in to_stdout:
+        raise ConfigError("a plot cannot go to standard output: name a .png file", "--roofline")
+    if len(to_stdout) > 1:
+        raise ConfigError("only one output can go to standard output", " and ".join(to_stdout))
+    sets = parse_overrides(list(overrides))
+    wl, hw, hw_path = load_run(workload, sets, hardware, runtime)
+    from sim.config.loader import runtime_of
+
+    check_outputs(outputs, (workload, hw_path, runtime or runtime_of(workload, wl)))  # before the work
     for odd in hw.oddities():
         click.echo(f"warning: {hw_path}: {odd}", err=True)
     with _working(f"simulating {wl.name} on {hw.name}"):
@@ -120,6 +126,9 @@ def calibrate(framework: str, out: Path | None, runtime_out: Path | None) -> Non
 
     kernels, hw_default, rt_default = _framework(framework)
     out, runtime_out = out or hw_default, runtime_out or rt_default
+    from sim.report.export import check_outputs
+
+    check_outputs({"--out": out, "--runtime-out": runtime_out})  # before the minutes of measuring
     console = Console(highlight=False)
     with console.status("calibrating") as status:
         data = measure(lambda msg: status.update(f"calibrating: {msg}"), kern=kernels)
@@ -325,7 +334,7 @@ def plot(table: Path, heatmap, line, hue, pareto, roofline: bool, logx: bool, lo
         return
     from sim.report.export import check_outputs
 
-    check_outputs({"--out": out})
+    check_outputs({"--out": out}, (table,))
     if heatmap:
         plots.heatmap(str(table), *heatmap, str(out))
     elif line:
@@ -356,6 +365,8 @@ def compare(workload: Path, hardware: tuple[Path, ...], runtime: Path | None, ov
     labels = [path.stem for path in hardware]
     if len(set(labels)) < len(labels):
         labels = [str(path) for path in hardware]
+    if len(set(labels)) < len(labels):  # one file named twice: its columns by position
+        labels = [f"{label} ({i + 1})" for i, label in enumerate(labels)]
     render_comparison(results, labels)
 
 
@@ -367,12 +378,12 @@ def _roofline_of_json(path: Path, out: Path) -> None:
     from sim.report.export import check_outputs, write_outputs
     from sim.report.roofline import roofline_png
 
-    check_outputs({"--out": out})
+    check_outputs({"--out": out}, (path,))
     try:
-        doc = json.loads(read_text(path))
+        doc = json.loads(read_text(path, limit=4 << 30))  # a run's op records may be large
         ops, ctx = doc["ops"], doc["context"]
         png = roofline_png(ops, ctx["hardware"], f"{ctx['workload']['name']} on {ctx['hardware']['name']}")
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         raise ConfigError("not a run's --json (no ops and context)", str(path)) from None
     write_outputs({out: png})
     click.echo(f"wrote {out}")
@@ -438,6 +449,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except click.exceptions.Abort:
         return 130
+    except (OSError, RecursionError) as e:  # a last net: what the checks missed is still one line
+        click.echo(f"error: {short(getattr(e, 'strerror', None) or str(e) or type(e).__name__, 200)}", err=True)
+        return EXIT_BAD_INPUT
     except click.ClickException as e:  # one line, as for bad input files (not click's usage block)
         hint = f" (see {e.ctx.command_path} --help)" if getattr(e, "ctx", None) is not None else ""
         click.echo(f"error: {e.format_message()}{hint}", err=True)

@@ -219,3 +219,12 @@ def test_a_bad_config_json_names_itself_and_its_own_key(tmp_path, edit, says):
         "../runtimes/", str(ROOT / "runtimes") + "/"))
     r = cli("run", str(wl))
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and says in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("setting,says", [
+    ("device.memory.dram.bandwidth=5e-324", "is below any machine"),
+    ("devices=1000000", "1,000,000 devices: beyond reason"),
+])
+def test_machines_below_or_beyond_any_are_one_line(setting, says):
+    r = cli("run", str(DATA / "toy-gpt.yaml"), "--hardware", str(DATA / "toy-node.yaml"), "--set", setting)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and says in r.stderr, r.stderr

@@ -339,3 +339,28 @@ def test_json_output_is_json_even_where_a_figure_has_no_finite_value(toy, monkey
     monkeypatch.setattr(export, "summarize", lambda r: {**real(r), "mfu": float("inf"), "hfu": float("nan")})
     doc = json.loads(export.to_json(result), parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))
     assert doc["summary"]["mfu"] is None and doc["summary"]["hfu"] is None and doc["summary"]["total_s"] > 0
+
+
+def test_outputs_never_replace_an_input_a_device_or_take_a_private_mode(tmp_path):
+    """An output naming one of the command's inputs is refused before the run; an output that is a device
+    (/dev/null) is written into, not replaced by a file; a new output gets the mode a new file gets
+    (mkstemp's 0600 would hide it); a name the file system cannot take is one line."""
+    import os
+    import stat
+
+    wl = tmp_path / "wl.yaml"
+    wl.write_text((DATA / "toy-gpt.yaml").read_text().replace("hardware: toy-hw.yaml", f"hardware: {DATA}/toy-hw.yaml"))
+    before = wl.read_text()
+    r = cli("run", str(wl), "--json", str(wl))
+    assert r.returncode == 2 and "is an input of this command" in r.stderr and wl.read_text() == before
+    r = cli("run", str(wl), "--json", "/dev/null")
+    assert r.returncode == 0 and stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    out = tmp_path / "run.csv"
+    old = os.umask(0o022)
+    try:
+        assert cli("run", str(wl), "--csv", str(out)).returncode == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
+    r = cli("run", str(wl), "--json", str(tmp_path / ("x" * 300 + ".json")))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr

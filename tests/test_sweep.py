@@ -246,3 +246,13 @@ def test_aliases_that_expand_into_millions_of_values_are_one_line(tmp_path):
     (tmp_path / "laughs.yaml").write_text(text)
     with pytest.raises(ConfigError, match="more than 200,000 values once its aliases are expanded"):
         load_sweep(tmp_path / "laughs.yaml")
+
+
+def test_a_point_a_range_rounds_twice_runs_once(tmp_path):
+    """A linear range of integers rounded onto the same values (1, 1, 2, 2, 2) is two points, not five."""
+    text = SWEEP.read_text().replace("scenario.batch: [1, 2]", "scenario.batch: {linear: [1, 2], points: 5}")
+    (tmp_path / "s.yaml").write_text(text)
+    for f in ("toy-gpt.yaml", "toy-hw.yaml"):
+        shutil.copy(DATA / f, tmp_path)
+    sweep = load_sweep(tmp_path / "s.yaml")
+    assert len(sweep.points) == 3 * 2 and len({p.id for p in sweep.points}) == 6

@@ -332,6 +332,10 @@ class Network(Spec):
     link: Link = Field(description="each device's NIC: bandwidth per direction, latency through the fabric")
 
 
+#: the most devices a machine may have (devices x nodes): the largest clusters have ~100,000 GPUs
+MAX_DEVICES = 100_000
+
+
 class Hardware(Spec):
     name: str = Field(min_length=1)
     source: str = Field(min_length=1, description="public datasheet / whitepaper the figures come from")
@@ -351,6 +355,9 @@ class Hardware(Spec):
 
     @model_validator(mode="after")
     def _links_for_many(self) -> Hardware:
+        if self.devices * self.nodes > MAX_DEVICES:
+            raise KeyedError("nodes" if self.nodes > 1 else "devices", f"{self.devices * self.nodes:,} devices: "
+                             f"beyond reason (at most {MAX_DEVICES:,}, more than the largest clusters)")
         if self.devices > 1 and self.interconnect is None:
             raise ValueError(f"{self.devices} devices need an 'interconnect' section")
         if self.nodes > 1 and (self.network is None or self.interconnect is None):

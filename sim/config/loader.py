@@ -50,13 +50,14 @@ MAX_DEPTH = 32
 MAX_VALUES = 200_000
 
 
-def read_text(path: Path) -> str:
-    """A regular file's text (not a device or a pipe whose read never ends), of bounded size, as UTF-8."""
+def read_text(path: Path, limit: int = MAX_FILE_BYTES) -> str:
+    """A regular file's text (not a device or a pipe whose read never ends), of at most `limit` bytes,
+    as UTF-8."""
     try:
         if not path.is_file():
             raise ConfigError("not a regular file" if path.exists() else "no such file", str(path))
-        if path.stat().st_size > MAX_FILE_BYTES:
-            raise ConfigError(f"larger than {MAX_FILE_BYTES >> 20} MiB: not a description memwall reads", str(path))
+        if path.stat().st_size > limit:
+            raise ConfigError(f"larger than {limit >> 20} MiB: not a file memwall reads", str(path))
         return path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"cannot read file ({e.strerror})", str(path)) from None
@@ -74,8 +75,9 @@ def parse_yaml(text: str, where: str) -> Any:
         at = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
         problem = getattr(e, "problem", None) or "malformed YAML"
         raise ConfigError(f"malformed YAML: {problem}", where, at) from None
-    except ValueError:  # int('9' * 5000): past Python's digit limit
-        raise ConfigError("a number of more than 4,300 digits", where) from None
+    except ValueError as e:  # int('9' * 5000): past Python's digit limit; a date that is none
+        problem = "a number of more than 4,300 digits" if "digits" in str(e) else f"unreadable value ({short(str(e))})"
+        raise ConfigError(problem, where) from None
     except RecursionError:
         raise ConfigError(f"nested deeper than {MAX_DEPTH} levels", where) from None
     check_depth(data, where)

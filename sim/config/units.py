@@ -47,13 +47,20 @@ def parse_quantity(value: object, dim: Dim) -> float:
     out = _parse(value, dim)
     if not math.isfinite(out) or abs(out) > LIMIT[dim]:
         raise ValueError(f"{short(value)} is beyond any machine (at most {LIMIT_TEXT[dim]})")
+    if out and abs(out) < FLOOR[dim]:
+        raise ValueError(f"{short(value)} is below any machine (at least {FLOOR_TEXT[dim]}, or 0 where 0 is allowed)")
     return out
 
 
 #: the largest value of each dimension memwall takes (SI): far beyond any machine, far below overflow
 LIMIT = {Dim.BYTES: 2.0**80, Dim.BANDWIDTH: 1e18, Dim.TIME: 1e7, Dim.FREQUENCY: 1e12, Dim.COMPUTE: 1e21}
-LIMIT_TEXT = {Dim.BYTES: "1 YiB", Dim.BANDWIDTH: "1 EB/s", Dim.TIME: "1e7 s", Dim.FREQUENCY: "1 THz",
+LIMIT_TEXT = {Dim.BYTES: "2^80 bytes", Dim.BANDWIDTH: "1 EB/s", Dim.TIME: "1e7 s", Dim.FREQUENCY: "1 THz",
               Dim.COMPUTE: "1e21 FLOP/s"}
+#: ... and the smallest non-zero one: a size below a bit, a rate below one per second, a time below a
+#: femtosecond is a typo, and divides into overflow downstream
+FLOOR = {Dim.BYTES: 0.1, Dim.BANDWIDTH: 1.0, Dim.TIME: 1e-15, Dim.FREQUENCY: 1.0, Dim.COMPUTE: 1.0}
+FLOOR_TEXT = {Dim.BYTES: "0.1 B", Dim.BANDWIDTH: "1 B/s", Dim.TIME: "1 fs", Dim.FREQUENCY: "1 Hz",
+              Dim.COMPUTE: "1 FLOP/s"}
 
 
 def short(value: object, limit: int = 40) -> str:

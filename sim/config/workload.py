@@ -171,7 +171,7 @@ class Parallelism(Spec):
 #: ops of one layer's pass, about (a bound on work, not a count), and the most ops a run may simulate:
 #: a GPT-3 175B step on 1,024 GPUs is ~4e5, a 70B model generating 2,000 tokens ~3e6
 OPS_PER_LAYER = 20
-MAX_OPS = 1e9
+MAX_OPS = 1e8  # ~12 minutes at the ~7 us an estimated op costs
 
 
 class Workload(Spec):
@@ -217,11 +217,12 @@ class Workload(Spec):
             raise KeyedError("parallelism.data",
                              f"data ({par.data}) must divide scenario.batch ({self.scenario.batch})")
         factors = {"model.layers": m.layers, "scenario.new_tokens": 1 + self.scenario.new_tokens,
-                   "parallelism.microbatches": par.microbatches * (3 if self.scenario.phase == "train" else 1)}
+                   "parallelism.microbatches": par.microbatches * (3 if self.scenario.phase == "train" else 1),
+                   "parallelism.data": par.data}  # replicas: alike ones share a program, but not always
         ops = OPS_PER_LAYER * math.prod(factors.values())
         if ops > MAX_OPS:
             raise KeyedError(max(factors, key=factors.get), f"about {ops:.1e} ops to simulate (layers x passes x "
-                             f"micro-batches): beyond reason (at most {MAX_OPS:.0e})")
+                             f"micro-batches x replicas): beyond reason (at most {MAX_OPS:.0e})")
         if self.scenario.batch % (par.data * par.microbatches):
             raise KeyedError("parallelism.microbatches",
                              f"data x microbatches ({par.data} x {par.microbatches}) must divide scenario.batch "

@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from sim.config.units import short
 from sim.engine.records import RunResult
 from sim.errors import ConfigError
 from sim.report.context import context
@@ -27,15 +28,25 @@ from sim.report.summary import balance_level, summarize
 STDOUT = Path("-")
 
 
-def check_outputs(paths: dict[str, Path | None]) -> None:
+def check_outputs(paths: dict[str, Path | None], inputs: tuple[Path | str | None, ...] = ()) -> None:
     """Refuse, before any work, outputs that cannot be written (`paths`: option -> path): a directory, a
-    path under a file, a folder that does not let us write, one path named twice."""
+    path under a file, a folder that does not let us write, one path named twice, one of the `inputs`."""
+    try:
+        _check_outputs(paths, {Path(p).resolve() for p in inputs if p is not None})
+    except OSError as e:  # a name too long for the file system, a loop of links
+        option, path = next(((o, p) for o, p in paths.items() if p is not None), ("output", None))
+        raise ConfigError(f"cannot be written ({e.strerror or e})", short(str(path), 80), option) from None
+
+
+def _check_outputs(paths: dict[str, Path | None], inputs: set[Path]) -> None:
     seen: dict[Path, str] = {}
     for option, path in paths.items():
         if path is None or path == STDOUT:
             continue
         if path.resolve() in seen:
             raise ConfigError(f"also named by {seen[path.resolve()]}", str(path), option)
+        if path.resolve() in inputs:
+            raise ConfigError("is an input of this command: it would be overwritten", str(path), option)
         seen[path.resolve()] = option
         if path.is_dir():
             raise ConfigError("is a directory (name a file)", str(path), option)
@@ -47,21 +58,34 @@ def check_outputs(paths: dict[str, Path | None]) -> None:
 
 
 def write_outputs(texts: dict[Path, str | bytes]) -> None:
-    """Write every file (path -> its text) or none: each to an exclusive temporary file beside it, then
-    all renamed into place; on a failure the temporary files are removed and nothing is replaced."""
+    """Write every file (path -> its text) or none: each to an exclusive temporary file beside it, with
+    the mode a new file gets (or the replaced file's), then all renamed into place; on a failure the
+    temporary files are removed and nothing is replaced. A path that exists and is no regular file (a
+    device such as /dev/null, a pipe) is written into directly, never replaced."""
     done: list[tuple[str, Path]] = []
+    direct: list[tuple[Path, bytes]] = []
     path = None
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         for path, text in texts.items():
+            data = text if isinstance(text, bytes) else text.encode("utf-8")
+            if path.exists() and not path.is_file():
+                direct.append((path, data))
+                continue
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".memwall-", suffix=".tmp")
             done.append((tmp, path))
+            os.fchmod(fd, path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~umask)
             with os.fdopen(fd, "wb") as f:
-                f.write(text if isinstance(text, bytes) else text.encode("utf-8"))
+                f.write(data)
+        for path, data in direct:
+            with path.open("wb") as f:
+                f.write(data)
     except OSError as e:
         for tmp, _ in done:
             Path(tmp).unlink(missing_ok=True)
-        raise ConfigError(f"cannot write ({e.strerror or e}); nothing written", str(path)) from None
+        raise ConfigError(f"cannot write ({e.strerror or e}); nothing written", short(str(path), 80)) from None
     for tmp, path in done:
         os.replace(tmp, path)
 
@@ -164,7 +188,11 @@ def to_trace(result: RunResult) -> dict:
 
 
 def to_trace_text(result: RunResult) -> str:
-    return json.dumps(to_trace(result), separators=(",", ":")) + "\n"
+    trace = to_trace(result)
+    text = json.dumps(trace, separators=(",", ":"))
+    if "Infinity" in text or "NaN" in text:  # not JSON (see to_json)
+        text = json.dumps(_finite(trace), separators=(",", ":"), allow_nan=False)
+    return text + "\n"
 
 
 def write_json(result: RunResult, path: str | Path) -> None:

@@ -56,10 +56,14 @@ def _save(fig, out: str) -> None:
     write_outputs({Path(out): buf.getvalue()})
 
 
-def _need(df: pd.DataFrame, cols: list[str], path: str) -> None:
+def _need(df: pd.DataFrame, cols: list[str], path: str, numbers: tuple[str, ...] = ()) -> None:
+    """Refuse a column the table lacks, or a figure to plot (`numbers`) that is not numeric (`bound`)."""
     missing = [c for c in cols if c not in df.columns]
     if missing:
         raise ConfigError(f"no column {missing[0]!r} (columns: {', '.join(df.columns)})", path)
+    for c in numbers:
+        if not pd.api.types.is_numeric_dtype(df[c]):
+            raise ConfigError(f"column {c!r} is not a number to plot", path)
 
 
 def _label(col: str, values=()) -> str:
@@ -97,7 +101,7 @@ def _hold(df: pd.DataFrame, free: list[str]) -> tuple[pd.DataFrame, str]:
 
 def heatmap(path: str, x: str, y: str, z: str, out: str, facet: str | None = "workload") -> None:
     df = load_table(path)
-    _need(df, [x, y, z] + ([facet] if facet else []), path)
+    _need(df, [x, y, z] + ([facet] if facet else []), path, numbers=(z,))
     groups = list(df.groupby(facet)) if facet and df[facet].nunique() > 1 else [(None, df)]
     fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.5), squeeze=False)
     for ax, (name, part) in zip(axes[0], groups):
@@ -116,7 +120,7 @@ def heatmap(path: str, x: str, y: str, z: str, out: str, facet: str | None = "wo
 def lines(path: str, x: str, y: str, out: str, hue: str | None = None, logx: bool = False,
           logy: bool = False) -> None:
     df = load_table(path)
-    _need(df, [x, y] + ([hue] if hue else []), path)
+    _need(df, [x, y] + ([hue] if hue else []), path, numbers=(y,))
     df, held = _hold(df, [x, hue, "workload"] if hue else [x, "workload"])
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     groups = list(df.groupby(hue)) if hue else (list(df.groupby("workload")) if df["workload"].nunique() > 1

@@ -71,7 +71,11 @@ def read_rows(path: Path, header: list[str]) -> list[dict[str, str]]:
     """Complete rows of an existing table; a row cut short by a kill is dropped."""
     if not path.exists():
         return []
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError("is not a sweep table (not UTF-8 text); remove it or choose another --out",
+                          str(path)) from None
     if not text.endswith("\n"):  # killed mid-row: drop the incomplete last line
         text = text[: text.rfind("\n") + 1]
     lines = list(csv.reader(io.StringIO(text)))
@@ -86,7 +90,10 @@ def read_rows(path: Path, header: list[str]) -> list[dict[str, str]]:
 def _replacing(path: Path) -> Iterator[Path]:
     """A temporary file beside `path`, created exclusively under an unpredictable name (never one a
     planted link could point elsewhere), renamed onto `path` when the block succeeds, removed when not."""
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=".memwall-", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, path.stat().st_mode & 0o7777 if path.is_file() else 0o666 & ~umask)  # not mkstemp's 0600
     os.close(fd)
     tmp = Path(name)
     try:

@@ -180,8 +180,11 @@ def load_sweep(path: str | Path) -> Sweep:
                     row[key] = rng.choice(spec)
                 elif isinstance(spec, dict) and ("uniform" in spec or "loguniform" in spec):
                     row[key] = _sample(spec, rng, file, f"axes.{key}")
-                else:
+                elif isinstance(spec, dict) and ("log" in spec or "linear" in spec):
                     row[key] = rng.choice(_range(spec, file, f"axes.{key}"))
+                else:
+                    raise ConfigError("expected a list, {log: ...}, {linear: ...}, {uniform: ...} or "
+                                      "{loguniform: ...}", file, f"axes.{key}")
             rows.append(row)
     else:
         values = {}
@@ -206,6 +209,10 @@ def load_sweep(path: str | Path) -> Sweep:
                 overrides += (("year", row["year"]),)
             hw = str((path.parent / row["hardware_file"]).resolve()) if "hardware_file" in row else hardware
             points.append(Point(point_id(wl, hw, overrides, path.parent.resolve()), wl, hw, row, overrides))
+    kept: dict[str, Point] = {}  # a point drawn or rounded twice (a sample, a linear range of integers) runs once
+    for p in points:
+        kept.setdefault(p.id, p)
+    points = list(kept.values())
     name = data.get("name") or path.stem
     if not isinstance(name, str) or not NAME.fullmatch(name):
         raise ConfigError(f"expected a plain file name (letters, digits, '.', '_', '-'; it names the tables "
