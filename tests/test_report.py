@@ -364,3 +364,14 @@ def test_outputs_never_replace_an_input_a_device_or_take_a_private_mode(tmp_path
     assert stat.S_IMODE(out.stat().st_mode) == 0o644
     r = cli("run", str(wl), "--json", str(tmp_path / ("x" * 300 + ".json")))
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+def test_a_failed_set_of_outputs_leaves_no_folder_it_made(tmp_path):
+    from sim.errors import ConfigError
+    from sim.report.export import write_outputs
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError):
+        write_outputs({tmp_path / "n1" / "n2" / "a.json": "{}", blocker / "b.csv": "x"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]

@@ -256,3 +256,10 @@ def test_a_point_a_range_rounds_twice_runs_once(tmp_path):
         shutil.copy(DATA / f, tmp_path)
     sweep = load_sweep(tmp_path / "s.yaml")
     assert len(sweep.points) == 3 * 2 and len({p.id for p in sweep.points}) == 6
+
+
+def test_a_folder_in_the_way_of_the_table_is_refused_before_any_point_runs(tmp_path):
+    (tmp_path / "toy-sweep.parquet").mkdir()
+    with pytest.raises(ConfigError, match="toy-sweep.parquet: is in the way"):
+        run_sweep(load_sweep(SWEEP), tmp_path, workers=1)
+    assert not (tmp_path / "toy-sweep.csv").exists()

@@ -7,6 +7,7 @@ once every one of them is written, so a failure leaves no half file and no outpu
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -64,6 +65,7 @@ def write_outputs(texts: dict[Path, str | bytes]) -> None:
     device such as /dev/null, a pipe) is written into directly, never replaced."""
     done: list[tuple[str, Path]] = []
     direct: list[tuple[Path, bytes]] = []
+    made: list[Path] = []  # folders this call created, removed again on a failure
     path = None
     umask = os.umask(0)
     os.umask(umask)
@@ -73,6 +75,8 @@ def write_outputs(texts: dict[Path, str | bytes]) -> None:
             if path.exists() and not path.is_file():
                 direct.append((path, data))
                 continue
+            made += [p for p in reversed(path.parent.parents) if not p.exists()]
+            made += [path.parent] if not path.parent.exists() else []
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".memwall-", suffix=".tmp")
             done.append((tmp, path))
@@ -85,6 +89,9 @@ def write_outputs(texts: dict[Path, str | bytes]) -> None:
     except OSError as e:
         for tmp, _ in done:
             Path(tmp).unlink(missing_ok=True)
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise ConfigError(f"cannot write ({e.strerror or e}); nothing written", short(str(path), 80)) from None
     for tmp, path in done:
         os.replace(tmp, path)

@@ -179,6 +179,9 @@ def run_sweep(sweep: Sweep, out_dir: Path, workers: int | None = None, scheduler
 def _run_sweep(sweep: Sweep, out_dir: Path, workers: int | None, scheduler: str | None,
                on_row: Callable[[dict, int, int], None], flush_every: int) -> tuple[Path, Path, int]:
     csv_path, parquet_path = out_dir / f"{sweep.name}.csv", out_dir / f"{sweep.name}.parquet"
+    for path in (csv_path, parquet_path):  # before any point runs, not after all of them
+        if path.exists() and not path.is_file():
+            raise ConfigError("is in the way of the sweep's table (not a file)", str(path))
     header = columns(sweep)
     done = read_rows(csv_path, header)
     _write_table(csv_path, header, done)  # drops a row cut short by a kill
