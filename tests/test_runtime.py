@@ -220,3 +220,22 @@ def test_a_child_runtime_replaces_its_parents_collective_library_whole(tmp_path)
     lib = load_hardware(ROOT / "hardware_models/h100-sxm.yaml", runtime=child).interconnect.library
     assert list(lib.protocols) == ["Simple"] and lib.in_switch is None
     assert lib.protocols["Simple"].launch == pytest.approx(1e-6)
+
+
+def test_a_runtime_reserves_device_memory_outside_the_graph(tmp_path):
+    """`memory_reserved` (a CUDA context, workspaces, communication buffers) takes room from the device's
+    DRAM: tensors have that much less, the DRAM's peak counts it as `runtime`, the report shows it; more
+    than the DRAM holds is one line."""
+    from sim.mapping.placement import level_capacity
+
+    base = load_hardware(TOY)
+    hw = load_hardware(TOY, [("runtime.memory_reserved", "512 MiB")])
+    assert level_capacity(base, "dram") - level_capacity(hw, "dram") == 512 * 2**20
+    wl, _ = load(DATA / "toy-gpt.yaml")
+    s = summarize(run(wl, hw))
+    assert s["memory"]["dram"]["runtime"] == 512 * 2**20
+    assert s["memory"]["dram"]["peak_bytes"] == pytest.approx(512 * 2**20 + s["memory"]["dram"]["weights"])
+    r = cli("run", str(DATA / "toy-gpt.yaml"), "--set", "runtime.memory_reserved=512 MiB")
+    assert r.returncode == 0 and "reserved by the runtime" in r.stdout
+    r = cli("run", str(DATA / "toy-gpt.yaml"), "--set", "runtime.memory_reserved=2 GiB")
+    assert r.returncode == 2 and "memory_reserved: the runtime's reserved memory needs a DRAM level larger" in r.stderr

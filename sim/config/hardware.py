@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from sim.config.types import Bandwidth, Bytes, Count, Dtype, FlopRate, Frequency, Latency, Spec
+from sim.config.types import Bandwidth, Bytes, Count, Dtype, FlopRate, Frequency, Latency, Size, Spec
 from sim.errors import KeyedError
 
 HOST_LEVEL = "host"
@@ -207,6 +207,10 @@ class Device(Spec):
         "applies): cuda (an NVIDIA GPU), cpu, tpu, accelerator (a design of its own)")
     dispatch_overhead: Latency = Field(
         default=0.0, description="host time to dispatch one op (the runtime's figure; 0: no software)")
+    memory_reserved: Size = Field(
+        default=0.0, description="device memory the software holds outside the graph's tensors (a CUDA "
+        "context, library workspaces, communication buffers), taken from the device's DRAM (the runtime's "
+        "figure)")
     dispatch_mode: Literal["async", "sync"] = Field(
         default="async",
         description="async: the host queues ops ahead of the device (GPU streams); sync: each op's dispatch "
@@ -265,6 +269,13 @@ class Device(Spec):
         """Vector rate, in graph FLOPs per second, of an op computing `kernel`."""
         own = self.own(kernel, "vector")
         return self.compute.vector if own is None else own
+
+    @model_validator(mode="after")
+    def _reserved_fits(self) -> Device:
+        dram = next((lvl for lvl in self.memory.values() if lvl.kind == "dram"), None)
+        if self.memory_reserved and (dram is None or self.memory_reserved >= dram.capacity):
+            raise KeyedError("memory_reserved", "the runtime's reserved memory needs a DRAM level larger than it")
+        return self
 
     @model_validator(mode="after")
     def _has_a_home(self) -> Device:

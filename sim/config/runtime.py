@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from sim.config.hardware import CollectiveLibrary, Kernel, KernelCost, Platform
-from sim.config.types import Latency, Spec
+from sim.config.types import Latency, Size, Spec
 
 #: runtime key -> where it goes in a hardware file
 TO_HARDWARE = {
@@ -30,6 +30,7 @@ TO_HARDWARE = {
     "matmul_overhead": "device.compute.matmul_overhead",
     "collective_overhead": "interconnect.collective_overhead",
     "collectives": "interconnect.library",
+    "memory_reserved": "device.memory_reserved",
 }
 
 #: keys of the runtime file itself; any other `runtime.<key>` override goes to the chosen platform's section
@@ -59,6 +60,9 @@ class PlatformCosts(Spec):
     graphs: bool = Field(
         default=False, description="kernels replayed from a captured graph (CUDA graphs): no host dispatch "
         "per kernel, whatever the hardware file or the kernels above say")
+    memory_reserved: Size | None = Field(
+        default=None, description="device memory the software holds outside the graph's tensors (CUDA "
+        "context, library workspaces, communication buffers): less room in the device's DRAM")
 
 
 class Runtime(Spec):

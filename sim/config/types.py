@@ -15,6 +15,7 @@ def _quantity(dim: Dim) -> BeforeValidator:
 
 
 Bytes = Annotated[float, _quantity(Dim.BYTES), Field(gt=0)]
+Size = Annotated[float, _quantity(Dim.BYTES), Field(ge=0)]  # bytes, where none is a meaningful amount
 Bandwidth = Annotated[float, _quantity(Dim.BANDWIDTH), Field(gt=0)]
 Latency = Annotated[float, _quantity(Dim.TIME), Field(ge=0)]
 Frequency = Annotated[float, _quantity(Dim.FREQUENCY), Field(gt=0)]

@@ -74,8 +74,15 @@ class Placement:
 
 
 def level_capacity(hw: Hardware, name: str) -> float:
+    """The room a level has for the graph's tensors: less, in the device's DRAM, what the runtime holds."""
     level = hw.levels[name]
-    return level.capacity * (hw.device.compute.units if level.scope == "per_unit" else 1)
+    room = level.capacity * (hw.device.compute.units if level.scope == "per_unit" else 1)
+    return room - (hw.device.memory_reserved if name == reserved_level(hw) else 0.0)
+
+
+def reserved_level(hw: Hardware) -> str | None:
+    """The level the runtime's reserved memory comes out of: the device's first DRAM."""
+    return next((n for n, lvl in hw.device.memory.items() if lvl.kind == "dram"), None)
 
 
 def peak_live_activations(ops: list[Op], keys: list[list[tuple]] | None = None) -> float:

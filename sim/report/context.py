@@ -7,6 +7,7 @@ from __future__ import annotations
 from sim.config.hardware import KERNEL_FALLBACK
 from sim.engine.records import RunResult
 from sim.mapping.collectives import cluster
+from sim.mapping.placement import reserved_level
 from sim.mapping.plan import matrix_peak
 
 
@@ -17,6 +18,8 @@ def context(result: RunResult) -> dict:
     if workload is None or placement is None:
         return {}
     sc, m = workload.scenario, workload.model
+    level = reserved_level(hw)
+    reserved = {level: hw.device.memory_reserved} if level and hw.device.memory_reserved else {}
     dtype = sc.precision.activations
     dram = placement.home["weight"]  # the balance point that matters is against where weights stream from
     peak = matrix_peak(hw, dtype, hw_file)
@@ -66,8 +69,10 @@ def context(result: RunResult) -> dict:
             "home": dict(placement.home),
             # weights / KV caches served from a faster level than their home, tensor by tensor
             "partial_bytes": {kind: dict(levels) for kind, levels in placement.partial.items()},
-            "capacity_bytes": dict(placement.capacity),
-            "used_bytes": dict(placement.used),
+            # the whole level, and what is in it: the runtime's reserved memory counted in both
+            "capacity_bytes": {n: c + reserved.get(n, 0.0) for n, c in placement.capacity.items()},
+            "used_bytes": {n: u + reserved.get(n, 0.0) for n, u in placement.used.items()},
+            "reserved_bytes": reserved,
         },
     }
 

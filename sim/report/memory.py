@@ -12,9 +12,12 @@ from collections import defaultdict
 
 from sim.engine.records import RunResult
 from sim.graph.ops import TENSOR_KINDS
+from sim.mapping.placement import reserved_level
 
 #: the prefetch's staging buffer (weights copied from host memory ahead of use), held all run
 STAGING = "staging"
+#: the runtime's memory outside the graph (context, workspaces, communication buffers), held all run
+RUNTIME = "runtime"
 
 
 #: a tensor kind's name among a level's peak parts in the summary (`memory.<level>`)
@@ -23,13 +26,16 @@ PART = {"weight": "weights", "gradient": "gradients", "optimizer_state": "optimi
 
 def peaks(result: RunResult) -> dict[str, dict]:
     """Per memory level of the fullest device: its `peak_bytes` and their parts by tensor kind
-    (`weights`, `gradients`, `optimizer`, `activations`, `kv_cache`, `staging`)."""
+    (`weights`, `gradients`, `optimizer`, `activations`, `kv_cache`, `staging`, `runtime`)."""
     placement = result.placement
     if placement is None:
         return {}
     out: dict[str, dict] = {}
     held = [(kind, level, nbytes) for level, kinds in placement.held().items() for kind, nbytes in kinds.items()]
     held += [(STAGING, level, nbytes) for level, nbytes in placement.staged.items()]
+    level = reserved_level(result.hw)
+    if level is not None and result.hw.device.memory_reserved:
+        held.append((RUNTIME, level, result.hw.device.memory_reserved))
     for kind, level, nbytes in held:
         if nbytes:
             entry = out.setdefault(level, {"peak_bytes": 0.0})

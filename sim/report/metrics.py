@@ -191,7 +191,8 @@ SECTIONS: list[Metric] = [
            "`optimizer_bytes`, `home` (tensor kind → level), `partial_bytes` (kind → level → bytes of it served "
            "from a faster level than its home), `capacity_bytes`, `used_bytes` per level"),
     Metric("memory.<level>", "B", "the fullest device's peak on each memory level, `peak_bytes`, and its parts "
-           "`weights`, `gradients`, `optimizer`, `activations`, `kv_cache`, `staging`: what is held all run plus "
+           "`weights`, `gradients`, `optimizer`, `activations`, `kv_cache`, `staging`, `runtime` (the runtime's "
+           "reserved memory): what is held all run plus "
            "the activations' peak live set"),
 ]
 

@@ -168,6 +168,8 @@ def render(result, console: Console | None = None, top: int = 10) -> None:
         for inner, nbytes in mem.get("partial_bytes", {}).get(kind, {}).items():  # the part served from nearer
             placed = f"{inner} {fmt_bytes(nbytes)}, the rest {placed}"
         fp.add_row(label, fmt_bytes(mem[key]), placed)
+    for name, nbytes in mem.get("reserved_bytes", {}).items():
+        fp.add_row("reserved by the runtime (outside the graph)", fmt_bytes(nbytes), name)
     for name, cap in mem["capacity_bytes"].items():
         used = mem["used_bytes"][name]
         fp.add_row(f"{name} used / capacity", f"{fmt_bytes(used)} / {fmt_bytes(cap)}", _pct(used / cap))
