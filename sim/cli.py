@@ -50,6 +50,7 @@ def run(workload: Path, hardware: Path | None, runtime: Path | None, overrides: 
         exact: bool) -> None:
     """Simulate WORKLOAD and print where the time goes."""
     from sim.config import load_run, parse_overrides
+    from sim.config.loader import runtime_of
     from sim.pipeline import run as run_pipeline
     from sim.report import render
     from sim.report.export import RENDER, STDOUT, check_outputs, write_outputs
@@ -62,8 +63,6 @@ def run(workload: Path, hardware: Path | None, runtime: Path | None, overrides: 
         raise ConfigError("only one output can go to standard output", " and ".join(to_stdout))
     sets = parse_overrides(list(overrides))
     wl, hw, hw_path = load_run(workload, sets, hardware, runtime)
-    from sim.config.loader import runtime_of
-
     check_outputs(outputs, (workload, hw_path, runtime or runtime_of(workload, wl)))  # before the work
     for odd in hw.oddities():
         click.echo(f"warning: {hw_path}: {odd}", err=True)
@@ -121,13 +120,12 @@ def calibrate(framework: str, out: Path | None, runtime_out: Path | None) -> Non
     from rich.console import Console
 
     from sim.config import load_hardware
+    from sim.report.export import check_outputs
     from sim.validate.calibrate import calibrate as measure
     from sim.validate.calibrate import write_model
 
     kernels, hw_default, rt_default = _framework(framework)
     out, runtime_out = out or hw_default, runtime_out or rt_default
-    from sim.report.export import check_outputs
-
     check_outputs({"--out": out, "--runtime-out": runtime_out})  # before the minutes of measuring
     console = Console(highlight=False)
     with console.status("calibrating") as status:
