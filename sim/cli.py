@@ -411,7 +411,12 @@ def list_inputs() -> None:
         click.echo(f"{family} ({folder}/):")
         width = max((len(p.name) for p in files), default=0)
         for p in files:
-            click.echo(f"  {p.name:<{width}}  {describe(p)}")
+            platforms = ""
+            if family == "runtimes":  # where each runs (its platform sections)
+                from sim.config.loader import read_yaml
+
+                platforms = f"[{', '.join(read_yaml(p).get('platforms') or {})}] "
+            click.echo(f"  {p.name:<{width}}  {platforms}{describe(p)}")
 
 
 @cli.command()
