@@ -112,8 +112,10 @@ def heatmap(path: str, x: str, y: str, z: str, out: str, facet: str | None = "wo
         ax.set_yticks(range(len(grid.index)), [f"{v:g}" for v in grid.index])
         ax.set_xlabel(_label(x, df[x]))
         ax.set_ylabel(_label(y, df[y]))
-        ax.set_title(f"{z} over {x} and {y}" + (f" — {_readable(name)}" if name is not None else ""), fontsize=9)
+        if name is not None:
+            ax.set_title(_readable(name), fontsize=9)
         fig.colorbar(im, ax=ax).set_label(_label(z))
+    fig.suptitle(f"{z} over {x} and {y}", fontsize=10)
     _save(fig, out)
 
 
