@@ -92,16 +92,20 @@ def _working(what: str) -> Iterator[None]:
         yield
 
 
-def _framework(name: str) -> tuple:
-    """`name`'s kernels module and the default hardware and runtime files of this machine under it; one
-    line and exit 2 for a framework that is not installed."""
+def _kernels(name: str):
+    """`name`'s kernels module; one line and exit 2 for a framework that is not installed."""
     from sim.validate.kernels import kernels_of
 
     kernels = kernels_of(name)
     if kernels is None:
         raise ConfigError(f"{name} is not installed here (pip install -e '.[{name}]')", "--framework")
+    return kernels
+
+
+def _host_files(name: str) -> tuple[Path, Path]:
+    """The default hardware and runtime files of this machine as `name` measures it."""
     suffix = "" if name == "numpy" else f"-{name}"
-    return kernels, Path(f"hardware_models/host{suffix}.yaml"), Path(f"runtimes/host-{name}.yaml")
+    return Path(f"hardware_models/host{suffix}.yaml"), Path(f"runtimes/host-{name}.yaml")
 
 
 FRAMEWORK = click.option(
@@ -124,7 +128,7 @@ def calibrate(framework: str, out: Path | None, runtime_out: Path | None) -> Non
     from sim.validate.calibrate import calibrate as measure
     from sim.validate.calibrate import write_model
 
-    kernels, hw_default, rt_default = _framework(framework)
+    kernels, (hw_default, rt_default) = _kernels(framework), _host_files(framework)
     out, runtime_out = out or hw_default, runtime_out or rt_default
     check_outputs({"--out": out, "--runtime-out": runtime_out})  # before the minutes of measuring
     console = Console(highlight=False)
@@ -176,7 +180,8 @@ def validate(framework: str, hardware: Path | None, runtime: Path | None, quick:
     console = Console(highlight=False, width=160)
     rounds = rounds or ROUNDS
     live, drift = [], ""
-    kernels, hw_default, rt_default = _framework(framework) if not no_live else (None, Path("-"), Path("-"))
+    kernels = _kernels(framework) if not no_live else None
+    hw_default, rt_default = _host_files(framework)
     hardware, runtime = hardware or hw_default, runtime or rt_default
     if not no_live:
         with console.status("live cases") as status:

@@ -35,7 +35,8 @@ def context(result: RunResult) -> dict:
             "training": workload.train.model_dump() if sc.phase == "train" else None,
         },
         "hardware": {
-            "name": hw.name, "runtime": hw.runtime or None, "devices_per_node": hw.devices, "nodes": hw.nodes,
+            "name": hw.name, "runtime": hw.runtime or None, "platform": hw.device.platform,
+            "devices_per_node": hw.devices, "nodes": hw.nodes,
             # inference simulates one data-parallel replica (they are independent), training every replica
             "devices_simulated": workload.parallelism.tensor * workload.parallelism.pipeline * (
                 workload.parallelism.data if sc.phase == "train" else 1),

@@ -75,8 +75,7 @@ def write_outputs(texts: dict[Path, str | bytes]) -> None:
             if path.exists() and not path.is_file():
                 direct.append((path, data))
                 continue
-            made += [p for p in reversed(path.parent.parents) if not p.exists()]
-            made += [path.parent] if not path.parent.exists() else []
+            made += reversed([p for p in (path.parent, *path.parent.parents) if not p.exists()])  # outer first
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".memwall-", suffix=".tmp")
             done.append((tmp, path))

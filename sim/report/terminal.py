@@ -133,7 +133,7 @@ def render(result, console: Console | None = None, top: int = 10) -> None:
     )
     out.print(f"  memory: {levels}")
     if hw.get("runtime"):
-        out.print(f"  runtime: {hw['runtime']} (its software costs on this platform)")
+        out.print(f"  runtime: {hw['runtime']}; its costs on {hw.get('platform', 'this platform')}")
     balance = hw["balance_point_flop_per_byte"]
     achievable = hw.get("achievable_balance_point_flop_per_byte", balance)
     sustained = f"; {achievable:.1f} FLOP/B sustained / achievable" if abs(achievable - balance) > 0.05 else ""

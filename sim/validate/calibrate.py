@@ -291,16 +291,15 @@ def _kernel_cases(n: int, kern: ModuleType = k) -> dict[str, tuple[Callable[[], 
     half = a(np.ones((half_rows, cols), np.float32))
     cos, sin = a(np.ones(cols // 2, np.float32)), a(np.zeros(cols // 2, np.float32))
     elems = rows * cols
-    k = kern  # the calls below are the framework's kernels
     return {
-        "layernorm": (lambda: k.layernorm(x, g, b), NORM_FLOPS["layernorm"] * elems),
-        "rmsnorm": (lambda: k.rmsnorm(x, g), NORM_FLOPS["rmsnorm"] * elems),
-        "softmax": (lambda: k.softmax(k.copy(x), 0.125), SOFTMAX_FLOPS * elems),
-        "gelu": (lambda: k.gelu(x), ACT_FLOPS["gelu"] * elems),
-        "silu": (lambda: k.silu_gate(x, x), ACT_FLOPS["silu"] * elems),
-        "relu": (lambda: k.relu(x), ACT_FLOPS["relu"] * elems),
-        "add": (lambda: k.add(x, x), elems),
-        "rope": (lambda: (k.rope(half, cos, sin), k.rope(half, cos, sin)), ROPE_FLOPS * 2 * half_rows * cols),
+        "layernorm": (lambda: kern.layernorm(x, g, b), NORM_FLOPS["layernorm"] * elems),
+        "rmsnorm": (lambda: kern.rmsnorm(x, g), NORM_FLOPS["rmsnorm"] * elems),
+        "softmax": (lambda: kern.softmax(kern.copy(x), 0.125), SOFTMAX_FLOPS * elems),
+        "gelu": (lambda: kern.gelu(x), ACT_FLOPS["gelu"] * elems),
+        "silu": (lambda: kern.silu_gate(x, x), ACT_FLOPS["silu"] * elems),
+        "relu": (lambda: kern.relu(x), ACT_FLOPS["relu"] * elems),
+        "add": (lambda: kern.add(x, x), elems),
+        "rope": (lambda: (kern.rope(half, cos, sin), kern.rope(half, cos, sin)), ROPE_FLOPS * 2 * half_rows * cols),
     }
 
 
