@@ -36,11 +36,21 @@ def test_ring_allreduce_moves_2_p_minus_1_over_p_per_link(node):
     assert plan.latency_s == pytest.approx(2 * 3 * 1e-6)
 
 
-def test_small_allreduce_takes_the_tree_on_a_switch_not_on_a_ring(node):
-    """8 bytes are latency-bound: through a switch 2 log2(4) = 4 steps beat the ring's 6; on a ring
-    the tree's edges are two hops long (8 hop latencies), so the ring stays."""
+def test_inside_a_switched_node_the_tree_is_nccls_chain(node):
+    """Through a switch NCCL's tree inside a node is a chain over the group: 2 (p - 1) steps, like the
+    ring's, each edge carrying the buffer once each way (reduce up the chain, broadcast down it); the
+    ring, carrying 2 (p - 1) / p of it per link, is then never slower. Over a ring of point-to-point links
+    a binary tree (2 log2 p steps) whose edges are two hops long, so the ring stays there too."""
+    from sim.mapping.collectives import _tree_moves
+
     switch = load_hardware(NODE, [("interconnect.topology", "switch")])
-    assert plan_collective(Collective("allreduce", 8), (0, 1, 2, 3), switch).kind == "allreduce/tree"
+    moves, steps = _tree_moves((0, 1, 2, 3), switch, 8 * MB)
+    assert steps == 6
+    assert sorted((a, b) for a, b, _ in moves) == [(0, 1), (1, 0), (1, 2), (2, 1), (2, 3), (3, 2)]
+    assert all(n == 8 * MB for _, _, n in moves)
+    for size in (8, 64 * MB):
+        assert plan_collective(Collective("allreduce", size), (0, 1, 2, 3), switch).kind == "allreduce/ring"
+    assert _tree_moves((0, 1, 2, 3), node, 8 * MB)[1] == 4
     assert plan_collective(Collective("allreduce", 8), (0, 1, 2, 3), node).kind == "allreduce/ring"
 
 
@@ -328,3 +338,24 @@ def test_an_all_reduce_in_the_switch_sends_each_buffer_up_once(node):
     for off in ([("interconnect.in_switch_reduction", False)], [("interconnect.library.in_switch", None)]):
         assert plan_collective(Collective("allreduce", 64 * MB), (0, 1, 2, 3),
                                load_hardware(NODE, sets + off)).kind != "allreduce/switch"
+
+
+def test_each_chunk_of_a_call_costs_its_handshake_and_larger_calls_take_larger_chunks(node):
+    """NCCL pipelines a call in chunks that grow with its size; each chunk's handshake holds the links
+    `chunk_overhead` beyond the bytes. 64 MB in 1 MB chunks with 1 us each: 64 handshakes, 64 us more
+    than the bytes alone (the toy's 10 GB/s links: 64 MB / 0.8 takes 8 ms); 16 MB calls take 256 kB chunks
+    (62.5 handshakes' worth). Below the smallest key, its chunk."""
+    from sim.validate.published import predict_allreduce
+
+    library = {"protocols": {"Simple": {}}, "in_switch": {
+        "launch": "0 us", "step": "25 us", "bandwidth": 0.8, "chunk_overhead": "1 us",
+        "chunks": {"1 MB": "256 kB", "32 MB": "1 MB"}}}
+    hw = load_hardware(NODE, [("interconnect.topology", "switch"), ("interconnect.in_switch_reduction", True),
+                              ("interconnect.library", library)])
+    assert hw.interconnect.library.in_switch.chunk(4 * MB) == 256e3
+    assert hw.interconnect.library.in_switch.chunk(100) == 256e3
+    big = plan_collective(Collective("allreduce", 64 * MB), (0, 1, 2, 3), hw)
+    assert all(t.wire_bytes == pytest.approx(64 * MB / 0.8 + 64 * 1e-6 * 10e9) for t in big.transfers)
+    assert all(t.bytes == 64 * MB for t in big.transfers)  # the data moved is unchanged
+    assert predict_allreduce(hw, 64 * MB, 4) == pytest.approx(25e-6 + 64 * MB / 0.8 / 10e9 + 64e-6, rel=1e-6)
+    assert predict_allreduce(hw, 16 * MB, 4) == pytest.approx(25e-6 + 16 * MB / 0.8 / 10e9 + 62.5e-6, rel=1e-6)

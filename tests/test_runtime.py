@@ -239,3 +239,20 @@ def test_a_runtime_reserves_device_memory_outside_the_graph(tmp_path):
     assert r.returncode == 0 and "reserved by the runtime" in r.stdout
     r = cli("run", str(DATA / "toy-gpt.yaml"), "--set", "runtime.memory_reserved=2 GiB")
     assert r.returncode == 2 and "memory_reserved: the runtime's reserved memory needs a DRAM level larger" in r.stderr
+
+
+def test_the_compiled_runtimes_nvls_figures_are_the_fit_to_their_published_curve():
+    """runtimes/compiled.yaml's in-switch step, bandwidth share and chunk overhead are what
+    bench/nccl_fit.py fits to the published H200 nccl-tests curve (sim/data/nccl-fit.yaml), as printed;
+    the fit reproduces that curve's in-switch rows within 15% (the model has no more freedom than these
+    three figures and NCCL's chunk rule)."""
+    from sim.validate.nccl import fit_in_switch, fitted_errors
+
+    fit = fit_in_switch("h200-nvls-stas00")
+    shipped = load_hardware(ROOT / "hardware_models/h200-sxm.yaml",
+                            runtime=ROOT / "runtimes/compiled.yaml").interconnect.library.in_switch
+    assert shipped.step == pytest.approx(round(fit.step * 1e6, 1) * 1e-6)
+    assert shipped.bandwidth == pytest.approx(round(fit.bandwidth, 3))
+    assert shipped.chunk_overhead == pytest.approx(round(fit.chunk_overhead * 1e9, 1) * 1e-9)
+    rows = [(s, t, p) for s, t, p in fitted_errors(fit) if s >= 2**21]
+    assert len(rows) == fit.rows and all(abs(p / t - 1) < 0.15 for _, t, p in rows)

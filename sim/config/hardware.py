@@ -298,6 +298,19 @@ class Protocol(Spec):
                                      "(default: `step`)")
     bandwidth: float = Field(default=1.0, gt=0, le=1, description="share of a link's bandwidth that carries "
                              "data (LL: 0.5, its 8-byte lines carry 4 bytes and a flag)")
+    chunks: dict[Bytes, Bytes] = Field(
+        default_factory=dict, description="the chunk the library pipelines a call's data in, by the call's "
+        "size: each key is the size from which its chunk applies (below the smallest key, that key's chunk; "
+        "NCCL shrinks chunks for smaller calls so that every channel has work); absent: no per-chunk cost")
+    chunk_overhead: Latency = Field(
+        default=0.0, description="link time each chunk adds to a transfer beyond its bytes (its handshake; "
+        "the library's channels run chunks side by side, so this is per chunk over all of them)")
+
+    def chunk(self, size: float) -> float | None:
+        """The chunk a call of `size` bytes is pipelined in (None: no chunking cost)."""
+        if not self.chunks or not self.chunk_overhead:
+            return None
+        return self.chunks[max((k for k in self.chunks if k <= size), default=min(self.chunks))]
 
 
 class CollectiveLibrary(Spec):

@@ -6,8 +6,8 @@ so transfers that share a link contend in its queue.
 
 Algorithms (ring over the group in device order, as NCCL does for bandwidth-bound messages):
 - all-reduce of S bytes over p devices: each device sends 2(p-1)/p * S to its ring successor, in
-  2(p-1) latency-bound steps (or a tree, whichever is faster: a binary tree inside a node, NCCL's
-  hierarchical tree across nodes, `_tree_moves`);
+  2(p-1) latency-bound steps (or a tree, whichever is faster: NCCL's chain inside a switched node, a
+  binary tree over point-to-point links, NCCL's hierarchical tree across nodes, `_tree_moves`);
 - all-gather to S bytes, and reduce-scatter from S bytes: (p-1)/p * S per device, p-1 steps;
 - all-to-all of S bytes per device: S/p to each other device directly, all at once, one step;
 - point-to-point: S bytes, one step;
@@ -43,7 +43,9 @@ class Transfer:
     dst: int
     links: tuple[str, ...]
     bytes: float  # the data moved: read on the sender, written on the receiver
-    wire: float | None = None  # bytes on the links, where the protocol sends more (LL's flags); None: `bytes`
+    #: the bytes its links are held for, where the protocol costs more than the data (LL's flags, each
+    #: chunk's handshake); None: `bytes`
+    wire: float | None = None
 
     @property
     def wire_bytes(self) -> float:
@@ -178,19 +180,20 @@ def plan_collective(coll: Collective, group: tuple[int, ...], hw: Hardware, leve
     p, size = len(group), coll.bytes
     if coll.kind == "p2p":
         src, dst = group
-        return _fastest(coll.kind, group, [(src, dst, size)], 1, hw, level)
+        return _fastest(coll.kind, group, [(src, dst, size)], 1, hw, level, size)
     ring = _ring_moves(group, hw)
     if coll.kind in ("allgather", "reducescatter"):
         return _fastest(coll.kind, group, [(a, b, (p - 1) / p * share * size) for a, b, share in ring], p - 1, hw,
-                        level)
+                        level, size)
     if coll.kind == "alltoall":  # every device sends each other one its 1/p share, all at once
-        return _fastest(coll.kind, group, [(a, b, size / p) for a in group for b in group if a != b], 1, hw, level)
+        return _fastest(coll.kind, group, [(a, b, size / p) for a in group for b in group if a != b], 1, hw, level,
+                        size)
     if coll.kind != "allreduce":
         raise ValueError(f"unknown collective {coll.kind!r} (known: {', '.join(COLLECTIVES)})")
     tree, steps = _tree_moves(group, hw, size)
     plans = [_fastest("allreduce/ring", group, [(a, b, 2 * (p - 1) / p * share * size) for a, b, share in ring],
-                      2 * (p - 1), hw, level),
-             _fastest("allreduce/tree", group, tree, steps, hw, level)]
+                      2 * (p - 1), hw, level, size),
+             _fastest("allreduce/tree", group, tree, steps, hw, level, size)]
     ic = hw.interconnect
     if ic.in_switch_reduction and ic.library.in_switch is not None and ic.topology == "switch" \
             and len({d // hw.devices for d in group}) == 1:
@@ -204,8 +207,8 @@ def _in_switch(group: tuple[int, ...], size: float, hw: Hardware, level: str | N
     in-switch protocol."""
     proto, node = hw.interconnect.library.in_switch, group[0] // hw.devices
     switch = SWITCH if hw.nodes == 1 else f"{SWITCH}{node}"
-    transfers = tuple(Transfer(d, d, (link_id(d, switch), link_id(switch, d)), size, size / proto.bandwidth)
-                      for d in group)
+    transfers = tuple(Transfer(d, d, (link_id(d, switch), link_id(switch, d)), size,
+                               _wire(size, size, proto, hw, (link_id(d, switch),))) for d in group)
     hop = hw.interconnect.link.latency
     latency = proto.launch + max(hop, proto.step) + hw.interconnect.collective_overhead
     return CollectivePlan("allreduce/switch", group, transfers, latency, level)
@@ -215,7 +218,8 @@ def _tree_moves(group: tuple[int, ...], hw: Hardware, size: float) -> tuple[list
     """A tree all-reduce's (sender, receiver, bytes) and latency steps: reduce towards the root, then
     broadcast back, each edge carrying the buffer once each way.
 
-    Inside one node, a binary tree over the group in 2 log2(p) steps. Across nodes, NCCL's hierarchical
+    Inside one node, through a switch, NCCL's tree: a chain over the group in 2 (p - 1) steps (over
+    point-to-point links, a binary tree in 2 log2(p) steps). Across nodes, NCCL's hierarchical
     tree: as many channels as the group has members per node, channel j carrying 1/m of the buffer through
     a chain inside each node that ends at the node's j-th member, whose NIC joins the nodes in a double
     binary tree (two trees, each carrying half the channel's data: one over the nodes in order, one in
@@ -233,7 +237,11 @@ def _tree_moves(group: tuple[int, ...], hw: Hardware, size: float) -> tuple[list
         moves[b, a] = moves.get((b, a), 0.0) + nbytes
 
     if len(nodes) == 1 or any(len(members) != m for members in nodes):
-        for i in range(1, len(group)):
+        if hw.interconnect.topology == "switch":  # NCCL's tree inside an NVSwitch node: a chain
+            for a, b in zip(group[1:], group[:-1]):
+                both(a, b, size)
+            return [(a, b, n) for (a, b), n in moves.items()], 2 * (len(group) - 1)
+        for i in range(1, len(group)):  # over point-to-point links: a binary tree
             both(group[i], group[(i - 1) // 2], size)
         return [(a, b, n) for (a, b), n in moves.items()], 2 * ceil(log2(len(group)))
     for j in range(m):
@@ -277,21 +285,30 @@ def _ring_moves(group: tuple[int, ...], hw: Hardware) -> list[tuple[int, int, fl
 
 
 def _fastest(kind: str, group: tuple[int, ...], moves: list[tuple[int, int, float]], steps: int,
-             hw: Hardware, level: str | None = None) -> CollectivePlan:
+             hw: Hardware, level: str | None, size: float) -> CollectivePlan:
     """The algorithm's plan under each of the library's protocols, the fastest uncontended (named
     `kind/protocol` where the library has several)."""
     library = hw.interconnect.library.protocols
-    plans = [_plan(kind if len(library) == 1 else f"{kind}/{name}", group, moves, steps, hw, level, proto)
+    plans = [_plan(kind if len(library) == 1 else f"{kind}/{name}", group, moves, steps, hw, level, proto, size)
              for name, proto in library.items()]
     return min(plans, key=lambda c: _estimate(c, hw))
 
 
+def _wire(nbytes: float, size: float, proto: Protocol, hw: Hardware, links: tuple[str, ...]) -> float | None:
+    """The bytes a transfer of `nbytes` (in a call of `size`) holds its links for, at its first link's
+    rate: its data over the protocol's share, and each chunk's handshake (None: just its data)."""
+    chunk = proto.chunk(size) if links else None
+    extra = nbytes / chunk * proto.chunk_overhead * link_bandwidth(hw, links[0]) if chunk else 0.0
+    return None if proto.bandwidth == 1 and not extra else nbytes / proto.bandwidth + extra
+
+
 def _plan(kind: str, group: tuple[int, ...], moves: list[tuple[int, int, float]], steps: int,
-          hw: Hardware, level: str | None = None, proto: Protocol | None = None) -> CollectivePlan:
+          hw: Hardware, level: str | None = None, proto: Protocol | None = None, size: float = 0.0) -> CollectivePlan:
     topo, n = hw.interconnect.topology, hw.devices
     proto = proto or Protocol()
-    transfers = tuple(Transfer(a, b, route(topo, n, a, b, hw.nodes), nbytes,
-                               None if proto.bandwidth == 1 else nbytes / proto.bandwidth) for a, b, nbytes in moves)
+    routes = [route(topo, n, a, b, hw.nodes) for a, b, _ in moves]
+    transfers = tuple(Transfer(a, b, links, nbytes, _wire(nbytes, size, proto, hw, links))
+                      for (a, b, nbytes), links in zip(moves, routes))
     # a step's latency is the longest route's: its hops into a device, each at its link's latency (a
     # switch, or the network, is one hop), or the protocol's per step where longer
     hop = max((sum(link_latency(hw, lnk) for lnk in t.links if lnk.split("->")[1].isdigit())
