@@ -403,13 +403,15 @@ class Planner:
         return unit, product_s + op.epilogue / rate, util
 
     def _product(self, op: Op, flops: float) -> tuple[str, float, float]:
-        """Unit, time and utilization of a matmul-like op's `flops` (its product, and a fused epilogue)."""
-        vector_s = flops / self._vector_for(op.kernel)
+        """Unit, time and utilization of a matmul-like op's `flops` (its product, and a fused epilogue).
+        The library's efficiency for the shape holds on whichever units run it: on a CPU the matrix and
+        vector units are the same SIMD FMAs, and a GEMM does not reach their peak on either."""
         compute = self.hw.device.compute
         peak = matrix_peak(self.hw, op.dtype, self.hw_file)
         gemm = len(op.shape) == 4
         efficiency = compute.efficiency(op.shape[1], compute.emulate.get(op.dtype, op.dtype), op.shape[3]) \
             if gemm else 1.0
+        vector_s = flops / (self._vector_for(op.kernel) * efficiency)
         if compute.block_tiles and gemm and len(op.reads) >= 2:
             k_step = compute.tile[2] if compute.tile else 1
             matrix_s, _, _ = block_tiled(op.shape, flops, compute.block_tiles, k_step, compute.units,
