@@ -130,7 +130,7 @@ def read_bandwidth(nbytes: int) -> float:
 
 
 def gemm_rate(dtype, n: int, kern: ModuleType = k) -> float:
-    a, b = kern.array(operand((n, n), dtype)), kern.array(operand((n, n), dtype, which=1))
+    a, b = kern.own(operand((n, n), dtype)), kern.own(operand((n, n), dtype, which=1))
     return 2 * n**3 / typical_time(lambda: a @ b, repeats=3)
 
 
@@ -154,10 +154,10 @@ def rows_side(caches: list[dict]) -> int:
 
 def matrix_rates(side: int, kern: ModuleType = k) -> dict[int, float]:
     """GEMM FLOP/s by rows M on a `side` x `side` fp32 weight (`rows_side`)."""
-    w = kern.array(operand((side, side), which=1))
+    w = kern.own(operand((side, side), which=1))
     out = {}
     for m in ROWS:
-        x = kern.array(operand((m, side)))
+        x = kern.own(operand((m, side)))
         out[m] = 2 * m * side * side / typical_time(lambda x=x: x @ w, repeats=5)
     return out
 
@@ -174,7 +174,7 @@ def depth_rates(kern: ModuleType = k) -> dict[int, float]:
     """GEMM FLOP/s of DEPTH_SIDE x K @ K x DEPTH_SIDE by reduction depth K (DEPTHS and MATRIX_SIZE)."""
     out = {}
     for depth in DEPTHS + (MATRIX_SIZE,):
-        x, w = kern.array(operand((DEPTH_SIDE, depth))), kern.array(operand((depth, DEPTH_SIDE), which=1))
+        x, w = kern.own(operand((DEPTH_SIDE, depth))), kern.own(operand((depth, DEPTH_SIDE), which=1))
         out[depth] = 2 * DEPTH_SIDE * DEPTH_SIDE * depth / typical_time(lambda x=x, w=w: x @ w, repeats=5)
     return out
 
@@ -189,7 +189,7 @@ def gemv_time(nbytes: int, columns: int | None = None, kern: ModuleType = k) -> 
     """Seconds per call of a BLAS GEMV re-reading one fp32 weight of about `nbytes` (warm: where it
     fits, the cache holding it serves it), K x `columns` (square if None)."""
     rows, cols = _weight_shape(nbytes, columns)
-    w, x = kern.array(operand((rows, cols), which=1)), kern.array(operand((1, rows)))
+    w, x = kern.own(operand((rows, cols), which=1)), kern.own(operand((1, rows)))
     return typical_time(lambda: x @ w, repeats=3)
 
 
@@ -233,7 +233,9 @@ class ColdPool:
     each taken weight is the least recently used data in the pool."""
 
     def __init__(self, nbytes: int):
-        self.buffer = np.ones(nbytes // 4, np.float32)
+        raw = np.ones(nbytes // 4 + 16, np.float32)
+        start = (-raw.ctypes.data % 64) // 4  # on a cache line, as a framework's allocator places a weight
+        self.buffer = raw[start:start + nbytes // 4]
         self.at = 0
 
     def take(self, k: int, n: int) -> np.ndarray:
@@ -243,7 +245,7 @@ class ColdPool:
         if self.at + size > self.buffer.size:
             self.at = 0
         w = self.buffer[self.at:self.at + size].reshape(k, n)
-        self.at += size
+        self.at += -(-size // 16) * 16  # the next weight on a cache line too
         return w
 
 
@@ -260,7 +262,7 @@ def cold_gemv_rate(nbytes: int, overhead: float = 0.0, repeats: int = 7, columns
     weight from the cold pool each call), less the per-call framework cost `overhead`: how fast one op
     moves that many bytes. W is K x `columns` (square if None): each of its rows is one contiguous run."""
     rows, cols = _weight_shape(nbytes, columns)
-    pool, x = cold_pool(), kern.array(operand((1, rows)))
+    pool, x = cold_pool(), kern.own(operand((1, rows)))
     return _net_rate(4 * rows * cols, typical_time(lambda: x @ kern.array(pool.take(rows, cols)), repeats=repeats),
                      overhead)
 
@@ -284,7 +286,7 @@ def _kernel_cases(n: int, kern: ModuleType = k) -> dict[str, tuple[Callable[[], 
     graph's conventions) on an (n/64) x 64 input; rope is two calls (the graph's one op rotates queries
     and keys)."""
     rows, cols = max(1, n // 64), 64
-    a = kern.array
+    a = kern.own
     x = a(np.ones((rows, cols), np.float32))
     g, b = a(np.ones(cols, np.float32)), a(np.zeros(cols, np.float32))
     half_rows = max(1, rows // 2)
@@ -330,8 +332,8 @@ def epilogue_rate(n: int, kern: ModuleType = k) -> float:
     epilogue a biased linear runs as a pass of its own after the product (the tiny call is part of the
     linear's dispatch)."""
     cols, rows = EPILOGUE_COLUMNS, max(1, n // EPILOGUE_COLUMNS)
-    y, b = kern.array(np.ones((rows, cols), np.float32)), kern.array(np.ones(cols, np.float32))
-    y8, b8 = kern.array(np.ones((1, 8), np.float32)), kern.array(np.ones(8, np.float32))
+    y, b = kern.own(np.ones((rows, cols), np.float32)), kern.own(np.ones(cols, np.float32))
+    y8, b8 = kern.own(np.ones((1, 8), np.float32)), kern.own(np.ones(8, np.float32))
 
     def add(y, b):
         y += b
@@ -345,7 +347,7 @@ def tiny_kernels(kern: ModuleType = k) -> dict[str, Callable[[], object]]:
     1 x 8 x 8 `x @ w`, linear the same with a bias (two calls, the product and `y += b`: 2.6 against 4.5 us
     in a tight loop in numpy)."""
     out = {name: fn for name, (fn, _) in _kernel_cases(64, kern).items()}
-    w, x = kern.array(np.ones((8, 8), np.float32)), kern.array(np.ones((1, 8), np.float32))
+    w, x = kern.own(np.ones((8, 8), np.float32)), kern.own(np.ones((1, 8), np.float32))
     out["matmul"] = lambda: kern.linear(x, w)
     out["linear"] = lambda: kern.linear(x, w, w[0])
     return out
@@ -361,7 +363,7 @@ def kernel_dispatch(stream_bytes: int, calls: int = 20, batches: int = 3, kern: 
     fastest: a layer norm 27 -> 38 us, an add 1 -> 3 us, the same in three repetitions), and a GPT-2
     decode step's layer norms took ~50 us each inside the pass."""
     rows, columns = _weight_shape(stream_bytes, 1024)
-    pool, x = cold_pool(), kern.array(operand((1, rows)))
+    pool, x = cold_pool(), kern.own(operand((1, rows)))
     out = {}
     for name, fn in tiny_kernels(kern).items():
         means = []

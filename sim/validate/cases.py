@@ -108,7 +108,7 @@ def matmul_cases(quick: bool, kernels: ModuleType = numpy_kernels) -> list[Timed
     memwall does not model (see docs/model.md)."""
     last_cache = cal.last_cache_bytes(cal.os_caches())
     cases = []
-    k_n, a, fw = 1024, kernels.array, kernels.NAME
+    k_n, a, fw = 1024, kernels.own, kernels.NAME
     for m in (1, 16, 64, 256, 1024) if quick else (1, 16, 64, 256, 1024, 4096):
         x, w = a(np.ones((m, k_n), np.float32)), a(np.ones((k_n, k_n), np.float32))
         cases.append(Timed(f"GEMM sweep (K = N = 1024, fp32, {fw})", f"M = {m}",

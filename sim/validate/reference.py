@@ -21,7 +21,7 @@ class Reference:
         self.m, self.batch, self.max_context, self.k = model, batch, max_context, kernels
         rng = np.random.default_rng(seed)
         h, d, heads, kvh = model.hidden, model.head_dim, model.heads, model.n_kv_heads
-        a = kernels.array
+        a = kernels.own
 
         def w(*shape):
             return a((rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(np.float32))
