@@ -307,8 +307,8 @@ class Protocol(Spec):
         "the library's channels run chunks side by side, so this is per chunk over all of them)")
 
     def chunk(self, size: float) -> float | None:
-        """The chunk a call of `size` bytes is pipelined in (None: no chunking cost)."""
-        if not self.chunks or not self.chunk_overhead:
+        """The chunk a call of `size` bytes is pipelined in (None: the protocol gives no chunks)."""
+        if not self.chunks:
             return None
         return self.chunks[max((k for k in self.chunks if k <= size), default=min(self.chunks))]
 

@@ -297,7 +297,7 @@ def _fastest(kind: str, group: tuple[int, ...], moves: list[tuple[int, int, floa
 def _wire(nbytes: float, size: float, proto: Protocol, hw: Hardware, links: tuple[str, ...]) -> float | None:
     """The bytes a transfer of `nbytes` (in a call of `size`) holds its links for, at its first link's
     rate: its data over the protocol's share, and each chunk's handshake (None: just its data)."""
-    chunk = proto.chunk(size) if links else None
+    chunk = proto.chunk(size) if links and proto.chunk_overhead else None
     extra = nbytes / chunk * proto.chunk_overhead * link_bandwidth(hw, links[0]) if chunk else 0.0
     return None if proto.bandwidth == 1 and not extra else nbytes / proto.bandwidth + extra
 

@@ -60,8 +60,9 @@ def fit_in_switch(name: str, path: Path = CURVES) -> InSwitchFit:
     link = bare.interconnect.link.effective_bandwidth
     rows = [(s, t) for s, t in points if s >= start]
     # t - overhead - launch = step + S x (1 / share B) + (S / chunk) x chunk_overhead, each row over t
-    a = np.array([[1.0 / t, s / link / t, s / proto.chunks[max(k for k in proto.chunks if k <= s)] / t]
-                  for s, t in rows])
+    if not proto.chunks:
+        raise ValueError(f"{curve['runtime']}'s in-switch protocol gives no chunks to fit a cost per chunk to")
+    a = np.array([[1.0 / t, s / link / t, s / proto.chunk(s) / t] for s, t in rows])
     b = np.array([(t - overhead - proto.launch) / t for s, t in rows])
     (step, inv_share, chunk_overhead), *_ = np.linalg.lstsq(a, b, rcond=None)
     return InSwitchFit(name, overhead, float(step), float(1.0 / inv_share), float(chunk_overhead), len(rows))
