@@ -221,7 +221,7 @@ def test_allreduce_across_nodes_runs_one_ring_per_nic():
     assert rings((0, 1, 2, 3), 4) == [(0, 1, 2, 3)]  # one node: one ring
     hw = _two_nodes()
     plan = _plan("allreduce/ring", (0, 1, 2, 3), [(a, b, 1.5 * share * 64 * MB) for a, b, share in
-                                                  _ring_moves((0, 1, 2, 3), hw)], 6, hw)
+                                                  _ring_moves((0, 1, 2, 3), hw)], 6, hw, None, None, 64 * MB)
     nics = {lnk: b for lnk, b in per_link(plan).items() if "net" in lnk}
     assert nics == {lnk: pytest.approx(48 * MB) for d in range(4) for lnk in (f"{d}->net", f"net->{d}")}
     assert plan.latency_s == pytest.approx(6 * 5e-6)

@@ -40,6 +40,22 @@ def test_efficiency_table_interpolates_in_log_rows():
     assert c.efficiency(64) == pytest.approx(0.6)  # halfway between 16 and 256 in log2
 
 
+def test_a_gemm_on_the_vector_units_runs_at_the_librarys_efficiency_too():
+    """On a CPU the matrix engine is the vector units: a compute-bound fp32 GEMM on the Xeon (2.56 TFLOP/s,
+    matrix_efficiency 0.90) takes its FLOPs over 0.90 x the peak, not the bare peak (it took the vector
+    path at full rate before)."""
+    from sim.mapping.plan import Planner
+    from sim.validate.cases import matmul_op
+
+    hw = load_hardware(ROOT / "hardware_models/xeon-gold-6242.yaml")
+    op = matmul_op("gemm", 4096, 4096, 4096, "fp32")
+    plan = Planner(hw, place([op], hw)).plan(op)
+    assert plan.compute_s == pytest.approx(2 * 4096**3 / (0.90 * 2.56e12), rel=0.02)
+    full = load_hardware(ROOT / "hardware_models/xeon-gold-6242.yaml",
+                         [("device.compute.matrix_efficiency", {1: 1.0})])
+    assert Planner(full, place([op], full)).plan(op).compute_s == pytest.approx(0.90 * plan.compute_s, rel=1e-9)
+
+
 def test_reference_forward_runs_the_graph_shapes(toy):
     wl, _ = toy
     ref = Reference(wl.model, batch=2, max_context=16)

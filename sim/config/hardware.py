@@ -306,6 +306,12 @@ class Protocol(Spec):
         default=0.0, description="link time each chunk adds to a transfer beyond its bytes (its handshake; "
         "the library's channels run chunks side by side, so this is per chunk over all of them)")
 
+    @model_validator(mode="after")
+    def _chunked(self) -> Protocol:
+        if self.chunk_overhead and not self.chunks:
+            raise KeyedError("chunk_overhead", "a cost per chunk needs the protocol's `chunks`")
+        return self
+
     def chunk(self, size: float) -> float | None:
         """The chunk a call of `size` bytes is pipelined in (None: the protocol gives no chunks)."""
         if not self.chunks:

@@ -296,14 +296,16 @@ def _fastest(kind: str, group: tuple[int, ...], moves: list[tuple[int, int, floa
 
 def _wire(nbytes: float, size: float, proto: Protocol, hw: Hardware, links: tuple[str, ...]) -> float | None:
     """The bytes a transfer of `nbytes` (in a call of `size`) holds its links for, at its first link's
-    rate: its data over the protocol's share, and each chunk's handshake (None: just its data)."""
+    rate: its data over the protocol's share, and each chunk's handshake (None: just its data). Only
+    NVLS's chunks are costed today: one link rate per route, and `size` the call's buffer (NCCL's nBytes
+    for an all-reduce)."""
     chunk = proto.chunk(size) if links and proto.chunk_overhead else None
     extra = nbytes / chunk * proto.chunk_overhead * link_bandwidth(hw, links[0]) if chunk else 0.0
     return None if proto.bandwidth == 1 and not extra else nbytes / proto.bandwidth + extra
 
 
 def _plan(kind: str, group: tuple[int, ...], moves: list[tuple[int, int, float]], steps: int,
-          hw: Hardware, level: str | None = None, proto: Protocol | None = None, size: float = 0.0) -> CollectivePlan:
+          hw: Hardware, level: str | None, proto: Protocol | None, size: float) -> CollectivePlan:
     topo, n = hw.interconnect.topology, hw.devices
     proto = proto or Protocol()
     routes = [route(topo, n, a, b, hw.nodes) for a, b, _ in moves]

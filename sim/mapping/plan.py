@@ -420,7 +420,7 @@ class Planner:
         else:
             util = matrix_utilization(self.hw, op.shape) * efficiency
             matrix_s = flops / (peak * util)
-        return ("matrix", matrix_s, util) if matrix_s <= vector_s else ("vector", vector_s, 1.0)
+        return ("matrix", matrix_s, util) if matrix_s <= vector_s else ("vector", vector_s, efficiency)
 
     def _factors(self, op: Op) -> list[dict[str, int]]:
         """Per matmul operand (reads[0] is M x K, reads[1] is K x N), its re-read factor under tiles

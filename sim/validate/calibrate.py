@@ -93,6 +93,12 @@ def operand(shape: tuple[int, ...], dtype: type = np.float32, which: int = 0) ->
 
 
 @functools.cache
+def owned(kern: ModuleType, shape: tuple[int, ...], dtype: type = np.float32, which: int = 0):
+    """`operand` in `kern`'s framework's own memory (`own`), made once per process like the operand."""
+    return kern.own(operand(shape, dtype, which))
+
+
+@functools.cache
 def _copy_pairs(n: int, threads: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Source and destination arrays of `n` floats per thread, made (and faulted in) once: see
     `native._cycle` for what allocating them every round did to the next measurement."""
@@ -130,7 +136,7 @@ def read_bandwidth(nbytes: int) -> float:
 
 
 def gemm_rate(dtype, n: int, kern: ModuleType = k) -> float:
-    a, b = kern.own(operand((n, n), dtype)), kern.own(operand((n, n), dtype, which=1))
+    a, b = owned(kern, (n, n), dtype), owned(kern, (n, n), dtype, which=1)
     return 2 * n**3 / typical_time(lambda: a @ b, repeats=3)
 
 
@@ -154,10 +160,10 @@ def rows_side(caches: list[dict]) -> int:
 
 def matrix_rates(side: int, kern: ModuleType = k) -> dict[int, float]:
     """GEMM FLOP/s by rows M on a `side` x `side` fp32 weight (`rows_side`)."""
-    w = kern.own(operand((side, side), which=1))
+    w = owned(kern, (side, side), which=1)
     out = {}
     for m in ROWS:
-        x = kern.own(operand((m, side)))
+        x = owned(kern, (m, side))
         out[m] = 2 * m * side * side / typical_time(lambda x=x: x @ w, repeats=5)
     return out
 
@@ -174,7 +180,7 @@ def depth_rates(kern: ModuleType = k) -> dict[int, float]:
     """GEMM FLOP/s of DEPTH_SIDE x K @ K x DEPTH_SIDE by reduction depth K (DEPTHS and MATRIX_SIZE)."""
     out = {}
     for depth in DEPTHS + (MATRIX_SIZE,):
-        x, w = kern.own(operand((DEPTH_SIDE, depth))), kern.own(operand((depth, DEPTH_SIDE), which=1))
+        x, w = owned(kern, (DEPTH_SIDE, depth)), owned(kern, (depth, DEPTH_SIDE), which=1)
         out[depth] = 2 * DEPTH_SIDE * DEPTH_SIDE * depth / typical_time(lambda x=x, w=w: x @ w, repeats=5)
     return out
 
@@ -189,7 +195,7 @@ def gemv_time(nbytes: int, columns: int | None = None, kern: ModuleType = k) -> 
     """Seconds per call of a BLAS GEMV re-reading one fp32 weight of about `nbytes` (warm: where it
     fits, the cache holding it serves it), K x `columns` (square if None)."""
     rows, cols = _weight_shape(nbytes, columns)
-    w, x = kern.own(operand((rows, cols), which=1)), kern.own(operand((1, rows)))
+    w, x = owned(kern, (rows, cols), which=1), owned(kern, (1, rows))
     return typical_time(lambda: x @ w, repeats=3)
 
 
@@ -262,7 +268,7 @@ def cold_gemv_rate(nbytes: int, overhead: float = 0.0, repeats: int = 7, columns
     weight from the cold pool each call), less the per-call framework cost `overhead`: how fast one op
     moves that many bytes. W is K x `columns` (square if None): each of its rows is one contiguous run."""
     rows, cols = _weight_shape(nbytes, columns)
-    pool, x = cold_pool(), kern.own(operand((1, rows)))
+    pool, x = cold_pool(), owned(kern, (1, rows))
     return _net_rate(4 * rows * cols, typical_time(lambda: x @ kern.array(pool.take(rows, cols)), repeats=repeats),
                      overhead)
 
@@ -363,7 +369,7 @@ def kernel_dispatch(stream_bytes: int, calls: int = 20, batches: int = 3, kern: 
     fastest: a layer norm 27 -> 38 us, an add 1 -> 3 us, the same in three repetitions), and a GPT-2
     decode step's layer norms took ~50 us each inside the pass."""
     rows, columns = _weight_shape(stream_bytes, 1024)
-    pool, x = cold_pool(), kern.own(operand((1, rows)))
+    pool, x = cold_pool(), owned(kern, (1, rows))
     out = {}
     for name, fn in tiny_kernels(kern).items():
         means = []

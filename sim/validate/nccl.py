@@ -29,7 +29,8 @@ CURVES = DATA / "nccl-fit.yaml"
 @dataclass(frozen=True)
 class InSwitchFit:
     curve: str
-    overhead: float  # s per call, from the curve's ring-protocol small messages
+    overhead: float  # s per call, from the curve's ring-protocol small messages (at least 0)
+    overhead_residual: float  # their median of measured minus predicted without it (negative: too slow)
     step: float  # s per call in the switch beyond the overhead and launch
     bandwidth: float  # share of the link's effective bandwidth
     chunk_overhead: float  # s per chunk
@@ -55,7 +56,8 @@ def fit_in_switch(name: str, path: Path = CURVES) -> InSwitchFit:
     # the per-call overhead: the ring's small messages, measured minus predicted without it
     bare = curve_hardware(curve, [("interconnect.collective_overhead", "0 s")])
     small = [(s, t) for s, t in points if s < start][:3]
-    overhead = max(0.0, statistics.median(t - predict_allreduce(bare, s, p) for s, t in small))
+    residual = statistics.median(t - predict_allreduce(bare, s, p) for s, t in small)
+    overhead = max(0.0, residual)
     proto = bare.interconnect.library.in_switch
     link = bare.interconnect.link.effective_bandwidth
     rows = [(s, t) for s, t in points if s >= start]
@@ -65,7 +67,8 @@ def fit_in_switch(name: str, path: Path = CURVES) -> InSwitchFit:
     a = np.array([[1.0 / t, s / link / t, s / proto.chunk(s) / t] for s, t in rows])
     b = np.array([(t - overhead - proto.launch) / t for s, t in rows])
     (step, inv_share, chunk_overhead), *_ = np.linalg.lstsq(a, b, rcond=None)
-    return InSwitchFit(name, overhead, float(step), float(1.0 / inv_share), float(chunk_overhead), len(rows))
+    return InSwitchFit(name, overhead, residual, float(step), float(1.0 / inv_share), float(chunk_overhead),
+                       len(rows))
 
 
 def fitted_errors(fit: InSwitchFit, path: Path = CURVES) -> list[tuple[float, float, float]]:
