@@ -56,6 +56,26 @@ def test_a_gemm_on_the_vector_units_runs_at_the_librarys_efficiency_too():
     assert Planner(full, place([op], full)).plan(op).compute_s == pytest.approx(0.90 * plan.compute_s, rel=1e-9)
 
 
+def test_a_gemm_whose_weight_streams_from_dram_runs_at_the_cold_efficiency():
+    """With a cold-weight table, a GEMM whose weight the walk served from DRAM takes it (here half the
+    rate); the same GEMM again, its weight now in the L3, takes the cached table. Without the table,
+    both take the cached one."""
+    from sim.mapping.plan import Planner
+    from sim.validate.cases import matmul_op
+
+    xeon = ROOT / "hardware_models/xeon-gold-6242.yaml"
+    hw = load_hardware(xeon, [("device.compute.matrix_efficiency_cold", {1: 0.45})])
+    ops = [matmul_op("first", 64, 1024, 1024), matmul_op("again", 64, 1024, 1024)]  # a 4 MiB weight, L3 22 MiB
+    planner = Planner(hw, place(ops, hw))
+    cold, warm = (planner.plan(op) for op in ops)
+    assert any(lvl == "dram" for lvl, _ in cold.loads) and not any(lvl == "dram" for lvl, _ in warm.loads)
+    assert cold.compute_s == pytest.approx(2 * warm.compute_s)  # 0.45 against the Xeon's 0.90
+    plain = load_hardware(xeon)
+    planner = Planner(plain, place(ops, plain))
+    first, second = (planner.plan(op) for op in ops)
+    assert first.compute_s == pytest.approx(second.compute_s) == pytest.approx(warm.compute_s)
+
+
 def test_reference_forward_runs_the_graph_shapes(toy):
     wl, _ = toy
     ref = Reference(wl.model, batch=2, max_context=16)
@@ -316,6 +336,7 @@ def test_calibration_measures_contradicting_figures_again_and_never_writes_them(
         return {"l1.bw": l1, **{f"l3.size.{(8 << 20) // k}": 50e9 for k in cal.CACHE_FRACTIONS},
                 "l3.run.256": 25e9, "l3.run.1024": 40e9, "dram.copy": 10e9, "dram.gemv": 20e9, "fp32": 1e11,
                 "fp16": 1e9, "dispatch.add": 2e-6, "vector.add": 4e9, **{f"rows.{m}": 5e10 for m in cal.ROWS},
+                **{f"cold_rows.{m}": 4e10 for m in cal.ROWS},
                 **{f"depth.{k}": 1e9 for k in cal.DEPTHS + (cal.MATRIX_SIZE,)},
                 **{f"cold.{s}": 10e9 for s in cal.COLD_SIZES}, **{f"dram.run.{n}": 5e9 for n in cal.RUN_COLUMNS}}
 
@@ -351,6 +372,7 @@ def test_calibration_assembles_a_loadable_model_from_its_figures(tmp_path: Path,
                "fp16": 1e9, "dispatch.add": 2e-6 / f, "dispatch.gelu": 6e-6 / f, "dispatch.matmul": 5e-6 / f,
                "dispatch.linear": 5e-6 / f, "epilogue.linear": 0.5e9 * f,
                "vector.add": 4e9, "vector.gelu": 1e9 * f, **{f"rows.{m}": 5e10 for m in cal.ROWS},
+               **{f"cold_rows.{m}": 4e10 for m in cal.ROWS},
                **{f"depth.{k}": 1e9 * k ** 0.5 * f for k in cal.DEPTHS + (cal.MATRIX_SIZE,)},
                **{f"cold.{s}": 10e9 for s in cal.COLD_SIZES}, f"cold.{16 << 20}": 50e9,
                **{f"dram.run.{n}": 5e9 for n in cal.RUN_COLUMNS}}

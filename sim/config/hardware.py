@@ -57,11 +57,13 @@ class ComputeUnit(Spec):
     peak: dict[Dtype, FlopRate] = Field(min_length=1, description="matrix-engine peak per dtype")
     vector: FlopRate = Field(description="peak of the vector units that run non-matmul ops")
 
-    def efficiency(self, rows: int, dtype: str | None = None, depth: int = 0) -> float:
-        """The matrix efficiency table of `dtype` (or the general one) at `rows`, times the depth table at
-        the reduction depth K (`depth`; 0: unknown, none), each interpolated linearly in log2 and clamped
-        at the ends."""
+    def efficiency(self, rows: int, dtype: str | None = None, depth: int = 0, cold: bool = False) -> float:
+        """The matrix efficiency table of `dtype` (or the general one; with `cold`, the cold-weight one
+        where given) at `rows`, times the depth table at the reduction depth K (`depth`; 0: unknown,
+        none), each interpolated linearly in log2 and clamped at the ends."""
         table = self.matrix_efficiency_by_dtype.get(dtype, self.matrix_efficiency) if dtype else self.matrix_efficiency
+        if cold and self.matrix_efficiency_cold:
+            table = self.matrix_efficiency_cold
         by_depth = log_interpolate(self.matrix_efficiency_by_depth, depth, 1.0) if depth else 1.0
         return log_interpolate(table, rows, 1.0) * by_depth
 
@@ -78,6 +80,13 @@ class ComputeUnit(Spec):
         description="achieved fraction (multiplying `matrix_efficiency`) by a GEMM's reduction depth K "
         "(interpolated in log K, clamped at the ends): a short K spends a BLAS's packing and each tile's "
         "loads on few multiply-adds (attention's per-head GEMMs, K = head_dim). Absent: 1",
+    )
+    matrix_efficiency_cold: dict[Count, float] = Field(
+        default_factory=dict,
+        description="the matrix_efficiency table (by rows M) of a GEMM whose weight streams from DRAM, in "
+        "place of the others: a CPU BLAS packs such a weight at well under DRAM's bandwidth (PyTorch on "
+        "this project's VM: 64 rows over a 1280 x 1280 weight, 164 GFLOP/s cached, 123 from DRAM). "
+        "Absent: the same tables as a cached weight",
     )
     matrix_efficiency_by_dtype: dict[Dtype, dict[Count, float]] = Field(
         default_factory=dict,
@@ -103,7 +112,8 @@ class ComputeUnit(Spec):
     @model_validator(mode="after")
     def _fractions(self) -> ComputeUnit:
         tables = {"matrix_efficiency": self.matrix_efficiency, "matrix_efficiency_by_depth":
-                  self.matrix_efficiency_by_depth} | {f"matrix_efficiency_by_dtype.{d}": t
+                  self.matrix_efficiency_by_depth, "matrix_efficiency_cold": self.matrix_efficiency_cold} | {
+                      f"matrix_efficiency_by_dtype.{d}": t
                                                       for d, t in self.matrix_efficiency_by_dtype.items()}
         for key, table in tables.items():
             for at, value in table.items():

@@ -163,6 +163,8 @@ class Planner:
         self._vector_for = dev.vector_for
         self._epilogue_for = dev.epilogue_for
         self._row_element_for = dev.row_element_for
+        self._cold_table = bool(dev.compute.matrix_efficiency_cold)
+        self._dram_levels = frozenset(n for n, lvl in self.levels.items() if lvl.kind == "dram")
         self._home = dict(placement.home)
         self._split = placement.split  # tensors served from a faster level than their kind's home
         self._compute_of: dict[tuple, tuple] = {}
@@ -373,11 +375,12 @@ class Planner:
         if op.collective is not None:
             return OpPlan(op=op, unit="link", compute_s=0.0, utilization=1.0, loads=(), stores=(),
                           hits=(), chunks=(1.0,), overhead_s=self._overhead, stream="comm")
+        cold = self._cold_weight(op, t)
         sig = (op.engine, op.kernel, op.row, op.dtype, op.flops, op.epilogue, op.shape,
-               op.reads[0].bytes if op.reads else 0.0, op.reads[1].bytes if len(op.reads) > 1 else 0.0)
+               op.reads[0].bytes if op.reads else 0.0, op.reads[1].bytes if len(op.reads) > 1 else 0.0, cold)
         known = self._compute_of.get(sig)
         if known is None:
-            known = self._compute_of[sig] = self._compute(op)
+            known = self._compute_of[sig] = self._compute(op, cold)
         unit, compute_s, util = known
         run = run_bytes(op)
         per_level = transfer_s(self.levels, t.loads + t.stores, self._flat_bandwidth, run)
@@ -389,7 +392,15 @@ class Planner:
                       launch_s=self._launch_for(op.kernel) + self._fixed_for(op.kernel, op.engine == "matrix"),
                       run_bytes=run)
 
-    def _compute(self, op: Op) -> tuple[str, float, float]:
+    def _cold_weight(self, op: Op, t: Traffic) -> bool:
+        """Whether a GEMM's weight (its K x N operand) came mostly from DRAM (the walk's loads there are
+        at least half its bytes), where the hardware has a cold-weight efficiency table."""
+        if not self._cold_table or len(op.shape) != 4 or len(op.reads) < 2:
+            return False
+        from_dram = sum(b for lvl, b in t.loads if lvl in self._dram_levels)
+        return from_dram >= 0.5 * op.reads[1].bytes
+
+    def _compute(self, op: Op, cold: bool = False) -> tuple[str, float, float]:
         """Matmul-like ops run on the matrix engine or the vector units, whichever is faster (a GEMV
         wastes most of an MMA tile); everything else runs on the vector units. An epilogue the framework
         does not fuse (`epilogue_for`) follows the product at its own rate."""
@@ -398,19 +409,19 @@ class Planner:
             return "vector", max(vector_s, op.row * self._row_element_for(op.kernel)), 1.0
         rate = self._epilogue_for(op.kernel) if op.epilogue else None
         if rate is None:
-            return self._product(op, op.flops)
-        unit, product_s, util = self._product(op, op.flops - op.epilogue)
+            return self._product(op, op.flops, cold)
+        unit, product_s, util = self._product(op, op.flops - op.epilogue, cold)
         return unit, product_s + op.epilogue / rate, util
 
-    def _product(self, op: Op, flops: float) -> tuple[str, float, float]:
+    def _product(self, op: Op, flops: float, cold: bool = False) -> tuple[str, float, float]:
         """Unit, time and utilization of a matmul-like op's `flops` (its product, and a fused epilogue).
         The library's efficiency for the shape holds on whichever units run it: on a CPU the matrix and
         vector units are the same SIMD FMAs, and a GEMM does not reach their peak on either."""
         compute = self.hw.device.compute
         peak = matrix_peak(self.hw, op.dtype, self.hw_file)
         gemm = len(op.shape) == 4
-        efficiency = compute.efficiency(op.shape[1], compute.emulate.get(op.dtype, op.dtype), op.shape[3]) \
-            if gemm else 1.0
+        efficiency = compute.efficiency(op.shape[1], compute.emulate.get(op.dtype, op.dtype), op.shape[3],
+                                        cold) if gemm else 1.0
         vector_s = flops / (self._vector_for(op.kernel) * efficiency)
         if compute.block_tiles and gemm and len(op.reads) >= 2:
             k_step = compute.tile[2] if compute.tile else 1

@@ -158,13 +158,16 @@ def rows_side(caches: list[dict]) -> int:
     return min(MATRIX_SIZE, max(768, side))
 
 
-def matrix_rates(side: int, kern: ModuleType = k) -> dict[int, float]:
-    """GEMM FLOP/s by rows M on a `side` x `side` fp32 weight (`rows_side`)."""
-    w = owned(kern, (side, side), which=1)
+def matrix_rates(side: int, kern: ModuleType = k, cold: bool = False) -> dict[int, float]:
+    """GEMM FLOP/s by rows M on a `side` x `side` fp32 weight (`rows_side`): one weight re-read (it stays
+    in the last cache), or, `cold`, each call's weight the least recently used of the cold pool (from
+    DRAM, as a pass reads a model's weights)."""
+    w, pool = owned(kern, (side, side), which=1), cold_pool()
     out = {}
     for m in ROWS:
         x = owned(kern, (m, side))
-        out[m] = 2 * m * side * side / typical_time(lambda x=x: x @ w, repeats=5)
+        call = (lambda x=x: x @ kern.array(pool.take(side, side))) if cold else (lambda x=x: x @ w)
+        out[m] = 2 * m * side * side / typical_time(call, repeats=5)
     return out
 
 
@@ -417,6 +420,7 @@ def _measure_once(caches: list[dict], cores: int, compiled: bool, dram_bytes: in
     progress("GEMM peak (fp32, fp16) and rate by rows")
     out["fp32"], out["fp16"] = gemm_rate(np.float32, MATRIX_SIZE, kern), gemm_rate(np.float16, 256, kern)
     out.update({f"rows.{m}": r for m, r in matrix_rates(rows_side(caches), kern).items()})
+    out.update({f"cold_rows.{m}": r for m, r in matrix_rates(rows_side(caches), kern, cold=True).items()})
     out.update({f"depth.{depth}": r for depth, r in depth_rates(kern).items()})
     after("gemm")
     progress("each kernel's dispatch and vector rate")
@@ -552,10 +556,14 @@ def _model(fig: dict[str, float], caches: list[dict], cores: int, compiled: bool
         f"by its row length (4 bytes x columns), over the {LONG_ROW}-column one; {kept}")
     fp32 = fig["fp32"]
     efficiency = {m: round(min(1.0, fig[f"rows.{m}"] / fp32), 3) for m in ROWS}
+    cold_efficiency = {m: round(min(1.0, fig[f"cold_rows.{m}"] / fp32), 3) for m in ROWS}
     side = rows_side(caches)
     notes["device.compute.matrix_efficiency"] = (
         f"{framework} matmul M x {side} x {side} fp32 (a weight in a quarter of the last cache), rate / fp32 "
         f"peak; {kept}")
+    notes["device.compute.matrix_efficiency_cold"] = (
+        f"{framework} matmul M x {side} x {side} fp32, each call's weight the least recently used of a pool "
+        f"{POOL_FACTOR}x the largest cache (from DRAM), rate / fp32 peak; {kept}")
     by_depth = {d: round(min(1.0, fig[f"depth.{d}"] / fig[f"depth.{MATRIX_SIZE}"]), 3) for d in DEPTHS} | {
         MATRIX_SIZE: 1.0}
     notes["device.compute.matrix_efficiency_by_depth"] = (
@@ -587,6 +595,7 @@ def _model(fig: dict[str, float], caches: list[dict], cores: int, compiled: bool
                 "emulate": {"tf32": "fp32", "bf16": "fp32", "fp8": "fp32"},
                 "vector": f"{float(np.median(list(rates.values()))) / 1e9:.3f} GFLOP/s",
                 "matrix_efficiency": efficiency,
+                "matrix_efficiency_cold": cold_efficiency,
                 "matrix_efficiency_by_depth": by_depth,
             },
             "memory": memory,
