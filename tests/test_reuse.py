@@ -24,6 +24,7 @@ CASES = {
     "cache, step overhead": (CACHE, {"device__dispatch_overhead": "0.2 us", "device__step_overhead": "3 us"}),
     "cache, sync, step overhead": (CACHE, {"device__dispatch_mode": "sync", "device__step_overhead": "3 us"}),
     "cache, weights pinned": (CACHE, {"device__memory__l2__pin": ["weight"], "device__memory__l2__capacity": "2 MiB"}),
+    "cache, cold-weight table": (CACHE, {"device__compute__matrix_efficiency_cold": {1: 0.3}}),
     "tensor parallel": (NODE, {"parallelism__tensor": 4}),
     "pipeline parallel": (NODE, {"parallelism__pipeline": 2}),
     "tensor x pipeline": (NODE, {"parallelism__tensor": 2, "parallelism__pipeline": 2}),

@@ -1,5 +1,6 @@
 """Calibration and validation plumbing (the measurements themselves are benchmarks, not tests)."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +75,21 @@ def test_a_gemm_whose_weight_streams_from_dram_runs_at_the_cold_efficiency():
     planner = Planner(plain, place(ops, plain))
     first, second = (planner.plan(op) for op in ops)
     assert first.compute_s == pytest.approx(second.compute_s) == pytest.approx(warm.compute_s)
+    # the weight warm, a new 8 MiB input from DRAM: not a cold weight
+    wide = matmul_op("again", 2048, 1024, 1024, tensors="big_")
+    wide = replace(wide, reads=(wide.reads[0], ops[1].reads[1]))
+    planner = Planner(hw, place(ops + [wide], hw))
+    planner.plan(ops[0])
+    assert planner._cold_weight(wide, planner.walk(wide)) is False
+    # attention's products read the KV cache, not a weight: never the cold table
+    from sim.graph import build_graph
+
+    wl, hw_toy = load(DATA / "toy-gpt.yaml", device__compute__matrix_efficiency_cold={1: 0.1})
+    graph = build_graph(wl)
+    ops_all = graph.ops
+    planner = Planner(hw_toy, place(graph, hw_toy))
+    scores = [op for op in ops_all if op.name.endswith("scores")]
+    assert scores and not any(planner._cold_weight(op, planner.walk(op)) for op in scores)
 
 
 def test_reference_forward_runs_the_graph_shapes(toy):
@@ -393,6 +409,8 @@ def test_calibration_assembles_a_loadable_model_from_its_figures(tmp_path: Path,
     assert hw.levels["l1"].bandwidth == pytest.approx(200e9)
     assert dram.bandwidth == pytest.approx(50e9)  # the fastest figure, a cold 16 MiB GEMV's, unclipped ...
     assert hw.device.compute.peak["fp32"] == pytest.approx(2e11)
+    assert hw.device.compute.matrix_efficiency == {m: 0.25 for m in cal.ROWS}  # rows: 5e10 of 2e11
+    assert hw.device.compute.matrix_efficiency_cold == {m: 0.2 for m in cal.ROWS}  # cold rows: 4e10
     assert hw.device.dispatch_overhead == pytest.approx(2.5e-6)  # the median kernel's, matmul's
     assert hw.device.dispatch_for("gelu") == pytest.approx(3e-6)
     assert hw.device.dispatch_for("tanh") == pytest.approx(2.5e-6)  # no kernel of its own: the median

@@ -61,9 +61,8 @@ class ComputeUnit(Spec):
         """The matrix efficiency table of `dtype` (or the general one; with `cold`, the cold-weight one
         where given) at `rows`, times the depth table at the reduction depth K (`depth`; 0: unknown,
         none), each interpolated linearly in log2 and clamped at the ends."""
-        table = self.matrix_efficiency_by_dtype.get(dtype, self.matrix_efficiency) if dtype else self.matrix_efficiency
-        if cold and self.matrix_efficiency_cold:
-            table = self.matrix_efficiency_cold
+        general = self.matrix_efficiency_cold if cold and self.matrix_efficiency_cold else self.matrix_efficiency
+        table = self.matrix_efficiency_by_dtype.get(dtype, general) if dtype else general
         by_depth = log_interpolate(self.matrix_efficiency_by_depth, depth, 1.0) if depth else 1.0
         return log_interpolate(table, rows, 1.0) * by_depth
 
@@ -85,8 +84,9 @@ class ComputeUnit(Spec):
         default_factory=dict,
         description="the matrix_efficiency table (by rows M) of a GEMM whose weight streams from DRAM, in "
         "place of the others: a CPU BLAS packs such a weight at well under DRAM's bandwidth (PyTorch on "
-        "this project's VM: 64 rows over a 1280 x 1280 weight, 164 GFLOP/s cached, 123 from DRAM). "
-        "Absent: the same tables as a cached weight",
+        "this project's VM: 64 rows over a 1280 x 1280 weight, 164 GFLOP/s cached, 123 from DRAM; the "
+        "stream itself is in the rate). A dtype's own table still wins. Absent: the same tables as a "
+        "cached weight",
     )
     matrix_efficiency_by_dtype: dict[Dtype, dict[Count, float]] = Field(
         default_factory=dict,

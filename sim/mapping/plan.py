@@ -41,6 +41,7 @@ class Traffic:
     loads: tuple[tuple[str, float], ...]
     stores: tuple[tuple[str, float], ...]
     hits: tuple[tuple[str, float, float], ...]
+    weight_dram: float = 0.0  # bytes of its weight operands a DRAM-kind level served (before re-reads)
 
 
 NO_TRAFFIC = Traffic((), (), ())
@@ -310,6 +311,7 @@ class Planner:
         written: dict[str, float] = {}
         hits: dict[str, list[float]] = {}
         read, write, path, split = self.residency.read, self.residency.write, self._path, self._split
+        weight_dram, drams = 0.0, self._dram_levels
         for name, dl, scope, kind, nbytes, home, routes in reads:
             key = (name, None, None) if scope == 0 else (name, layer + dl, seq if scope == 2 else None)
             if split:
@@ -318,6 +320,8 @@ class Planner:
             for source, b in sources:
                 for lvl, reuse in routes[source]:
                     served[lvl] = served.get(lvl, 0.0) + (b if reuse is None else b * reuse)
+                if kind == "weight" and source in drams:
+                    weight_dram += b
             if writebacks:
                 self._writebacks(writebacks, served, written)
             for cache, hit, n in looked:
@@ -342,6 +346,7 @@ class Planner:
             stores=tuple(written.items()) if 0.0 not in written.values() else tuple(
                 (lvl, b) for lvl, b in written.items() if b > 0),
             hits=tuple((c, h, n) for c, (h, n) in hits.items()),
+            weight_dram=weight_dram,
         )
 
     def _access_specs(self, op: Op) -> tuple[tuple, tuple]:
@@ -393,12 +398,14 @@ class Planner:
                       run_bytes=run)
 
     def _cold_weight(self, op: Op, t: Traffic) -> bool:
-        """Whether a GEMM's weight (its K x N operand) came mostly from DRAM (the walk's loads there are
-        at least half its bytes), where the hardware has a cold-weight efficiency table."""
-        if not self._cold_table or len(op.shape) != 4 or len(op.reads) < 2:
+        """Whether a GEMM's weight came mostly from DRAM (a DRAM-kind level served at least half its
+        bytes, re-reads aside), where the hardware has a cold-weight efficiency table. Only weights:
+        attention's products over the KV cache and the backward pass's over gradients are not what the
+        table measures."""
+        if not self._cold_table or len(op.shape) != 4 or not t.weight_dram:
             return False
-        from_dram = sum(b for lvl, b in t.loads if lvl in self._dram_levels)
-        return from_dram >= 0.5 * op.reads[1].bytes
+        weight = sum(a.bytes for a in op.reads if a.tensor.kind == "weight")
+        return t.weight_dram >= 0.5 * weight
 
     def _compute(self, op: Op, cold: bool = False) -> tuple[str, float, float]:
         """Matmul-like ops run on the matrix engine or the vector units, whichever is faster (a GEMV
