@@ -33,4 +33,7 @@ def main(curve: str = "h200-nvls-stas00") -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:2])
+    try:
+        main(*sys.argv[1:2])
+    except ValueError as e:
+        sys.exit(f"error: {e}")

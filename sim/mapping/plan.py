@@ -311,6 +311,7 @@ class Planner:
         written: dict[str, float] = {}
         hits: dict[str, list[float]] = {}
         read, write, path, split = self.residency.read, self.residency.write, self._path, self._split
+        # counted whatever the compute tables: a walk's traffic depends on the memory's structure alone
         weight_dram, drams = 0.0, self._dram_levels
         for name, dl, scope, kind, nbytes, home, routes in reads:
             key = (name, None, None) if scope == 0 else (name, layer + dl, seq if scope == 2 else None)
@@ -320,7 +321,7 @@ class Planner:
             for source, b in sources:
                 for lvl, reuse in routes[source]:
                     served[lvl] = served.get(lvl, 0.0) + (b if reuse is None else b * reuse)
-                if kind == "weight" and source in drams:
+                if source in drams and kind == "weight":
                     weight_dram += b
             if writebacks:
                 self._writebacks(writebacks, served, written)

@@ -49,7 +49,10 @@ def curve_hardware(curve: dict, overrides: list[tuple[str, object]] = ()) -> Har
 
 
 def fit_in_switch(name: str, path: Path = CURVES) -> InSwitchFit:
-    curve = yaml.safe_load(path.read_text())["curves"][name]
+    curves = yaml.safe_load(path.read_text())["curves"]
+    if name not in curves:
+        raise ValueError(f"{path.name}: no curve {name!r} (known: {', '.join(curves)})")
+    curve = curves[name]
     points = curve_times(curve)
     start = parse_quantity(curve["in_switch_from"], Dim.BYTES)
     p = curve["devices"]
