@@ -238,6 +238,30 @@ def test_calibration_rows_fit_an_additive_cost_and_are_held_out(tmp_path: Path):
     assert abs(error["borrows"]) < 1e-3 and error["does not"] < -0.1
 
 
+def test_a_per_step_calibration_divides_the_residual_by_the_steps(tmp_path: Path):
+    """A parameter a row pays once per step (a framework's host time per step) is calibrated per step:
+    a measurement made with 50 us per step gives back 50 us, whatever the number of steps; the held-out
+    row is then predicted with it, and the table names the row's runtime."""
+    settings = {"scenario.phase": "generate", "scenario.batch": 1, "scenario.prompt_tokens": 8,
+                "scenario.new_tokens": 3, "model.layers": 1}
+    series = {"group": "g", "kind": "generate", "hardware": "a100-sxm4-80gb", "workload": "gpt2",
+              "runtime": "serving", "calibrates": "runtime.step_overhead", "source": "http://x", "set": settings}
+    row = {**series, "series": "s", "name": "cal"}
+    measured = predict_row(row, [("runtime.step_overhead", "50 us")])[1]
+    assert measured > predict_row(row, [("runtime.step_overhead", "0 s")])[1] + 100e-6  # paid more than twice
+    data = {"series": {"s": series},
+            "cases": [{"series": "s", "name": "cal", "measured_s": measured, "role": "calibration"},
+                      {"series": "s", "name": "held out", "measured_s": measured}]}
+    path = tmp_path / "published.yaml"
+    path.write_text(yaml.safe_dump(data))
+    (key, value, n), = calibrations(published_rows(path)).values()
+    assert key == "runtime.step_overhead" and value == pytest.approx(50e-6, rel=1e-6) and n == 1
+    cases, notes = published_cases(path)
+    assert [c.name for c in cases] == ["held out"] and abs(cases[0].error) < 1e-6
+    assert "per time a row pays it" in notes[0]
+    assert "| `serving` |" in to_markdown([], cases, "")
+
+
 def test_case_error_sign():
     assert Case("g", "c", 1.1, 1.0).error == pytest.approx(0.1)
 

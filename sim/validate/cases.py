@@ -47,6 +47,7 @@ class Case:
     #: what predicted_s and measured_s are in: seconds, or "x" for a ratio (a latency over a reference
     #: case's, where the source publishes only that)
     unit: str = "s"
+    runtime: str = ""  # the shipped runtime (runtimes/<name>.yaml) a published row is predicted under
 
     def shown(self, value: float) -> str:
         return fmt_time(value) if self.unit == "s" else f"{value:.3g}{self.unit}"

@@ -24,6 +24,8 @@ from sim.validate.cases import ROOT, Case, predict_matmul
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 PUBLISHED = DATA / "published.yaml"
+#: the step a calibrated parameter is probed with to find how many times a row pays it
+PROBE = 1e-3
 
 
 def predict_allreduce(hw: Hardware, nbytes: float, devices: int) -> float:
@@ -121,14 +123,22 @@ def published_rows(path: Path = PUBLISHED) -> list[dict]:
 
 
 def calibrations(rows: list[dict]) -> dict[str, tuple[str, float, int]]:
-    """Per series with calibration rows: (parameter, value in seconds, rows used). The value is the
-    median over those rows of measured minus predicted with the parameter at 0."""
+    """Per series with calibration rows: (parameter, value in seconds, rows used). A row's prediction is
+    linear in the parameter (a time paid once per call, or once per step: its slope is how many times);
+    the value is the median over those rows of measured minus predicted with the parameter at 0, over
+    that slope."""
     out = {}
     for series in dict.fromkeys(r["series"] for r in rows if r.get("role") == "calibration"):
         used = [r for r in rows if r["series"] == series and r.get("role") == "calibration"]
         key = used[0]["calibrates"]
-        residuals = [measured_seconds(r) - predict_row(r, [(key, "0 s")])[1] for r in used]
-        out[series] = (key, max(0.0, statistics.median(residuals)), len(used))
+        values = []
+        for r in used:
+            at_zero = predict_row(r, [(key, "0 s")])[1]
+            slope = (predict_row(r, [(key, f"{PROBE * 1e6:g} us")])[1] - at_zero) / PROBE
+            if slope <= 0:
+                raise ValueError(f"calibration row {r['name']!r}: its prediction does not grow with {key}")
+            values.append((measured_seconds(r) - at_zero) / slope)
+        out[series] = (key, max(0.0, statistics.median(values)), len(used))
     return out
 
 
@@ -145,10 +155,10 @@ def published_cases(path: Path = PUBLISHED) -> tuple[list[Case], list[str]]:
         extra = [(key, f"{value * 1e6:.6f} us")] if key else []
         _, predicted = predict_row(row, extra)
         cases.append(Case(row["group"], row["name"], predicted, measured_seconds(row), row["source"],
-                          unit="x" if row["kind"] == "ratio" else "s"))
-    notes = [f"{key} = {fmt_time(value)} for {next(r['group'] for r in rows if r['series'] == s)!r}: the median of "
-             f"measured minus predicted without it over its {n} calibration rows (not in the table)"
-             for s, (key, value, n) in fitted.items()]
+                          unit="x" if row["kind"] == "ratio" else "s", runtime=row["runtime"]))
+    notes = [f"{key} = {fmt_time(value)} for {next(r['group'] for r in rows if r['series'] == s)!r}: the median, "
+             f"over its {n} calibration row{'s' if n > 1 else ''} (not in the table), of measured minus predicted "
+             f"without it, per time a row pays it" for s, (key, value, n) in fitted.items()]
     return cases, notes
 
 

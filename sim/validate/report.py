@@ -28,24 +28,31 @@ def _summary(cases: list[Case]) -> str:
     return line
 
 
+def _has_runtime(cases: list[Case]) -> bool:
+    return any(c.runtime for c in cases)
+
+
 def render(console: Console, title: str, cases: list[Case]) -> None:
     table = Table(title=title, title_justify="left")
-    spread = _has_spread(cases)
-    for col in ("group", "case", "predicted", "measured", "error", *(["spread"] if spread else [])):
-        table.add_column(col, justify="left" if col in ("group", "case") else "right")
+    spread, runtime = _has_spread(cases), _has_runtime(cases)
+    for col in ("group", "case", *(["runtime"] if runtime else []), "predicted", "measured", "error",
+                *(["spread"] if spread else [])):
+        table.add_column(col, justify="left" if col in ("group", "case", "runtime") else "right")
     for c in cases:
-        table.add_row(c.group, c.name, c.shown(c.predicted_s), c.shown(c.measured_s), f"{100 * c.error:+.1f}%",
-                      *([f"{100 * c.spread:.0f}%"] if spread else []))
+        table.add_row(c.group, c.name, *([c.runtime] if runtime else []), c.shown(c.predicted_s),
+                      c.shown(c.measured_s), f"{100 * c.error:+.1f}%", *([f"{100 * c.spread:.0f}%"] if spread else []))
     console.print(table)
     console.print(f"  {_summary(cases)}\n")
 
 
 def _md_table(cases: list[Case], with_source: bool) -> str:
-    spread = _has_spread(cases)
-    head = "| group | case | predicted | measured | error |" + (" spread |" if spread else "") + (
-        " source |" if with_source else "")
-    rule = "|---|---|---:|---:|---:|" + ("---:|" if spread else "") + ("---|" if with_source else "")
-    rows = [f"| {c.group} | {c.name} | {c.shown(c.predicted_s)} | {c.shown(c.measured_s)} | {100 * c.error:+.1f}% |"
+    spread, runtime = _has_spread(cases), _has_runtime(cases)
+    head = "| group | case |" + (" runtime |" if runtime else "") + " predicted | measured | error |" + (
+        " spread |" if spread else "") + (" source |" if with_source else "")
+    rule = "|---|---|" + ("---|" if runtime else "") + "---:|---:|---:|" + ("---:|" if spread else "") + (
+        "---|" if with_source else "")
+    rows = [f"| {c.group} | {c.name} |" + (f" `{c.runtime}` |" if runtime else "")
+            + f" {c.shown(c.predicted_s)} | {c.shown(c.measured_s)} | {100 * c.error:+.1f}% |"
             + (f" {100 * c.spread:.0f}% |" if spread else "") + (f" {c.source} |" if with_source else "")
             for c in cases]
     summary = _summary(cases)
@@ -69,8 +76,8 @@ def to_markdown(live: list[Case], published: list[Case], hardware: str, calibrat
         parts += [f"### Live cases on this machine (predicted with `{hardware}`)", "", _md_table(live, False), ""]
         parts += [drift[:1].upper() + drift[1:] + ".", ""] if drift else []
     if published:
-        parts += ["### Published cases (predicted with the shipped hardware models)", "", _md_table(published, True),
-                  ""]
+        parts += ["### Published cases (predicted with the shipped hardware models, each under the runtime its "
+                  "source ran: `runtimes/<runtime>.yaml`)", "", _md_table(published, True), ""]
     parts += [f"Calibrated: {line}." for line in calibrated] + ([""] if calibrated else [])
     if measured:
         sources = sorted({c.source for c in measured})
