@@ -172,6 +172,7 @@ def test_published_rows_cite_sources_and_convert_to_seconds():
             assert (ROOT / "workloads" / f"{row['workload']}.yaml").exists()
     # the published figure, converted: nccl-tests busbw = algbw x 2(p-1)/p; a GEMM's FLOP/s; tokens/s
     assert measured_seconds({"bytes": 2**20, "devices": 8, "busbw": "1.75 GB/s"}) == pytest.approx(2**20 / 1e9)
+    assert measured_seconds({"bytes": 2**20, "devices": 4, "time": "101.9 us"}) == pytest.approx(101.9e-6)  # as printed
     assert measured_seconds({"m": 10, "n": 10, "k": 10, "rate": "2 kFLOP/s"}) == pytest.approx(1.0)
     assert measured_seconds({"tokens": 200, "tokens_per_s": 100}) == pytest.approx(2.0)
     assert measured_seconds({"samples": 8192, "samples_per_s": 580}) == pytest.approx(8192 / 580)  # a step

@@ -50,6 +50,8 @@ def measured_seconds(row: dict) -> float:
         return float(row["normalized"])
     if "rate" in row:  # a matmul's achieved FLOP/s
         return 2.0 * row["m"] * row["n"] * row["k"] / parse_quantity(row["rate"], Dim.COMPUTE)
+    if "time" in row:  # a time as its source prints it (nccl-tests' "time" column)
+        return parse_quantity(row["time"], Dim.TIME)
     if "busbw" in row:  # nccl-tests: busbw = algbw x 2(p-1)/p for an all-reduce
         p = row["devices"]
         return row["bytes"] * 2 * (p - 1) / p / parse_quantity(row["busbw"], Dim.BANDWIDTH)
