@@ -23,6 +23,8 @@ CASES = {
     "cache, sync dispatch": (CACHE, {"device__dispatch_overhead": "0.5 us", "device__dispatch_mode": "sync"}),
     "cache, step overhead": (CACHE, {"device__dispatch_overhead": "0.2 us", "device__step_overhead": "3 us"}),
     "cache, sync, step overhead": (CACHE, {"device__dispatch_mode": "sync", "device__step_overhead": "3 us"}),
+    # a serving runtime's fused kernels (GELU into its GEMM, residual adds into norms or GEMMs)
+    "fused kernels": (CACHE, {"device__fuse": {"gelu": "producer", "add": "consumer", "rope": "consumer"}}),
     "cache, weights pinned": (CACHE, {"device__memory__l2__pin": ["weight"], "device__memory__l2__capacity": "2 MiB"}),
     "cache, cold-weight table": (CACHE, {"device__compute__matrix_efficiency_cold": {1: 0.3}}),
     "tensor parallel": (NODE, {"parallelism__tensor": 4}),

@@ -182,23 +182,27 @@ def test_shipped_runtimes_order_the_software_costs_of_a_small_decode():
 
 
 def test_a_fused_serving_runtime_drops_the_launches_of_what_it_fuses():
-    """Under runtimes/serving.yaml, RoPE, the residual add and GELU pay no launch or fixed time of their
-    own (they run inside a neighbouring kernel); every other kernel keeps the CUDA-graph runtime's, and a
-    Llama decode step is faster by the launches it drops, no more."""
+    """Under runtimes/serving.yaml, RoPE, the residual adds and GELU run inside a neighbouring kernel;
+    every other kernel keeps the CUDA-graph runtime's costs, and a Llama decode step is faster by the
+    launches and fixed times it drops (and the few KB it keeps on chip), no more."""
     h200 = ROOT / "hardware_models/h200-sxm.yaml"
     graphs = load_hardware(h200, runtime=ROOT / "runtimes/cuda-graphs.yaml").device
     serving = load_hardware(h200, runtime=ROOT / "runtimes/serving.yaml").device
-    for kernel in ("rope", "add", "gelu"):
-        assert (serving.launch_for(kernel), serving.fixed_for(kernel, False)) == (0, 0)
-        assert graphs.launch_for(kernel) == graphs.launch_overhead > 0
+    assert serving.fuse == {"rope": "consumer", "add": "consumer", "gelu": "producer"} and not graphs.fuse
     assert serving.launch_for("rmsnorm") == graphs.launch_for("rmsnorm") and serving.dispatch_overhead == 0
     sets = [("model.layers", 2), ("scenario.new_tokens", 4)]
-    times = {}
+    results = {}
     for name in ("cuda-graphs", "serving"):
         wl, hw, _ = load_run(ROOT / "workloads/llama2-7b.yaml", sets, h200, ROOT / f"runtimes/{name}.yaml")
-        times[name] = summarize(run(wl, hw))["tpot_s"]
-    per_layer = graphs.launch_overhead * 3 + graphs.fixed_for("rope", False) + 2 * graphs.fixed_for("add", False)
-    assert times["serving"] < times["cuda-graphs"] <= times["serving"] + 2 * per_layer + 1e-9
+        results[name] = run(wl, hw)
+    saved = summarize(results["cuda-graphs"])["total_s"] - summarize(results["serving"])["total_s"]
+    fused_away = [r for r in results["cuda-graphs"].ops
+                  if r.name.rsplit(".", 1)[1] in ("rope", "residual", "residual2")]
+    per_op = {"rope": graphs.fixed_for("rope", False), "residual": graphs.fixed_for("add", False),
+              "residual2": graphs.fixed_for("add", False)}
+    dropped = sum(graphs.launch_overhead + per_op[r.name.rsplit(".", 1)[1]] for r in fused_away)
+    # at least the launches and fixed times; at most the whole time those ops took (their memory round trips)
+    assert len(fused_away) == 3 * 2 * 5 and dropped <= saved + 1e-12 <= sum(r.end_s - r.start_s for r in fused_away)
 
 
 def test_set_runtime_keys_never_make_a_platform_the_runtime_lacks_nor_change_what_it_extends():

@@ -234,6 +234,12 @@ class Device(Spec):
         default=0.0, description="host time per forward pass after the previous one has finished (sampling "
         "the token, scheduling the next step) before its first op is dispatched. 0: the framework overlaps "
         "it (on-device sampling, captured graphs) and the host may run ahead across passes")
+    fuse: dict[Kernel, Literal["producer", "consumer"]] = Field(
+        default_factory=dict, description="per kernel, the neighbour an inference pass runs its elementwise "
+        "ops inside (the runtime's figure): `producer`, the op that made its input (a GEMM's epilogue), or "
+        "`consumer`, the op that reads its output (the next norm); the other where that one cannot take it. "
+        "The fused op pays no launch or fixed time of its own, and an activation only the two exchange never "
+        "goes to memory")
     kernels: dict[Kernel, KernelCost] = Field(
         default_factory=dict, description="per kernel (what an op computes: layernorm, gelu, add, ...), costs "
         "that differ from `dispatch_overhead` and `compute.vector`: an eager framework's layernorm is several "

@@ -31,6 +31,7 @@ TO_HARDWARE = {
     "collective_overhead": "interconnect.collective_overhead",
     "collectives": "interconnect.library",
     "memory_reserved": "device.memory_reserved",
+    "fuse": "device.fuse",
 }
 
 #: keys of the runtime file itself; any other `runtime.<key>` override goes to the chosen platform's section
@@ -55,6 +56,11 @@ class PlatformCosts(Spec):
     collectives: CollectiveLibrary | None = Field(
         default=None, description="the collective library's protocols (NCCL's LL, LL128, Simple) and in-switch "
         "algorithm, each call taking the fastest (where the hardware has links)")
+    fuse: dict[Kernel, Literal["producer", "consumer"]] | None = Field(
+        default=None, description="per kernel, the neighbouring kernel an inference pass runs its ops inside: "
+        "`producer` (the op that made its input: a GEMM's epilogue) or `consumer` (the op that reads its "
+        "output: the next norm), the other where that one cannot; the activation only the two exchange "
+        "stays on chip")
     kernels: dict[Kernel, KernelCost] = Field(
         default_factory=dict, description="per kernel, the runtime's own costs (merged over the hardware's)")
     graphs: bool = Field(

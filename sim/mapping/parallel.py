@@ -25,6 +25,7 @@ from sim.graph.ops import Block, Collective
 from sim.graph.schedule import stage_order
 from sim.graph.transformer import OpGraph
 from sim.mapping.collectives import CollectivePlan, plan_collective
+from sim.mapping.fusion import fuse_graph
 from sim.mapping.placement import Placement, place
 from sim.mapping.plan import OpPlan, Planner
 from sim.mapping.prefetch import gather_buffer, insert_copies, staged, wanted
@@ -84,6 +85,7 @@ def map_devices(graph: OpGraph, workload: Workload, hw: Hardware, hw_file: str =
         raise ConfigError(
             f"tensor x pipeline x data = {par.devices} devices, but the hardware has {hw.total_devices}",
             workload_file, "parallelism")
+    graph = fuse_graph(graph, hw.device.fuse)  # the runtime's fused kernels, before anything is placed
     placements: dict[int, Placement] = {}
     stages: list[tuple[list, list[Collective], str]] = []  # per stage: planned blocks, collectives, buffers
     for stage in range(pp):

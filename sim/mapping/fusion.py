@@ -1,0 +1,117 @@
+"""Kernel fusion: a runtime that runs an elementwise op inside a neighbouring kernel (`device.fuse`).
+
+A serving runtime computes GELU in its GEMM's epilogue, the residual add inside the next norm, RoPE
+inside attention. The fused pair is one op: one launch, the partner's kernel costs, both ops' FLOPs, and
+the activation only the two exchange never goes to memory (written by one, read by the other, read by
+no other op of the block, not the block's output). Its name and kind join the two ("ffn_up+act"), so
+reports show what ran as one kernel. What the pair's other ops still need is still
+written once, and the fused op reads it from registers, not memory.
+
+Only inference passes are fused: in training, backward reads what forward fusion would keep on chip
+(saved activations), which a runtime then writes anyway; the training graph is left as built.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import replace
+from functools import lru_cache
+
+from sim.graph.ops import Op, Tensor
+from sim.graph.transformer import OpGraph
+
+#: the passes whose ops are fused
+INFERENCE = frozenset(("encode", "prefill", "decode"))
+OTHER = {"producer": "consumer", "consumer": "producer"}
+
+
+def fuse_graph(graph: OpGraph, fuse: Mapping[str, str]) -> OpGraph:
+    """`graph` with every inference block's fusable ops merged into their neighbours (`graph` itself
+    where nothing fuses)."""
+    return _fused(graph, tuple(sorted(fuse.items()))) if fuse else graph
+
+
+@lru_cache(maxsize=8)
+def _fused(graph: OpGraph, fuse: tuple[tuple[str, str], ...]) -> OpGraph:
+    ways = dict(fuse)
+    done: dict[int, tuple[Op, ...]] = {}  # blocks sharing an ops tuple share its fused one
+    blocks = []
+    for blk in graph.blocks:
+        if blk.phase not in INFERENCE or blk.bound:
+            blocks.append(blk)
+            continue
+        if id(blk.ops) not in done:
+            done[id(blk.ops)] = fuse_ops(blk.ops, ways)
+        ops = done[id(blk.ops)]
+        blocks.append(blk if ops == blk.ops else replace(blk, ops=ops))
+    return OpGraph(blocks)
+
+
+def fuse_ops(ops: tuple[Op, ...], ways: Mapping[str, str]) -> tuple[Op, ...]:
+    """One block's ops with each op whose kernel `ways` names merged into its producer (the op just
+    before it, which made one of its inputs) or its consumer (the op just after, which reads its output),
+    in the order `ways` prefers; an op neither can take stays as it is."""
+    readers = Counter(a.tensor for op in ops for a in op.reads)
+    output = {a.tensor for a in ops[-1].writes} if ops else set()
+
+    def local(t: Tensor) -> bool:
+        """An activation of this pass that does not leave the block: a fused pair may keep it on chip."""
+        return t.kind == "activation" and t.scope == "pass" and t not in output
+
+    def partner(op: Op) -> bool:
+        return op.engine in ("matrix", "vector") and op.collective is None and op.kernel not in ways
+
+    out: list[Op] = []
+    i = 0
+    while i < len(ops):
+        op, merged = ops[i], None
+        way = ways.get(op.kernel) if op.engine == "vector" else None
+        for w in (way, OTHER[way]) if way else ():
+            if w == "producer" and out and partner(out[-1]):
+                merged = _into_producer(out[-1], op, readers, local)
+                if merged is not None:
+                    out[-1] = merged
+            elif w == "consumer" and i + 1 < len(ops) and partner(ops[i + 1]):
+                merged = _into_consumer(op, ops[i + 1], readers, local)
+                if merged is not None:
+                    out.append(merged)
+                    i += 1
+            if merged is not None:
+                break
+        if merged is None:
+            out.append(op)
+        i += 1
+    return tuple(out) if len(out) < len(ops) else ops
+
+
+def _into_producer(p: Op, e: Op, readers: Counter, local) -> Op | None:
+    """`e` as `p`'s epilogue, or None where `e` reads nothing `p` made."""
+    made = {a.tensor for a in p.writes if local(a.tensor)}
+    if not any(a.tensor in made for a in e.reads):
+        return None
+    kept = {a.tensor for a in e.reads if a.tensor in made and readers[a.tensor] == 1}  # on chip
+    return replace(p, name=f"{p.name}+{e.name}", kind=f"{p.kind}+{e.kind}", flops=p.flops + e.flops,
+                   epilogue=p.epilogue + (e.flops if p.engine == "matrix" else 0.0),
+                   reads=p.reads + tuple(a for a in e.reads if a.tensor not in made),
+                   writes=tuple(a for a in p.writes if a.tensor not in kept) + e.writes)
+
+
+def _into_consumer(e: Op, n: Op, readers: Counter, local) -> Op | None:
+    """`e` as `n`'s prologue, or None where `n` reads nothing `e` made. `e`'s first input takes the
+    place of the output `n` no longer reads (a matmul's operands keep their positions), the rest last."""
+    made = {a.tensor for a in e.writes if local(a.tensor)}
+    if not any(a.tensor in made for a in n.reads):
+        return None
+    kept = {a.tensor for a in n.reads if a.tensor in made and readers[a.tensor] == 1}
+    reads, first = [], e.reads[:1]
+    for a in n.reads:
+        if a.tensor in made:
+            reads += first
+            first = ()
+        else:
+            reads.append(a)
+    reads += e.reads[1:]
+    return replace(n, name=f"{e.name}+{n.name}", kind=f"{e.kind}+{n.kind}", flops=e.flops + n.flops,
+                   epilogue=n.epilogue + (e.flops if n.engine == "matrix" else 0.0), reads=tuple(reads),
+                   writes=tuple(a for a in e.writes if a.tensor not in kept) + n.writes)

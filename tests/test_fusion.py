@@ -1,0 +1,92 @@
+"""Kernel fusion (`device.fuse`, a runtime's): which ops merge, what they still move, what stays apart."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import DATA, ROOT, load
+from sim.config import load_run
+from sim.graph import build_graph
+from sim.mapping.fusion import fuse_graph
+from sim.pipeline import run
+from sim.report import summarize
+
+SERVING = {"rope": "consumer", "add": "consumer", "gelu": "producer"}
+
+
+def _layer(graph, phase="prefill"):
+    return next(b for b in graph.blocks if b.phase == phase and b.layer == 0)
+
+
+def _ops(block):
+    return {op.name: op for op in block.ops}
+
+
+def test_gelu_in_its_gemms_epilogue_keeps_the_flops_and_never_moves_the_product():
+    """ffn_up and GELU become one op: the same FLOPs (GELU's as the epilogue), and the ffn_up product,
+    read by GELU only, is neither written nor read: the layer moves 2 x its bytes less."""
+    wl, _ = load(DATA / "toy-gpt.yaml")
+    graph = build_graph(wl)
+    fused = fuse_graph(graph, {"gelu": "producer"})
+    before, after = _layer(graph), _layer(fused)
+    ops = _ops(after)
+    assert "ffn_up+act" in ops and "act" not in ops and "ffn_up" not in ops
+    up, act = _ops(before)["ffn_up"], _ops(before)["act"]
+    merged = ops["ffn_up+act"]
+    assert merged.flops == up.flops + act.flops and merged.epilogue == up.epilogue + act.flops
+    assert merged.reads[:2] == up.reads[:2] and merged.writes == act.writes and merged.op_class == "gemm"
+    product = up.writes[0].bytes
+    assert sum(op.bytes for op in before.ops) - sum(op.bytes for op in after.ops) == pytest.approx(2 * product)
+    assert sum(op.flops for op in before.ops) == pytest.approx(sum(op.flops for op in after.ops))
+
+
+def test_a_residual_add_fuses_into_the_next_norm_and_still_writes_the_residual_stream():
+    """The first residual runs inside the FFN's norm: the norm no longer reads the sum, which is still
+    written (the second residual reads it). The second residual has no norm after it in the layer, so it
+    runs in ffn_down's epilogue instead; its output, the layer's, is written."""
+    wl, _ = load(DATA / "toy-gpt.yaml")
+    block = _layer(fuse_graph(build_graph(wl), {"add": "consumer"}))
+    ops = _ops(block)
+    add_norm, last = ops["residual+ffn_norm"], ops["ffn_down+residual2"]
+    res1 = next(a.tensor for a in add_norm.writes if a.tensor.name == "residual")
+    assert all(a.tensor != res1 for a in add_norm.reads)
+    assert any(a.tensor == res1 for a in last.reads)  # the stream, read by the second add
+    assert last.writes == block.ops[-1].writes and last is block.ops[-1]
+
+
+def test_rope_inside_attention_keeps_the_attention_operands_and_writes_the_cache():
+    """RoPE as attention's prologue: the rotated queries stay on chip, the query the QKV GEMM wrote is
+    the first operand, the K cache still the second, and RoPE's cache write remains."""
+    wl, _, _ = load_run(ROOT / "workloads/llama2-7b.yaml", [("model.layers", 1), ("scenario.prompt_tokens", 16),
+                                                             ("scenario.new_tokens", 2)])
+    graph = build_graph(wl)
+    plain, fused = _ops(_layer(graph)), _ops(_layer(fuse_graph(graph, {"rope": "consumer"})))
+    att = next(op for name, op in fused.items() if name.startswith("rope+"))
+    rope, before = plain["rope"], plain[att.name.split("+")[1]]
+    assert att.reads[0] == rope.reads[0] and att.reads[1] == before.reads[1]
+    assert att.shape == before.shape and att.flops == rope.flops + before.flops
+    assert [a for a in att.writes if a.tensor.kind == "kv_cache"] == [a for a in rope.writes
+                                                                     if a.tensor.kind == "kv_cache"]
+    assert all(a.tensor.name != "q_rope" for a in att.reads + att.writes)
+
+
+def test_nothing_fuses_into_a_collective_nor_in_training():
+    """With tensor parallelism the second residual follows an all-reduce and ends the layer: it keeps its
+    kernel. A training step's graph is left as built (backward reads what fusion would keep on chip)."""
+    wl, _ = load(DATA / "toy-gpt.yaml", parallelism__tensor=2)
+    ops = _ops(_layer(fuse_graph(build_graph(wl), SERVING)))
+    assert "residual2" in ops and "residual+ffn_norm" in ops
+    train, _ = load(DATA / "toy-train.yaml")
+    graph = build_graph(train)
+    assert [b.ops for b in fuse_graph(graph, SERVING).blocks] == [b.ops for b in graph.blocks]
+
+
+def test_a_fused_run_is_faster_with_the_same_flops_and_fewer_bytes_from_dram():
+    """On the toy machine (no caches: every activation goes to DRAM) the fused generation takes less
+    time, computes the same FLOPs and moves fewer bytes. (tests/test_reuse.py holds its fast path equal to
+    the exact one.)"""
+    wl, hw = load(DATA / "toy-gpt.yaml")
+    _, fused_hw = load(DATA / "toy-gpt.yaml", device__fuse=SERVING)
+    plain, fused = summarize(run(wl, hw)), summarize(run(wl, fused_hw))
+    assert fused["total_s"] < plain["total_s"] and fused["flops"] == pytest.approx(plain["flops"])
+    assert fused["bytes"] < plain["bytes"]
