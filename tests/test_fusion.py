@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import DATA, ROOT, load
+from conftest import DATA, ROOT, cli, load
 from sim.config import load_run
 from sim.graph import build_graph
 from sim.mapping.fusion import fuse_graph
@@ -51,7 +51,7 @@ def test_a_residual_add_fuses_into_the_next_norm_and_still_writes_the_residual_s
     res1 = next(a.tensor for a in add_norm.writes if a.tensor.name == "residual")
     assert all(a.tensor != res1 for a in add_norm.reads)
     assert any(a.tensor == res1 for a in last.reads)  # the stream, read by the second add
-    assert last.writes == block.ops[-1].writes and last is block.ops[-1]
+    assert [a.tensor.name for a in last.writes] == ["hidden"] and last is block.ops[-1]  # the layer's output
 
 
 def test_rope_inside_attention_keeps_the_attention_operands_and_writes_the_cache():
@@ -90,3 +90,49 @@ def test_a_fused_run_is_faster_with_the_same_flops_and_fewer_bytes_from_dram():
     plain, fused = summarize(run(wl, hw)), summarize(run(wl, fused_hw))
     assert fused["total_s"] < plain["total_s"] and fused["flops"] == pytest.approx(plain["flops"])
     assert fused["bytes"] < plain["bytes"]
+
+
+ALL = {k: w for k in ("add", "gelu", "rope", "layernorm", "rmsnorm", "softmax", "silu") for w in ("consumer",)}
+
+
+@pytest.mark.parametrize("workload, sets", [
+    ("toy-gpt", {}),
+    ("toy-gpt", {"model.layers": 2, "parallelism.tensor": 2, "parallelism.pipeline": 2, "parallelism.microbatches": 2,
+                 "scenario.batch": 4}),
+    ("bert-base", {"model.layers": 2, "scenario.prompt_tokens": 32}),
+    ("llama2-7b", {"model.layers": 2, "scenario.prompt_tokens": 32, "scenario.new_tokens": 2,
+                   "scenario.attention": "fused"}),
+])
+@pytest.mark.parametrize("fuse", [SERVING, ALL, {k: "producer" for k in ALL},
+                                  {"layernorm": "producer", "rmsnorm": "producer"}])  # into the residual adds
+def test_no_op_reads_what_fusion_stopped_writing_and_the_flops_stay(workload, sets, fuse):
+    """Over whole graphs (every layer, pass, decode step and pipeline stage, with absolute tensor
+    names): no tensor is read before any op wrote it in the fused graph unless it was so in the
+    unfused one too (weights, the sampled token); the FLOPs are the unfused graph's; no op is a pair of
+    more than two."""
+    path = DATA / f"{workload}.yaml" if workload.startswith("toy") else ROOT / f"workloads/{workload}.yaml"
+    wl, _, _ = load_run(path, list(sets.items()))
+    graph = build_graph(wl)
+    fused = fuse_graph(graph, fuse)
+
+    def unproduced(ops) -> set[str]:  # (a fused op may read what it writes itself: RoPE's K-cache rows)
+        written, out = set(), set()
+        for op in ops:
+            written |= {a.tensor.name for a in op.writes}
+            out |= {a.tensor.name for a in op.reads if a.tensor.name not in written}
+        return out
+
+    assert unproduced(fused.ops) <= unproduced(graph.ops)
+    assert all(op.name.count("+") <= 1 for op in fused.ops)
+    assert sum(op.flops for op in fused.ops) == pytest.approx(sum(op.flops for op in graph.ops))
+    assert len(fused.ops) < len(graph.ops)
+
+
+def test_a_norm_never_takes_the_lm_heads_place_nor_a_matmul_a_neighbours():
+    """The LM head reads the last position of the final norm's output only: the norm cannot run as its
+    prologue (it would read every position in its place). A matmul kernel is not fusable: one line."""
+    wl, _ = load(DATA / "toy-gpt.yaml", scenario__phase="prefill", scenario__new_tokens=0)
+    head = next(b for b in fuse_graph(build_graph(wl), {"layernorm": "consumer"}).blocks if b.layer == 1)
+    assert [op.name for op in head.ops] == ["final_norm", "lm_head"]
+    done = cli("run", str(DATA / "toy-gpt.yaml"), "--set", "device.fuse={matmul: producer}")
+    assert done.returncode == 2 and "fuse.matmul" in done.stderr and "Traceback" not in done.stderr

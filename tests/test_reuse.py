@@ -25,6 +25,8 @@ CASES = {
     "cache, sync, step overhead": (CACHE, {"device__dispatch_mode": "sync", "device__step_overhead": "3 us"}),
     # a serving runtime's fused kernels (GELU into its GEMM, residual adds into norms or GEMMs)
     "fused kernels": (CACHE, {"device__fuse": {"gelu": "producer", "add": "consumer", "rope": "consumer"}}),
+    "fused kernels, tensor x pipeline": (NODE, {"device__fuse": {"gelu": "producer", "add": "consumer"},
+                                                "parallelism__tensor": 2, "parallelism__pipeline": 2}),
     "cache, weights pinned": (CACHE, {"device__memory__l2__pin": ["weight"], "device__memory__l2__capacity": "2 MiB"}),
     "cache, cold-weight table": (CACHE, {"device__compute__matrix_efficiency_cold": {1: 0.3}}),
     "tensor parallel": (NODE, {"parallelism__tensor": 4}),

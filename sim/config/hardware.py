@@ -27,6 +27,8 @@ Kernel = Literal["matmul", "linear", "attention", "layernorm", "rmsnorm", "softm
 #: (`linear`) is a matmul where the framework fuses the bias (a GPU library's epilogue), and two calls
 #: where it does not (eager numpy: `x @ w`, then `+= b`).
 KERNEL_FALLBACK: dict[str, str] = {"linear": "matmul"}
+#: kernels of matmul-like ops (the matrix units'): a fusion's partner, never the op fused into it
+MATRIX_KERNELS = ("matmul", "linear", "attention")
 
 
 def log_interpolate(table: dict[float, float], x: float, default: float) -> float:
@@ -190,9 +192,7 @@ class KernelCost(Spec):
     dispatch: Latency | None = Field(
         default=None, description="host time to dispatch one such op, in place of `dispatch_overhead`")
     launch: Latency | None = Field(
-        default=None, description="device time before such an op starts, in place of `launch_overhead` (0: the "
-        "runtime runs it inside a neighbouring kernel, which a fused serving runtime does with RoPE or a "
-        "residual add)")
+        default=None, description="device time before such an op starts, in place of `launch_overhead`")
     vector: FlopRate | None = Field(
         default=None, description="rate in the graph's FLOPs, in place of `compute.vector`")
     fixed: Latency | None = Field(
@@ -285,6 +285,14 @@ class Device(Spec):
         """Vector rate, in graph FLOPs per second, of an op computing `kernel`."""
         own = self.own(kernel, "vector")
         return self.compute.vector if own is None else own
+
+    @model_validator(mode="after")
+    def _fuses_elementwise_kernels(self) -> Device:
+        for kernel in self.fuse:
+            if kernel in MATRIX_KERNELS:
+                raise KeyedError(f"fuse.{kernel}", "only elementwise and row-wise kernels run inside a neighbour "
+                                 f"(not {', '.join(MATRIX_KERNELS)})")
+        return self
 
     @model_validator(mode="after")
     def _reserved_fits(self) -> Device:

@@ -32,7 +32,7 @@ def fuse_graph(graph: OpGraph, fuse: Mapping[str, str]) -> OpGraph:
     return _fused(graph, tuple(sorted(fuse.items()))) if fuse else graph
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=2)  # a sweep's current graph (its fused copies are as large as it)
 def _fused(graph: OpGraph, fuse: tuple[tuple[str, str], ...]) -> OpGraph:
     ways = dict(fuse)
     done: dict[int, tuple[Op, ...]] = {}  # blocks sharing an ops tuple share its fused one
@@ -50,8 +50,9 @@ def _fused(graph: OpGraph, fuse: tuple[tuple[str, str], ...]) -> OpGraph:
 
 def fuse_ops(ops: tuple[Op, ...], ways: Mapping[str, str]) -> tuple[Op, ...]:
     """One block's ops with each op whose kernel `ways` names merged into its producer (the op just
-    before it, which made one of its inputs) or its consumer (the op just after, which reads its output),
-    in the order `ways` prefers; an op neither can take stays as it is."""
+    before it, which made one of its inputs) or its consumer (the op just after, which reads all of its
+    output), in the order `ways` prefers; an op neither can take stays as it is. A partner is a matmul or
+    a vector op that is not fusable itself nor already a pair."""
     readers = Counter(a.tensor for op in ops for a in op.reads)
     output = {a.tensor for a in ops[-1].writes} if ops else set()
 
@@ -59,27 +60,31 @@ def fuse_ops(ops: tuple[Op, ...], ways: Mapping[str, str]) -> tuple[Op, ...]:
         """An activation of this pass that does not leave the block: a fused pair may keep it on chip."""
         return t.kind == "activation" and t.scope == "pass" and t not in output
 
+    merged: set[int] = set()  # ops made here: a pair takes no third op
+
     def partner(op: Op) -> bool:
-        return op.engine in ("matrix", "vector") and op.collective is None and op.kernel not in ways
+        return (op.engine in ("matrix", "vector") and op.collective is None and op.kernel not in ways
+                and id(op) not in merged)
 
     out: list[Op] = []
     i = 0
     while i < len(ops):
-        op, merged = ops[i], None
+        op, pair = ops[i], None
         way = ways.get(op.kernel) if op.engine == "vector" else None
         for w in (way, OTHER[way]) if way else ():
             if w == "producer" and out and partner(out[-1]):
-                merged = _into_producer(out[-1], op, readers, local)
-                if merged is not None:
-                    out[-1] = merged
+                pair = _into_producer(out[-1], op, readers, local)
+                if pair is not None:
+                    out[-1] = pair
             elif w == "consumer" and i + 1 < len(ops) and partner(ops[i + 1]):
-                merged = _into_consumer(op, ops[i + 1], readers, local)
-                if merged is not None:
-                    out.append(merged)
+                pair = _into_consumer(op, ops[i + 1], readers, local)
+                if pair is not None:
+                    out.append(pair)
                     i += 1
-            if merged is not None:
+            if pair is not None:
+                merged.add(id(pair))
                 break
-        if merged is None:
+        if pair is None:
             out.append(op)
         i += 1
     return tuple(out) if len(out) < len(ops) else ops
@@ -101,7 +106,10 @@ def _into_consumer(e: Op, n: Op, readers: Counter, local) -> Op | None:
     """`e` as `n`'s prologue, or None where `n` reads nothing `e` made. `e`'s first input takes the
     place of the output `n` no longer reads (a matmul's operands keep their positions), the rest last."""
     made = {a.tensor for a in e.writes if local(a.tensor)}
-    if not any(a.tensor in made for a in n.reads):
+    # `n` must read what `e` made, and all of it: a slice (the LM head's last position) would take the
+    # whole of `e`'s input in its place
+    if not any(a.tensor in made for a in n.reads) or any(
+            a.tensor in made and a.bytes != e.reads[0].bytes for a in n.reads):
         return None
     kept = {a.tensor for a in n.reads if a.tensor in made and readers[a.tensor] == 1}
     reads, first = [], e.reads[:1]
