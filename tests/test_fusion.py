@@ -10,6 +10,7 @@ from sim.graph import build_graph
 from sim.mapping.fusion import fuse_graph
 from sim.pipeline import run
 from sim.report import summarize
+from sim.report.context import context
 
 SERVING = {"rope": "consumer", "add": "consumer", "gelu": "producer"}
 
@@ -136,3 +137,13 @@ def test_a_norm_never_takes_the_lm_heads_place_nor_a_matmul_a_neighbours():
     assert [op.name for op in head.ops] == ["final_norm", "lm_head"]
     done = cli("run", str(DATA / "toy-gpt.yaml"), "--set", "device.fuse={matmul: producer}")
     assert done.returncode == 2 and "fuse.matmul" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_report_names_what_the_runtime_fuses():
+    """The terminal header and the JSON context say which kernels the runtime fuses, and into what."""
+    done = cli("run", "workloads/gpt2.yaml", "--runtime", "runtimes/serving.yaml", "--set", "model.layers=1",
+               "--set", "scenario.new_tokens=1")
+    assert done.returncode == 0 and "fuses gelu into its producer; add, rope into their consumer" in done.stdout
+    wl, hw = load(DATA / "toy-gpt.yaml", device__fuse={"gelu": "producer"})
+    assert context(run(wl, hw))["hardware"]["fuse"] == {"gelu": "producer"}
+    assert context(run(*load(DATA / "toy-gpt.yaml")))["hardware"]["fuse"] is None

@@ -133,7 +133,11 @@ def render(result, console: Console | None = None, top: int = 10) -> None:
     )
     out.print(f"  memory: {levels}")
     if hw.get("runtime"):
-        out.print(f"  runtime: {hw['runtime']}; its costs on {hw.get('platform', 'this platform')}")
+        fuse = hw.get("fuse") or {}
+        fused = "; ".join(f"{', '.join(names)} into {'its' if len(names) == 1 else 'their'} {way}"
+                          for way in ("producer", "consumer") if (names := [k for k, w in fuse.items() if w == way]))
+        out.print(f"  runtime: {hw['runtime']}; its costs on {hw.get('platform', 'this platform')}"
+                  + (f"; fuses {fused} (inference passes)" if fused else ""))
     balance = hw["balance_point_flop_per_byte"]
     achievable = hw.get("achievable_balance_point_flop_per_byte", balance)
     sustained = f"; {achievable:.1f} FLOP/B sustained / achievable" if abs(achievable - balance) > 0.05 else ""
