@@ -9,7 +9,7 @@ import pytest
 from conftest import DATA, ROOT, cli
 from sim.errors import ConfigError
 from sim.sweep import load_sweep, run_sweep
-from sim.sweep.spec import year_overrides
+from sim.sweep.spec import point_id, year_overrides
 
 SWEEP = DATA / "toy-sweep.yaml"
 
@@ -174,6 +174,7 @@ def test_two_sweeps_never_write_one_table_at_once(tmp_path):
     (("workload: toy-gpt.yaml", "workloads: 5"), "workloads"),
     (("workload: toy-gpt.yaml", "workloads: toy-gpt.yaml"), "workloads"),
     (("workload: toy-gpt.yaml", "workload: toy-gpt.yaml\nhardware: [x]"), "hardware"),
+    (("workload: toy-gpt.yaml", "workload: toy-gpt.yaml\nruntime: {a: 1}"), "runtime"),
     (("points: 3}", "points: abc}"), "axes.device.memory.dram.bandwidth"),
     (("points: 3}", "points: 1000000000}"), "axes.device.memory.dram.bandwidth"),
     (("scenario.batch: [1, 2]", "scenario.batch: [1, 1]"), "axes.scenario.batch"),
@@ -263,3 +264,21 @@ def test_a_folder_in_the_way_of_the_table_is_refused_before_any_point_runs(tmp_p
     with pytest.raises(ConfigError, match="toy-sweep.parquet: is in the way"):
         run_sweep(load_sweep(SWEEP), tmp_path, workers=1)
     assert not (tmp_path / "toy-sweep.csv").exists()
+
+
+def test_a_runtime_file_axis_runs_each_point_under_its_runtime(tmp_path):
+    """sweeps/runtimes.yaml: each point runs under its runtime file (eager PyTorch's host dispatch is the
+    slowest, the fused serving runtime the fastest, at both batches); the runtime is part of a point's
+    identity, and a sweep that names none keeps the ids it had."""
+    s = load_sweep(ROOT / "sweeps/runtimes.yaml")
+    assert len(s.points) == 8 and len({p.id for p in s.points}) == 8
+    assert {Path(p.runtime).name for p in s.points} == {"eager-pytorch.yaml", "compiled.yaml", "cuda-graphs.yaml",
+                                                        "serving.yaml"}
+    table = rows(run_sweep(s, tmp_path, workers=1)[0])
+    for batch in ("1", "16"):
+        t = {Path(r["runtime_file"]).stem: float(r["total_s"]) for r in table if r["scenario.batch"] == batch}
+        assert t["eager-pytorch"] > t["compiled"] >= t["cuda-graphs"] > t["serving"]
+    plain = load_sweep(SWEEP)
+    assert plain.points[0].id == "f6f35b01816fcbbd"  # as before runtimes could be swept: old tables resume
+    assert all(p.runtime is None and p.id == point_id(p.workload, p.hardware, p.overrides, SWEEP.parent.resolve())
+               for p in plain.points)

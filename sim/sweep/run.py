@@ -47,7 +47,7 @@ def evaluate(point: Point, base_year: float | None) -> dict[str, Any]:
         year = next((v for k, v in point.overrides if k == "year"), None)
         if year is not None:
             hw_set = year_overrides(read_yaml(hw_path), year, base_year) + hw_set
-        hw = load_hardware(hw_path, hw_set, runtime_of(point.workload, wl))
+        hw = load_hardware(hw_path, hw_set, point.runtime or runtime_of(point.workload, wl))
         s = summarize(run(wl, hw, str(hw_path), point.workload), top=0)
     except ConfigError as e:
         return {**row, "status": "error", "error": str(e)}

@@ -4,6 +4,7 @@
 name: memory-wall
 workloads: [../workloads/gpt2.yaml, ../workloads/bert-base.yaml]   # or `workload: one.yaml`
 hardware: ../hardware_models/a100-sxm4-80gb.yaml                   # optional: each workload's own
+runtime: ../runtimes/cuda-graphs.yaml                              # optional: each workload's own
 set: {scenario.new_tokens: 8}                                      # applied to every point
 axes:                                                              # the grid (cartesian product)
   device.memory.hbm.bandwidth: {log: ["0.5 TB/s", "8 TB/s"], points: 5}
@@ -11,6 +12,7 @@ axes:                                                              # the grid (c
   scenario.batch: {linear: [1, 64], points: 4}
   year: [2016, 2018, 2020]            # derived: scales the hardware by the memory-wall trend rates
   hardware_file: [../hardware_models/a100-sxm4-80gb.yaml, ../hardware_models/h100-sxm.yaml]
+  runtime_file: [../runtimes/eager-pytorch.yaml, ../runtimes/serving.yaml]   # the software, file by file
 base_year: 2020                       # the year the hardware file describes
 samples: 100                          # optional: draw this many random points instead of the grid
 seed: 0
@@ -39,7 +41,9 @@ from sim.errors import ConfigError
 #: Memory-wall trend rates per two years (Gholami et al., "AI and Memory Wall", IEEE Micro 2024).
 TREND_PER_2Y = {"compute": 3.0, "dram": 1.6, "interconnect": 1.4}
 _NUM_UNIT = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*(.*?)\s*$")
-SWEEP_KEYS = {"name", "workload", "workloads", "hardware", "set", "axes", "samples", "seed", "base_year"}
+SWEEP_KEYS = {"name", "workload", "workloads", "hardware", "runtime", "set", "axes", "samples", "seed", "base_year"}
+#: axes that name files rather than override keys (their values: paths relative to the sweep file)
+FILE_AXES = ("hardware_file", "runtime_file")
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ class Point:
     hardware: str | None
     values: dict[str, Any]  # axis -> value as written
     overrides: tuple[tuple[str, Any], ...]  # dotted key -> value, incl. the sweep's `set`
+    runtime: str | None = None  # a runtime file in place of the workload's (`runtime`, `runtime_file`)
 
 
 @dataclass(frozen=True)
@@ -115,12 +120,15 @@ def _sample(spec: dict, rng: random.Random, file: str, key: str) -> Any:
     return _fmt(x, u1, all(isinstance(e, int) for e in spec[kind]))
 
 
-def point_id(workload: str, hardware: str | None, overrides, base: Path | None = None) -> str:
+def point_id(workload: str, hardware: str | None, overrides, base: Path | None = None,
+             runtime: str | None = None) -> str:
     """A point's identity: its files relative to the sweep file's folder (`base`), so that a table made
-    in one checkout resumes in another, and its overrides."""
+    in one checkout resumes in another, and its overrides (a runtime file only where one is named, so
+    that tables made before runtimes could be swept keep their ids)."""
     def rel(p: str | None) -> str | None:
         return p if p is None or base is None else os.path.relpath(p, base)
-    text = json.dumps([rel(workload), rel(hardware), [list(o) for o in overrides]], sort_keys=True, default=str)
+    files = [rel(workload), rel(hardware)] + ([rel(runtime)] if runtime is not None else [])
+    text = json.dumps([*files, [list(o) for o in overrides]], sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
@@ -147,11 +155,14 @@ def load_sweep(path: str | Path) -> Sweep:
         raise ConfigError(f"expected a list of workload files, got {short(data['workloads'])}", file, "workloads")
     if data.get("hardware") is not None and not _path_text(data["hardware"]):
         raise ConfigError(f"expected a hardware file, got {short(data['hardware'])}", file, "hardware")
+    if data.get("runtime") is not None and not _path_text(data["runtime"]):
+        raise ConfigError(f"expected a runtime file, got {short(data['runtime'])}", file, "runtime")
     if not isinstance(data.get("set") or {}, dict):
         raise ConfigError(f"expected a mapping of KEY.PATH: value, got {short(data['set'])}", file, "set")
     workloads = [data["workload"]] if "workload" in data else list(data["workloads"])
     workloads = [str((path.parent / w).resolve()) for w in workloads]
     hardware = str((path.parent / data["hardware"]).resolve()) if data.get("hardware") else None
+    runtime = str((path.parent / data["runtime"]).resolve()) if data.get("runtime") else None
     base = list((data.get("set") or {}).items())
     axes_spec: dict = data.get("axes") or {}
     if not isinstance(axes_spec, dict) or not axes_spec:
@@ -204,11 +215,12 @@ def load_sweep(path: str | Path) -> Sweep:
     points = []
     for wl in workloads:
         for row in rows:
-            overrides = tuple(base + [(k, v) for k, v in row.items() if k not in ("year", "hardware_file")])
+            overrides = tuple(base + [(k, v) for k, v in row.items() if k not in ("year", *FILE_AXES)])
             if "year" in row:
                 overrides += (("year", row["year"]),)
             hw = str((path.parent / row["hardware_file"]).resolve()) if "hardware_file" in row else hardware
-            points.append(Point(point_id(wl, hw, overrides, path.parent.resolve()), wl, hw, row, overrides))
+            rt = str((path.parent / row["runtime_file"]).resolve()) if "runtime_file" in row else runtime
+            points.append(Point(point_id(wl, hw, overrides, path.parent.resolve(), rt), wl, hw, row, overrides, rt))
     kept: dict[str, Point] = {}  # a point drawn or rounded twice (a sample, a linear range of integers) runs once
     for p in points:
         kept.setdefault(p.id, p)
