@@ -43,16 +43,32 @@ def test_gelu_in_its_gemms_epilogue_keeps_the_flops_and_never_moves_the_product(
 
 def test_a_residual_add_fuses_into_the_next_norm_and_still_writes_the_residual_stream():
     """The first residual runs inside the FFN's norm: the norm no longer reads the sum, which is still
-    written (the second residual reads it). The second residual has no norm after it in the layer, so it
-    runs in ffn_down's epilogue instead; its output, the layer's, is written."""
-    wl, _ = load(DATA / "toy-gpt.yaml")
-    block = _layer(fuse_graph(build_graph(wl), {"add": "consumer"}))
-    ops = _ops(block)
-    add_norm, last = ops["residual+ffn_norm"], ops["ffn_down+residual2"]
+    written (the second residual reads it). The second residual ends the layer: it runs inside the next
+    layer's first norm (vLLM's fused_add_rms_norm), which writes the residual stream for that layer's
+    own residual, and inside the final norm after the last layer, where nothing else reads the stream:
+    it is never written."""
+    wl, _ = load(DATA / "toy-gpt.yaml", model__layers=2)
+    blocks = [b for b in fuse_graph(build_graph(wl), {"add": "consumer"}).blocks if b.phase == "prefill"]
+    first, second, head = (_ops(b) for b in blocks[1:4])
+    add_norm = first["residual+ffn_norm"]
     res1 = next(a.tensor for a in add_norm.writes if a.tensor.name == "residual")
-    assert all(a.tensor != res1 for a in add_norm.reads)
-    assert any(a.tensor == res1 for a in last.reads)  # the stream, read by the second add
-    assert [a.tensor.name for a in last.writes] == ["hidden"] and last is block.ops[-1]  # the layer's output
+    assert all(a.tensor != res1 for a in add_norm.reads) and "residual2" not in first
+    assert blocks[1].ops[-1].name == "ffn_down"
+    carried = second["residual2+attn_norm"]
+    assert {(a.tensor.name, a.tensor.dl) for a in carried.reads} >= {("residual", -1), ("ffn_down", -1)}
+    assert ("hidden", -1) in {(a.tensor.name, a.tensor.dl) for a in carried.writes}
+    assert any((a.tensor.name, a.tensor.dl) == ("hidden", -1) for a in second["residual+ffn_norm"].reads)
+    assert all(a.tensor.name != "hidden" for a in head["residual2+final_norm"].writes)
+
+
+def test_a_residual_before_a_pipeline_send_stays_in_its_layer():
+    """Where the next layer runs on another pipeline stage (its block starts with the send), the residual
+    that ends the layer cannot go there: it runs in ffn_down's epilogue, or, after a tensor-parallel
+    all-reduce, keeps its own kernel."""
+    for tp, last in ((1, "ffn_down+residual2"), (2, "residual2")):
+        wl, _ = load(DATA / "toy-gpt.yaml", model__layers=2, parallelism__pipeline=2, parallelism__tensor=tp)
+        block = _layer(fuse_graph(build_graph(wl), SERVING))
+        assert block.ops[-1].name == last
 
 
 def test_rope_inside_attention_keeps_the_attention_operands_and_writes_the_cache():
@@ -72,11 +88,12 @@ def test_rope_inside_attention_keeps_the_attention_operands_and_writes_the_cache
 
 
 def test_nothing_fuses_into_a_collective_nor_in_training():
-    """With tensor parallelism the second residual follows an all-reduce and ends the layer: it keeps its
-    kernel. A training step's graph is left as built (backward reads what fusion would keep on chip)."""
+    """With tensor parallelism each residual follows an all-reduce: it runs inside the norm after it (the
+    next layer's for the second), never in the collective. A training step's graph is left as built
+    (backward reads what fusion would keep on chip)."""
     wl, _ = load(DATA / "toy-gpt.yaml", parallelism__tensor=2)
     ops = _ops(_layer(fuse_graph(build_graph(wl), SERVING)))
-    assert "residual2" in ops and "residual+ffn_norm" in ops
+    assert "residual+ffn_norm" in ops and list(ops)[-1] == "ffn_allreduce"
     train, _ = load(DATA / "toy-train.yaml")
     graph = build_graph(train)
     assert [b.ops for b in fuse_graph(graph, SERVING).blocks] == [b.ops for b in graph.blocks]

@@ -5,7 +5,8 @@ inside attention. The fused pair is one op: one launch, the partner's kernel cos
 the activation only the two exchange never goes to memory (written by one, read by the other, read by
 no other op of the block, not the block's output). Its name and kind join the two ("ffn_up+act"), so
 reports show what ran as one kernel. What the pair's other ops still need is still
-written once, and the fused op reads it from registers, not memory.
+written once, and the fused op reads it from registers, not memory. The op that ends a block (the
+residual add that ends a layer) may pair with the next block's first op (the next layer's norm).
 
 Only inference passes are fused: in training, backward reads what forward fusion would keep on chip
 (saved activations), which a runtime then writes anyway; the training graph is left as built.
@@ -18,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from functools import lru_cache
 
-from sim.graph.ops import Op, Tensor
+from sim.graph.ops import Block, Op, Tensor
 from sim.graph.transformer import OpGraph
 
 #: the passes whose ops are fused
@@ -35,36 +36,82 @@ def fuse_graph(graph: OpGraph, fuse: Mapping[str, str]) -> OpGraph:
 @lru_cache(maxsize=2)  # a sweep's current graph (its fused copies are as large as it)
 def _fused(graph: OpGraph, fuse: tuple[tuple[str, str], ...]) -> OpGraph:
     ways = dict(fuse)
-    done: dict[int, tuple[Op, ...]] = {}  # blocks sharing an ops tuple share its fused one
-    blocks = []
-    for blk in graph.blocks:
+    blocks = graph.blocks
+    # an op that ends its block and prefers its consumer runs inside the next block's first op where that
+    # reads its output (the residual add that ends a layer, inside the next layer's norm: vLLM's
+    # fused_add_rms_norm), decided before the ops inside each block pair up
+    moves = [_moves(a, b, ways) for a, b in zip(blocks, blocks[1:])] + [False]
+    done: dict[tuple, tuple[Op, ...]] = {}  # blocks sharing an ops tuple (and neighbours) share its fused one
+    out = []
+    for i, blk in enumerate(blocks):
         if blk.phase not in INFERENCE or blk.bound:
-            blocks.append(blk)
+            out.append(blk)
             continue
-        if id(blk.ops) not in done:
-            done[id(blk.ops)] = fuse_ops(blk.ops, ways)
-        ops = done[id(blk.ops)]
-        blocks.append(blk if ops == blk.ops else replace(blk, ops=ops))
-    return OpGraph(blocks)
+        taken = moves[i - 1] if i else False
+        key = (id(blk.ops), moves[i], id(blocks[i - 1].ops) if taken else None)
+        if key not in done:
+            ops = blk.ops[:-1] if moves[i] else blk.ops
+            if taken:  # (judged on the whole block, as `_moves` judged it)
+                by = blk.layer - blocks[i - 1].layer
+                first = _into_consumer(_shifted(blocks[i - 1].ops[-1], by), ops[0], _readers(blk.ops),
+                                       _local(blk.ops))
+                ops = (first, *ops[1:])
+            # what the op that moved on reads is still read (from the next block): it stays in memory
+            done[key] = fuse_ops(ops, ways, {a.tensor for a in blk.ops[-1].reads} if moves[i] else set())
+        ops = done[key]
+        out.append(blk if ops == blk.ops else replace(blk, ops=ops))
+    return OpGraph(out)
 
 
-def fuse_ops(ops: tuple[Op, ...], ways: Mapping[str, str]) -> tuple[Op, ...]:
+def _moves(a: Block, b: Block, ways: Mapping[str, str]) -> bool:
+    """Whether block `a`'s last op runs inside block `b`'s first (the next block of the same pass)."""
+    if (a.phase not in INFERENCE or b.phase != a.phase or a.bound or b.bound or (a.seq, a.micro) != (b.seq, b.micro)
+            or not a.ops or not b.ops):
+        return False
+    e, n = a.ops[-1], b.ops[0]
+    if e.engine != "vector" or ways.get(e.kernel) != "consumer" or not _partner(n, ways):
+        return False
+    return _into_consumer(_shifted(e, b.layer - a.layer), n, _readers(b.ops), _local(b.ops)) is not None
+
+
+def _shifted(op: Op, by: int) -> Op:
+    """`op` as a block `by` layers later sees it (its tensors named relative to that block)."""
+    return replace(op, reads=tuple(a.shifted(by) for a in op.reads), writes=tuple(a.shifted(by) for a in op.writes))
+
+
+def _readers(ops: tuple[Op, ...]) -> Counter:
+    return Counter(a.tensor for op in ops for a in op.reads)
+
+
+def _activation(t: Tensor) -> bool:
+    """An activation of one forward pass (what a fused pair may hand over in registers; a KV cache
+    a pair writes is read back whole, not handed over)."""
+    return t.kind == "activation" and t.scope == "pass"
+
+
+def _local(ops: tuple[Op, ...], kept: set = frozenset()):
+    """An activation of this pass that does not leave the block (not its last op's output, nor `kept`):
+    a fused pair may keep it on chip."""
+    output = {a.tensor for a in ops[-1].writes} | set(kept) if ops else set(kept)
+    return lambda t: _activation(t) and t not in output
+
+
+def _partner(op: Op, ways: Mapping[str, str]) -> bool:
+    """A matmul or vector op that is neither fusable itself nor already a pair (named `a+b`)."""
+    return (op.engine in ("matrix", "vector") and op.collective is None and op.kernel not in ways
+            and "+" not in op.kind)
+
+
+def fuse_ops(ops: tuple[Op, ...], ways: Mapping[str, str], kept: set = frozenset()) -> tuple[Op, ...]:
     """One block's ops with each op whose kernel `ways` names merged into its producer (the op just
     before it, which made one of its inputs) or its consumer (the op just after, which reads all of its
     output), in the order `ways` prefers; an op neither can take stays as it is. A partner is a matmul or
-    a vector op that is not fusable itself nor already a pair."""
-    readers = Counter(a.tensor for op in ops for a in op.reads)
-    output = {a.tensor for a in ops[-1].writes} if ops else set()
-
-    def local(t: Tensor) -> bool:
-        """An activation of this pass that does not leave the block: a fused pair may keep it on chip."""
-        return t.kind == "activation" and t.scope == "pass" and t not in output
-
-    merged: set[int] = set()  # ops made here: a pair takes no third op
+    a vector op that is not fusable itself nor already a pair. Tensors in `kept` are read outside the
+    block and stay in memory."""
+    readers, local = _readers(ops), _local(ops, kept)
 
     def partner(op: Op) -> bool:
-        return (op.engine in ("matrix", "vector") and op.collective is None and op.kernel not in ways
-                and id(op) not in merged)
+        return _partner(op, ways)
 
     out: list[Op] = []
     i = 0
@@ -82,7 +129,6 @@ def fuse_ops(ops: tuple[Op, ...], ways: Mapping[str, str]) -> tuple[Op, ...]:
                     out.append(pair)
                     i += 1
             if pair is not None:
-                merged.add(id(pair))
                 break
         if pair is None:
             out.append(op)
@@ -92,10 +138,10 @@ def fuse_ops(ops: tuple[Op, ...], ways: Mapping[str, str]) -> tuple[Op, ...]:
 
 def _into_producer(p: Op, e: Op, readers: Counter, local) -> Op | None:
     """`e` as `p`'s epilogue, or None where `e` reads nothing `p` made."""
-    made = {a.tensor for a in p.writes if local(a.tensor)}
+    made = {a.tensor for a in p.writes if _activation(a.tensor)}  # `e` reads these from registers
     if not any(a.tensor in made for a in e.reads):
         return None
-    kept = {a.tensor for a in e.reads if a.tensor in made and readers[a.tensor] == 1}  # on chip
+    kept = {a.tensor for a in e.reads if a.tensor in made and readers[a.tensor] == 1 and local(a.tensor)}  # on chip
     return replace(p, name=f"{p.name}+{e.name}", kind=f"{p.kind}+{e.kind}", flops=p.flops + e.flops,
                    epilogue=p.epilogue + (e.flops if p.engine == "matrix" else 0.0),
                    reads=p.reads + tuple(a for a in e.reads if a.tensor not in made),
@@ -105,13 +151,13 @@ def _into_producer(p: Op, e: Op, readers: Counter, local) -> Op | None:
 def _into_consumer(e: Op, n: Op, readers: Counter, local) -> Op | None:
     """`e` as `n`'s prologue, or None where `n` reads nothing `e` made. `e`'s first input takes the
     place of the output `n` no longer reads (a matmul's operands keep their positions), the rest last."""
-    made = {a.tensor for a in e.writes if local(a.tensor)}
+    made = {a.tensor for a in e.writes if _activation(a.tensor)}  # `n` reads these from registers
     # `n` must read what `e` made, and all of it: a slice (the LM head's last position) would take the
     # whole of `e`'s input in its place
     if not any(a.tensor in made for a in n.reads) or any(
             a.tensor in made and a.bytes != e.reads[0].bytes for a in n.reads):
         return None
-    kept = {a.tensor for a in n.reads if a.tensor in made and readers[a.tensor] == 1}
+    kept = {a.tensor for a in n.reads if a.tensor in made and readers[a.tensor] == 1 and local(a.tensor)}
     reads, first = [], e.reads[:1]
     for a in n.reads:
         if a.tensor in made:
