@@ -175,6 +175,9 @@ def test_two_sweeps_never_write_one_table_at_once(tmp_path):
     (("workload: toy-gpt.yaml", "workloads: toy-gpt.yaml"), "workloads"),
     (("workload: toy-gpt.yaml", "workload: toy-gpt.yaml\nhardware: [x]"), "hardware"),
     (("workload: toy-gpt.yaml", "workload: toy-gpt.yaml\nruntime: {a: 1}"), "runtime"),
+    (("scenario.batch: [1, 2]", "scenario.batch: [1, 2]\n  runtime_file: [1]"), "axes.runtime_file"),
+    (("scenario.batch: [1, 2]", "scenario.batch: [1, 2]\n  hardware_file: {linear: [1, 2], points: 2}"),
+     "axes.hardware_file"),
     (("points: 3}", "points: abc}"), "axes.device.memory.dram.bandwidth"),
     (("points: 3}", "points: 1000000000}"), "axes.device.memory.dram.bandwidth"),
     (("scenario.batch: [1, 2]", "scenario.batch: [1, 1]"), "axes.scenario.batch"),
@@ -282,3 +285,24 @@ def test_a_runtime_file_axis_runs_each_point_under_its_runtime(tmp_path):
     assert plain.points[0].id == "f6f35b01816fcbbd"  # as before runtimes could be swept: old tables resume
     assert all(p.runtime is None and p.id == point_id(p.workload, p.hardware, p.overrides, SWEEP.parent.resolve())
                for p in plain.points)
+
+
+def test_a_sweeps_runtime_applies_to_every_point_and_a_missing_one_is_each_points_error(tmp_path):
+    """A top-level `runtime` runs every point under it (here the eager runtime's host dispatch makes
+    the toy slower than without one); a runtime file that does not exist is each point's error, and a
+    sweep whose every point failed exits 2."""
+    for f in ("toy-gpt.yaml", "toy-hw.yaml"):
+        shutil.copy(DATA / f, tmp_path)
+    runtime = tmp_path / "slow.yaml"
+    runtime.write_text("name: slow\nsource: a test\nplatforms:\n  accelerator: {dispatch_overhead: 50 us, "
+                       "dispatch_mode: sync}\n")
+    base = SWEEP.read_text()
+    (tmp_path / "plain.yaml").write_text(base)
+    (tmp_path / "slow-sweep.yaml").write_text(base.replace("name: toy-sweep", "name: slow\nruntime: slow.yaml"))
+    plain = rows(run_sweep(load_sweep(tmp_path / "plain.yaml"), tmp_path / "a", workers=1)[0])
+    slow = rows(run_sweep(load_sweep(tmp_path / "slow-sweep.yaml"), tmp_path / "b", workers=1)[0])
+    assert all(float(s["total_s"]) > float(p["total_s"]) for p, s in zip(plain, slow, strict=True))
+    (tmp_path / "gone.yaml").write_text(base.replace("name: toy-sweep", "name: gone\nruntime: nowhere.yaml"))
+    r = cli("sweep", str(tmp_path / "gone.yaml"), "--out", str(tmp_path / "c"), "--workers", "1")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert all("nowhere.yaml" in row["error"] for row in rows(tmp_path / "c" / "gone.csv"))

@@ -3,7 +3,8 @@
 A serving runtime computes GELU in its GEMM's epilogue, the residual add inside the next norm, RoPE
 inside attention. The fused pair is one op: one launch, the partner's kernel costs, both ops' FLOPs, and
 the activation only the two exchange never goes to memory (written by one, read by the other, read by
-no other op of the block, not the block's output). Its name and kind join the two ("ffn_up+act"), so
+no other op of the block, not the block's output — unless the pair spans the block's end and nothing
+else reads it: the last layer's output, inside the final norm). Its name and kind join the two ("ffn_up+act"), so
 reports show what ran as one kernel. What the pair's other ops still need is still
 written once, and the fused op reads it from registers, not memory. The op that ends a block (the
 residual add that ends a layer) may pair with the next block's first op (the next layer's norm).
@@ -66,7 +67,7 @@ def _fused(graph: OpGraph, fuse: tuple[tuple[str, str], ...]) -> OpGraph:
 def _moves(a: Block, b: Block, ways: Mapping[str, str]) -> bool:
     """Whether block `a`'s last op runs inside block `b`'s first (the next block of the same pass)."""
     if (a.phase not in INFERENCE or b.phase != a.phase or a.bound or b.bound or (a.seq, a.micro) != (b.seq, b.micro)
-            or not a.ops or not b.ops):
+            or len(a.ops) < 2 or not b.ops):  # a block keeps at least one op of its own
         return False
     e, n = a.ops[-1], b.ops[0]
     if e.engine != "vector" or ways.get(e.kernel) != "consumer" or not _partner(n, ways):

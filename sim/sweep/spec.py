@@ -171,6 +171,8 @@ def load_sweep(path: str | Path) -> Sweep:
         if isinstance(spec, list) and (not spec or len({repr(v) for v in spec}) != len(spec)):
             raise ConfigError("expected distinct values (a value twice would run, and list, a point twice)", file,
                               f"axes.{key}")
+        if key in FILE_AXES and not (isinstance(spec, list) and all(_path_text(v) for v in spec)):
+            raise ConfigError(f"expected a list of files, got {short(spec)}", file, f"axes.{key}")
     base_year = data.get("base_year")
     if "year" in axes_spec and base_year is None:
         raise ConfigError("the 'year' axis needs base_year (the year the hardware describes)", file, "base_year")
