@@ -163,6 +163,13 @@ def test_a_runtime_extends_another_on_the_platforms_it_names(tmp_path):
     assert (dev.kernels["gelu"].fixed, dev.kernels["gelu"].dispatch) == (pytest.approx(1e-6), pytest.approx(4e-6))
     with pytest.raises(ConfigError, match="child.yaml: platforms: no 'cpu' section"):
         load_hardware(TOY, [("device.platform", "cpu")], runtime=child)
+    # what a runtime fuses is one model: a child's own `fuse` replaces its parent's whole
+    (tmp_path / "fused.yaml").write_text("name: f\nsource: x\nextends: base.yaml\nplatforms:\n"
+                                         "  accelerator: {fuse: {gelu: producer, add: consumer}}\n")
+    (tmp_path / "less.yaml").write_text("name: l\nsource: x\nextends: fused.yaml\nplatforms:\n"
+                                        "  accelerator: {fuse: {add: consumer}}\n")
+    assert load_hardware(TOY, runtime=tmp_path / "fused.yaml").device.fuse == {"gelu": "producer", "add": "consumer"}
+    assert load_hardware(TOY, runtime=tmp_path / "less.yaml").device.fuse == {"add": "consumer"}
     (tmp_path / "a.yaml").write_text("name: a\nsource: x\nextends: b.yaml\nplatforms: {accelerator: {}}\n")
     (tmp_path / "b.yaml").write_text("name: b\nsource: x\nextends: a.yaml\nplatforms: {accelerator: {}}\n")
     with pytest.raises(ConfigError, match="extends: a.yaml extends this file again"):

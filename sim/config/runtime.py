@@ -83,8 +83,8 @@ class Runtime(Spec):
 
 
 #: keys a child runtime replaces whole rather than merges into its parent's (a collective library's
-#: protocols are one model: a child naming its own drops the parent's)
-WHOLE = ("collectives",)
+#: protocols are one model, and so is what a runtime fuses: a child naming its own drops the parent's)
+WHOLE = ("collectives", "fuse")
 
 
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
