@@ -259,8 +259,43 @@ def test_a_per_step_calibration_divides_the_residual_by_the_steps(tmp_path: Path
     assert key == "runtime.step_overhead" and value == pytest.approx(50e-6, rel=1e-6) and n == 1
     cases, notes = published_cases(path)
     assert [c.name for c in cases] == ["held out"] and abs(cases[0].error) < 1e-6
-    assert "per time a row pays it" in notes[0]
+    assert "prediction meets its measurement" in notes[0]
     assert "| `serving` |" in to_markdown([], cases, "")
+
+
+def test_every_calibrating_series_has_its_rows_and_every_calibration_row_its_parameter():
+    """published.yaml: a series that names `calibrates` has calibration rows (else it would run
+    uncalibrated, silently), and a calibration row belongs to such a series."""
+    rows = published_rows()
+    for series in {r["series"] for r in rows}:
+        mine = [r for r in rows if r["series"] == series]
+        calibrating = [r for r in mine if r.get("role") == "calibration"]
+        assert bool(calibrating) == bool(mine[0].get("calibrates")), series
+        assert all(r["calibrates"] == mine[0]["calibrates"] for r in calibrating)
+
+
+def test_a_calibration_reads_its_line_above_zero_where_the_host_starts_waiting(tmp_path):
+    """Under a runtime whose host runs ahead, any step cost makes it wait at every step: the prediction
+    jumps as the parameter leaves 0, then grows in step with it. The fit takes its line above 0, so a
+    measurement made with 300 us per step gives back 300 us."""
+    settings = {"scenario.phase": "generate", "scenario.batch": 1, "scenario.prompt_tokens": 8,
+                "scenario.new_tokens": 3, "model.layers": 1}
+    series = {"group": "g", "kind": "generate", "hardware": "a100-sxm4-80gb", "workload": "gpt2",
+              "runtime": "eager-pytorch", "calibrates": "runtime.step_overhead", "source": "http://x",
+              "set": settings}
+    row = {**series, "series": "s", "name": "cal"}
+    at = {v: predict_row(row, [("runtime.step_overhead", f"{v} us")])[1] for v in (0, 1, 300, 600)}
+    assert at[1] - at[0] > 4 * (at[600] - at[300]) / 300  # the jump: more than 1 us x its 4 steps
+    data = {"series": {"s": series}, "cases": [{"series": "s", "name": "cal", "measured_s": at[300],
+                                                "role": "calibration"}]}
+    path = tmp_path / "published.yaml"
+    path.write_text(yaml.safe_dump(data))
+    (key, value, _), = calibrations(published_rows(path)).values()
+    assert value == pytest.approx(300e-6, rel=1e-6)
+    data["series"]["s"]["calibrates"] = None
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ValueError, match="calibrates"):
+        calibrations(published_rows(path))
 
 
 def test_case_error_sign():

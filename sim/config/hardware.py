@@ -31,6 +31,14 @@ KERNEL_FALLBACK: dict[str, str] = {"linear": "matmul"}
 MATRIX_KERNELS = ("matmul", "linear", "attention")
 
 
+def check_fuse(fuse: dict | None) -> None:
+    """Refuse a matmul-like kernel in a `fuse` map (it is what others fuse into)."""
+    for kernel in fuse or {}:
+        if kernel in MATRIX_KERNELS:
+            raise KeyedError(f"fuse.{kernel}", "only elementwise and row-wise kernels run inside a neighbour "
+                             f"(not {', '.join(MATRIX_KERNELS)})")
+
+
 def log_interpolate(table: dict[float, float], x: float, default: float) -> float:
     """A table's value at `x`, interpolated linearly in log2(x) between its keys, clamped at the ends;
     `default` for an empty table."""
@@ -288,10 +296,7 @@ class Device(Spec):
 
     @model_validator(mode="after")
     def _fuses_elementwise_kernels(self) -> Device:
-        for kernel in self.fuse:
-            if kernel in MATRIX_KERNELS:
-                raise KeyedError(f"fuse.{kernel}", "only elementwise and row-wise kernels run inside a neighbour "
-                                 f"(not {', '.join(MATRIX_KERNELS)})")
+        check_fuse(self.fuse)
         return self
 
     @model_validator(mode="after")

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from sim.config.hardware import CollectiveLibrary, Kernel, KernelCost, Platform
+from sim.config.hardware import CollectiveLibrary, Kernel, KernelCost, Platform, check_fuse
 from sim.config.types import Latency, Size, Spec
 
 #: runtime key -> where it goes in a hardware file
@@ -69,6 +69,11 @@ class PlatformCosts(Spec):
     memory_reserved: Size | None = Field(
         default=None, description="device memory the software holds outside the graph's tensors (CUDA "
         "context, library workspaces, communication buffers): less room in the device's DRAM")
+
+    @model_validator(mode="after")
+    def _fuses_elementwise_kernels(self) -> PlatformCosts:
+        check_fuse(self.fuse)
+        return self
 
 
 class Runtime(Spec):

@@ -125,21 +125,24 @@ def published_rows(path: Path = PUBLISHED) -> list[dict]:
 
 
 def calibrations(rows: list[dict]) -> dict[str, tuple[str, float, int]]:
-    """Per series with calibration rows: (parameter, value in seconds, rows used). A row's prediction is
-    linear in the parameter (a time paid once per call, or once per step: its slope is how many times);
-    the value is the median over those rows of measured minus predicted with the parameter at 0, over
-    that slope."""
+    """Per series with calibration rows: (parameter, value in seconds, rows used). Once the parameter is
+    above 0 a row's prediction grows in step with it (a time paid once per call, or once per step: the
+    slope is how many times); at 0 it may jump (a host that waits at every step only once it has work to
+    do there). So the line is taken through two probes above 0, and the value is the median over the rows
+    of where that line meets the measurement."""
     out = {}
     for series in dict.fromkeys(r["series"] for r in rows if r.get("role") == "calibration"):
         used = [r for r in rows if r["series"] == series and r.get("role") == "calibration"]
-        key = used[0]["calibrates"]
+        key = used[0].get("calibrates")
+        if not key or any(r.get("calibrates") != key for r in used):
+            raise ValueError(f"series {series!r}: calibration rows need the series' one `calibrates` parameter")
         values = []
         for r in used:
-            at_zero = predict_row(r, [(key, "0 s")])[1]
-            slope = (predict_row(r, [(key, f"{PROBE * 1e6:g} us")])[1] - at_zero) / PROBE
+            one, two = (predict_row(r, [(key, f"{k * PROBE} s")])[1] for k in (1, 2))
+            slope = (two - one) / PROBE
             if slope <= 0:
                 raise ValueError(f"calibration row {r['name']!r}: its prediction does not grow with {key}")
-            values.append((measured_seconds(r) - at_zero) / slope)
+            values.append(PROBE + (measured_seconds(r) - one) / slope)
         out[series] = (key, max(0.0, statistics.median(values)), len(used))
     return out
 
@@ -156,11 +159,12 @@ def published_cases(path: Path = PUBLISHED) -> tuple[list[Case], list[str]]:
         key, value, _ = fitted.get(row["series"], fitted.get(row.get("borrows"), (None, 0.0, 0)))
         extra = [(key, f"{value * 1e6:.6f} us")] if key else []
         _, predicted = predict_row(row, extra)
+        graphs = " + graphs" if (row.get("set") or {}).get("runtime.graphs") else ""  # replayed from CUDA graphs
         cases.append(Case(row["group"], row["name"], predicted, measured_seconds(row), row["source"],
-                          unit="x" if row["kind"] == "ratio" else "s", runtime=row["runtime"]))
+                          unit="x" if row["kind"] == "ratio" else "s", runtime=row["runtime"] + graphs))
     notes = [f"{key} = {fmt_time(value)} for {next(r['group'] for r in rows if r['series'] == s)!r}: the median, "
-             f"over its {n} calibration row{'s' if n > 1 else ''} (not in the table), of measured minus predicted "
-             f"without it, per time a row pays it" for s, (key, value, n) in fitted.items()]
+             f"over its {n} calibration row{'s' if n > 1 else ''} (not in the table), of the value at which the "
+             f"row's prediction meets its measurement" for s, (key, value, n) in fitted.items()]
     return cases, notes
 
 

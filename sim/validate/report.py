@@ -76,8 +76,8 @@ def to_markdown(live: list[Case], published: list[Case], hardware: str, calibrat
         parts += [f"### Live cases on this machine (predicted with `{hardware}`)", "", _md_table(live, False), ""]
         parts += [drift[:1].upper() + drift[1:] + ".", ""] if drift else []
     if published:
-        parts += ["### Published cases (predicted with the shipped hardware models, each under the runtime its "
-                  "source ran: `runtimes/<runtime>.yaml`)", "", _md_table(published, True), ""]
+        parts += ["### Published cases (predicted with the shipped hardware models, each under the runtime memwall "
+                  "models its source's software with: `runtimes/<runtime>.yaml`)", "", _md_table(published, True), ""]
     parts += [f"Calibrated: {line}." for line in calibrated] + ([""] if calibrated else [])
     if measured:
         sources = sorted({c.source for c in measured})
