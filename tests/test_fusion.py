@@ -167,4 +167,6 @@ def test_the_report_names_what_the_runtime_fuses():
     assert done.returncode == 0 and "fuses gelu into its producer; add, rope into their consumer" in done.stdout
     wl, hw = load(DATA / "toy-gpt.yaml", device__fuse={"gelu": "producer"})
     assert context(run(wl, hw))["hardware"]["fuse"] == {"gelu": "producer"}
+    done = cli("run", str(DATA / "toy-gpt.yaml"), "--set", "device.fuse={gelu: producer}")
+    assert done.returncode == 0 and "software: fuses gelu into its producer (inference passes)" in done.stdout
     assert context(run(*load(DATA / "toy-gpt.yaml")))["hardware"]["fuse"] is None

@@ -132,12 +132,15 @@ def render(result, console: Console | None = None, top: int = 10) -> None:
         f"{f' ({len(own)} kernels with their own)' if (own := hw.get('dispatch_by_kernel_s')) else ''}{fixed}"
     )
     out.print(f"  memory: {levels}")
+    fuse = hw.get("fuse") or {}
+    fused = "; ".join(f"{', '.join(names)} into {'its' if len(names) == 1 else 'their'} {way}"
+                      for way in ("producer", "consumer") if (names := [k for k, w in fuse.items() if w == way]))
+    fused = f"fuses {fused} (inference passes)" if fused else ""
     if hw.get("runtime"):
-        fuse = hw.get("fuse") or {}
-        fused = "; ".join(f"{', '.join(names)} into {'its' if len(names) == 1 else 'their'} {way}"
-                          for way in ("producer", "consumer") if (names := [k for k, w in fuse.items() if w == way]))
         out.print(f"  runtime: {hw['runtime']}; its costs on {hw.get('platform', 'this platform')}"
-                  + (f"; fuses {fused} (inference passes)" if fused else ""))
+                  + (f"; {fused}" if fused else ""))
+    elif fused:  # a hardware file's own device.fuse
+        out.print(f"  software: {fused}")
     balance = hw["balance_point_flop_per_byte"]
     achievable = hw.get("achievable_balance_point_flop_per_byte", balance)
     sustained = f"; {achievable:.1f} FLOP/B sustained / achievable" if abs(achievable - balance) > 0.05 else ""
