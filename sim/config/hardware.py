@@ -121,10 +121,9 @@ class ComputeUnit(Spec):
 
     @model_validator(mode="after")
     def _fractions(self) -> ComputeUnit:
-        tables = {"matrix_efficiency": self.matrix_efficiency, "matrix_efficiency_by_depth":
-                  self.matrix_efficiency_by_depth, "matrix_efficiency_cold": self.matrix_efficiency_cold} | {
-                      f"matrix_efficiency_by_dtype.{d}": t
-                                                      for d, t in self.matrix_efficiency_by_dtype.items()}
+        tables = {key: getattr(self, key) for key in
+                  ("matrix_efficiency", "matrix_efficiency_by_depth", "matrix_efficiency_cold")}
+        tables |= {f"matrix_efficiency_by_dtype.{d}": t for d, t in self.matrix_efficiency_by_dtype.items()}
         for key, table in tables.items():
             for at, value in table.items():
                 if not 0 < value <= 1:

@@ -40,39 +40,42 @@ def _fused(graph: OpGraph, fuse: tuple[tuple[str, str], ...]) -> OpGraph:
     blocks = graph.blocks
     # an op that ends its block and prefers its consumer runs inside the next block's first op where that
     # reads its output (the residual add that ends a layer, inside the next layer's norm: vLLM's
-    # fused_add_rms_norm), decided before the ops inside each block pair up
-    moves = [_moves(a, b, ways) for a, b in zip(blocks, blocks[1:])] + [False]
+    # fused_add_rms_norm), decided before the ops inside each block pair up. Blocks share ops tuples, so
+    # each pair of neighbouring tuples is judged once.
+    judged: dict[tuple, Op | None] = {}
+    carried = [_carried(a, b, ways, judged) for a, b in zip(blocks, blocks[1:])] + [None]
     done: dict[tuple, tuple[Op, ...]] = {}  # blocks sharing an ops tuple (and neighbours) share its fused one
     out = []
     for i, blk in enumerate(blocks):
         if blk.phase not in INFERENCE or blk.bound:
             out.append(blk)
             continue
-        taken = moves[i - 1] if i else False
-        key = (id(blk.ops), moves[i], id(blocks[i - 1].ops) if taken else None)
+        moves, first = carried[i] is not None, carried[i - 1] if i else None
+        key = (id(blk.ops), moves, id(first) if first is not None else None)
         if key not in done:
-            ops = blk.ops[:-1] if moves[i] else blk.ops
-            if taken:  # (judged on the whole block, as `_moves` judged it)
-                by = blk.layer - blocks[i - 1].layer
-                first = _into_consumer(_shifted(blocks[i - 1].ops[-1], by), ops[0], _readers(blk.ops),
-                                       _local(blk.ops))
+            ops = blk.ops[:-1] if moves else blk.ops
+            if first is not None:
                 ops = (first, *ops[1:])
             # what the op that moved on reads is still read (from the next block): it stays in memory
-            done[key] = fuse_ops(ops, ways, {a.tensor for a in blk.ops[-1].reads} if moves[i] else set())
+            done[key] = fuse_ops(ops, ways, {a.tensor for a in blk.ops[-1].reads} if moves else set())
         ops = done[key]
-        out.append(blk if ops == blk.ops else replace(blk, ops=ops))
+        out.append(blk if ops is blk.ops else replace(blk, ops=ops))
     return OpGraph(out)
 
 
-def _moves(a: Block, b: Block, ways: Mapping[str, str]) -> bool:
-    """Whether block `a`'s last op runs inside block `b`'s first (the next block of the same pass)."""
+def _carried(a: Block, b: Block, ways: Mapping[str, str], judged: dict) -> Op | None:
+    """Block `b`'s first op with block `a`'s last inside it, where `a`'s last op moves on to the next
+    block of the same pass (None where it stays). `judged` holds the answer per pair of ops tuples."""
     if (a.phase not in INFERENCE or b.phase != a.phase or a.bound or b.bound or (a.seq, a.micro) != (b.seq, b.micro)
             or len(a.ops) < 2 or not b.ops):  # a block keeps at least one op of its own
-        return False
-    e, n = a.ops[-1], b.ops[0]
-    if e.engine != "vector" or ways.get(e.kernel) != "consumer" or not _partner(n, ways):
-        return False
-    return _into_consumer(_shifted(e, b.layer - a.layer), n, _readers(b.ops), _local(b.ops)) is not None
+        return None
+    key = (id(a.ops), id(b.ops), b.layer - a.layer)
+    if key not in judged:
+        e, n = a.ops[-1], b.ops[0]
+        moves = e.engine == "vector" and ways.get(e.kernel) == "consumer" and _partner(n, ways)
+        judged[key] = _into_consumer(_shifted(e, b.layer - a.layer), n, _readers(b.ops),
+                                     _local(b.ops)) if moves else None
+    return judged[key]
 
 
 def _shifted(op: Op, by: int) -> Op:
@@ -110,21 +113,17 @@ def fuse_ops(ops: tuple[Op, ...], ways: Mapping[str, str], kept: set = frozenset
     a vector op that is not fusable itself nor already a pair. Tensors in `kept` are read outside the
     block and stay in memory."""
     readers, local = _readers(ops), _local(ops, kept)
-
-    def partner(op: Op) -> bool:
-        return _partner(op, ways)
-
     out: list[Op] = []
     i = 0
     while i < len(ops):
         op, pair = ops[i], None
         way = ways.get(op.kernel) if op.engine == "vector" else None
         for w in (way, OTHER[way]) if way else ():
-            if w == "producer" and out and partner(out[-1]):
+            if w == "producer" and out and _partner(out[-1], ways):
                 pair = _into_producer(out[-1], op, readers, local)
                 if pair is not None:
                     out[-1] = pair
-            elif w == "consumer" and i + 1 < len(ops) and partner(ops[i + 1]):
+            elif w == "consumer" and i + 1 < len(ops) and _partner(ops[i + 1], ways):
                 pair = _into_consumer(op, ops[i + 1], readers, local)
                 if pair is not None:
                     out.append(pair)

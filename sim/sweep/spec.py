@@ -159,10 +159,11 @@ def load_sweep(path: str | Path) -> Sweep:
         raise ConfigError(f"expected a runtime file, got {short(data['runtime'])}", file, "runtime")
     if not isinstance(data.get("set") or {}, dict):
         raise ConfigError(f"expected a mapping of KEY.PATH: value, got {short(data['set'])}", file, "set")
-    workloads = [data["workload"]] if "workload" in data else list(data["workloads"])
-    workloads = [str((path.parent / w).resolve()) for w in workloads]
-    hardware = str((path.parent / data["hardware"]).resolve()) if data.get("hardware") else None
-    runtime = str((path.parent / data["runtime"]).resolve()) if data.get("runtime") else None
+    def resolve(file: str | None) -> str | None:  # a file named relative to the sweep file
+        return str((path.parent / file).resolve()) if file else None
+
+    workloads = [resolve(w) for w in ([data["workload"]] if "workload" in data else list(data["workloads"]))]
+    hardware, runtime = resolve(data.get("hardware")), resolve(data.get("runtime"))
     base = list((data.get("set") or {}).items())
     axes_spec: dict = data.get("axes") or {}
     if not isinstance(axes_spec, dict) or not axes_spec:
@@ -220,8 +221,8 @@ def load_sweep(path: str | Path) -> Sweep:
             overrides = tuple(base + [(k, v) for k, v in row.items() if k not in ("year", *FILE_AXES)])
             if "year" in row:
                 overrides += (("year", row["year"]),)
-            hw = str((path.parent / row["hardware_file"]).resolve()) if "hardware_file" in row else hardware
-            rt = str((path.parent / row["runtime_file"]).resolve()) if "runtime_file" in row else runtime
+            hw = resolve(row["hardware_file"]) if "hardware_file" in row else hardware
+            rt = resolve(row["runtime_file"]) if "runtime_file" in row else runtime
             points.append(Point(point_id(wl, hw, overrides, path.parent.resolve(), rt), wl, hw, row, overrides, rt))
     kept: dict[str, Point] = {}  # a point drawn or rounded twice (a sample, a linear range of integers) runs once
     for p in points:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 
 from rich.console import Console
 from rich.table import Table
@@ -28,32 +29,41 @@ def _summary(cases: list[Case]) -> str:
     return line
 
 
-def _has_runtime(cases: list[Case]) -> bool:
-    return any(c.runtime for c in cases)
+#: text columns (left-aligned); the others are figures
+TEXT_COLUMNS = ("group", "case", "runtime", "source")
+
+
+def _columns(cases: list[Case], with_source: bool = False) -> list[tuple[str, Callable[[Case], str]]]:
+    """The table's columns and each one's cell: a runtime column where a case names one, a spread
+    column where every case has one (live cases), the source where asked."""
+    cols = [("group", lambda c: c.group), ("case", lambda c: c.name)]
+    if any(c.runtime for c in cases):
+        cols.append(("runtime", lambda c: c.runtime))
+    cols += [("predicted", lambda c: c.shown(c.predicted_s)), ("measured", lambda c: c.shown(c.measured_s)),
+             ("error", lambda c: f"{100 * c.error:+.1f}%")]
+    if _has_spread(cases):
+        cols.append(("spread", lambda c: f"{100 * c.spread:.0f}%"))
+    if with_source:
+        cols.append(("source", lambda c: c.source))
+    return cols
 
 
 def render(console: Console, title: str, cases: list[Case]) -> None:
     table = Table(title=title, title_justify="left")
-    spread, runtime = _has_spread(cases), _has_runtime(cases)
-    for col in ("group", "case", *(["runtime"] if runtime else []), "predicted", "measured", "error",
-                *(["spread"] if spread else [])):
-        table.add_column(col, justify="left" if col in ("group", "case", "runtime") else "right")
+    cols = _columns(cases)
+    for name, _ in cols:
+        table.add_column(name, justify="left" if name in TEXT_COLUMNS else "right")
     for c in cases:
-        table.add_row(c.group, c.name, *([c.runtime] if runtime else []), c.shown(c.predicted_s),
-                      c.shown(c.measured_s), f"{100 * c.error:+.1f}%", *([f"{100 * c.spread:.0f}%"] if spread else []))
+        table.add_row(*(cell(c) for _, cell in cols))
     console.print(table)
     console.print(f"  {_summary(cases)}\n")
 
 
 def _md_table(cases: list[Case], with_source: bool) -> str:
-    spread, runtime = _has_spread(cases), _has_runtime(cases)
-    head = "| group | case |" + (" runtime |" if runtime else "") + " predicted | measured | error |" + (
-        " spread |" if spread else "") + (" source |" if with_source else "")
-    rule = "|---|---|" + ("---|" if runtime else "") + "---:|---:|---:|" + ("---:|" if spread else "") + (
-        "---|" if with_source else "")
-    rows = [f"| {c.group} | {c.name} |" + (f" `{c.runtime}` |" if runtime else "")
-            + f" {c.shown(c.predicted_s)} | {c.shown(c.measured_s)} | {100 * c.error:+.1f}% |"
-            + (f" {100 * c.spread:.0f}% |" if spread else "") + (f" {c.source} |" if with_source else "")
+    cols = _columns(cases, with_source)
+    head = "| " + " | ".join(name for name, _ in cols) + " |"
+    rule = "|" + "".join("---|" if name in TEXT_COLUMNS else "---:|" for name, _ in cols)
+    rows = ["| " + " | ".join(f"`{cell(c)}`" if name == "runtime" else cell(c) for name, cell in cols) + " |"
             for c in cases]
     summary = _summary(cases)
     return "\n".join([head, rule, *rows, "", summary[:1].upper() + summary[1:] + "."])
