@@ -267,3 +267,37 @@ def test_the_compiled_runtimes_nvls_figures_are_the_fit_to_their_published_curve
     assert shipped.chunk_overhead == pytest.approx(round(fit.chunk_overhead * 1e9, 1) * 1e-9)
     rows = [(s, t, p) for s, t, p in fitted_errors(fit) if s >= 2**21]
     assert len(rows) == fit.rows and all(abs(p / t - 1) < 0.15 for _, t, p in rows)
+
+
+def test_threads_make_the_device_that_many_of_its_units():
+    """A CPU framework's `threads` (torch.set_num_threads): the device is then that many units, its peaks,
+    kernel rates and per-unit levels' bandwidth scaled in proportion, its shared levels (the last cache,
+    DRAM) as they were; a compute-bound op takes units / threads times as long; more threads than units,
+    or a malformed figure under them, is one line naming the key."""
+    xeon = ROOT / "hardware_models" / "xeon-gold-6242.yaml"
+    rt = ROOT / "runtimes" / "eager-pytorch.yaml"
+    full, four = load_hardware(xeon, runtime=rt), load_hardware(xeon, [("runtime.threads", 4)], runtime=rt)
+    assert (full.device.compute.units, four.device.compute.units, four.device.threads) == (16, 4, 4)
+    assert four.device.compute.peak["fp32"] == pytest.approx(full.device.compute.peak["fp32"] / 4)
+    assert four.device.compute.vector == pytest.approx(full.device.compute.vector / 4)
+    for name, level in full.device.memory.items():
+        share = 4 / 16 if level.scope == "per_unit" else 1
+        assert four.device.memory[name].bandwidth == pytest.approx(level.bandwidth * share)
+        assert four.device.memory[name].capacity == level.capacity  # per unit: 4 units hold a quarter
+    assert load_hardware(xeon, [("runtime.threads", 16)], runtime=rt).device.compute == full.device.compute
+    toy_rt = [("runtime.threads", 1)]  # the toy machine's one unit: nothing to scale
+    assert load_hardware(TOY, toy_rt).device.compute == load_hardware(TOY).device.compute
+    # a 256-cube fp32 GEMM (cache-resident; no software costs): compute-bound, 4x as long on 4 threads
+    from sim.validate.cases import predict_matmul
+    assert predict_matmul(load_hardware(xeon, [("device.threads", 4)]), 256, 256, 256, "fp32") == pytest.approx(
+        4 * predict_matmul(load_hardware(xeon), 256, 256, 256, "fp32"), rel=0.01)  # (less the fixed latency)
+    r = cli("run", str(DATA / "toy-gpt.yaml"), "--hardware", str(xeon), "--runtime", str(rt),
+            "--set", "runtime.threads=32")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert "device.threads: at most the device's 16 compute units (got 32)" in r.stderr
+    r = cli("run", str(DATA / "toy-gpt.yaml"), "--hardware", str(xeon), "--runtime", str(rt),
+            "--set", "runtime.threads=4", "--set", "device.compute.vector=fast")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "device.compute.vector" in r.stderr
+    r = cli("run", str(DATA / "toy-gpt.yaml"), "--hardware", str(xeon), "--runtime", str(rt),
+            "--set", "runtime.threads=4")
+    assert r.returncode == 0 and "; 4 threads" in r.stdout

@@ -8,11 +8,12 @@ data on its way to the compute units (`cache`).
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from sim.config.types import Bandwidth, Bytes, Count, Dtype, FlopRate, Frequency, Latency, Size, Spec
+from sim.config.units import Dim, parse_quantity
 from sim.errors import KeyedError
 
 HOST_LEVEL = "host"
@@ -59,6 +60,13 @@ def flat_bandwidths(levels: dict[str, MemoryLevel]) -> dict[str, float]:
     up with `bandwidth_for`), or on how long its contiguous runs are. Hot loops use it to skip the lookup."""
     return {n: 0.0 if lvl.efficiency_by_size or lvl.efficiency_by_run else lvl.effective_bandwidth
             for n, lvl in levels.items()}
+
+
+def _scaled(figures: dict, keys: tuple[str, ...] | None, dim: Dim, share: float) -> dict:
+    """`figures` (as written: numbers, or strings with their unit) with those under `keys` (None: all)
+    times `share`; keys it lacks stay absent."""
+    return {k: parse_quantity(v, dim) * share if (keys is None or k in keys) and v is not None else v
+            for k, v in figures.items()}
 
 
 class ComputeUnit(Spec):
@@ -251,6 +259,36 @@ class Device(Spec):
         default_factory=dict, description="per kernel (what an op computes: layernorm, gelu, add, ...), costs "
         "that differ from `dispatch_overhead` and `compute.vector`: an eager framework's layernorm is several "
         "library calls, a GELU's tanh costs more per element than an add's sum")
+    threads: Count | None = Field(
+        default=None, description="the units the framework runs its ops on (the runtime's figure: a CPU "
+        "framework's threads, torch.set_num_threads), at most `compute.units`: the device is then that many "
+        "units, its matrix and vector peaks, its kernels' own vector and epilogue rates and its per-unit "
+        "levels' bandwidths scaled by threads / units; its shared levels keep their bandwidth")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _on_threads(cls, data: Any) -> Any:
+        """The device as `threads` of its units: applied to the figures as written, before they are
+        validated (a figure that does not parse is left for its own field to report)."""
+        if not isinstance(data, dict) or not isinstance(data.get("threads"), int) or data["threads"] < 1:
+            return data
+        compute = data.get("compute")
+        units = compute.get("units") if isinstance(compute, dict) else None
+        if not isinstance(units, int) or units < 1 or data["threads"] == units:
+            return data
+        if data["threads"] > units:
+            raise KeyedError("threads", f"at most the device's {units} compute units (got {data['threads']})")
+        share = data["threads"] / units
+        try:
+            memory, kernels = data.get("memory") or {}, data.get("kernels") or {}
+            return {**data, "compute": {**_scaled(compute, ("vector",), Dim.COMPUTE, share), "units": data["threads"],
+                                        "peak": _scaled(compute.get("peak") or {}, None, Dim.COMPUTE, share)},
+                    "memory": {name: _scaled(lvl, ("bandwidth",), Dim.BANDWIDTH, share)
+                               if lvl.get("scope") == "per_unit" else lvl for name, lvl in memory.items()},
+                    "kernels": {name: _scaled(cost, ("vector", "epilogue"), Dim.COMPUTE, share)
+                                for name, cost in kernels.items()}}
+        except (ValueError, TypeError, AttributeError):
+            return data  # a malformed figure: its own field's validation names it
 
     def own(self, kernel: str, field: str) -> float | None:
         """`kernel`'s own `field` cost (`dispatch`, `launch`, `vector`, `fixed`, `epilogue`), or its

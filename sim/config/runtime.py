@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from sim.config.hardware import CollectiveLibrary, Kernel, KernelCost, Platform, check_fuse
-from sim.config.types import Latency, Size, Spec
+from sim.config.types import Count, Latency, Size, Spec
 
 #: runtime key -> where it goes in a hardware file
 TO_HARDWARE = {
@@ -32,6 +32,7 @@ TO_HARDWARE = {
     "collectives": "interconnect.library",
     "memory_reserved": "device.memory_reserved",
     "fuse": "device.fuse",
+    "threads": "device.threads",
 }
 
 #: keys of the runtime file itself; any other `runtime.<key>` override goes to the chosen platform's section
@@ -69,6 +70,10 @@ class PlatformCosts(Spec):
     memory_reserved: Size | None = Field(
         default=None, description="device memory the software holds outside the graph's tensors (CUDA "
         "context, library workspaces, communication buffers): less room in the device's DRAM")
+    threads: Count | None = Field(
+        default=None, description="the units it runs ops on (a CPU framework's threads: torch.set_num_threads, "
+        "OMP_NUM_THREADS), at most the device's: the device is then that many units, its peaks and per-unit "
+        "levels' bandwidth scaled down in proportion. Absent: all of them")
 
     @model_validator(mode="after")
     def _fuses_elementwise_kernels(self) -> PlatformCosts:

@@ -37,6 +37,7 @@ def context(result: RunResult) -> dict:
         "hardware": {
             "name": hw.name, "runtime": hw.runtime or None, "platform": hw.device.platform,
             "fuse": dict(sorted(hw.device.fuse.items())) or None,
+            "threads": hw.device.threads,  # the runtime's threads (the units its ops run on); None: all
             "devices_per_node": hw.devices, "nodes": hw.nodes,
             # inference simulates one data-parallel replica (they are independent), training every replica
             "devices_simulated": workload.parallelism.tensor * workload.parallelism.pipeline * (

@@ -136,11 +136,12 @@ def render(result, console: Console | None = None, top: int = 10) -> None:
     fused = "; ".join(f"{', '.join(names)} into {'its' if len(names) == 1 else 'their'} {way}"
                       for way in ("producer", "consumer") if (names := [k for k, w in fuse.items() if w == way]))
     fused = f"fuses {fused} (inference passes)" if fused else ""
+    threads = f"; {hw['threads']} thread{'s' if hw['threads'] > 1 else ''}" if hw.get("threads") else ""
     if hw.get("runtime"):
-        out.print(f"  runtime: {hw['runtime']}; its costs on {hw.get('platform', 'this platform')}"
+        out.print(f"  runtime: {hw['runtime']}; its costs on {hw.get('platform', 'this platform')}{threads}"
                   + (f"; {fused}" if fused else ""))
-    elif fused:  # a hardware file's own device.fuse
-        out.print(f"  software: {fused}")
+    elif fused or threads:  # a hardware file's own device.fuse / device.threads
+        out.print("  software: " + "; ".join(x for x in (fused, threads.removeprefix("; ")) if x))
     balance = hw["balance_point_flop_per_byte"]
     achievable = hw.get("achievable_balance_point_flop_per_byte", balance)
     sustained = f"; {achievable:.1f} FLOP/B sustained / achievable" if abs(achievable - balance) > 0.05 else ""
