@@ -47,7 +47,7 @@ def test_shipped_hardware_files_hold_no_software_figures_and_every_workload_runs
     dev = load_hardware(hw_file).device
     assert (dev.dispatch_overhead, dev.launch_overhead, dev.step_overhead, dev.compute.matmul_overhead) == (0, 0, 0, 0)
     links = load_hardware(hw_file).interconnect
-    assert dev.kernels == {} and dev.dispatch_mode == "async"  # the defaults: no software
+    assert dev.kernels == {} and dev.dispatch_mode == "async" and dev.threads is None  # the defaults: no software
     assert links is None or (links.collective_overhead == 0 and list(links.library.protocols) == ["simple"])
     for workload in sorted((ROOT / "workloads").glob("*.yaml")):
         wl, hw, _ = load_run(workload, hardware=hw_file)
@@ -271,18 +271,17 @@ def test_the_compiled_runtimes_nvls_figures_are_the_fit_to_their_published_curve
 
 def test_threads_make_the_device_that_many_of_its_units():
     """A CPU framework's `threads` (torch.set_num_threads): the device is then that many units, its peaks,
-    kernel rates and per-unit levels' bandwidth scaled in proportion, its shared levels (the last cache,
-    DRAM) as they were; a compute-bound op takes units / threads times as long; more threads than units,
-    or a malformed figure under them, is one line naming the key."""
+    kernel rates and levels' bandwidth scaled in proportion (no level then looks faster than the one inside
+    it: no warning); a compute-bound op takes units / threads times as long; more threads than units, a
+    boolean, or a malformed figure under them, is one line naming the key."""
     xeon = ROOT / "hardware_models" / "xeon-gold-6242.yaml"
     rt = ROOT / "runtimes" / "eager-pytorch.yaml"
     full, four = load_hardware(xeon, runtime=rt), load_hardware(xeon, [("runtime.threads", 4)], runtime=rt)
     assert (full.device.compute.units, four.device.compute.units, four.device.threads) == (16, 4, 4)
     assert four.device.compute.peak["fp32"] == pytest.approx(full.device.compute.peak["fp32"] / 4)
     assert four.device.compute.vector == pytest.approx(full.device.compute.vector / 4)
-    for name, level in full.device.memory.items():
-        share = 4 / 16 if level.scope == "per_unit" else 1
-        assert four.device.memory[name].bandwidth == pytest.approx(level.bandwidth * share)
+    for name, level in full.device.memory.items():  # each level's bandwidth shared out; capacities as written
+        assert four.device.memory[name].bandwidth == pytest.approx(level.bandwidth / 4)
         assert four.device.memory[name].capacity == level.capacity  # per unit: 4 units hold a quarter
     assert load_hardware(xeon, [("runtime.threads", 16)], runtime=rt).device.compute == full.device.compute
     toy_rt = [("runtime.threads", 1)]  # the toy machine's one unit: nothing to scale
@@ -299,5 +298,7 @@ def test_threads_make_the_device_that_many_of_its_units():
             "--set", "runtime.threads=4", "--set", "device.compute.vector=fast")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "device.compute.vector" in r.stderr
     r = cli("run", str(DATA / "toy-gpt.yaml"), "--hardware", str(xeon), "--runtime", str(rt),
-            "--set", "runtime.threads=4")
-    assert r.returncode == 0 and "; 4 threads" in r.stdout
+            "--set", "runtime.threads=1")
+    assert r.returncode == 0 and "; 1 thread" in r.stdout and r.stderr == ""
+    r = cli("run", str(DATA / "toy-gpt.yaml"), "--hardware", str(xeon), "--set", "device.threads=true")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "device.threads" in r.stderr

@@ -262,19 +262,21 @@ class Device(Spec):
     threads: Count | None = Field(
         default=None, description="the units the framework runs its ops on (the runtime's figure: a CPU "
         "framework's threads, torch.set_num_threads), at most `compute.units`: the device is then that many "
-        "units, its matrix and vector peaks, its kernels' own vector and epilogue rates and its per-unit "
-        "levels' bandwidths scaled by threads / units; its shared levels keep their bandwidth")
+        "units, its matrix and vector peaks, its kernels' own vector and epilogue rates and every memory "
+        "level's bandwidth scaled by threads / units (their share of the whole)")
 
     @model_validator(mode="before")
     @classmethod
     def _on_threads(cls, data: Any) -> Any:
         """The device as `threads` of its units: applied to the figures as written, before they are
         validated (a figure that does not parse is left for its own field to report)."""
-        if not isinstance(data, dict) or not isinstance(data.get("threads"), int) or data["threads"] < 1:
+        def count(value: Any) -> bool:
+            return type(value) is int and value >= 1  # not a bool, which is an int to Python
+        if not isinstance(data, dict) or not count(data.get("threads")):
             return data
         compute = data.get("compute")
         units = compute.get("units") if isinstance(compute, dict) else None
-        if not isinstance(units, int) or units < 1 or data["threads"] == units:
+        if not count(units) or data["threads"] == units:
             return data
         if data["threads"] > units:
             raise KeyedError("threads", f"at most the device's {units} compute units (got {data['threads']})")
@@ -284,7 +286,7 @@ class Device(Spec):
             return {**data, "compute": {**_scaled(compute, ("vector",), Dim.COMPUTE, share), "units": data["threads"],
                                         "peak": _scaled(compute.get("peak") or {}, None, Dim.COMPUTE, share)},
                     "memory": {name: _scaled(lvl, ("bandwidth",), Dim.BANDWIDTH, share)
-                               if lvl.get("scope") == "per_unit" else lvl for name, lvl in memory.items()},
+                               for name, lvl in memory.items()},
                     "kernels": {name: _scaled(cost, ("vector", "epilogue"), Dim.COMPUTE, share)
                                 for name, cost in kernels.items()}}
         except (ValueError, TypeError, AttributeError):

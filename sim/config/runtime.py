@@ -72,8 +72,8 @@ class PlatformCosts(Spec):
         "context, library workspaces, communication buffers): less room in the device's DRAM")
     threads: Count | None = Field(
         default=None, description="the units it runs ops on (a CPU framework's threads: torch.set_num_threads, "
-        "OMP_NUM_THREADS), at most the device's: the device is then that many units, its peaks and per-unit "
-        "levels' bandwidth scaled down in proportion. Absent: all of them")
+        "OMP_NUM_THREADS), at most the device's: the device is then that many units, its peaks and its "
+        "memory levels' bandwidth scaled down in proportion. Absent: all of them")
 
     @model_validator(mode="after")
     def _fuses_elementwise_kernels(self) -> PlatformCosts:
