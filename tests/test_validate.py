@@ -9,6 +9,7 @@ import yaml
 
 from conftest import DATA, ROOT, cli, load
 from sim.config import load_hardware
+from sim.errors import ConfigError
 from sim.graph import build_graph
 from sim.mapping import place
 from sim.validate import calibrate as cal
@@ -414,6 +415,7 @@ def test_calibration_measures_contradicting_figures_again_and_never_writes_them(
                 "fp16": 1e9, "dispatch.add": 2e-6, "vector.add": 4e9, **{f"rows.{m}": 5e10 for m in cal.ROWS},
                 **{f"cold_rows.{m}": 4e10 for m in cal.ROWS},
                 **{f"depth.{k}": 1e9 for k in cal.DEPTHS + (cal.MATRIX_SIZE,)},
+                **{f"alias.{m}": 0.9 for m in cal.ALIAS_ROWS},
                 **{f"cold.{s}": 10e9 for s in cal.COLD_SIZES}, **{f"dram.run.{n}": 5e9 for n in cal.RUN_COLUMNS}}
 
     monkeypatch.setattr(cal, "os_caches", lambda: caches)
@@ -450,6 +452,7 @@ def test_calibration_assembles_a_loadable_model_from_its_figures(tmp_path: Path,
                "vector.add": 4e9, "vector.gelu": 1e9 * f, **{f"rows.{m}": 5e10 for m in cal.ROWS},
                **{f"cold_rows.{m}": 4e10 for m in cal.ROWS},
                **{f"depth.{k}": 1e9 * k ** 0.5 * f for k in cal.DEPTHS + (cal.MATRIX_SIZE,)},
+               **{f"alias.{m}": min(1.2, 0.3 * f * (1 + i)) for i, m in enumerate(cal.ALIAS_ROWS)},
                **{f"cold.{s}": 10e9 for s in cal.COLD_SIZES}, f"cold.{16 << 20}": 50e9,
                **{f"dram.run.{n}": 5e9 for n in cal.RUN_COLUMNS}}
         if compiled:
@@ -488,6 +491,11 @@ def test_calibration_assembles_a_loadable_model_from_its_figures(tmp_path: Path,
     assert l3.efficiency_by_run == {1024: 0.25, 4096: 0.4, 16384: 1.0}  # over the 2 MiB one's, 100e9
     depth = hw.device.compute.matrix_efficiency_by_depth  # each K's rate over K = MATRIX_SIZE's, same round
     assert depth == {k: round((k / cal.MATRIX_SIZE) ** 0.5, 3) for k in cal.DEPTHS} | {cal.MATRIX_SIZE: 1.0}
+    # the aliased rows' rate over the unaliased ones' (the median round), at most 1; the L1's set span (4 KiB
+    # where sysfs does not say)
+    assert hw.device.compute.matrix_efficiency_aliased == {m: round(min(1.0, 0.6 * (1 + i)), 3)
+                                                           for i, m in enumerate(cal.ALIAS_ROWS)}
+    assert hw.device.compute.aliasing_stride == 4096
     assert hw.levels["l1"].latency == pytest.approx(4e-9 if compiled else 1.5e-9)  # the median round too
     assert ("no C compiler" in data["calibration"]["device.memory.l1"]) is not compiled
 
@@ -671,3 +679,21 @@ def test_calibration_leaves_no_build_folder_behind(tmp_path, monkeypatch):
         assert not list(tmp_path.iterdir())
     finally:
         native._library.cache_clear()
+
+
+def test_a_weight_whose_rows_alias_in_the_cache_lowers_the_matrix_efficiency():
+    """With the aliased table at half from 16 rows on and a 4 KiB stride, a GEMM over a K x 1024 fp32
+    weight (rows 4 KiB apart) computes 2x as long as without the table, a K x 1008 or a K x 1040 one as
+    before; an fp16 weight aliases at 2048 columns; a table without its stride is one line."""
+    from sim.mapping.plan import Planner
+
+    base = load(DATA / "toy-gpt.yaml", device__compute__matrix_efficiency={1: 0.8})[1]
+    alias = load(DATA / "toy-gpt.yaml", device__compute__matrix_efficiency={1: 0.8},
+                 device__compute__aliasing_stride="4 KiB", device__compute__matrix_efficiency_aliased={16: 0.5})[1]
+    for n, dtype, factor in ((1024, "fp32", 2.0), (1008, "fp32", 1.0), (1040, "fp32", 1.0), (2048, "fp16", 2.0),
+                             (1024, "fp16", 1.0)):
+        op = matmul_op("g", 256, n, 256, dtype)
+        times = [Planner(hw, place([op], hw)).plan(op).compute_s for hw in (base, alias)]
+        assert times[1] == pytest.approx(factor * times[0]), (n, dtype)
+    with pytest.raises(ConfigError, match="matrix_efficiency_aliased: needs `aliasing_stride`"):
+        load(DATA / "toy-gpt.yaml", device__compute__matrix_efficiency_aliased={16: 0.5})

@@ -75,14 +75,18 @@ class ComputeUnit(Spec):
     peak: dict[Dtype, FlopRate] = Field(min_length=1, description="matrix-engine peak per dtype")
     vector: FlopRate = Field(description="peak of the vector units that run non-matmul ops")
 
-    def efficiency(self, rows: int, dtype: str | None = None, depth: int = 0, cold: bool = False) -> float:
+    def efficiency(self, rows: int, dtype: str | None = None, depth: int = 0, cold: bool = False,
+                   row_bytes: float = 0) -> float:
         """The matrix efficiency table of `dtype` (or the general one; with `cold`, the cold-weight one
         where given) at `rows`, times the depth table at the reduction depth K (`depth`; 0: unknown,
-        none), each interpolated linearly in log2 and clamped at the ends."""
+        none) and, where the K x N operand's rows are `row_bytes` apart and that is a multiple of
+        `aliasing_stride`, the aliased table; each interpolated linearly in log2 and clamped at the ends."""
         general = self.matrix_efficiency_cold if cold and self.matrix_efficiency_cold else self.matrix_efficiency
         table = self.matrix_efficiency_by_dtype.get(dtype, general) if dtype else general
         by_depth = log_interpolate(self.matrix_efficiency_by_depth, depth, 1.0) if depth else 1.0
-        return log_interpolate(table, rows, 1.0) * by_depth
+        aliased = self.aliasing_stride and row_bytes and row_bytes % self.aliasing_stride == 0
+        by_alias = log_interpolate(self.matrix_efficiency_aliased, rows, 1.0) if aliased else 1.0
+        return log_interpolate(table, rows, 1.0) * by_depth * by_alias
 
     emulate: dict[Dtype, Dtype] = Field(
         default_factory=dict, description="dtypes without native support and the dtype they run as"
@@ -105,6 +109,17 @@ class ComputeUnit(Spec):
         "this project's VM: 64 rows over a 1280 x 1280 weight, 164 GFLOP/s cached, 123 from DRAM; the "
         "stream itself is in the rate). A dtype's own table still wins. Absent: the same tables as a "
         "cached weight",
+    )
+    aliasing_stride: Bytes | None = Field(
+        default=None, description="the span of a set-associative cache's sets (its size over its ways: "
+        "4 KiB for a 32 KiB 8-way L1): rows of a GEMM's K x N operand a multiple of this apart map onto the "
+        "same sets and evict each other, `matrix_efficiency_aliased` then applies")
+    matrix_efficiency_aliased: dict[Count, float] = Field(
+        default_factory=dict,
+        description="achieved fraction (multiplying the others) by rows M of a GEMM whose K x N operand's "
+        "rows are a multiple of `aliasing_stride` apart (N = 1024, 2048, 3072 fp32 columns): a BLAS's "
+        "kernel reading them conflicts in the cache (this project's VM, numpy: 16 rows over 1280 x 2048, "
+        "0.80 of 1280 x 1792 and 2304). Absent: 1",
     )
     matrix_efficiency_by_dtype: dict[Dtype, dict[Count, float]] = Field(
         default_factory=dict,
@@ -129,13 +144,15 @@ class ComputeUnit(Spec):
 
     @model_validator(mode="after")
     def _fractions(self) -> ComputeUnit:
-        tables = {key: getattr(self, key) for key in
-                  ("matrix_efficiency", "matrix_efficiency_by_depth", "matrix_efficiency_cold")}
+        tables = {key: getattr(self, key) for key in ("matrix_efficiency", "matrix_efficiency_by_depth",
+                                                       "matrix_efficiency_cold", "matrix_efficiency_aliased")}
         tables |= {f"matrix_efficiency_by_dtype.{d}": t for d, t in self.matrix_efficiency_by_dtype.items()}
         for key, table in tables.items():
             for at, value in table.items():
                 if not 0 < value <= 1:
                     raise KeyedError(key, f"efficiencies are fractions in (0, 1], got {value} at {at}")
+        if self.matrix_efficiency_aliased and not self.aliasing_stride:
+            raise KeyedError("matrix_efficiency_aliased", "needs `aliasing_stride` (the stride it applies at)")
         return self
 
 

@@ -428,8 +428,10 @@ class Planner:
         compute = self.hw.device.compute
         peak = matrix_peak(self.hw, op.dtype, self.hw_file)
         gemm = len(op.shape) == 4
-        efficiency = compute.efficiency(op.shape[1], compute.emulate.get(op.dtype, op.dtype), op.shape[3],
-                                        cold) if gemm else 1.0
+        # the K x N operand's rows lie N elements apart (row-major, as x @ w reads w)
+        row_bytes = op.shape[2] * _element_bytes(op)[1] if gemm and len(op.reads) >= 2 else 0
+        efficiency = compute.efficiency(op.shape[1], compute.emulate.get(op.dtype, op.dtype), op.shape[3], cold,
+                                        row_bytes) if gemm else 1.0
         vector_s = flops / (self._vector_for(op.kernel) * efficiency)
         if compute.block_tiles and gemm and len(op.reads) >= 2:
             k_step = compute.tile[2] if compute.tile else 1

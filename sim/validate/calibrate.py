@@ -28,6 +28,7 @@ fits what validation then predicts.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import platform
@@ -68,8 +69,12 @@ def os_caches() -> list[dict]:
             factor = {"K": 1024, "M": 1024**2, "G": 1024**3}.get(size[-1], 1)
             shared = (index / "shared_cpu_list").read_text().strip()
             private = "," not in shared and "-" not in shared
-            caches.append({"level": int((index / "level").read_text()), "bytes": int(size.rstrip("KMG")) * factor,
-                           "private": private})
+            cache = {"level": int((index / "level").read_text()), "bytes": int(size.rstrip("KMG")) * factor,
+                     "private": private}
+            with contextlib.suppress(OSError, ValueError):  # its sets' span: addresses that far apart share one
+                cache["span"] = int((index / "number_of_sets").read_text()) * int(
+                    (index / "coherency_line_size").read_text())
+            caches.append(cache)
         except (OSError, ValueError):
             continue
     return caches
@@ -154,8 +159,38 @@ def rows_side(caches: list[dict]) -> int:
     five interleaved rounds on this project's VM (32 MiB L3), 16 rows: 76, 87 and 83 GFLOP/s on weights
     of 768, 1024 and 1536 a side (2.3-9 MiB), 64 and 66 on 2048 and 3072 (16-36 MiB); at 64 and 256
     rows all within 10%. A 512 x 512 weight ran 16-64 rows 25-40% slower than every larger one."""
-    side = int((last_cache_bytes(caches) / 4 / 4) ** 0.5) // 256 * 256
-    return min(MATRIX_SIZE, max(768, side))
+    side = min(MATRIX_SIZE, max(768, int((last_cache_bytes(caches) / 4 / 4) ** 0.5) // 256 * 256))
+    return side - 256 if 4 * side % aliasing_stride(caches) == 0 else side  # not aliased: that is its own table
+
+
+def aliasing_stride(caches: list[dict]) -> int:
+    """The span of the innermost cache's sets (its size over its ways; 4 KiB if unknown): rows of a
+    weight a multiple of it apart fall into the same sets."""
+    inner = min(caches, key=lambda c: (c["level"], c["bytes"]), default={})
+    return inner.get("span") or 4096
+
+
+#: Rows M `matrix_efficiency_aliased` is measured at
+ALIAS_ROWS = (1, *ROWS)
+
+
+def aliasing_rates(side: int, stride: int, kern: ModuleType = k) -> dict[int, float]:
+    """Per rows M, the GEMM rate of M x `side` @ a side x N fp32 weight whose rows are a multiple of
+    `stride` apart (N the first such at or above `side`), over the mean rate with 256 columns fewer and
+    more (rows not so aligned): the cost of the cache conflicts alone. On this project's VM (32 KiB
+    8-way L1, 4 KiB), 1280 x 2048 against 1792 and 2304: 0.83, 0.80, 0.90, 0.94 and 0.97 at 1, 16, 64,
+    256 and 1024 rows; 16 x 1024 x 1024 ran 85.6 GFLOP/s against 130.8 for 16 x 1000 x 1000."""
+    columns = stride // 4
+    n = -(-side // columns) * columns
+    out = {}
+    for m in ALIAS_ROWS:
+        x = owned(kern, (m, side))
+        rate = {}
+        for cols in (n - 256, n, n + 256):
+            w = owned(kern, (side, cols), which=1)
+            rate[cols] = 2 * m * side * cols / typical_time(lambda x=x, w=w: x @ w, repeats=5)
+        out[m] = rate[n] / ((rate[n - 256] + rate[n + 256]) / 2)
+    return out
 
 
 def matrix_rates(side: int, kern: ModuleType = k, cold: bool = False) -> dict[int, float]:
@@ -422,6 +457,7 @@ def _measure_once(caches: list[dict], cores: int, compiled: bool, dram_bytes: in
     out.update({f"rows.{m}": r for m, r in matrix_rates(rows_side(caches), kern).items()})
     out.update({f"cold_rows.{m}": r for m, r in matrix_rates(rows_side(caches), kern, cold=True).items()})
     out.update({f"depth.{depth}": r for depth, r in depth_rates(kern).items()})
+    out.update({f"alias.{m}": r for m, r in aliasing_rates(rows_side(caches), aliasing_stride(caches), kern).items()})
     after("gemm")
     progress("each kernel's dispatch and vector rate")
     dispatch = kernel_dispatch(last_cache_bytes(caches) // 4, kern=kern)
@@ -568,6 +604,12 @@ def _model(fig: dict[str, float], caches: list[dict], cores: int, compiled: bool
         MATRIX_SIZE: 1.0}
     notes["device.compute.matrix_efficiency_by_depth"] = (
         f"{framework} matmul {DEPTH_SIDE} x K x {DEPTH_SIDE} fp32 by K, rate / the same at K = {MATRIX_SIZE}; {kept}")
+    stride = aliasing_stride(caches)
+    aliased = {m: round(min(1.0, fig[f"alias.{m}"]), 3) for m in ALIAS_ROWS}
+    notes["device.compute.matrix_efficiency_aliased"] = (
+        f"{framework} matmul M x {side} x N fp32 with N x 4 bytes a multiple of the aliasing stride "
+        f"({stride} B: the L1's sets x its line, from sysfs; 4 KiB if unknown), rate / the mean of N - 256 and "
+        f"N + 256; {kept}")
     notes["device.compute.peak"] = (
         f"{framework} matmul: fp32 {MATRIX_SIZE}^3, fp16 256^3; {kept}")
     costs, rates = _costs(fig)
@@ -597,6 +639,8 @@ def _model(fig: dict[str, float], caches: list[dict], cores: int, compiled: bool
                 "matrix_efficiency": efficiency,
                 "matrix_efficiency_cold": cold_efficiency,
                 "matrix_efficiency_by_depth": by_depth,
+                "aliasing_stride": f"{stride} B",
+                "matrix_efficiency_aliased": aliased,
             },
             "memory": memory,
             **costs,
