@@ -29,6 +29,9 @@ CASES = {
                                                 "parallelism__tensor": 2, "parallelism__pipeline": 2}),
     "cache, weights pinned": (CACHE, {"device__memory__l2__pin": ["weight"], "device__memory__l2__capacity": "2 MiB"}),
     "cache, cold-weight table": (CACHE, {"device__compute__matrix_efficiency_cold": {1: 0.3}}),
+    # weights whose rows alias in the cache: the toy's 128-byte rows at a 128-byte set span
+    "cache, aliased weight rows": (CACHE, {"device__compute__aliasing_stride": "128 B",
+                                           "device__compute__matrix_efficiency_aliased": {1: 0.5}}),
     "tensor parallel": (NODE, {"parallelism__tensor": 4}),
     "pipeline parallel": (NODE, {"parallelism__pipeline": 2}),
     "tensor x pipeline": (NODE, {"parallelism__tensor": 2, "parallelism__pipeline": 2}),

@@ -116,10 +116,10 @@ class ComputeUnit(Spec):
         "same sets and evict each other, `matrix_efficiency_aliased` then applies")
     matrix_efficiency_aliased: dict[Count, float] = Field(
         default_factory=dict,
-        description="achieved fraction (multiplying the others) by rows M of a GEMM whose K x N operand's "
-        "rows are a multiple of `aliasing_stride` apart (N = 1024, 2048, 3072 fp32 columns): a BLAS's "
-        "kernel reading them conflicts in the cache (this project's VM, numpy: 16 rows over 1280 x 2048, "
-        "0.80 of 1280 x 1792 and 2304). Absent: 1",
+        description="achieved fraction (multiplying the others) by rows M of a GEMM whose K x N operand is a "
+        "weight whose rows are a multiple of `aliasing_stride` apart as stored (1024, 2048, 3072 fp32 columns of "
+        "a K x N weight): a BLAS's kernel reading them conflicts in the cache (this project's VM, numpy: 16 "
+        "rows over 1280 x 2048 at 0.65-0.80 of 1280 x 1792 and 2304). Absent: 1",
     )
     matrix_efficiency_by_dtype: dict[Dtype, dict[Count, float]] = Field(
         default_factory=dict,
@@ -153,6 +153,9 @@ class ComputeUnit(Spec):
                     raise KeyedError(key, f"efficiencies are fractions in (0, 1], got {value} at {at}")
         if self.matrix_efficiency_aliased and not self.aliasing_stride:
             raise KeyedError("matrix_efficiency_aliased", "needs `aliasing_stride` (the stride it applies at)")
+        if self.aliasing_stride is not None and (self.aliasing_stride < 64 or self.aliasing_stride % 1):
+            raise KeyedError("aliasing_stride", f"a cache's set span is whole bytes, at least a 64-byte line "
+                             f"(got {self.aliasing_stride:g} B)")
         return self
 
 

@@ -123,6 +123,9 @@ class Op:
     #: how a matmul's K x N operand lies in memory: K rows of N ("kn", y = x @ W) or N rows of K ("nk":
     #: an embedding table, vocab x hidden, read as the LM head): the contiguous runs a GEMV streams
     weight_layout: Literal["kn", "nk"] = "kn"
+    #: bytes per stored element of a matmul's K x N operand where it is a weight, without its bias or
+    #: quantization scales (0: not a weight): with the shape and layout, how far apart its rows lie
+    weight_element_bytes: float = 0.0
     #: elements per row of a row-wise reduction (a norm: the hidden size), which one thread block of a
     #: GPU kernel reduces serially; 0 for other ops
     row: int = 0

@@ -111,6 +111,7 @@ class _Builder:
         self.fused_attention = sc.attention == "fused"
         self.max_context = sc.prompt_tokens + sc.new_tokens
         self.wb = sc.precision.weight_bytes()
+        self.w_element = DTYPE_BYTES[sc.precision.weights]  # a weight's own bytes, without group scales
         self.scenario_weights = sc.precision.weights
         self.ab = DTYPE_BYTES[sc.precision.activations]
         # a training step keeps no KV cache: K and V are activations of its forward pass
@@ -157,14 +158,15 @@ class _Builder:
         return Access(Tensor(name, "activation", elements * self.ab, elements, "pass"), elements * self.ab)
 
     def op(self, kind: str, op_class: str, flops: float, reads, writes, shape=(), kernel: str = "",
-           layout: Literal["kn", "nk"] = "kn", row: int = 0, epilogue: float = 0.0) -> Op:
+           layout: Literal["kn", "nk"] = "kn", row: int = 0, epilogue: float = 0.0,
+           weight_element_bytes: float = 0.0) -> Op:
         matrix = op_class in ("gemm", "gemv", "attention")
         op = Op(
             name=kind, kind=kind, op_class=op_class, engine="matrix" if matrix else "vector",
             phase=self.phase, step=0, layer=0, dtype=self.dtype, flops=float(flops),
             reads=tuple(reads), writes=tuple(writes), shape=tuple(shape), stage=self.stage,
             kernel=kernel or ("matmul" if matrix else kind), weight_layout=layout, row=row,
-            epilogue=float(epilogue),
+            epilogue=float(epilogue), weight_element_bytes=weight_element_bytes,
         )
         op = self._interned_ops.setdefault(op, op)
         self._ops.append(op)
@@ -200,7 +202,8 @@ class _Builder:
         op_class = "gemv" if self.phase == "decode" else "gemm"
         writes = out_kv if out_kv is not None else [self.act(kind, m_rows * n)]
         return self.op(kind, op_class, flops, [x, Access(w, self.full(w))], writes, (1, m_rows, n, k),
-                       kernel="linear" if bias else "matmul", layout=layout, epilogue=m_rows * n if bias else 0)
+                       kernel="linear" if bias else "matmul", layout=layout, epilogue=m_rows * n if bias else 0,
+                       weight_element_bytes=self.w_element)
 
     def vector(self, kind: str, kernel: str, inputs: list[Access], out_elements: int, flops_per: float,
                weights: list[Tensor] = (), op_class: str = "elementwise", out_name: str | None = None,

@@ -104,6 +104,15 @@ def run_bytes(op: Op) -> float:
     return op.shape[2 if op.weight_layout == "kn" else 3] * _element_bytes(op)[1]
 
 
+def weight_row_bytes(op: Op) -> float:
+    """How far apart a matmul's weight rows lie as stored (N elements of a K x N weight, K of one stored
+    N x K), in the weight's own bytes, without its bias or quantization scales; 0 where the K x N operand
+    is not a weight (a KV cache's rows are a head apart, whatever the context)."""
+    if not op.weight_element_bytes or len(op.shape) != 4:
+        return 0.0
+    return op.shape[2 if op.weight_layout == "kn" else 3] * op.weight_element_bytes
+
+
 def chunk_schedule(compute_s: float, memory_s: float, latency_s: float) -> tuple[float, ...]:
     """Equal chunks, each long enough (>= 2 latencies) that double buffering hides the latency."""
     longer, shorter = max(compute_s, memory_s), min(compute_s, memory_s)
@@ -382,7 +391,7 @@ class Planner:
             return OpPlan(op=op, unit="link", compute_s=0.0, utilization=1.0, loads=(), stores=(),
                           hits=(), chunks=(1.0,), overhead_s=self._overhead, stream="comm")
         cold = self._cold_weight(op, t)
-        sig = (op.engine, op.kernel, op.row, op.dtype, op.flops, op.epilogue, op.shape,
+        sig = (op.engine, op.kernel, op.row, op.dtype, op.flops, op.epilogue, op.shape, weight_row_bytes(op),
                op.reads[0].bytes if op.reads else 0.0, op.reads[1].bytes if len(op.reads) > 1 else 0.0, cold)
         known = self._compute_of.get(sig)
         if known is None:
@@ -428,10 +437,8 @@ class Planner:
         compute = self.hw.device.compute
         peak = matrix_peak(self.hw, op.dtype, self.hw_file)
         gemm = len(op.shape) == 4
-        # the K x N operand's rows lie N elements apart (row-major, as x @ w reads w)
-        row_bytes = op.shape[2] * _element_bytes(op)[1] if gemm and len(op.reads) >= 2 else 0
         efficiency = compute.efficiency(op.shape[1], compute.emulate.get(op.dtype, op.dtype), op.shape[3], cold,
-                                        row_bytes) if gemm else 1.0
+                                        weight_row_bytes(op)) if gemm else 1.0
         vector_s = flops / (self._vector_for(op.kernel) * efficiency)
         if compute.block_tiles and gemm and len(op.reads) >= 2:
             k_step = compute.tile[2] if compute.tile else 1

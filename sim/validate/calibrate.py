@@ -158,16 +158,21 @@ def rows_side(caches: list[dict]) -> int:
     bandwidth is measured, so that the rate is the BLAS's (packing, threading), not memory's. Medians of
     five interleaved rounds on this project's VM (32 MiB L3), 16 rows: 76, 87 and 83 GFLOP/s on weights
     of 768, 1024 and 1536 a side (2.3-9 MiB), 64 and 66 on 2048 and 3072 (16-36 MiB); at 64 and 256
-    rows all within 10%. A 512 x 512 weight ran 16-64 rows 25-40% slower than every larger one."""
+    rows all within 10%. A 512 x 512 weight ran 16-64 rows 25-40% slower than every larger one. A side
+    whose rows would alias in the cache (4 x side a multiple of the L1's set span: 1024, 2048 here) steps
+    by 256 (down, but not below 768): that costs `matrix_efficiency_aliased`, measured apart."""
     side = min(MATRIX_SIZE, max(768, int((last_cache_bytes(caches) / 4 / 4) ** 0.5) // 256 * 256))
-    return side - 256 if 4 * side % aliasing_stride(caches) == 0 else side  # not aliased: that is its own table
+    stride = aliasing_stride(caches)
+    if stride > 1024 and 4 * side % stride == 0:  # rows that alias in the cache: their own table (a set
+        side += -256 if side > 768 else 256        # span of 1 KiB or less aliases every multiple of 256)
+    return side
 
 
 def aliasing_stride(caches: list[dict]) -> int:
     """The span of the innermost cache's sets (its size over its ways; 4 KiB if unknown): rows of a
     weight a multiple of it apart fall into the same sets."""
     inner = min(caches, key=lambda c: (c["level"], c["bytes"]), default={})
-    return inner.get("span") or 4096
+    return max(64, inner.get("span") or 4096)
 
 
 #: Rows M `matrix_efficiency_aliased` is measured at
@@ -178,9 +183,10 @@ def aliasing_rates(side: int, stride: int, kern: ModuleType = k) -> dict[int, fl
     """Per rows M, the GEMM rate of M x `side` @ a side x N fp32 weight whose rows are a multiple of
     `stride` apart (N the first such at or above `side`), over the mean rate with 256 columns fewer and
     more (rows not so aligned): the cost of the cache conflicts alone. On this project's VM (32 KiB
-    8-way L1, 4 KiB), 1280 x 2048 against 1792 and 2304: 0.83, 0.80, 0.90, 0.94 and 0.97 at 1, 16, 64,
-    256 and 1024 rows; 16 x 1024 x 1024 ran 85.6 GFLOP/s against 130.8 for 16 x 1000 x 1000."""
-    columns = stride // 4
+    8-way L1, 4 KiB), numpy, 1280 x 2048 against 1792 and 2304: 0.83-0.98, 0.65-0.80, 0.86-0.90,
+    0.94-0.96 and 0.92-0.97 at 1, 16, 64, 256 and 1024 rows (spot checks and a 16-round calibration);
+    16 x 1024 x 1024 ran 85.6 GFLOP/s against 130.8 for 16 x 1000 x 1000."""
+    columns = max(1, stride // 4)
     n = -(-side // columns) * columns
     out = {}
     for m in ALIAS_ROWS:
@@ -608,8 +614,9 @@ def _model(fig: dict[str, float], caches: list[dict], cores: int, compiled: bool
     aliased = {m: round(min(1.0, fig[f"alias.{m}"]), 3) for m in ALIAS_ROWS}
     notes["device.compute.matrix_efficiency_aliased"] = (
         f"{framework} matmul M x {side} x N fp32 with N x 4 bytes a multiple of the aliasing stride "
-        f"({stride} B: the L1's sets x its line, from sysfs; 4 KiB if unknown), rate / the mean of N - 256 and "
-        f"N + 256; {kept}")
+        f"({stride} B: " + ("the L1's sets x its line, from sysfs" if any(c.get("span") for c in caches)
+                             else "assumed, sysfs does not say") + f"), N the first such at or above {side}, "
+        f"rate / the mean of N - 256 and N + 256 columns; {kept}")
     notes["device.compute.peak"] = (
         f"{framework} matmul: fp32 {MATRIX_SIZE}^3, fp16 256^3; {kept}")
     costs, rates = _costs(fig)

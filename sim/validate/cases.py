@@ -68,7 +68,7 @@ def matmul_op(name: str, m: int, n: int, k: int, dtype: str = "fp32", out_dtype:
     y = Tensor(f"{tensors}y", "activation", m * n * DTYPE_BYTES[out_dtype or dtype], m * n)
     return Op(name=name, kind="matmul", op_class="gemv" if m == 1 else "gemm", engine="matrix", phase="prefill",
               step=0, layer=0, dtype=dtype, flops=2.0 * m * n * k, reads=(Access(a, a.bytes), Access(w, w.bytes)),
-              writes=(Access(y, y.bytes),), shape=(1, m, n, k), kernel="matmul")
+              writes=(Access(y, y.bytes),), shape=(1, m, n, k), kernel="matmul", weight_element_bytes=size)
 
 
 def predict_matmul(hw: Hardware, m: int, n: int, k: int, dtype: str = "fp32", out_dtype: str | None = None,
