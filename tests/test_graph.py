@@ -138,3 +138,26 @@ def test_quantization_groups_add_a_scale_and_zero_per_group():
     a, b = op(build_graph(int4), "prefill.L0.ffn_up"), op(build_graph(grouped), "prefill.L0.ffn_up")
     assert a.flops == b.flops
     assert b.reads[1].bytes == pytest.approx(a.reads[1].bytes * 0.625 / 0.5)
+
+
+def test_a_matmul_knows_how_far_apart_its_weight_rows_lie():
+    """The graph gives each matmul reading a weight its stored element size (without bias or group
+    scales): GPT-2's biased linears have rows of N elements, the tied LM head (an N x K embedding) of K,
+    training's dx GEMMs the forward's, an int4 weight half a byte each; attention over the KV cache none
+    (its rows are a head apart, whatever the context)."""
+    from sim.mapping.plan import weight_row_bytes
+
+    wl, _ = load(DATA / "toy-gpt.yaml")
+    ops = {op.kind: op for blk in build_graph(wl).blocks for op in blk.ops}
+    assert weight_row_bytes(ops["ffn_up"]) == 256 * 2 and ops["ffn_up"].kernel == "linear"  # 64 x 256 fp16
+    assert weight_row_bytes(ops["ffn_down"]) == 64 * 2
+    assert ops["lm_head"].weight_layout == "nk" and weight_row_bytes(ops["lm_head"]) == 64 * 2  # vocab x hidden
+    assert weight_row_bytes(ops["scores"]) == weight_row_bytes(ops["attn_v"]) == 0
+    quant, _ = load(DATA / "toy-gpt.yaml", scenario__precision={"weights": "int4", "activations": "fp16",
+                                                                "kv_cache": "fp16", "group_size": 32})
+    q = {op.kind: op for blk in build_graph(quant).blocks for op in blk.ops}
+    assert weight_row_bytes(q["ffn_up"]) == 256 * 0.5
+    train, _ = load(DATA / "toy-gpt.yaml", scenario__phase="train", scenario__new_tokens=0)
+    t = {op.kind: op for blk in build_graph(train).blocks for op in blk.ops}
+    assert weight_row_bytes(t["ffn_up_dx"]) == weight_row_bytes(t["ffn_up"]) == 256 * 2
+    assert weight_row_bytes(t["ffn_up_dw"]) == 0  # it reads activations and gradients, no weight

@@ -164,15 +164,19 @@ def rows_side(caches: list[dict]) -> int:
     side = min(MATRIX_SIZE, max(768, int((last_cache_bytes(caches) / 4 / 4) ** 0.5) // 256 * 256))
     stride = aliasing_stride(caches)
     if stride > 1024 and 4 * side % stride == 0:  # rows that alias in the cache: their own table (a set
-        side += -256 if side > 768 else 256        # span of 1 KiB or less aliases every multiple of 256)
-    return side
+        side += -256 if side > 768 else 256        # span of 1 KiB or less aliases every multiple of 256:
+    return side                                    # the general table then holds it, the aliased one ~1)
 
 
 def aliasing_stride(caches: list[dict]) -> int:
     """The span of the innermost cache's sets (its size over its ways; 4 KiB if unknown): rows of a
     weight a multiple of it apart fall into the same sets."""
-    inner = min(caches, key=lambda c: (c["level"], c["bytes"]), default={})
-    return max(64, inner.get("span") or 4096)
+    return max(64, _inner(caches).get("span") or 4096)
+
+
+def _inner(caches: list[dict]) -> dict:
+    """The innermost cache (the smallest of the lowest level; empty if none is known)."""
+    return min(caches, key=lambda c: (c["level"], c["bytes"]), default={})
 
 
 #: Rows M `matrix_efficiency_aliased` is measured at
@@ -614,7 +618,7 @@ def _model(fig: dict[str, float], caches: list[dict], cores: int, compiled: bool
     aliased = {m: round(min(1.0, fig[f"alias.{m}"]), 3) for m in ALIAS_ROWS}
     notes["device.compute.matrix_efficiency_aliased"] = (
         f"{framework} matmul M x {side} x N fp32 with N x 4 bytes a multiple of the aliasing stride "
-        f"({stride} B: " + ("the L1's sets x its line, from sysfs" if any(c.get("span") for c in caches)
+        f"({stride} B: " + ("the L1's sets x its line, from sysfs" if _inner(caches).get("span")
                              else "assumed, sysfs does not say") + f"), N the first such at or above {side}, "
         f"rate / the mean of N - 256 and N + 256 columns; {kept}")
     notes["device.compute.peak"] = (
