@@ -132,10 +132,24 @@ class Op:
     #: a matmul's elementwise FLOPs after the product (a bias add: one per output element), part of
     #: `flops`; the hardware says whether its framework fuses them or runs them as a pass of their own
     epilogue: float = 0.0
+    #: a matmul's operands among its reads: how many leading reads make up the M x K one, and how many
+    #: after them the K x N one (a backward GEMM reads a fused QKV's three gradients as one operand)
+    operands: tuple[int, int] = (1, 1)
 
     @property
     def bytes(self) -> float:
         return sum(a.bytes for a in self.reads) + sum(a.bytes for a in self.writes)
+
+    def operand_of(self, i: int) -> int | None:
+        """Which matmul operand read `i` is part of: 0 (M x K), 1 (K x N) or None (read once besides)."""
+        a, b = self.operands
+        return 0 if i < a else 1 if i < a + b else None
+
+    @property
+    def operand_bytes(self) -> tuple[float, float]:
+        """Bytes of a matmul's M x K and K x N operands (each the sum of its reads)."""
+        a, b = self.operands
+        return sum(x.bytes for x in self.reads[:a]), sum(x.bytes for x in self.reads[a:a + b])
 
     @property
     def intensity(self) -> float:

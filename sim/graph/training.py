@@ -173,12 +173,14 @@ class StepBuilder:
 
     # -- ops ----------------------------------------------------------------------------------------
     def _op(self, kind: str, op_class: str, flops: float, reads, writes, shape=(), kernel: str = "",
-            layout: str = "kn", row: int = 0, epilogue: float = 0.0, weight_element_bytes: float = 0.0) -> Op:
+            layout: str = "kn", row: int = 0, epilogue: float = 0.0, weight_element_bytes: float = 0.0,
+            operands: tuple[int, int] = (1, 1)) -> Op:
         matrix = op_class in ("gemm", "gemv", "attention")
         op = Op(name=kind, kind=kind, op_class=op_class, engine="matrix" if matrix else "vector", phase="backward",
                 step=0, layer=0, dtype=self.b.dtype, flops=float(flops), reads=tuple(reads), writes=tuple(writes),
                 shape=tuple(shape), stage=self._stage, kernel=kernel or ("matmul" if matrix else kind),
-                weight_layout=layout, row=row, epilogue=float(epilogue), weight_element_bytes=weight_element_bytes)
+                weight_layout=layout, row=row, epilogue=float(epilogue), weight_element_bytes=weight_element_bytes,
+                operands=operands)
         return self.b._interned_ops.setdefault(op, op)
 
     def _renamed(self, ops: tuple[Op, ...], mode: str) -> dict[tuple, Tensor]:
@@ -325,10 +327,11 @@ class StepBuilder:
                 out.append(self._op(f"{op.kind}_dx", "gemm", 2 * batch * m * n * k, [*dy_reads, Access(w.tensor,
                                     w.bytes)], [Access(dx, dx.bytes)], (batch, m, k, n),
                                     layout="nk" if op.weight_layout == "kn" else "kn",
-                                    weight_element_bytes=op.weight_element_bytes))
+                                    weight_element_bytes=op.weight_element_bytes, operands=(len(dy_reads), 1)))
                 extra, writes = weight_grad(w.tensor, w.bytes)
                 out.append(self._op(f"{op.kind}_dw", "gemm", 2 * batch * m * n * k + op.epilogue,  # + the bias's
-                                    [saved(x), *dy_reads, *extra], writes, (batch, k, n, m), epilogue=op.epilogue))
+                                    [saved(x), *dy_reads, *extra], writes, (batch, k, n, m), epilogue=op.epilogue,
+                                    operands=(1, len(dy_reads))))
                 if ident(x.tensor) in col_inputs:
                     dx = reduce_partial(x.tensor, dx)
                     if dx is None:

@@ -259,8 +259,9 @@ def _tile_room(blocks: list[Block], free: float) -> float:
         for op in blk.ops:
             if len(op.shape) == 4 and len(op.reads) >= 2 and op.collective is None:
                 batch, m, n, k = op.shape
-                a = round(op.reads[0].bytes / (batch * m * k), 6)
-                b = round(op.reads[1].bytes / (batch * n * k), 6)
+                a_bytes, b_bytes = op.operand_bytes
+                a = round(a_bytes / (batch * m * k), 6)
+                b = round(b_bytes / (batch * n * k), 6)
                 shapes.add((m, n, k, a, b))
 
     def traffic(shape: tuple, room: float) -> float:

@@ -365,14 +365,15 @@ class Planner:
         same without routes. A route lists the levels an operand crosses from that source with the
         re-read factor each serves it at (None: once); re-read factors depend on the op's arithmetic
         only, so ops of equal shape share them."""
-        sig = (op.dtype, op.shape, tuple(a.bytes for a in op.reads[:2]))
+        sig = (op.dtype, op.shape, op.operand_bytes, op.operands)
         factors = self._factors_of.get(sig)
         if factors is None:
             factors = self._factors_of[sig] = self._factors(op)
         reads = []
         for i, access in enumerate(op.reads):
             t = access.tensor
-            reuse = factors[i] if i < len(factors) else None
+            role = op.operand_of(i) if factors else None
+            reuse = None if role is None else factors[role]
             key = None if reuse is None else (sig, i)  # operands read once share one set of routes
             routes = self._routes.get(key)
             if routes is None:
@@ -392,7 +393,7 @@ class Planner:
                           hits=(), chunks=(1.0,), overhead_s=self._overhead, stream="comm")
         cold = self._cold_weight(op, t)
         sig = (op.engine, op.kernel, op.row, op.dtype, op.flops, op.epilogue, op.shape, weight_row_bytes(op),
-               op.reads[0].bytes if op.reads else 0.0, op.reads[1].bytes if len(op.reads) > 1 else 0.0, cold)
+               op.operand_bytes, cold)
         known = self._compute_of.get(sig)
         if known is None:
             known = self._compute_of[sig] = self._compute(op, cold)
@@ -451,7 +452,7 @@ class Planner:
         return ("matrix", matrix_s, util) if matrix_s <= vector_s else ("vector", vector_s, efficiency)
 
     def _factors(self, op: Op) -> list[dict[str, int]]:
-        """Per matmul operand (reads[0] is M x K, reads[1] is K x N), its re-read factor under tiles
+        """Per matmul operand (M x K, K x N: the reads `Op.operands` gives each), its re-read factor under tiles
         that fit each level."""
         if len(op.shape) != 4 or len(op.reads) < 2:
             return []
@@ -475,7 +476,8 @@ class Planner:
 def _element_bytes(op: Op) -> tuple[float, float]:
     """Bytes per element of a matmul's M x K and K x N operands (quantised weights: a fraction)."""
     batch, m, n, k = op.shape
-    return op.reads[0].bytes / (batch * m * k), op.reads[1].bytes / (batch * n * k)
+    a, b = op.operand_bytes
+    return a / (batch * m * k), b / (batch * n * k)
 
 
 def plan(graph: OpGraph, hw: Hardware, placement: Placement, hw_file: str = "hardware") -> list[OpPlan]:
