@@ -152,6 +152,19 @@ class Op:
         return sum(x.bytes for x in self.reads[:a]), sum(x.bytes for x in self.reads[a:a + b])
 
     @property
+    def element_bytes(self) -> tuple[float, float]:
+        """Bytes per element of a matmul's M x K and K x N operands (quantised weights: a fraction)."""
+        batch, m, n, k = self.shape
+        a, b = self.operand_bytes
+        return a / (batch * m * k), b / (batch * n * k)
+
+    @property
+    def weight_row(self) -> int:
+        """Elements in one stored row of a matmul's K x N operand: N of a K x N weight, K of one stored
+        N x K (`weight_layout`)."""
+        return self.shape[2 if self.weight_layout == "kn" else 3]
+
+    @property
     def intensity(self) -> float:
         """FLOPs per byte of compulsory traffic (each operand moved once)."""
         return self.flops / self.bytes if self.bytes else float("inf")

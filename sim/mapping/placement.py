@@ -258,10 +258,8 @@ def _tile_room(blocks: list[Block], free: float) -> float:
         seen.add(id(blk.ops))
         for op in blk.ops:
             if len(op.shape) == 4 and len(op.reads) >= 2 and op.collective is None:
-                batch, m, n, k = op.shape
-                a_bytes, b_bytes = op.operand_bytes
-                a = round(a_bytes / (batch * m * k), 6)
-                b = round(b_bytes / (batch * n * k), 6)
+                _, m, n, k = op.shape
+                a, b = (round(x, 6) for x in op.element_bytes)
                 shapes.add((m, n, k, a, b))
 
     def traffic(shape: tuple, room: float) -> float:

@@ -101,7 +101,7 @@ def run_bytes(op: Op) -> float:
     other ops: their runs are long or unknown)."""
     if op.op_class not in ("gemm", "gemv") or len(op.shape) != 4 or len(op.reads) < 2:
         return 0.0
-    return op.shape[2 if op.weight_layout == "kn" else 3] * _element_bytes(op)[1]
+    return op.weight_row * op.element_bytes[1]
 
 
 def weight_row_bytes(op: Op) -> float:
@@ -110,7 +110,7 @@ def weight_row_bytes(op: Op) -> float:
     is not a weight (a KV cache's rows are a head apart, whatever the context)."""
     if not op.weight_element_bytes or len(op.shape) != 4:
         return 0.0
-    return op.shape[2 if op.weight_layout == "kn" else 3] * op.weight_element_bytes
+    return op.weight_row * op.weight_element_bytes
 
 
 def chunk_schedule(compute_s: float, memory_s: float, latency_s: float) -> tuple[float, ...]:
@@ -444,7 +444,7 @@ class Planner:
         if compute.block_tiles and gemm and len(op.reads) >= 2:
             k_step = compute.tile[2] if compute.tile else 1
             matrix_s, _, _ = block_tiled(op.shape, flops, compute.block_tiles, k_step, compute.units,
-                                         peak * efficiency, *_element_bytes(op), self._feed_bandwidth)
+                                         peak * efficiency, *op.element_bytes, self._feed_bandwidth)
             util = flops / (peak * matrix_s)
         else:
             util = matrix_utilization(self.hw, op.shape) * efficiency
@@ -457,7 +457,7 @@ class Planner:
         if len(op.shape) != 4 or len(op.reads) < 2:
             return []
         _, m, n, k = op.shape
-        a, b = _element_bytes(op)
+        a, b = op.element_bytes
         out: list[dict[str, int]] = [{}, {}]
         registers = self.hw.device.compute.registers
         for name, cap in self.tile_capacity.items():
@@ -471,13 +471,6 @@ class Planner:
         for cache, home, nbytes in writebacks:
             served[cache] = served.get(cache, 0.0) + nbytes
             written[home] = written.get(home, 0.0) + nbytes
-
-
-def _element_bytes(op: Op) -> tuple[float, float]:
-    """Bytes per element of a matmul's M x K and K x N operands (quantised weights: a fraction)."""
-    batch, m, n, k = op.shape
-    a, b = op.operand_bytes
-    return a / (batch * m * k), b / (batch * n * k)
 
 
 def plan(graph: OpGraph, hw: Hardware, placement: Placement, hw_file: str = "hardware") -> list[OpPlan]:
