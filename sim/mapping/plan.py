@@ -224,6 +224,8 @@ class Planner:
         same structure (a sweep over bandwidths or FLOP/s walks once per process). An ops tuple's
         first block cannot find a memo entry and its last need not leave one, which spares
         snapshotting blocks that occur once."""
+        if any("activation" in c.pin for c in self.residency.caches):
+            return self._walk_freeing(blocks)
         if not self.memo or self._split:  # (a split's homes differ by layer: no walk is another's)
             return [tuple(self.walk(op, b.layer, b.seq) for op in b.ops) for b in blocks]
         key = (id(blocks), len(blocks), self.structure)
@@ -242,6 +244,30 @@ class Planner:
         if len(_WALKS) >= 4:
             _WALKS.clear()
         _WALKS[key] = (blocks, out)
+        return out
+
+    def _walk_freeing(self, blocks: list[Block]) -> list[tuple[Traffic, ...]]:
+        """Every op walked in order, each activation's pins released after its last use (a cache that
+        pins activations would otherwise fill with dead ones and push out everything else). Liveness
+        spans blocks (a layer's output is the next one's input), so no block's walk is replayed."""
+        last: dict[tuple, tuple[int, int]] = {}
+        for bi, b in enumerate(blocks):
+            for oi, op in enumerate(b.ops):
+                for a in op.reads + op.writes:
+                    if a.tensor.kind == "activation":
+                        last[a.tensor.key(b.layer, b.seq)] = (bi, oi)
+        dying: dict[tuple[int, int], list[tuple]] = {}
+        for key, at in last.items():
+            dying.setdefault(at, []).append(key)
+        release = self.residency.release
+        out = []
+        for bi, b in enumerate(blocks):
+            traffic = []
+            for oi, op in enumerate(b.ops):
+                traffic.append(self.walk(op, b.layer, b.seq))
+                for key in dying.get((bi, oi), ()):
+                    release(key)
+            out.append(tuple(traffic))
         return out
 
     def _walk_block(self, block: Block, lookup: bool, store: bool) -> tuple[Traffic, ...]:

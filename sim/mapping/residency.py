@@ -7,7 +7,9 @@ Reads and writes allocate; a write leaves the bytes it wrote dirty, and they rea
 the tensor is evicted (write-back: a KV cache appended one token writes back that token, not the
 whole cache). An access larger than the cache bypasses it (streaming), as a cache with an
 evict-first policy for streams would. Levels may pin tensor kinds (`pin: [weight]`): pinned tensors are
-never evicted and take capacity away from the rest.
+never evicted and take capacity away from the rest, until the run frees them: a pinned activation is
+released after its last use (`release`), as the runtime that pins it frees its memory then; weights and
+KV caches live to the end.
 """
 
 from __future__ import annotations
@@ -158,6 +160,14 @@ class Residency:
             sources.append((home, remaining))
         writebacks = self._allocate(tensor, kind, nbytes, home, dirty=False)
         return Lookup(sources, writebacks, hits)
+
+    def release(self, tensor: Key) -> None:
+        """Drop a dead tensor's pinned bytes from every cache (nothing written back: it is dead)."""
+        for cache in self.caches:
+            if cache.pinned:
+                freed = cache.pinned.pop(tensor, None)
+                if freed is not None:
+                    cache.pinned_bytes -= freed
 
     def write(self, tensor: Key, kind: str, nbytes: float, home: str) -> tuple[str, list]:
         """Return the level the written bytes land in and the write-backs the allocation caused."""
