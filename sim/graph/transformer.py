@@ -114,10 +114,12 @@ class _Builder:
         self.w_element = DTYPE_BYTES[sc.precision.weights]  # a weight's own bytes, without group scales
         self.scenario_weights = sc.precision.weights
         self.ab = DTYPE_BYTES[sc.precision.activations]
-        # a training step keeps no KV cache: K and V are activations of its forward pass
         self.training = sc.phase == "train"
+        # a training step and an encoder's pass keep no KV cache: K and V are activations of the pass,
+        # dead once its attention has read them (no later token reads them)
+        self.no_cache = sc.phase in ("train", "encode")
         self.training_spec = workload.train
-        self.kb = self.ab if self.training else DTYPE_BYTES[sc.precision.kv_cache]
+        self.kb = self.ab if self.no_cache else DTYPE_BYTES[sc.precision.kv_cache]
         self.dtype = sc.precision.activations
         self.blocks: list[Block] = []
         self._ops: list[Op] = []
@@ -147,7 +149,7 @@ class _Builder:
         return w.elements * self.wb
 
     def kv(self, which: str) -> Tensor:
-        if self.training:
+        if self.no_cache:
             elements = self.batch * self.prompt * self.kv_heads * self.m.head_dim
             return Tensor(which, "activation", elements * self.kb, elements, "pass")
         elements = self.batch * self.max_context * self.kv_heads * self.m.head_dim

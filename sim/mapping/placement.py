@@ -1,14 +1,19 @@
 """Placement: which memory level is the home of each tensor, and whether the workload fits at all.
 
-Tensors are placed by class — weights first, then the KV cache, then the activations' peak live set —
-each class wholly into the innermost level that can hold tensors (`scratchpad` or `dram`, not a
-`cache`) and still has room. Then the room a shared level has left is filled tensor by tensor with the
-weights and KV caches homed further out, those that save the most traffic per byte first (the bytes
-the run reads of a tensor over its size: a layer's weights once per pass, a lookup table only the rows
-it gathers): they are served from there and the rest streams from their home. So a model whose weights
+Tensors are placed by class — the activations' peak live set first, then the weights, training's
+gradients and optimizer state, and the KV cache — each class wholly into the innermost level that can
+hold tensors (`scratchpad` or `dram`, not a `cache`) and still has room. Activations go first because
+they cannot be split: the weights and KV caches that do not fit whole are then filled tensor by tensor
+into the room a shared level has left, those that save the most traffic per byte first (the bytes the
+run reads of a tensor over its size: a layer's weights once per pass, a lookup table only the rows it
+gathers): they are served from there and the rest streams from their home. So a model whose weights
 fit in an on-chip SRAM is served from it, and one whose weights do not streams from DRAM only what the
-SRAM could not take — decode time falls smoothly as the SRAM grows. A kind that must go to host memory
-goes whole (partial offload is not modelled), and a per-unit scratchpad holds a kind only whole.
+SRAM could not take — decode time falls smoothly as the SRAM grows, and more room never sends the
+activations out (weights placed first, a weights class that came to fit pushed the activations to DRAM
+and the first token came 3.5x later). A kind that must go to host memory goes whole (partial offload
+is not modelled), and a per-unit scratchpad holds a kind only whole: where the activations first would
+send more bytes to host memory than the weights first (a model whose weights alone fit on the device),
+the weights go first.
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ from sim.graph.ops import TENSOR_KINDS, Block, Op, Tensor, loose
 from sim.graph.transformer import OpGraph
 from sim.mapping.tiling import reuse_factors
 
-KIND_ORDER = ("weight", "gradient", "optimizer_state", "kv_cache", "activation")
+KIND_ORDER = ("activation", "weight", "gradient", "optimizer_state", "kv_cache")
+#: the order tried where `KIND_ORDER` sends more bytes to host memory
+WEIGHTS_FIRST = ("weight", "gradient", "optimizer_state", "kv_cache", "activation")
 LABEL = TENSOR_KINDS
 
 
@@ -189,16 +196,38 @@ def place(graph: OpGraph | list[Block] | list[Op], hw: Hardware, hw_file: str = 
     fp = footprint(graph)
     homes = [n for n, lvl in hw.levels.items() if lvl.holds_tensors()]
     capacity = {n: level_capacity(hw, n) for n in homes}
+    error = None
+    try:
+        chosen = _by_class(KIND_ORDER, fp, homes, capacity, hw_file)
+    except ConfigError as e:
+        chosen, error = None, e
+    if chosen is None or HOST_LEVEL in chosen[0].values():
+        try:
+            other = _by_class(WEIGHTS_FIRST, fp, homes, capacity, hw_file)
+        except ConfigError:
+            other = None
+        if other is not None and (chosen is None or other[1].get(HOST_LEVEL, 0.0) < chosen[1].get(HOST_LEVEL, 0.0)):
+            chosen = other
+    if chosen is None:
+        raise error
+    home, used = chosen
+    split, partial = _fill_room(graph, hw, home, homes, capacity, used)
+    return Placement(home=home, footprint=fp, capacity=capacity, used=used, split=split, partial=partial)
+
+
+def _by_class(order: tuple[str, ...], fp: Footprint, homes: list[str], capacity: dict[str, float],
+              hw_file: str) -> tuple[dict[str, str], dict[str, float]]:
+    """Each class whole into the innermost level with room, in `order`: (homes, bytes used per level)."""
     used = dict.fromkeys(homes, 0.0)
-    need = {kind: fp.of(kind) for kind in KIND_ORDER}
+    need = {kind: fp.of(kind) for kind in order}
     home: dict[str, str] = {}
-    for kind in KIND_ORDER:
+    for kind in order:
         if not need[kind] and kind not in ("weight", "kv_cache", "activation"):
             continue  # training's kinds, in a run that has none
         spot = next((n for n in homes if capacity[n] - used[n] >= need[kind]), None)
         if spot is None:
             have = ", ".join(f"{n} {fmt_bytes(capacity[n] - used[n])} free" for n in homes)
-            parts = ", ".join(f"{LABEL[k]} {fmt_bytes(need[k])}" for k in KIND_ORDER if need[k])
+            parts = ", ".join(f"{LABEL[k]} {fmt_bytes(need[k])}" for k in WEIGHTS_FIRST if need[k])
             raise ConfigError(
                 f"workload does not fit: {LABEL[kind]} need {fmt_bytes(need[kind])} ({parts}) but {have}",
                 hw_file,
@@ -206,8 +235,7 @@ def place(graph: OpGraph | list[Block] | list[Op], hw: Hardware, hw_file: str = 
             )
         home[kind] = spot
         used[spot] += need[kind]
-    split, partial = _fill_room(graph, hw, home, homes, capacity, used)
-    return Placement(home=home, footprint=fp, capacity=capacity, used=used, split=split, partial=partial)
+    return home, used
 
 
 #: the kinds placed tensor by tensor into the room faster levels have left
