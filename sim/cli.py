@@ -250,8 +250,10 @@ def sweep(sweep_file: Path, out: Path, workers: int | None, scheduler: str | Non
     )
 
     from sim.sweep import load_sweep, run_sweep
+    from sim.sweep.run import check_keys
 
     spec = load_sweep(sweep_file)
+    check_keys(spec)  # before the progress bar: a misspelled key is one line
     failed, odd, first_odd, first_error = 0, 0, "", ""
     t0 = time.perf_counter()
     with Progress(TextColumn(f"[bold]{spec.name}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

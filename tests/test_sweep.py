@@ -100,6 +100,22 @@ def test_a_point_whose_outer_level_outruns_the_inner_one_runs_and_says_so(tmp_pa
         line for line in res.stderr.splitlines() if "2 points describe a memory level faster" in line]
 
 
+@pytest.mark.parametrize("section,key", [("axes", "scenario.batchh"), ("set", "device.compute.peakk")])
+def test_a_misspelled_key_is_refused_before_any_point_runs(tmp_path, section, key):
+    """A key no input has fails every point alike: one line naming the sweep file's key, exit 2, and no
+    table (it used to run every point and write a table of errors)."""
+    shutil.copy(DATA / "toy-gpt.yaml", tmp_path)
+    shutil.copy(DATA / "toy-hw.yaml", tmp_path)
+    axes = "{%s: [1, 2]}" % (key if section == "axes" else "scenario.batch")
+    extra = f"set: {{{key}: 1}}\n" if section == "set" else ""
+    (tmp_path / "s.yaml").write_text(f"name: t\nworkload: toy-gpt.yaml\n{extra}axes: {axes}\n")
+    res = cli("sweep", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "out"), "--workers", "1")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    line = res.stderr.strip().splitlines()[-1]
+    assert f"s.yaml: {section}.{key}: unknown key" in line
+    assert not (tmp_path / "out").exists()
+
+
 def test_parallel_and_dask_give_the_same_table(tmp_path):
     from distributed import LocalCluster
 

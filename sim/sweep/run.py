@@ -30,24 +30,46 @@ def columns(sweep: Sweep) -> list[str]:
     return ["point_id", "status", "error", "warning", "workload", *sweep.axes, *OUTPUTS]
 
 
-def evaluate(point: Point, base_year: float | None) -> dict[str, Any]:
-    """Run one point; never raises (errors become the row's `error`)."""
+def _load(point: Point, base_year: float | None) -> tuple[Any, Any, Path]:
+    """A point's workload, hardware (its runtime applied) and hardware file, as `sim run` loads them."""
     from sim.config import load_hardware, load_workload
     from sim.config.loader import read_yaml, runtime_of, split_overrides
-    from sim.errors import ConfigError
+
+    overrides = [(k, v) for k, v in point.overrides if k != "year"]
+    work, hw_set = split_overrides(overrides)
+    wl, default_hw = load_workload(point.workload, work)
+    hw_path = Path(point.hardware) if point.hardware else default_hw
+    year = next((v for k, v in point.overrides if k == "year"), None)
+    if year is not None:
+        hw_set = year_overrides(read_yaml(hw_path), year, base_year) + hw_set
+    return wl, load_hardware(hw_path, hw_set, point.runtime or runtime_of(point.workload, wl)), hw_path
+
+
+def check_keys(sweep: Sweep) -> None:
+    """Refuse, before any point runs, a key no input has: a misspelled axis or `set` key would fail every
+    point. The first point of each workload, hardware and runtime is loaded (not run); its other errors
+    (a value out of range, a model that does not fit) stay the point's own."""
+    seen = set()
+    for p in sweep.points:
+        if (p.workload, p.hardware, p.runtime) in seen:
+            continue
+        seen.add((p.workload, p.hardware, p.runtime))
+        try:
+            _load(p, sweep.base_year)
+        except ConfigError as e:
+            if e.problem.startswith("unknown key") and e.key:
+                section = "axes" if e.key in sweep.axes else "set"
+                raise ConfigError(e.problem, str(sweep.file), f"{section}.{e.key}") from None
+
+
+def evaluate(point: Point, base_year: float | None) -> dict[str, Any]:
+    """Run one point; never raises (errors become the row's `error`)."""
     from sim.pipeline import run
     from sim.report import summarize
 
     row: dict[str, Any] = {"point_id": point.id, "workload": Path(point.workload).stem, **point.values}
     try:
-        overrides = [(k, v) for k, v in point.overrides if k != "year"]
-        work, hw_set = split_overrides(overrides)
-        wl, default_hw = load_workload(point.workload, work)
-        hw_path = Path(point.hardware) if point.hardware else default_hw
-        year = next((v for k, v in point.overrides if k == "year"), None)
-        if year is not None:
-            hw_set = year_overrides(read_yaml(hw_path), year, base_year) + hw_set
-        hw = load_hardware(hw_path, hw_set, point.runtime or runtime_of(point.workload, wl))
+        wl, hw, hw_path = _load(point, base_year)
         s = summarize(run(wl, hw, str(hw_path), point.workload), top=0)
     except ConfigError as e:
         return {**row, "status": "error", "error": str(e)}
@@ -167,6 +189,7 @@ def run_sweep(sweep: Sweep, out_dir: Path, workers: int | None = None, scheduler
               on_row: Callable[[dict, int, int], None] = lambda row, done, total: None,
               flush_every: int = 25) -> tuple[Path, Path, int]:
     """Run the points not already in the table; return (csv, parquet, points computed now)."""
+    check_keys(sweep)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         with _locked(out_dir, sweep.name):
