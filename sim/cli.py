@@ -69,10 +69,11 @@ def run(workload: Path, hardware: Path | None, runtime: Path | None, overrides: 
     with _working(f"simulating {wl.name} on {hw.name}"):
         result = run_pipeline(wl, hw, str(hw_path), str(workload), exact=exact)
     result.overrides = list(overrides)
+    files = {path: RENDER[option](result) for option, path in outputs.items() if path not in (None, STDOUT)}
+    # written before the report is printed: a write that fails is one line, not a report and then an error
+    write_outputs(files, {path: option for option, path in outputs.items() if path in files})
     if not to_stdout:
         render(result, top=top)
-    files = {path: RENDER[option](result) for option, path in outputs.items() if path not in (None, STDOUT)}
-    write_outputs(files)
     for option in to_stdout:
         click.echo(RENDER[option](result), nl=False)  # text (the plot is refused above)
     for path in files:
@@ -362,11 +363,20 @@ def compare(workload: Path, hardware: tuple[Path, ...], runtime: Path | None, ov
     from sim.report.terminal import render_comparison
 
     sets = parse_overrides(list(overrides))
-    loaded = [load_run(workload, sets, hw, runtime) for hw in hardware]  # every input checked before any run
+    loaded = []
+    for hw in hardware:  # every input checked before any run
+        try:
+            loaded.append(load_run(workload, sets, hw, runtime))
+        except ConfigError as e:  # which machine it fails with, where the workload file is the one named
+            raise ConfigError(e.problem if str(hw) in str(e) else f"{e.problem} (on {hw})", e.file, e.key) from None
     results = []
-    for wl, hw, path in loaded:
+    for (wl, hw, path), named in zip(loaded, hardware):
         with _working(f"simulating {wl.name} on {hw.name}"):
-            results.append(run_pipeline(wl, hw, str(path), str(workload)))
+            try:
+                results.append(run_pipeline(wl, hw, str(path), str(workload)))
+            except ConfigError as e:
+                raise ConfigError(e.problem if str(named) in str(e) else f"{e.problem} (on {named})", e.file,
+                                  e.key) from None
     labels = [path.stem for path in hardware]
     if len(set(labels)) < len(labels):
         labels = [str(path) for path in hardware]

@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+from pathlib import Path
 
 import pytest
 
@@ -220,6 +221,10 @@ def test_outputs_are_checked_before_the_run_and_written_all_or_none(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
     r = cli("run", wl, "--json", "-")  # standard output: the JSON alone, no report
     assert r.returncode == 0 and json.loads(r.stdout)["summary"]["total_s"] > 0
+    if Path("/dev/full").exists():  # a write that fails after the run: one line naming the option, no report
+        r = cli("run", wl, "--json", "/dev/full")
+        assert r.returncode == 2 and r.stderr.startswith("error: --json '/dev/full': cannot write"), r.stderr
+        assert "memwall" not in r.stdout
 
 
 def test_list_names_every_shipped_input_with_a_line_about_it():
@@ -262,6 +267,20 @@ def test_compare_runs_a_workload_on_each_machine_side_by_side_with_ratios(tmp_pa
     bad.write_text("name: x\n")
     r = cli("compare", str(DATA / "toy-gpt.yaml"), str(DATA / "toy-hw.yaml"), str(bad))
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "bad.yaml" in r.stderr
+
+
+def test_compare_puts_each_machines_own_figures_in_its_cells():
+    """A figure whose label carries a run's own numbers (its dispatch cost, the level its bytes are
+    counted at) is labelled by what the runs share, each cell says its own, and no ratio is given for
+    bytes counted at different levels (the first machine's label stood for all, review 2026-12-05)."""
+    r = cli("compare", str(ROOT / "workloads/gpt2.yaml"), str(ROOT / "hardware_models/a100-sxm4-80gb.yaml"),
+            str(ROOT / "hardware_models/sram-accel.yaml"), "--set", "scenario.new_tokens=2")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    flops = next(ln for ln in lines if ln.strip().startswith("FLOPs / bytes"))
+    assert "(hbm)" in flops and "(sram)" in flops and not flops.rstrip().endswith("x")
+    dispatch = next(ln for ln in lines if ln.strip().startswith("host dispatch"))
+    assert "x 2.000 us)" in dispatch and "x 500.0 ns)" in dispatch
 
 
 def test_roofline_points_are_each_class_and_phase_intensity_and_rate():

@@ -58,7 +58,7 @@ def _check_outputs(paths: dict[str, Path | None], inputs: set[Path]) -> None:
             raise ConfigError(f"cannot be written: no permission in {folder}", str(path), option)
 
 
-def write_outputs(texts: dict[Path, str | bytes]) -> None:
+def write_outputs(texts: dict[Path, str | bytes], options: dict[Path, str] | None = None) -> None:
     """Write every file (path -> its text) or none: each to an exclusive temporary file beside it, with
     the mode a new file gets (or the replaced file's), then all renamed into place; on a failure the
     temporary files are removed and nothing is replaced. A path that exists and is no regular file (a
@@ -91,7 +91,10 @@ def write_outputs(texts: dict[Path, str | bytes]) -> None:
         for folder in reversed(made):
             with contextlib.suppress(OSError):
                 folder.rmdir()
-        raise ConfigError(f"cannot write ({e.strerror or e}); nothing written", short(str(path), 80)) from None
+        where = short(str(path), 80)
+        option = (options or {}).get(path)
+        raise ConfigError(f"cannot write ({e.strerror or e}); nothing written",
+                          f"{option} {where}" if option else where) from None
     for tmp, path in done:
         os.replace(tmp, path)
 

@@ -4,6 +4,7 @@ table contrasting GEMM, GEMV, attention and the rest — where the time went and
 from __future__ import annotations
 
 import sys
+from itertools import takewhile
 
 from rich import box
 from rich.console import Console
@@ -215,12 +216,23 @@ def render_comparison(results: list, labels: list[str], console: Console | None 
         rows = [metric.row(s, c) if metric.row is not None else None for s, c in runs]
         if all(row is None for row in rows):
             continue
-        name = next(row[0] for row in rows if row is not None)
+        names = [row[0] for row in rows if row is not None]
+        cells = [row[1] if row else "-" for row in rows]
+        same = len(set(names)) == 1
+        if same:
+            name = names[0]
+        else:  # a label with each run's own figures (its level, its dispatch cost): theirs go in their cells
+            words = [n.split(" ") for n in names]
+            common = list(takewhile(lambda w: len(set(w)) == 1 and not w[0].startswith("("), zip(*words)))
+            common = [w[0] for w in common]
+            name = " ".join(common[:-1] if common and common[-1] in ("at", "of", "on", "by", "x") else common)
+            cells = [cell if row is None else f"{cell} ({' '.join(row[0].split(' ')[len(common):]).strip('()')})"
+                     for cell, row in zip(cells, rows)]
         values = [s.get(metric.name) for s, _ in runs]
         ratios = []
         for v in values[1:]:
             base = values[0]
             numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (v, base))
-            ratios.append(f"{v / base:.2f}x" if numeric and base else "")
-        t.add_row(name, *[row[1] if row else "-" for row in rows], *ratios)
+            ratios.append(f"{v / base:.2f}x" if numeric and base and same else "")
+        t.add_row(name, *cells, *ratios)
     out.print(t)
