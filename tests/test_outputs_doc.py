@@ -21,6 +21,11 @@ def test_docs_outputs_tables_are_the_registrys():
         assert f"| `{m.name}` |" in text
 
 
+def test_the_sweep_guide_lists_every_sweep_column():
+    text = (DOC.parent / "sweeps.md").read_text()
+    assert all(f"`{m.name}`" in text for m in RUN if m.sweep)
+
+
 def test_every_output_carries_the_registrys_figures():
     wl, hw = load(DATA / "toy-gpt.yaml", parallelism__microbatches=2)
     result = run(wl, hw)

@@ -146,7 +146,8 @@ class Scenario(Spec):
             raise KeyedError("new_tokens", f"phase {self.phase!r} needs new_tokens >= 1")
         if self.phase in ("encode", "prefill", "train") and self.new_tokens:
             raise KeyedError(
-                "new_tokens", f"phase {self.phase!r} generates no tokens; remove new_tokens or use 'generate'"
+                "new_tokens", f"phase {self.phase!r} generates no tokens; set new_tokens to 0 (--set "
+                "scenario.new_tokens=0), remove it, or use 'generate'"
             )
         return self
 

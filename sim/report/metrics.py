@@ -81,15 +81,16 @@ RUN: list[Metric] = [
     Metric("devices", "", "devices simulated (inference: one data-parallel replica, they are independent; "
            "training: every replica)", lambda f: f.devices, sweep=True),
     Metric("ttft_s", "s", "time to first token: end of prefill (generate/prefill), end of the first step "
-           "(decode), total (encode)", lambda f: f.ttft,
+           "(decode), total (encode); `null` for training", lambda f: f.ttft,
            lambda s, c: ("prefill = time to first token", fmt_time(s["ttft_s"]))
            if c.get("workload", {}).get("phase") in ("prefill", "generate") else None, sweep=True),
     Metric("tpot_s", "s", "mean time per output token over the decode steps (`null` without decode)",
            lambda f: f.tpot, lambda s, c: ("time per output token (mean)", fmt_time(s["tpot_s"]))
            if s["tpot_s"] is not None else None, sweep=True),
-    Metric("decode_s", "s", "time in the decode phase: total less prefill", lambda f: f.decode_s,
+    Metric("decode_s", "s", "time in the decode phase: total less prefill; `null` for training",
+           lambda f: f.decode_s,
            lambda s, c: ("decode time", fmt_time(s["decode_s"])) if s["tpot_s"] is not None else None),
-    Metric("prefill_s", "s", "end of the prefill or encode phase", lambda f: f.prefill_end),
+    Metric("prefill_s", "s", "end of the prefill or encode phase; `null` for training", lambda f: f.prefill_end),
     Metric("step_s", "s", "training: one optimizer step (forward and backward of every micro-batch, then the "
            "update); `null` otherwise", lambda f: f.total if _training(f) else None,
            _train_row("training step", lambda s: fmt_time(s["step_s"])), sweep=True),
@@ -338,6 +339,8 @@ def tables() -> dict[str, str]:
         "aggregate": _table(AGGREGATE),
         "sweep": _table([Metric(f"<group>_{m.name}", m.unit, m.definition) for m in GROUP_COLUMNS]),
         "ops": _table(OP),
+        "sweep-figures": ", ".join(f"`{m.name}`" for m in RUN if m.sweep),
+        "sweep-groups": ", ".join(f"`{g}`" for g in GROUPS),
     }
 
 

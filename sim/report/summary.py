@@ -132,6 +132,8 @@ def summarize(result: RunResult, top: int = 10) -> dict:
     else:
         ttft = max((b.end_s for b in decode if b.block.step == steps[0]), default=0.0) if steps else 0.0
     tpot = decode_s / len(steps) if steps else None
+    if not first_phase and not decode:  # a training step: no token comes first, no phase is decode
+        ttft = prefill_end = decode_s = None
     if decode:
         tokens = batch * new_tokens
         tokens_s = tokens / (total if first_phase else decode_s) if total else 0.0
@@ -227,11 +229,11 @@ class Facts:
     total: float
     device_time: float
     devices: int
-    ttft: float
+    ttft: float | None  # None: a training step
     tpot: float | None
     tokens_s: float
-    prefill_end: float
-    decode_s: float
+    prefill_end: float | None
+    decode_s: float | None
     everything: dict  # the aggregate of every op (`Totals.result`)
     ops: int
     host_ops: int
