@@ -189,8 +189,9 @@ SECTIONS: list[Metric] = [
     Metric("top_ops", "", "the same aggregate per (pass, op kind), longest first, with `phase`, `kind`, "
            "`op_class`"),
     Metric("memory", "B", "`weights_bytes`, `kv_cache_bytes`, `activations_bytes` (peak live), "
-           "`optimizer_bytes`, `home` (tensor kind → level), `partial_bytes` (kind → level → bytes of it served "
-           "from a faster level than its home), `capacity_bytes`, `used_bytes` per level"),
+           "`optimizer_bytes`, `gradients_bytes`, `home` (tensor kind → level), `partial_bytes` (kind → level → "
+           "bytes of it served from a faster level than its home), `capacity_bytes`, `used_bytes` per level "
+           "(both counting `reserved_bytes`: per level, the runtime's reserved memory)"),
     Metric("memory.<level>", "B", "the fullest device's peak on each memory level, `peak_bytes`, and its parts "
            "`weights`, `gradients`, `optimizer`, `activations`, `kv_cache`, `staging`, `runtime` (the runtime's "
            "reserved memory): what is held all run plus "
