@@ -46,6 +46,21 @@ def test_set_overrides_workload_and_hardware():
     assert hw.device.memory["dram"].bandwidth == 20e9
 
 
+@pytest.mark.parametrize("setting,says", [
+    ("device.memory.dram.bandwidth=3 GB", "device.memory.dram.bandwidth: '3 GB' is a bytes value, expected "
+     "bytes/s (e.g. '2.039 TB/s') (from --set device.memory.dram.bandwidth)"),
+    ("runtime.threads=99", "device.threads: at most the device's 1 compute units (got 99) (from --set "
+     "runtime.threads)"),
+    ("device.memory.dramx.bandwidth=3 GB/s", "device.memory.dramx.bandwidth: no memory level 'dramx' (levels: "),
+])
+def test_a_bad_figure_from_set_is_blamed_on_the_set(setting, says):
+    """A figure a --set gave is named as the --set's, not as the hardware file's own; a misspelled level
+    is named as such (it used to say the new level's capacity was missing)."""
+    r = cli("run", str(DATA / "toy-gpt.yaml"), "--set", setting)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and says in r.stderr, r.stderr
+    assert "/../" not in r.stderr
+
+
 def test_hf_config_maps_llama_with_gqa(tmp_path):
     (tmp_path / "config.json").write_text(
         '{"model_type": "llama", "hidden_size": 8192, "num_hidden_layers": 80, "num_attention_heads": 64,'

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import os
 from pathlib import Path
 from typing import Any, get_args
 
@@ -158,6 +159,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[tuple[str, Any]], file
         parts = key.split(".")
         for depth, part in enumerate(parts[:-1]):
             child = node.get(part) if isinstance(node, dict) else None
+            if child is None and parts[:depth] == ["device", "memory"] and isinstance(node, dict) and node:
+                # a level one key at a time would be a level missing the rest: most likely a typo
+                raise ConfigError(f"no memory level {part!r} (levels: {', '.join(node)}); a new level is set whole, "
+                                  f"e.g. device.memory.{part}={{capacity: ..., bandwidth: ..., latency: ..., "
+                                  "kind: ..., scope: ...}", file, key)
             if child is None:
                 child = node[part] = {} if isinstance(node, dict) else None
             if not isinstance(child, dict):
@@ -221,16 +227,25 @@ def load_hardware(path: str | Path, overrides: list[tuple[str, Any]] = (),
     own = [(k[len("runtime."):], v) for k, v in overrides if k.startswith("runtime.")]
     rest = [(k, v) for k, v in overrides if not k.startswith("runtime.")]
     data = read_yaml(path)
+    shown = os.path.normpath(path)  # as errors name it
     if runtime is not None or own:
-        machine = apply_overrides(data, rest, str(path))  # what the runtime lands on
+        machine = apply_overrides(data, rest, shown)  # what the runtime lands on
         device = machine.get("device")
         platform = device.get("platform", "accelerator") if isinstance(device, dict) else "accelerator"
         if platform in get_args(Platform):  # else the hardware's own validation names the bad platform
             name, section = _runtime_section(runtime, own, platform, path)
-            data = apply_overrides(data, runtime_overrides(section, machine), str(path))
+            data = apply_overrides(data, runtime_overrides(section, machine), shown)
             data["runtime"] = name
-    data = apply_overrides(data, rest, str(path))
-    return validate(Hardware, data, str(path))
+    data = apply_overrides(data, rest, shown)
+    try:
+        return validate(Hardware, data, shown)
+    except ConfigError as e:  # a figure a --set gave is blamed on the --set, not on the file's own
+        given = {k: k for k, _ in rest} | {f"device.{k}": f"runtime.{k}" for k, _ in own}
+        key = e.key or ""
+        named = next((k for k in given if key == k or key.startswith(k + ".") or k.startswith(key + ".")), None)
+        if named is None:
+            raise
+        raise ConfigError(f"{e.problem} (from --set {given[named]})", e.file, e.key) from None
 
 
 def _runtime_section(runtime: str | Path | None, own: list[tuple[str, Any]], platform: str,
