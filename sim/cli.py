@@ -24,6 +24,10 @@ def cli() -> None:
     """memwall: a discrete-event simulator of the memory wall for Transformer workloads."""
 
 
+#: the most op records a per-op output (--json, --csv, --trace) holds: ~0.5 GB on disk, ~6 GB to write
+MAX_OP_RECORDS = 500_000
+
+
 @cli.command()
 @click.argument("workload", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--hardware", "hardware", type=click.Path(dir_okay=False, path_type=Path),
@@ -69,6 +73,13 @@ def run(workload: Path, hardware: Path | None, runtime: Path | None, overrides: 
     with _working(f"simulating {wl.name} on {hw.name}"):
         result = run_pipeline(wl, hw, str(hw_path), str(workload), exact=exact)
     result.overrides = list(overrides)
+    per_op = [option for option in ("--json", "--csv", "--trace") if outputs[option] is not None]
+    if per_op and result.op_records > MAX_OP_RECORDS:  # ~1 kB each on disk, ~11 kB in memory while written
+        raise ConfigError(f"{result.op_records:,} op records (one per op per device) are beyond reason for a "
+                          f"per-op file (at most {MAX_OP_RECORDS:,}; this one would take ~"
+                          f"{result.op_records * 11e3 / 1e9:.0f} GB of memory to write): simulate fewer steps "
+                          "(--set scenario.new_tokens=...) or read the terminal report and --roofline, which "
+                          "aggregate", " and ".join(per_op))
     files = {path: RENDER[option](result) for option, path in outputs.items() if path not in (None, STDOUT)}
     # written before the report is printed: a write that fails is one line, not a report and then an error
     write_outputs(files, {path: option for option, path in outputs.items() if path in files})

@@ -227,6 +227,19 @@ def test_outputs_are_checked_before_the_run_and_written_all_or_none(tmp_path):
         assert "memwall" not in r.stdout
 
 
+def test_a_per_op_output_past_its_limit_is_one_line_and_nothing_written(tmp_path, monkeypatch, capsys):
+    """A per-op file of millions of records took tens of GB to write (review, 2026-12-05): past the limit
+    it is refused with one line naming the option, and nothing is written."""
+    import sim.cli
+
+    monkeypatch.setattr(sim.cli, "MAX_OP_RECORDS", 10)
+    out = tmp_path / "ops.json"
+    assert sim.cli.main(["run", str(DATA / "toy-gpt.yaml"), "--json", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --json: 60 op records") and err.count("\n") == 1, err
+    assert not out.exists()
+
+
 def test_list_names_every_shipped_input_with_a_line_about_it():
     r = cli("list")
     assert r.returncode == 0

@@ -169,6 +169,11 @@ class RunResult:
         """The fullest stage's placement: the one that decides whether the run fits."""
         return max(self.placements.values(), key=lambda p: p.footprint.total, default=None)
 
+    @property
+    def op_records(self) -> int:
+        """How many op records `ops` holds (one per op per device), without building them."""
+        return sum(len(b.ops) * len(b.devices) for b in self.blocks)
+
     @functools.cached_property
     def ops(self) -> list[OpRecord]:
         """Every op on every device, by device then time (built on first use: a long run holds few
