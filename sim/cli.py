@@ -73,6 +73,8 @@ def run(workload: Path, hardware: Path | None, runtime: Path | None, overrides: 
     with _working(f"simulating {wl.name} on {hw.name}"):
         result = run_pipeline(wl, hw, str(hw_path), str(workload), exact=exact)
     result.overrides = list(overrides)
+    for spill in result.spills():
+        click.echo(f"warning: {spill}", err=True)
     per_op = [option for option in ("--json", "--csv", "--trace") if outputs[option] is not None]
     if per_op and result.op_records > MAX_OP_RECORDS:  # ~1 kB each on disk, ~11 kB in memory while written
         raise ConfigError(f"{result.op_records:,} op records (one per op per device) are beyond reason for a "

@@ -240,6 +240,18 @@ def test_a_per_op_output_past_its_limit_is_one_line_and_nothing_written(tmp_path
     assert not out.exists()
 
 
+def test_a_run_that_spills_to_host_memory_says_so():
+    """A class placed in host memory streams over PCIe, where a real device would run out of memory: the
+    run goes on and says so in one warning line (it used to be silent, review 2026-12-05)."""
+    r = cli("run", str(DATA / "toy-gpt.yaml"), "--set", "device.memory.dram.capacity=64 KiB",
+            "--set", "host={link: {bandwidth: 8 GB/s, latency: 1 us}, memory: {capacity: 1 TiB, "
+            "bandwidth: 100 GB/s, latency: 100 ns}}")
+    assert r.returncode == 0, r.stderr
+    warnings = [ln for ln in r.stderr.splitlines() if ln.startswith("warning:")]
+    assert len(warnings) == 1 and "placed in host memory" in warnings[0] and "(8 GB/s)" in warnings[0]
+    assert "warning" not in cli("run", str(DATA / "toy-gpt.yaml")).stderr
+
+
 def test_list_names_every_shipped_input_with_a_line_about_it():
     r = cli("list")
     assert r.returncode == 0

@@ -169,6 +169,20 @@ class RunResult:
         """The fullest stage's placement: the one that decides whether the run fits."""
         return max(self.placements.values(), key=lambda p: p.footprint.total, default=None)
 
+    def spills(self) -> list[str]:
+        """One line per tensor class some stage had to place in host memory (it streams over the host
+        link: a real device would run out of memory, or offload on purpose)."""
+        from sim.config.hardware import HOST_LEVEL
+        from sim.graph.ops import TENSOR_KINDS
+
+        kinds = sorted({k for p in self.placements.values() for k, lvl in p.home.items()
+                        if lvl == HOST_LEVEL and p.footprint.of(k)})
+        if not kinds or self.hw.host is None:
+            return []
+        link = self.hw.host.link.bandwidth
+        return [f"{' and '.join(TENSOR_KINDS[k] for k in kinds)}: no room in device memory, placed in host "
+                f"memory; streamed over the host link ({link / 1e9:.0f} GB/s)"]
+
     @property
     def op_records(self) -> int:
         """How many op records `ops` holds (one per op per device), without building them."""
