@@ -45,7 +45,8 @@ MAX_OP_RECORDS = 500_000
               help="Write a Chrome/Perfetto trace ('-': to stdout).")
 @click.option("--roofline", "roofline_out", type=click.Path(path_type=Path),
               help="Write a roofline plot (PNG): the ops per class and phase on the machine's roofs.")
-@click.option("--top", default=10, show_default=True, help="Operators listed in the top table.")
+@click.option("--top", default=10, show_default=True, type=click.IntRange(min=0),
+              help="Operators listed in the top table (0: no table).")
 @click.option("--exact", is_flag=True,
               help="Plan and simulate every op of every device on its own, reusing nothing (slow; the "
                    "reference the default fast path is tested against).")

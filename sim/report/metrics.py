@@ -72,6 +72,10 @@ def _train_row(label: str, text: Callable[[dict], str]) -> Callable[[dict, dict]
     return lambda s, c: (label, text(s)) if s["step_s"] is not None else None
 
 
+#: the end-to-end row of the time to first token, by phase (an encoder's pass has no token to come first)
+_TTFT_LABEL = {"prefill": "prefill = time to first token", "generate": "prefill = time to first token",
+               "decode": "first decode step = time to first token"}
+
 RUN: list[Metric] = [
     Metric("total_s", "s", "end of the last op", lambda f: f.total,
            lambda s, c: ("total time", fmt_time(s["total_s"])), sweep=True),
@@ -82,8 +86,8 @@ RUN: list[Metric] = [
            "training: every replica)", lambda f: f.devices, sweep=True),
     Metric("ttft_s", "s", "time to first token: end of prefill (generate/prefill), end of the first step "
            "(decode), total (encode); `null` for training", lambda f: f.ttft,
-           lambda s, c: ("prefill = time to first token", fmt_time(s["ttft_s"]))
-           if c.get("workload", {}).get("phase") in ("prefill", "generate") else None, sweep=True),
+           lambda s, c: (_TTFT_LABEL[c.get("workload", {}).get("phase")], fmt_time(s["ttft_s"]))
+           if c.get("workload", {}).get("phase") in _TTFT_LABEL else None, sweep=True),
     Metric("tpot_s", "s", "mean time per output token over the decode steps (`null` without decode)",
            lambda f: f.tpot, lambda s, c: ("time per output token (mean)", fmt_time(s["tpot_s"]))
            if s["tpot_s"] is not None else None, sweep=True),

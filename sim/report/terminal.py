@@ -196,8 +196,9 @@ def render(result, console: Console | None = None, top: int = 10) -> None:
     phases = {k: {**v, "share_of_total": v["time_s"] / s["device_time_s"]} for k, v in s["phases"].items()}
     out.print(_breakdown_table("By phase", phases, cols, peak, achievable, level))
     tops = {f"{a['phase']} {a['kind']} x{a['ops']}": a for a in s["top_ops"]}
-    out.print(_breakdown_table(f"Top {len(tops)} operators (summed over layers and steps)", tops, cols, peak,
-                               achievable, level))
+    if tops:  # --top 0: no table
+        out.print(_breakdown_table(f"Top {len(tops)} operators (summed over layers and steps)", tops, cols, peak,
+                                   achievable, level))
 
 
 def render_comparison(results: list, labels: list[str], console: Console | None = None) -> None:
