@@ -151,7 +151,8 @@ def _cell(x) -> str:
 
 
 def to_trace(result: RunResult) -> dict:
-    """Chrome trace events: pid = device, one tid (track) per compute unit, memory level and link."""
+    """Chrome trace events: pid = device, one tid (track) per compute unit, memory level and link that
+    carries an event on that device."""
     hw = context(result).get("hardware", {})
     levels = list(hw.get("memory", {}))
     devices = sorted({r.device for r in result.ops}) or [0]
@@ -162,11 +163,6 @@ def to_trace(result: RunResult) -> dict:
     tid = {name: i for i, name in enumerate(tracks)}
     us = 1e6
     events: list[dict] = []
-    for d in devices:
-        events.append({"ph": "M", "name": "process_name", "pid": d, "args": {"name": f"device {d}"}})
-        for name, i in tid.items():
-            events.append({"ph": "M", "name": "thread_name", "pid": d, "tid": i, "args": {"name": name}})
-            events.append({"ph": "M", "name": "thread_sort_index", "pid": d, "tid": i, "args": {"sort_index": i}})
     for r in result.ops:
         if r.overhead_s > 0:
             events.append({"ph": "X", "name": f"wait dispatch {r.name}", "cat": "overhead", "pid": r.device,
@@ -187,6 +183,14 @@ def to_trace(result: RunResult) -> dict:
                 "ts": first * us, "dur": (last - first) * us,
                 "args": {"bytes": nbytes, "busy_s": r.level_busy_s[lvl]},
             })
+    # names for the tracks that carry events (a device's unused links and streams would be empty rows)
+    used = sorted({(e["pid"], e["tid"]) for e in events})
+    meta: list[dict] = [{"ph": "M", "name": "process_name", "pid": d, "args": {"name": f"device {d}"}}
+                        for d in devices]
+    for d, i in used:
+        meta.append({"ph": "M", "name": "thread_name", "pid": d, "tid": i, "args": {"name": tracks[i]}})
+        meta.append({"ph": "M", "name": "thread_sort_index", "pid": d, "tid": i, "args": {"sort_index": i}})
+    events = meta + events
     for track in memory_timeline(result):  # counter tracks: bytes allocated by tensor kind
         name = f"memory allocated: {track['level']}"
         for t, kinds in track["points"]:
