@@ -61,6 +61,42 @@ def test_a_bad_figure_from_set_is_blamed_on_the_set(setting, says):
     assert "/../" not in r.stderr
 
 
+def _hf_workload(tmp_path, config: dict):
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    text = (DATA / "toy-gpt.yaml").read_text().replace("hardware: toy-hw.yaml", f"hardware: {DATA / 'toy-hw.yaml'}")
+    model_start, scen = text.index("model:"), text.index("scenario:")
+    (tmp_path / "w.yaml").write_text(text[:model_start] + "model:\n  hf_config: config.json\n" + text[scen:])
+    return tmp_path / "w.yaml"
+
+
+LLAMA_SMALL = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+               "num_key_value_heads": 2, "intermediate_size": 128, "vocab_size": 256,
+               "max_position_embeddings": 128, "hidden_act": "silu"}
+
+
+def test_hf_config_ties_the_head_where_the_config_says_so(tmp_path):
+    """Llama-3.2 1B ties its LM head to the embedding (`tie_word_embeddings: true`); it was read past, and
+    the model held a head of its own: the vocab x hidden table counted twice."""
+    from sim.graph import build_graph
+    from sim.mapping import place
+
+    weights = {}
+    for tie in (False, True):
+        wl, hw = load(_hf_workload(tmp_path, {**LLAMA_SMALL, "tie_word_embeddings": tie}))
+        assert wl.model.tied is tie
+        weights[tie] = place(build_graph(wl), hw).footprint.weights
+    assert weights[False] - weights[True] == 256 * 64 * 2  # one vocab x hidden table less (fp16 in the toy)
+
+
+@pytest.mark.parametrize("extra,key", [({"num_local_experts": 8}, "num_local_experts"),
+                                       ({"head_dim": 32}, "head_dim")])
+def test_hf_config_refuses_what_is_not_modelled(tmp_path, extra, key):
+    r = cli("run", str(_hf_workload(tmp_path, {**LLAMA_SMALL, **extra})))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and f"config.json: {key}: " in r.stderr, r.stderr
+
+
 def test_hf_config_maps_llama_with_gqa(tmp_path):
     (tmp_path / "config.json").write_text(
         '{"model_type": "llama", "hidden_size": 8192, "num_hidden_layers": 80, "num_attention_heads": 64,'

@@ -44,4 +44,21 @@ def model_from_hf_config(hf: dict[str, Any], file: str) -> dict[str, Any]:
         raise ConfigError(f"unsupported activation {short(act)} (supported: {', '.join(_ACTIVATION)})", file, act_key)
     out["activation"] = _ACTIVATION[act]
     out["norm"] = "rmsnorm" if family == "llama" else "layernorm"
+    tie = hf.get("tie_word_embeddings")
+    if tie is not None and family != "bert":  # (BERT's masked-LM head ties whatever it says)
+        if not isinstance(tie, bool):
+            raise ConfigError(f"expected true or false, got {short(tie)}", file, "tie_word_embeddings")
+        out["tied_embeddings"] = tie
+    # what memwall does not model is refused, not read past: a different graph would be simulated
+    for key in _EXPERTS:
+        if isinstance(hf.get(key), int) and hf[key] > 1:
+            raise ConfigError(f"a mixture of experts ({hf[key]}) is not modelled", file, key)
+    head_dim = hf.get("head_dim")
+    if head_dim is not None and out.get("hidden") and out.get("heads") and head_dim * out["heads"] != out["hidden"]:
+        raise ConfigError(f"{short(head_dim)} x {out['heads']} heads is not hidden ({out['hidden']}): memwall's "
+                          "heads split the hidden size", file, "head_dim")
     return out
+
+
+#: keys of a mixture-of-experts config.json (Mixtral, Qwen-MoE, DeepSeek)
+_EXPERTS = ("num_local_experts", "num_experts", "n_routed_experts")

@@ -37,6 +37,9 @@ class Model(Spec):
     max_positions: Count
     activation: Literal["gelu", "relu", "silu"]
     norm: Literal["layernorm", "rmsnorm"]
+    tied_embeddings: bool | None = Field(
+        default=None, description="the LM head reads the token embedding table (no weight of its own); default: "
+        "the family's (GPT-2 ties, Llama-2 does not; Llama-3.2 1B/3B do: `tie_word_embeddings`)")
 
     @model_validator(mode="after")
     def _shapes(self) -> Model:
@@ -53,6 +56,11 @@ class Model(Spec):
     @property
     def head_dim(self) -> int:
         return self.hidden // self.heads
+
+    @property
+    def tied(self) -> bool:
+        """Whether the LM head is the token embedding table."""
+        return self.family == "gpt" if self.tied_embeddings is None else self.tied_embeddings
 
     @property
     def gated_ffn(self) -> bool:

@@ -417,7 +417,7 @@ def _head(b: _Builder, x: Access, rows: int) -> None:
     # the next token comes from the last position; training scores every position against its next token
     rows = rows if b.training else b.batch
     last = ln if b.training else Access(ln.tensor, b.batch * h * b.ab)
-    tied = m.family == "gpt"  # GPT-2 ties the LM head to the token embedding, a vocab x hidden table
+    tied = m.tied  # the LM head is the token embedding, a vocab x hidden table (GPT-2's, Llama-3.2 1B's)
     head = b.linear("lm_head", last, b.vocab, "wte" if tied else "lm_head", rows, bias=False, per_layer=False,
                     layout="nk" if tied else "kn")
     if b.training:  # softmax cross-entropy over the vocabulary, one loss per token
