@@ -76,6 +76,25 @@ def test_more_sram_never_slows_the_first_token_or_the_run():
         assert b["ttft_s"] <= a["ttft_s"] * 1.001 and b["total_s"] <= a["total_s"] * 1.001
 
 
+def test_weights_homed_in_host_memory_fill_the_devices_room_first():
+    """A model a little too big for the device streams only what the device cannot hold over the host link
+    (it streamed every weight, whole): with more device memory, fewer bytes cross the link and the run is
+    shorter, step by step."""
+    from sim.config import load_hardware
+    from sim.report import summarize
+
+    wl, _ = load(DATA / "toy-gpt.yaml", model__layers=6, scenario__new_tokens=2)
+    runs = []
+    for kib in (320, 448, 576):
+        hw = load_hardware(DATA / "toy-host-hw.yaml", [("device.memory.dram.capacity", f"{kib} KiB")])
+        result = run(wl, hw)
+        assert result.placement.home["weight"] == "host" and result.placement.partial["weight"]["dram"] > 0
+        runs.append(summarize(result))
+    host = [s["bytes_per_level"]["host"] for s in runs]
+    total = [s["total_s"] for s in runs]
+    assert host[0] > host[1] > host[2] and total[0] > total[1] > total[2], (host, total)
+
+
 def test_an_encoder_keeps_no_kv_cache():
     """BERT's K and V are activations of the pass (dead after attention), not a cache held to the end."""
     wl, hw = load(ROOT / "workloads/bert-base.yaml", scenario__prompt_tokens=64)

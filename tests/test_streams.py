@@ -259,9 +259,10 @@ def test_the_micro_batched_70b_pipeline_reports_its_bubble_and_interleaves_in_th
 
 def test_weights_in_host_memory_are_prefetched_a_layer_ahead_on_the_copy_stream():
     """A 6-layer toy GPT whose weights do not fit the 512 KiB device DRAM lives in host memory behind a
-    1 GB/s link. With `offload_prefetch`, a copy op on the copy stream moves each layer's weights into a
-    staging buffer in DRAM while the layer before computes; the layer's first op waits for its copy, and
-    each copy takes its bytes over the link. The same bytes cross the link; the run is shorter."""
+    1 GB/s link, but for what the DRAM's room could take (the first layers, the norms, the embedding).
+    With `offload_prefetch`, a copy op on the copy stream moves each remaining layer's weights into a
+    staging buffer in DRAM while the layer before computes; the layer's first matmul waits for its copy,
+    and each copy takes its bytes over the link. The same bytes cross the link; the run is shorter."""
     from sim.report import summarize
 
     hw = load_hardware(DATA / "toy-host-hw.yaml")
@@ -280,9 +281,16 @@ def test_weights_in_host_memory_are_prefetched_a_layer_ahead_on_the_copy_stream(
     for r in copies:  # the link's 1 GB/s (its latency and a dispatch on top)
         assert r.duration_s - r.overhead_s == pytest.approx(r.bytes["host"] / 1e9 + 1.1e-6, rel=1e-3)
     layers = [(r.phase, r.step, r.layer) for r in ops if r.kind == "qkv"]
+    waited = 0
     for phase, step, layer in layers[1:]:
         mine = [r for r in ops if (r.phase, r.step, r.layer) == (phase, step, layer)]
-        first = min((r for r in mine if r.kind != "prefetch"), key=lambda r: r.start_s)
+        # the first op that reads a copied weight (a norm's small weight may have been filled into the DRAM)
+        first = min((r for r in mine if r.op_class in ("gemm", "gemv")), key=lambda r: r.start_s)
         before = [r for r in ops if (r.phase, r.step, r.layer) == (phase, step, layer - 1) and r.kind == "prefetch"]
+        if not before:  # its weights were filled into the device DRAM's room: read there, nothing to copy
+            assert all(not r.bytes.get("host") for r in mine if r.op_class in ("gemm", "gemv"))
+            continue
         copy = max(before, key=lambda c: c.end_s)  # its copy: the last one the block before started with
         assert copy.end_s <= first.start_s + 1e-15 and copy.start_s < first.start_s
+        waited += 1
+    assert waited

@@ -173,15 +173,20 @@ class RunResult:
         """One line per tensor class some stage had to place in host memory (it streams over the host
         link: a real device would run out of memory, or offload on purpose)."""
         from sim.config.hardware import HOST_LEVEL
+        from sim.config.units import fmt_bytes
         from sim.graph.ops import TENSOR_KINDS
 
-        kinds = sorted({k for p in self.placements.values() for k, lvl in p.home.items()
-                        if lvl == HOST_LEVEL and p.footprint.of(k)})
-        if not kinds or self.hw.host is None:
+        left: dict[str, float] = {}  # kind -> bytes in host memory, over the stages
+        for p in self.placements.values():
+            for k, lvl in p.home.items():
+                if lvl == HOST_LEVEL and p.footprint.of(k):
+                    left[k] = left.get(k, 0.0) + p.footprint.of(k) - sum(p.partial.get(k, {}).values())
+        if not left or self.hw.host is None:
             return []
         link = self.hw.host.link.bandwidth
-        return [f"{' and '.join(TENSOR_KINDS[k] for k in kinds)}: no room in device memory, placed in host "
-                f"memory; streamed over the host link ({link / 1e9:.0f} GB/s)"]
+        kinds = " and ".join(f"{TENSOR_KINDS[k]} ({fmt_bytes(b)})" for k, b in sorted(left.items()))
+        return [f"{kinds}: no room in device memory, placed in host memory; streamed over the host link "
+                f"({link / 1e9:.0f} GB/s)"]
 
     @property
     def op_records(self) -> int:

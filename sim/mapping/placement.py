@@ -10,10 +10,11 @@ gathers): they are served from there and the rest streams from their home. So a 
 fit in an on-chip SRAM is served from it, and one whose weights do not streams from DRAM only what the
 SRAM could not take — decode time falls smoothly as the SRAM grows, and more room never sends the
 activations out (weights placed first, a weights class that came to fit pushed the activations to DRAM
-and the first token came 3.5x later). A kind that must go to host memory goes whole (partial offload
-is not modelled), and a per-unit scratchpad holds a kind only whole: where the activations first would
-send more bytes to host memory than the weights first (a model whose weights alone fit on the device),
-the weights go first.
+and the first token came 3.5x later). Weights homed in host memory are filled into the device's room
+the same way (leaving two blocks' weights for a prefetch's staging buffer): only the rest streams over
+the host link. A KV cache or activations that must go to host memory go whole, and a per-unit
+scratchpad holds a kind only whole: where the activations first would send more bytes to host memory
+than the weights first (a model whose weights alone fit on the device), the weights go first.
 """
 
 from __future__ import annotations
@@ -196,22 +197,26 @@ def place(graph: OpGraph | list[Block] | list[Op], hw: Hardware, hw_file: str = 
     fp = footprint(graph)
     homes = [n for n, lvl in hw.levels.items() if lvl.holds_tensors()]
     capacity = {n: level_capacity(hw, n) for n in homes}
+    def placed(order: tuple[str, ...]) -> tuple[dict, dict, dict, dict]:
+        home, used = _by_class(order, fp, homes, capacity, hw_file)
+        split, partial = _fill_room(graph, hw, home, homes, capacity, used)
+        return home, used, split, partial
+
     error = None
     try:
-        chosen = _by_class(KIND_ORDER, fp, homes, capacity, hw_file)
+        chosen = placed(KIND_ORDER)
     except ConfigError as e:
         chosen, error = None, e
     if chosen is None or HOST_LEVEL in chosen[0].values():
         try:
-            other = _by_class(WEIGHTS_FIRST, fp, homes, capacity, hw_file)
+            other = placed(WEIGHTS_FIRST)
         except ConfigError:
             other = None
         if other is not None and (chosen is None or other[1].get(HOST_LEVEL, 0.0) < chosen[1].get(HOST_LEVEL, 0.0)):
-            chosen = other
+            chosen = other  # fewer bytes left in host memory, once the weights' fill took what it could
     if chosen is None:
         raise error
-    home, used = chosen
-    split, partial = _fill_room(graph, hw, home, homes, capacity, used)
+    home, used, split, partial = chosen
     return Placement(home=home, footprint=fp, capacity=capacity, used=used, split=split, partial=partial)
 
 
@@ -251,16 +256,18 @@ def _fill_room(blocks: list[Block], hw: Hardware, home: dict[str, str], homes: l
     reserve: dict[str, float] = {}  # per level, fixed before any fill: the matmuls' tiles keep their room
     for kind in SPLIT_KINDS:
         outer = home.get(kind)
-        if outer is None or outer == HOST_LEVEL:
+        if outer is None or (outer == HOST_LEVEL and kind != "weight"):
             continue
         inner = [n for n in homes[:homes.index(outer)]
                  if hw.levels[n].scope == "shared" and capacity[n] - used[n] > 0]
         if not inner:
             continue
-        # the matmuls' tiles keep the room they need: a level filled to the brim would make them re-read
+        # the matmuls' tiles keep the room they need: a level filled to the brim would make them re-read;
+        # weights filled from host memory leave room for a prefetch's staging buffer, two blocks' weights
+        staging = 2 * max((_block_weights(b.ops) for b in blocks), default=0.0) if outer == HOST_LEVEL else 0.0
         for n in inner:
             if n not in reserve:
-                reserve[n] = _tile_room(blocks, capacity[n] - used[n])
+                reserve[n] = _tile_room(blocks, capacity[n] - used[n]) + staging
         sizes, reads = _traffic_of(blocks, kind)
         order = sorted(sizes, key=lambda k: (-reads.get(k, 0.0) / sizes[k] if sizes[k] else 0.0))
         for key in order:
@@ -273,6 +280,16 @@ def _fill_room(blocks: list[Block], hw: Hardware, home: dict[str, str], homes: l
             used[outer] -= nbytes
             partial.setdefault(kind, {})[spot] = partial.get(kind, {}).get(spot, 0.0) + nbytes
     return split, partial
+
+
+def _block_weights(ops: tuple[Op, ...]) -> float:
+    """Bytes of the weights a block reads (each once, the most any op reads of it)."""
+    most: dict = {}
+    for op in ops:
+        for a in op.reads:
+            if a.tensor.kind == "weight":
+                most[a.tensor] = max(most.get(a.tensor, 0.0), a.bytes)
+    return sum(most.values())
 
 
 def _tile_room(blocks: list[Block], free: float) -> float:

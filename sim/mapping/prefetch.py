@@ -1,7 +1,8 @@
 """Host offload with prefetch: weights that live in host memory are copied to the device a layer ahead.
 
 Where a workload asks for it (`scenario.offload_prefetch`) and its weights had to be placed in host
-memory, every block that reads weights gets a copy op ahead of it: at the start of the block before it
+memory, every block that reads weights left there (not filled into the device's room) gets a copy op
+ahead of it: at the start of the block before it
 in the same forward pass (so the copy runs on the device's copy stream while that block computes), or
 at its own start when it opens a pass. The copy reads the block's weights from host memory and writes
 them into a staging buffer of two blocks' weights in the activations' level (double buffering: the
@@ -72,15 +73,17 @@ def insert_copies(planned: list[tuple[Block, tuple[OpPlan, ...]]], placement: Pl
     out: list[tuple[Block, tuple[OpPlan, ...]]] = []
     ahead: list[list[tuple[Op, OpPlan]]] = [[] for _ in planned]  # the copies each block starts with
     for j, (blk, _) in enumerate(planned):
-        if not _weight_bytes(blk.ops):
+        # the weights the placement left in host memory (those filled into the device are read there)
+        weights = {t: n for t, n in _weights(blk.ops).items() if t.key(blk.layer, blk.seq) not in placement.split}
+        if not weights:
             continue
         prev = planned[j - 1][0] if j else None
         host = j - 1 if prev is not None and (prev.seq, prev.micro) == (blk.seq, blk.micro) else j
         shift = blk.layer - planned[host][0].layer
-        key = (id(blk.ops), shift, blk.label)
+        key = (id(blk.ops), shift, blk.label, tuple(t.name for t in weights))
         copy = made.get(key)
         if copy is None:
-            accesses = tuple(Access(t.shifted(-shift), n) for t, n in _weights(blk.ops).items())
+            accesses = tuple(Access(t.shifted(-shift), n) for t, n in weights.items())
             nbytes = sum(a.bytes for a in accesses)
             # named for the block whose weights it copies (it runs in the block before)
             op = Op(name=f"prefetch_{blk.label}", kind="prefetch", op_class=COPY, engine=COPY, phase=blk.phase,
