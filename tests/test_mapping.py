@@ -78,21 +78,24 @@ def test_more_sram_never_slows_the_first_token_or_the_run():
 
 def test_weights_homed_in_host_memory_fill_the_devices_room_first():
     """A model a little too big for the device streams only what the device cannot hold over the host link
-    (it streamed every weight, whole): with more device memory, fewer bytes cross the link and the run is
-    shorter, step by step."""
+    (it streamed every weight, whole): with more device memory, fewer bytes cross the link and the run and
+    its first token come sooner, step by step — also where the weights come to fit whole and the KV cache
+    goes out instead (the order that moves the fewest bytes over the link is kept)."""
     from sim.config import load_hardware
     from sim.report import summarize
 
     wl, _ = load(DATA / "toy-gpt.yaml", model__layers=6, scenario__new_tokens=2)
     runs = []
-    for kib in (320, 448, 576):
+    for kib in (320, 448, 576, 640, 704):
         hw = load_hardware(DATA / "toy-host-hw.yaml", [("device.memory.dram.capacity", f"{kib} KiB")])
         result = run(wl, hw)
-        assert result.placement.home["weight"] == "host" and result.placement.partial["weight"]["dram"] > 0
+        if kib <= 576:
+            assert result.placement.home["weight"] == "host" and result.placement.partial["weight"]["dram"] > 0
         runs.append(summarize(result))
-    host = [s["bytes_per_level"]["host"] for s in runs]
-    total = [s["total_s"] for s in runs]
-    assert host[0] > host[1] > host[2] and total[0] > total[1] > total[2], (host, total)
+    host = [s["bytes_per_level"].get("host", 0.0) for s in runs]
+    total, first = [s["total_s"] for s in runs], [s["ttft_s"] for s in runs]
+    assert all(b < a for a, b in zip(host, host[1:])), host
+    assert all(b < a for a, b in zip(total, total[1:])) and all(b < a for a, b in zip(first, first[1:]))
 
 
 def test_an_encoder_keeps_no_kv_cache():
@@ -133,9 +136,12 @@ def test_weights_spill_to_host_memory_and_stall_on_it():
     decode = [r for r in result.ops if r.phase == "decode"]
     host = sum(r.stall_s.get("memory:host", 0.0) for r in decode)
     assert host > 0.8 * sum(r.duration_s for r in decode)
-    # PCIe at 32 GB/s: one decode step moves all 249 MB of weights over it
+    # PCIe at 32 GB/s: one decode step moves over it the 249 MB of weights less what the HBM's room took
     step = [r for r in decode if r.step == 1]
-    assert sum(r.bytes.get("host", 0.0) for r in step) == pytest.approx(124_439_808 * 2, rel=0.01)
+    filled = result.placement.partial["weight"]["hbm"]
+    assert 0.3 * 124_439_808 * 2 < filled < 100 * 2**20
+    # (within 2%: the position table, filled in, is read a row a step, not whole)
+    assert sum(r.bytes.get("host", 0.0) for r in step) == pytest.approx(124_439_808 * 2 - filled, rel=0.02)
 
 
 def test_an_unfused_bias_add_follows_the_product_at_its_own_rate():

@@ -262,7 +262,9 @@ def test_weights_in_host_memory_are_prefetched_a_layer_ahead_on_the_copy_stream(
     1 GB/s link, but for what the DRAM's room could take (the first layers, the norms, the embedding).
     With `offload_prefetch`, a copy op on the copy stream moves each remaining layer's weights into a
     staging buffer in DRAM while the layer before computes; the layer's first matmul waits for its copy,
-    and each copy takes its bytes over the link. The same bytes cross the link; the run is shorter."""
+    and each copy takes its bytes over the link: every byte that crosses the link is a copy's. The
+    buffer's room is room the fill does not get: on this toy, whose compute hides little of the link,
+    the prefetch moves more bytes over it than the plain run, and takes longer."""
     from sim.report import summarize
 
     hw = load_hardware(DATA / "toy-host-hw.yaml")
@@ -270,12 +272,14 @@ def test_weights_in_host_memory_are_prefetched_a_layer_ahead_on_the_copy_stream(
     ahead, _ = load(DATA / "toy-gpt.yaml", model__layers=6, scenario__new_tokens=2, scenario__offload_prefetch=True)
     a, b = run(plain, hw), run(ahead, hw)
     assert a.placement.home["weight"] == b.placement.home["weight"] == "host"
-    assert b.placement.staged["dram"] > 0 and b.placement.used["dram"] - a.placement.used["dram"] == \
-        b.placement.staged["dram"]
+    staged = b.placement.staged["dram"]
+    assert staged > 0 and b.placement.used["dram"] <= b.placement.capacity["dram"]
+    assert b.placement.partial["weight"]["dram"] < a.placement.partial["weight"]["dram"]
     sa, sb = summarize(a), summarize(b)
-    assert sb["bytes_per_level"]["host"] == pytest.approx(sa["bytes_per_level"]["host"])
-    assert sb["total_s"] < sa["total_s"]
+    assert sb["bytes_per_level"]["host"] > sa["bytes_per_level"]["host"]
     ops = b.ops
+    assert sum(r.bytes.get("host", 0.0) for r in ops if r.kind == "prefetch") == pytest.approx(
+        sb["bytes_per_level"]["host"])
     copies = [r for r in ops if r.kind == "prefetch"]
     assert copies and all(r.stream == "copy" and r.unit == "copy" for r in copies)
     for r in copies:  # the link's 1 GB/s (its latency and a dispatch on top)
@@ -294,3 +298,20 @@ def test_weights_in_host_memory_are_prefetched_a_layer_ahead_on_the_copy_stream(
         assert copy.end_s <= first.start_s + 1e-15 and copy.start_s < first.start_s
         waited += 1
     assert waited
+
+
+def test_zero_3_gathers_into_the_device_when_the_shards_live_in_host_memory():
+    """ZeRO-3's buffer of two blocks' gathered weights goes to the innermost device level with room; with
+    the weight shards homed in host memory (what the device's room did not take of them) it searched only
+    host memory and refused the run (review, 2026-12-05)."""
+    from sim.graph import build_graph
+    from sim.mapping import Footprint, Placement
+    from sim.mapping.prefetch import gather_buffer
+
+    wl, _ = load(DATA / "toy-gpt.yaml", model__layers=2)
+    blocks = build_graph(wl).blocks
+    p = Placement(home={"weight": "host", "kv_cache": "dram", "activation": "dram"},
+                  footprint=Footprint(weights=1e6, kv_cache=0.0, activations=0.0),
+                  capacity={"dram": 1e9, "host": 1e12}, used={"dram": 0.0, "host": 1e6})
+    staged = gather_buffer(p, blocks, "hw")
+    assert list(staged.staged) == ["dram"] and staged.used["dram"] == staged.staged["dram"] > 0

@@ -116,6 +116,25 @@ def test_a_misspelled_key_is_refused_before_any_point_runs(tmp_path, section, ke
     assert not (tmp_path / "out").exists()
 
 
+def test_a_typo_inside_one_input_file_fails_only_its_points(tmp_path):
+    """An unknown key the sweep does not set (a typo in one of its hardware files) is that file's points'
+    error, not a refusal of the sweep; a `workload.`-prefixed misspelling is still the sweep's own."""
+    shutil.copy(DATA / "toy-gpt.yaml", tmp_path)
+    shutil.copy(DATA / "toy-hw.yaml", tmp_path)
+    (tmp_path / "bad-hw.yaml").write_text((DATA / "toy-hw.yaml").read_text().replace("  dispatch_overhead",
+                                                                                      "  dispatch_overheed"))
+    (tmp_path / "s.yaml").write_text("name: t\nworkload: toy-gpt.yaml\naxes: {hardware_file: [toy-hw.yaml, "
+                                     "bad-hw.yaml], scenario.batch: [1, 2]}\n")
+    res = cli("sweep", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "out"), "--workers", "1")
+    assert res.returncode == 0, res.stderr
+    table = rows(tmp_path / "out" / "t.csv")
+    assert [r["status"] for r in table].count("error") == 2
+    assert all("dispatch_overheed" in r["error"] for r in table if r["status"] == "error")
+    (tmp_path / "p.yaml").write_text("name: p\nworkload: toy-gpt.yaml\naxes: {workload.scenario.batchh: [1, 2]}\n")
+    res = cli("sweep", str(tmp_path / "p.yaml"), "--out", str(tmp_path / "out2"), "--workers", "1")
+    assert res.returncode == 2 and "p.yaml: axes.workload.scenario.batchh: unknown key" in res.stderr, res.stderr
+
+
 def test_parallel_and_dask_give_the_same_table(tmp_path):
     from distributed import LocalCluster
 

@@ -240,12 +240,21 @@ def load_hardware(path: str | Path, overrides: list[tuple[str, Any]] = (),
     try:
         return validate(Hardware, data, shown)
     except ConfigError as e:  # a figure a --set gave is blamed on the --set, not on the file's own
-        given = {k: k for k, _ in rest} | {f"device.{k}": f"runtime.{k}" for k, _ in own}
+        given = {k: k for k, _ in rest} | {_landing(k): f"runtime.{k}" for k, _ in own}
         key = e.key or ""
-        named = next((k for k in given if key == k or key.startswith(k + ".") or k.startswith(key + ".")), None)
+        named = next((k for k in given if key == k or key.startswith(k + ".")), None)
         if named is None:
             raise
         raise ConfigError(f"{e.problem} (from --set {given[named]})", e.file, e.key) from None
+
+
+def _landing(runtime_key: str) -> str:
+    """Where a `runtime.<key>` override lands in the hardware's figures (`threads` -> `device.threads`)."""
+    from sim.config.runtime import TO_HARDWARE
+
+    head, _, rest = runtime_key.partition(".")
+    target = TO_HARDWARE.get(head, f"device.{head}")
+    return f"{target}.{rest}" if rest else target
 
 
 def _runtime_section(runtime: str | Path | None, own: list[tuple[str, Any]], platform: str,

@@ -47,6 +47,9 @@ class Model(Spec):
             raise KeyedError("heads", f"heads ({self.heads}) must divide hidden ({self.hidden})")
         if self.heads % self.n_kv_heads:
             raise KeyedError("kv_heads", f"kv_heads ({self.n_kv_heads}) must divide heads ({self.heads})")
+        if self.family == "bert" and self.tied_embeddings is False:
+            raise KeyedError("tied_embeddings", "BERT's masked-LM head reads the word embeddings (it has no "
+                             "weight of its own to untie)")
         return self
 
     @property

@@ -90,7 +90,7 @@ def map_devices(graph: OpGraph, workload: Workload, hw: Hardware, hw_file: str =
     stages: list[tuple[list, list[Collective], str]] = []  # per stage: planned blocks, collectives, buffers
     for stage in range(pp):
         blocks = stage_blocks(graph, stage, pp, _schedule(workload, stage))
-        placement = place(blocks, hw, hw_file)
+        placement = place(blocks, hw, hw_file, workload.scenario.offload_prefetch)
         prefetch = wanted(placement, workload.scenario.offload_prefetch)
         planning = placement
         if prefetch:  # weights in host memory, copied ahead into a staging buffer and read from there

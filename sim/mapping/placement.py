@@ -8,13 +8,17 @@ into the room a shared level has left, those that save the most traffic per byte
 run reads of a tensor over its size: a layer's weights once per pass, a lookup table only the rows it
 gathers): they are served from there and the rest streams from their home. So a model whose weights
 fit in an on-chip SRAM is served from it, and one whose weights do not streams from DRAM only what the
-SRAM could not take — decode time falls smoothly as the SRAM grows, and more room never sends the
-activations out (weights placed first, a weights class that came to fit pushed the activations to DRAM
-and the first token came 3.5x later). Weights homed in host memory are filled into the device's room
-the same way (leaving two blocks' weights for a prefetch's staging buffer): only the rest streams over
-the host link. A KV cache or activations that must go to host memory go whole, and a per-unit
-scratchpad holds a kind only whole: where the activations first would send more bytes to host memory
-than the weights first (a model whose weights alone fit on the device), the weights go first.
+SRAM could not take — decode time falls smoothly as the SRAM grows, and on a device without host
+memory more room never sends the activations out (weights placed first, a weights class that came to
+fit pushed the activations to DRAM and the first token came 3.5x later).
+
+Weights homed in host memory are filled into the device's room the same way (with a prefetch, leaving
+its staging buffer, two blocks' weights, in the activations' level): only the rest streams over the
+host link. A KV cache or activations that must go to host memory go whole, and a per-unit scratchpad
+holds a kind only whole. Where something goes to host memory, two more orders are tried — the KV cache
+ahead of the weights, and the weights first — and the one that moves the fewest bytes over the host
+link in the run is kept (Llama-2-7B on 13 GiB of HBM: its weights would fit whole and push the KV cache
+out, which every step reads over the link; with the KV cache ahead, 0.2 GiB of weights stream instead).
 """
 
 from __future__ import annotations
@@ -29,8 +33,10 @@ from sim.graph.transformer import OpGraph
 from sim.mapping.tiling import reuse_factors
 
 KIND_ORDER = ("activation", "weight", "gradient", "optimizer_state", "kv_cache")
-#: the order tried where `KIND_ORDER` sends more bytes to host memory
+#: the orders also tried where `KIND_ORDER` sends something to host memory: the KV cache ahead of the
+#: weights (which can then be filled in from host memory), and the weights first
 WEIGHTS_FIRST = ("weight", "gradient", "optimizer_state", "kv_cache", "activation")
+HOST_ORDERS = (("activation", "kv_cache", "weight", "gradient", "optimizer_state"), WEIGHTS_FIRST)
 LABEL = TENSOR_KINDS
 
 
@@ -188,8 +194,11 @@ def _held_tensors(ops: tuple[Op, ...]) -> tuple[Tensor, ...]:
 _INTERNED: dict[tuple[Tensor, ...], tuple[Tensor, ...]] = {}
 
 
-def place(graph: OpGraph | list[Block] | list[Op], hw: Hardware, hw_file: str = "hardware") -> Placement:
-    """Homes for the tensors of a graph, of one stage's blocks, or of a list of hand-made ops."""
+def place(graph: OpGraph | list[Block] | list[Op], hw: Hardware, hw_file: str = "hardware",
+          prefetch: bool = False) -> Placement:
+    """Homes for the tensors of a graph, of one stage's blocks, or of a list of hand-made ops. With
+    `prefetch` (`scenario.offload_prefetch`), weights filled in from host memory leave room in the
+    activations' level for the staging buffer the prefetch copies into."""
     if isinstance(graph, OpGraph):
         graph = graph.blocks
     elif graph and isinstance(graph[0], Op):
@@ -197,10 +206,14 @@ def place(graph: OpGraph | list[Block] | list[Op], hw: Hardware, hw_file: str = 
     fp = footprint(graph)
     homes = [n for n, lvl in hw.levels.items() if lvl.holds_tensors()]
     capacity = {n: level_capacity(hw, n) for n in homes}
-    def placed(order: tuple[str, ...]) -> tuple[dict, dict, dict, dict]:
+
+    def placed(order: tuple[str, ...]) -> tuple[dict, dict, dict, dict, float]:
+        """(homes, used, split, partial, bytes the run moves over the host link)."""
         home, used = _by_class(order, fp, homes, capacity, hw_file)
-        split, partial = _fill_room(graph, hw, home, homes, capacity, used)
-        return home, used, split, partial
+        split, partial, moved = _fill_room(graph, hw, home, homes, capacity, used, prefetch)
+        hosted = [k for k, lvl in home.items() if lvl == HOST_LEVEL]
+        traffic = _class_traffic(graph) if hosted else {}
+        return home, used, split, partial, sum(traffic.get(k, 0.0) - moved.get(k, 0.0) for k in hosted)
 
     error = None
     try:
@@ -208,15 +221,16 @@ def place(graph: OpGraph | list[Block] | list[Op], hw: Hardware, hw_file: str = 
     except ConfigError as e:
         chosen, error = None, e
     if chosen is None or HOST_LEVEL in chosen[0].values():
-        try:
-            other = placed(WEIGHTS_FIRST)
-        except ConfigError:
-            other = None
-        if other is not None and (chosen is None or other[1].get(HOST_LEVEL, 0.0) < chosen[1].get(HOST_LEVEL, 0.0)):
-            chosen = other  # fewer bytes left in host memory, once the weights' fill took what it could
+        for order in HOST_ORDERS:
+            try:
+                other = placed(order)
+            except ConfigError:
+                continue
+            if chosen is None or other[4] < chosen[4]:
+                chosen = other  # less traffic over the host link, once the weights' fill took what it could
     if chosen is None:
         raise error
-    home, used, split, partial = chosen
+    home, used, split, partial, _ = chosen
     return Placement(home=home, footprint=fp, capacity=capacity, used=used, split=split, partial=partial)
 
 
@@ -248,11 +262,14 @@ SPLIT_KINDS = ("weight", "kv_cache")
 
 
 def _fill_room(blocks: list[Block], hw: Hardware, home: dict[str, str], homes: list[str],
-               capacity: dict[str, float], used: dict[str, float]) -> tuple[dict, dict]:
+               capacity: dict[str, float], used: dict[str, float],
+               prefetch: bool = False) -> tuple[dict, dict, dict[str, float]]:
     """Move weights and KV caches homed further out into the room shared levels inside their home have
-    left, the most traffic per byte first (updates `used`)."""
+    left, the most traffic per byte first (updates `used`): (split, partial, per kind the bytes the run
+    reads of the tensors moved)."""
     split: dict[tuple, str] = {}
     partial: dict[str, dict[str, float]] = {}
+    moved: dict[str, float] = {}
     reserve: dict[str, float] = {}  # per level, fixed before any fill: the matmuls' tiles keep their room
     for kind in SPLIT_KINDS:
         outer = home.get(kind)
@@ -263,11 +280,12 @@ def _fill_room(blocks: list[Block], hw: Hardware, home: dict[str, str], homes: l
         if not inner:
             continue
         # the matmuls' tiles keep the room they need: a level filled to the brim would make them re-read;
-        # weights filled from host memory leave room for a prefetch's staging buffer, two blocks' weights
-        staging = 2 * max((_block_weights(b.ops) for b in blocks), default=0.0) if outer == HOST_LEVEL else 0.0
+        # weights filled from host memory for a prefetch leave its staging buffer room in the activations'
+        staging = staging_bytes(blocks) if outer == HOST_LEVEL and prefetch else 0.0
         for n in inner:
             if n not in reserve:
-                reserve[n] = _tile_room(blocks, capacity[n] - used[n]) + staging
+                own = staging if n == home["activation"] else 0.0
+                reserve[n] = _tile_room(blocks, capacity[n] - used[n]) + own
         sizes, reads = _traffic_of(blocks, kind)
         order = sorted(sizes, key=lambda k: (-reads.get(k, 0.0) / sizes[k] if sizes[k] else 0.0))
         for key in order:
@@ -279,17 +297,42 @@ def _fill_room(blocks: list[Block], hw: Hardware, home: dict[str, str], homes: l
             used[spot] += nbytes
             used[outer] -= nbytes
             partial.setdefault(kind, {})[spot] = partial.get(kind, {}).get(spot, 0.0) + nbytes
-    return split, partial
+            moved[kind] = moved.get(kind, 0.0) + reads.get(key, 0.0)
+    return split, partial, moved
 
 
-def _block_weights(ops: tuple[Op, ...]) -> float:
-    """Bytes of the weights a block reads (each once, the most any op reads of it)."""
-    most: dict = {}
+def _class_traffic(blocks: list[Block]) -> dict[str, float]:
+    """Bytes the run reads and writes of each tensor class."""
+    per_ops: dict[int, tuple] = {}
+    out: dict[str, float] = {}
+    for blk in blocks:
+        known = per_ops.get(id(blk.ops))
+        if known is None or known[0] is not blk.ops:
+            sums: dict[str, float] = {}
+            for op in blk.ops:
+                for a in op.reads + op.writes:
+                    sums[a.tensor.kind] = sums.get(a.tensor.kind, 0.0) + a.bytes
+            known = per_ops[id(blk.ops)] = (blk.ops, sums)
+        for kind, b in known[1].items():
+            out[kind] = out.get(kind, 0.0) + b
+    return out
+
+
+def block_weights(ops: tuple[Op, ...]) -> dict:
+    """The weights a block reads, with the most bytes any of its ops reads of each (an embedding lookup
+    reads a few rows of its table: only those)."""
+    out: dict = {}
     for op in ops:
         for a in op.reads:
             if a.tensor.kind == "weight":
-                most[a.tensor] = max(most.get(a.tensor, 0.0), a.bytes)
-    return sum(most.values())
+                out[a.tensor] = max(out.get(a.tensor, 0.0), a.bytes)
+    return out
+
+
+def staging_bytes(blocks: list[Block]) -> float:
+    """A buffer for two blocks' weights: the one in use and the one being copied in (a prefetch from host
+    memory, ZeRO-3's gathered weights)."""
+    return 2 * max((sum(block_weights(b.ops).values()) for b in blocks), default=0.0)
 
 
 def _tile_room(blocks: list[Block], free: float) -> float:

@@ -17,8 +17,8 @@ import dataclasses
 from sim.config.hardware import HOST_LEVEL, Hardware
 from sim.config.units import fmt_bytes
 from sim.errors import ConfigError
-from sim.graph.ops import Access, Block, Op, Tensor
-from sim.mapping.placement import Placement
+from sim.graph.ops import Access, Block, Op
+from sim.mapping.placement import Placement, block_weights, staging_bytes
 from sim.mapping.plan import OpPlan
 
 COPY = "copy"  # the kernel, op class, engine and stream of a prefetch
@@ -36,7 +36,7 @@ def staged(placement: Placement, blocks: list[Block], hw_file: str) -> tuple[Pla
     if level == HOST_LEVEL:
         raise ConfigError("offload_prefetch needs a device memory level for its staging buffer; the "
                           "activations live in host memory too", hw_file, "device.memory")
-    buffer = 2 * max((_weight_bytes(b.ops) for b in blocks), default=0.0)
+    buffer = staging_bytes(blocks)
     used = dict(placement.used)
     used[level] += buffer
     if used[level] > placement.capacity[level]:
@@ -50,9 +50,11 @@ def staged(placement: Placement, blocks: list[Block], hw_file: str) -> tuple[Pla
 def gather_buffer(placement: Placement, blocks: list[Block], hw_file: str) -> Placement:
     """ZeRO-3: the placement with room for two blocks' gathered weights (the one in use and the one being
     prefetched) beside the weights' shards, shown as a staging buffer."""
-    buffer = 2 * max((_weight_bytes(b.ops) for b in blocks), default=0.0)
-    levels = list(placement.capacity)  # innermost first: from the weights' shards outward
-    outward = levels[levels.index(placement.home["weight"]):]
+    buffer = staging_bytes(blocks)
+    levels = list(placement.capacity)  # innermost first: from the weights' shards outward (shards in host
+    # memory, what the device's room did not take of them: from the device's innermost level)
+    home = placement.home["weight"]
+    outward = levels[levels.index(home):] if home != HOST_LEVEL else levels
     level = next((n for n in outward if n != HOST_LEVEL and placement.capacity[n] - placement.used[n] >= buffer),
                  None)
     if level is None:
@@ -74,7 +76,7 @@ def insert_copies(planned: list[tuple[Block, tuple[OpPlan, ...]]], placement: Pl
     ahead: list[list[tuple[Op, OpPlan]]] = [[] for _ in planned]  # the copies each block starts with
     for j, (blk, _) in enumerate(planned):
         # the weights the placement left in host memory (those filled into the device are read there)
-        weights = {t: n for t, n in _weights(blk.ops).items() if t.key(blk.layer, blk.seq) not in placement.split}
+        weights = {t: n for t, n in block_weights(blk.ops).items() if t.key(blk.layer, blk.seq) not in placement.split}
         if not weights:
             continue
         prev = planned[j - 1][0] if j else None
@@ -105,18 +107,3 @@ def insert_copies(planned: list[tuple[Block, tuple[OpPlan, ...]]], placement: Pl
                                    (*(p for _, p in copies), *plans))
         out.append((dataclasses.replace(blk, ops=known[1]), known[2]))
     return out
-
-
-def _weights(ops: tuple[Op, ...]) -> dict[Tensor, float]:
-    """The weights a block reads, with the most bytes any of its ops reads of each (an embedding lookup
-    reads a few rows of its table: only those are copied)."""
-    out: dict[Tensor, float] = {}
-    for op in ops:
-        for a in op.reads:
-            if a.tensor.kind == "weight":
-                out[a.tensor] = max(out.get(a.tensor, 0.0), a.bytes)
-    return out
-
-
-def _weight_bytes(ops: tuple[Op, ...]) -> float:
-    return sum(_weights(ops).values())

@@ -130,7 +130,8 @@ class Residency:
 
     def restore(self, saved: tuple, layer: int, seq: int, touched: tuple[Key, ...]) -> None:
         """Set the caches to a state `save`d after an equal block in an equal (relative) state, moved
-        to the block at (`layer`, `seq`). Pinned tensors are only ever added, so only the touched ones
+        to the block at (`layer`, `seq`). On this path pinned tensors are only ever added (a run that
+        pins activations, which `release` drops, walks every op instead), so only the touched ones
         change."""
         at_layer, at_seq, state = saved
         dl, ds = layer - at_layer, seq - at_seq

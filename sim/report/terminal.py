@@ -224,16 +224,18 @@ def render_comparison(results: list, labels: list[str], console: Console | None 
             name = names[0]
         else:  # a label with each run's own figures (its level, its dispatch cost): theirs go in their cells
             words = [n.split(" ") for n in names]
-            common = list(takewhile(lambda w: len(set(w)) == 1 and not w[0].startswith("("), zip(*words)))
-            common = [w[0] for w in common]
+            common = [w[0] for w in takewhile(lambda w: len(set(w)) == 1 and not w[0].startswith("("), zip(*words))]
             name = " ".join(common[:-1] if common and common[-1] in ("at", "of", "on", "by", "x") else common)
-            cells = [cell if row is None else f"{cell} ({' '.join(row[0].split(' ')[len(common):]).strip('()')})"
-                     for cell, row in zip(cells, rows)]
+            name = name or names[0]
+            own = [None if row is None else " ".join(row[0].split(" ")[len(common):]).strip("()") for row in rows]
+            cells = [f"{cell} ({mine})" if mine else cell for cell, mine in zip(cells, own)]
         values = [s.get(metric.name) for s, _ in runs]
+        # a cell pairing two figures (FLOPs / bytes at a level each run names) has no single ratio
+        paired = any(" / " in str(cell) for cell in cells)
         ratios = []
         for v in values[1:]:
             base = values[0]
             numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (v, base))
-            ratios.append(f"{v / base:.2f}x" if numeric and base and same else "")
+            ratios.append(f"{v / base:.2f}x" if numeric and base and not paired else "")
         t.add_row(name, *cells, *ratios)
     out.print(t)
