@@ -100,7 +100,8 @@ def test_a_point_whose_outer_level_outruns_the_inner_one_runs_and_says_so(tmp_pa
         line for line in res.stderr.splitlines() if "2 points describe a memory level faster" in line]
 
 
-@pytest.mark.parametrize("section,key", [("axes", "scenario.batchh"), ("set", "device.compute.peakk")])
+@pytest.mark.parametrize("section,key", [("axes", "scenario.batchh"), ("set", "device.compute.peakk"),
+                                         ("axes", "runtime.dispatch_overheed")])
 def test_a_misspelled_key_is_refused_before_any_point_runs(tmp_path, section, key):
     """A key no input has fails every point alike: one line naming the sweep file's key, exit 2, and no
     table (it used to run every point and write a table of errors)."""

@@ -88,14 +88,16 @@ def map_devices(graph: OpGraph, workload: Workload, hw: Hardware, hw_file: str =
     graph = fuse_graph(graph, hw.device.fuse)  # the runtime's fused kernels, before anything is placed
     placements: dict[int, Placement] = {}
     stages: list[tuple[list, list[Collective], str]] = []  # per stage: planned blocks, collectives, buffers
+    zero3 = workload.scenario.phase == "train" and workload.train.zero == 3 and par.data > 1
     for stage in range(pp):
         blocks = stage_blocks(graph, stage, pp, _schedule(workload, stage))
-        placement = place(blocks, hw, hw_file, workload.scenario.offload_prefetch)
+        # weights filled in from host memory leave room for the buffer a prefetch or ZeRO-3 copies into
+        placement = place(blocks, hw, hw_file, workload.scenario.offload_prefetch or zero3)
         prefetch = wanted(placement, workload.scenario.offload_prefetch)
         planning = placement
         if prefetch:  # weights in host memory, copied ahead into a staging buffer and read from there
             planning, placement = staged(placement, blocks, hw_file)
-        if workload.scenario.phase == "train" and workload.train.zero == 3 and par.data > 1:
+        if zero3:
             placement = gather_buffer(placement, blocks, hw_file)  # FSDP's gathered weights, read from there
             planning = dataclasses.replace(placement, home={**placement.home, "weight": next(iter(placement.staged))})
         placements[stage] = placement

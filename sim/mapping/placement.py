@@ -18,7 +18,7 @@ host link. A KV cache or activations that must go to host memory go whole, and a
 holds a kind only whole. Where something goes to host memory, two more orders are tried — the KV cache
 ahead of the weights, and the weights first — and the one that moves the fewest bytes over the host
 link in the run is kept (Llama-2-7B on 13 GiB of HBM: its weights would fit whole and push the KV cache
-out, which every step reads over the link; with the KV cache ahead, 0.2 GiB of weights stream instead).
+out, which every step reads over the link; with the KV cache ahead, 0.49 GiB of weights stream instead).
 """
 
 from __future__ import annotations
@@ -197,8 +197,8 @@ _INTERNED: dict[tuple[Tensor, ...], tuple[Tensor, ...]] = {}
 def place(graph: OpGraph | list[Block] | list[Op], hw: Hardware, hw_file: str = "hardware",
           prefetch: bool = False) -> Placement:
     """Homes for the tensors of a graph, of one stage's blocks, or of a list of hand-made ops. With
-    `prefetch` (`scenario.offload_prefetch`), weights filled in from host memory leave room in the
-    activations' level for the staging buffer the prefetch copies into."""
+    `prefetch` (`scenario.offload_prefetch`, or ZeRO-3's gathered weights), weights filled in from host
+    memory leave room in the activations' level for the buffer of two blocks' weights copied into."""
     if isinstance(graph, OpGraph):
         graph = graph.blocks
     elif graph and isinstance(graph[0], Op):

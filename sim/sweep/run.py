@@ -61,7 +61,8 @@ def check_keys(sweep: Sweep) -> None:
                 continue
             # the sweep's own key (as written: `workload.`/`hardware.` prefixed ones too); a key no override
             # names is a typo in an input file, which fails that file's points only
-            mine = next((k for k, _ in p.overrides if e.key in (k, k.partition(".")[2])), None)
+            mine = next((k for k, _ in p.overrides if e.key in (k, k.partition(".")[2])
+                         or (k.startswith("runtime.") and e.key.endswith("." + k.partition(".")[2]))), None)
             if mine is not None:
                 section = "axes" if mine in sweep.axes else "set"
                 raise ConfigError(e.problem, str(sweep.file), f"{section}.{mine}") from None
