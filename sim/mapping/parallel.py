@@ -92,7 +92,7 @@ def map_devices(graph: OpGraph, workload: Workload, hw: Hardware, hw_file: str =
     for stage in range(pp):
         blocks = stage_blocks(graph, stage, pp, _schedule(workload, stage))
         # weights filled in from host memory leave room for the buffer a prefetch or ZeRO-3 copies into
-        placement = place(blocks, hw, hw_file, workload.scenario.offload_prefetch or zero3)
+        placement = place(blocks, hw, hw_file, workload.scenario.offload_prefetch, zero3)
         prefetch = wanted(placement, workload.scenario.offload_prefetch)
         planning = placement
         if prefetch:  # weights in host memory, copied ahead into a staging buffer and read from there

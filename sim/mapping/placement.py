@@ -195,10 +195,11 @@ _INTERNED: dict[tuple[Tensor, ...], tuple[Tensor, ...]] = {}
 
 
 def place(graph: OpGraph | list[Block] | list[Op], hw: Hardware, hw_file: str = "hardware",
-          prefetch: bool = False) -> Placement:
+          prefetch: bool = False, gather: bool = False) -> Placement:
     """Homes for the tensors of a graph, of one stage's blocks, or of a list of hand-made ops. With
-    `prefetch` (`scenario.offload_prefetch`, or ZeRO-3's gathered weights), weights filled in from host
-    memory leave room in the activations' level for the buffer of two blocks' weights copied into."""
+    `prefetch` (`scenario.offload_prefetch`), weights filled in from host memory leave room in the
+    activations' level for the staging buffer of two blocks' weights a prefetch copies into; with
+    `gather` (ZeRO-3), the innermost device level keeps room for two blocks' gathered weights."""
     if isinstance(graph, OpGraph):
         graph = graph.blocks
     elif graph and isinstance(graph[0], Op):
@@ -206,11 +207,16 @@ def place(graph: OpGraph | list[Block] | list[Op], hw: Hardware, hw_file: str = 
     fp = footprint(graph)
     homes = [n for n, lvl in hw.levels.items() if lvl.holds_tensors()]
     capacity = {n: level_capacity(hw, n) for n in homes}
+    # ZeRO-3's buffer of gathered weights is added afterwards (`prefetch.gather_buffer`) in the innermost
+    # device level: its room is kept there from the start, so that more memory never refuses a run
+    room = dict(capacity)
+    if gather and homes[0] != HOST_LEVEL:
+        room[homes[0]] = max(0.0, room[homes[0]] - staging_bytes(graph))
 
     def placed(order: tuple[str, ...]) -> tuple[dict, dict, dict, dict, float]:
         """(homes, used, split, partial, bytes the run moves over the host link)."""
-        home, used = _by_class(order, fp, homes, capacity, hw_file)
-        split, partial, moved = _fill_room(graph, hw, home, homes, capacity, used, prefetch)
+        home, used = _by_class(order, fp, homes, room, hw_file)
+        split, partial, moved = _fill_room(graph, hw, home, homes, room, used, prefetch)
         hosted = [k for k, lvl in home.items() if lvl == HOST_LEVEL]
         traffic = _class_traffic(graph) if hosted else {}
         return home, used, split, partial, sum(traffic.get(k, 0.0) - moved.get(k, 0.0) for k in hosted)

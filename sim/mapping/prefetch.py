@@ -49,18 +49,16 @@ def staged(placement: Placement, blocks: list[Block], hw_file: str) -> tuple[Pla
 
 def gather_buffer(placement: Placement, blocks: list[Block], hw_file: str) -> Placement:
     """ZeRO-3: the placement with room for two blocks' gathered weights (the one in use and the one being
-    prefetched) beside the weights' shards, shown as a staging buffer."""
+    prefetched), shown as a staging buffer: in the innermost device level with room (`place(gather=True)`
+    kept it in the innermost one), wherever the shards live."""
     buffer = staging_bytes(blocks)
-    levels = list(placement.capacity)  # innermost first: from the weights' shards outward (shards in host
-    # memory, what the device's room did not take of them: from the device's innermost level)
-    home = placement.home["weight"]
-    outward = levels[levels.index(home):] if home != HOST_LEVEL else levels
+    outward = list(placement.capacity)  # innermost first
     level = next((n for n in outward if n != HOST_LEVEL and placement.capacity[n] - placement.used[n] >= buffer),
                  None)
     if level is None:
         free = ", ".join(f"{n} {fmt_bytes(placement.capacity[n] - placement.used[n])} free" for n in outward)
         raise ConfigError(f"ZeRO-3's gathered weights ({fmt_bytes(buffer)}: two layers' weights) do not fit "
-                          f"beside the shards ({free})", hw_file, "device.memory")
+                          f"on the device ({free})", hw_file, "device.memory")
     used = dict(placement.used)
     used[level] += buffer
     return dataclasses.replace(placement, used=used, staged={level: buffer})
