@@ -59,6 +59,7 @@ def run(workload: Path, hardware: Path | None, runtime: Path | None, overrides: 
     from sim.pipeline import run as run_pipeline
     from sim.report import render
     from sim.report.export import RENDER, STDOUT, check_outputs, write_outputs
+    from sim.report.memory import spills
 
     outputs = {"--json": json_out, "--csv": csv_out, "--trace": trace_out, "--roofline": roofline_out}
     to_stdout = [option for option, path in outputs.items() if path == STDOUT]
@@ -74,7 +75,7 @@ def run(workload: Path, hardware: Path | None, runtime: Path | None, overrides: 
     with _working(f"simulating {wl.name} on {hw.name}"):
         result = run_pipeline(wl, hw, str(hw_path), str(workload), exact=exact)
     result.overrides = list(overrides)
-    for spill in result.spills():
+    for spill in spills(result):
         click.echo(f"warning: {spill}", err=True)
     per_op = [option for option in ("--json", "--csv", "--trace") if outputs[option] is not None]
     if per_op and result.op_records > MAX_OP_RECORDS:  # ~1 kB each on disk, ~11 kB in memory while written
@@ -379,24 +380,28 @@ def compare(workload: Path, hardware: tuple[Path, ...], runtime: Path | None, ov
     sets = parse_overrides(list(overrides))
     loaded = []
     for hw in hardware:  # every input checked before any run
-        try:
+        with _on(hw):
             loaded.append(load_run(workload, sets, hw, runtime))
-        except ConfigError as e:  # which machine it fails with, where the workload file is the one named
-            raise ConfigError(e.problem if str(hw) in str(e) else f"{e.problem} (on {hw})", e.file, e.key) from None
     results = []
     for (wl, hw, path), named in zip(loaded, hardware):
-        with _working(f"simulating {wl.name} on {hw.name}"):
-            try:
-                results.append(run_pipeline(wl, hw, str(path), str(workload)))
-            except ConfigError as e:
-                raise ConfigError(e.problem if str(named) in str(e) else f"{e.problem} (on {named})", e.file,
-                                  e.key) from None
+        with _working(f"simulating {wl.name} on {hw.name}"), _on(named):
+            results.append(run_pipeline(wl, hw, str(path), str(workload)))
     labels = [path.stem for path in hardware]
     if len(set(labels)) < len(labels):
         labels = [str(path) for path in hardware]
     if len(set(labels)) < len(labels):  # one file named twice: its columns by position
         labels = [f"{label} ({i + 1})" for i, label in enumerate(labels)]
     render_comparison(results, labels)
+
+
+@contextmanager
+def _on(machine: Path):
+    """A bad-input error names the machine it happened on, where it names only the workload file."""
+    try:
+        yield
+    except ConfigError as e:
+        raise ConfigError(e.problem if str(machine) in str(e) else f"{e.problem} (on {machine})", e.file,
+                          e.key) from None
 
 
 def _roofline_of_json(path: Path, out: Path) -> None:

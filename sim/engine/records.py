@@ -169,25 +169,6 @@ class RunResult:
         """The fullest stage's placement: the one that decides whether the run fits."""
         return max(self.placements.values(), key=lambda p: p.footprint.total, default=None)
 
-    def spills(self) -> list[str]:
-        """One line per tensor class some stage had to place in host memory (it streams over the host
-        link: a real device would run out of memory, or offload on purpose)."""
-        from sim.config.hardware import HOST_LEVEL
-        from sim.config.units import fmt_bytes
-        from sim.graph.ops import TENSOR_KINDS
-
-        left: dict[str, float] = {}  # kind -> bytes in host memory, over the stages
-        for p in self.placements.values():
-            for k, lvl in p.home.items():
-                if lvl == HOST_LEVEL and p.footprint.of(k):
-                    left[k] = left.get(k, 0.0) + p.footprint.of(k) - sum(p.partial.get(k, {}).values())
-        if not left or self.hw.host is None:
-            return []
-        link = self.hw.host.link.bandwidth
-        kinds = " and ".join(f"{TENSOR_KINDS[k]} ({fmt_bytes(b)})" for k, b in sorted(left.items()))
-        return [f"{kinds}: no room in device memory, placed in host memory; streamed over the host link "
-                f"({link / 1e9:.0f} GB/s)"]
-
     @property
     def op_records(self) -> int:
         """How many op records `ops` holds (one per op per device), without building them."""

@@ -23,6 +23,7 @@ out, which every step reads over the link; with the KV cache ahead, 0.49 GiB of 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sim.config.hardware import HOST_LEVEL, Hardware
@@ -213,12 +214,21 @@ def place(graph: OpGraph | list[Block] | list[Op], hw: Hardware, hw_file: str = 
     if gather and homes[0] != HOST_LEVEL:
         room[homes[0]] = max(0.0, room[homes[0]] - staging_bytes(graph))
 
+    walked: dict = {}  # what the orders compared share of the graph's traffic, each walked once
+
+    def traffic_of(kind: str) -> tuple[dict, dict]:
+        if kind not in walked:
+            walked[kind] = _traffic_of(graph, kind)
+        return walked[kind]
+
     def placed(order: tuple[str, ...]) -> tuple[dict, dict, dict, dict, float]:
         """(homes, used, split, partial, bytes the run moves over the host link)."""
         home, used = _by_class(order, fp, homes, room, hw_file)
-        split, partial, moved = _fill_room(graph, hw, home, homes, room, used, prefetch)
+        split, partial, moved = _fill_room(graph, hw, home, homes, room, used, prefetch, traffic_of)
         hosted = [k for k, lvl in home.items() if lvl == HOST_LEVEL]
-        traffic = _class_traffic(graph) if hosted else {}
+        if hosted and "classes" not in walked:
+            walked["classes"] = _class_traffic(graph)
+        traffic = walked.get("classes", {})
         return home, used, split, partial, sum(traffic.get(k, 0.0) - moved.get(k, 0.0) for k in hosted)
 
     error = None
@@ -268,8 +278,8 @@ SPLIT_KINDS = ("weight", "kv_cache")
 
 
 def _fill_room(blocks: list[Block], hw: Hardware, home: dict[str, str], homes: list[str],
-               capacity: dict[str, float], used: dict[str, float],
-               prefetch: bool = False) -> tuple[dict, dict, dict[str, float]]:
+               capacity: dict[str, float], used: dict[str, float], prefetch: bool = False,
+               traffic_of: Callable[[str], tuple[dict, dict]] | None = None) -> tuple[dict, dict, dict[str, float]]:
     """Move weights and KV caches homed further out into the room shared levels inside their home have
     left, the most traffic per byte first (updates `used`): (split, partial, per kind the bytes the run
     reads of the tensors moved)."""
@@ -292,7 +302,7 @@ def _fill_room(blocks: list[Block], hw: Hardware, home: dict[str, str], homes: l
             if n not in reserve:
                 own = staging if n == home["activation"] else 0.0
                 reserve[n] = _tile_room(blocks, capacity[n] - used[n]) + own
-        sizes, reads = _traffic_of(blocks, kind)
+        sizes, reads = traffic_of(kind) if traffic_of else _traffic_of(blocks, kind)
         order = sorted(sizes, key=lambda k: (-reads.get(k, 0.0) / sizes[k] if sizes[k] else 0.0))
         for key in order:
             nbytes = sizes[key]

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from sim.config.hardware import HOST_LEVEL
+from sim.config.units import fmt_bytes
 from sim.engine.records import RunResult
 from sim.graph.ops import TENSOR_KINDS
 from sim.mapping.placement import reserved_level
@@ -42,6 +44,23 @@ def peaks(result: RunResult) -> dict[str, dict]:
             entry["peak_bytes"] += nbytes
             entry[PART.get(kind, kind)] = nbytes
     return out
+
+
+def spills(result: RunResult) -> list[str]:
+    """A warning line naming the tensor classes some stage had to place in host memory and how much of
+    them stayed there (they stream over the host link: a real device would run out of memory, or
+    offload on purpose); none where everything is on the device."""
+    left: dict[str, float] = {}  # kind -> bytes in host memory, over the stages
+    for p in result.placements.values():
+        for k, lvl in p.home.items():
+            if lvl == HOST_LEVEL and p.footprint.of(k):
+                left[k] = left.get(k, 0.0) + p.footprint.of(k) - sum(p.partial.get(k, {}).values())
+    if not left or result.hw.host is None:
+        return []
+    link = result.hw.host.link.bandwidth
+    kinds = " and ".join(f"{TENSOR_KINDS[k]} ({fmt_bytes(b)})" for k, b in sorted(left.items()))
+    return [f"{kinds}: no room in device memory, placed in host memory; streamed over the host link "
+            f"({link / 1e9:.0f} GB/s)"]
 
 
 def memory_timeline(result: RunResult, limit: int = 4096) -> list[dict]:
